@@ -1,0 +1,33 @@
+"""Packaging for morph_net."""
+import pathlib
+
+from setuptools import find_packages, setup
+
+_HERE = pathlib.Path(__file__).parent
+
+setup(
+    name='morph_net',
+    version='0.1.0',
+    description=('MorphNet-style resource-constrained structure learning for '
+                 'TensorFlow 2 and Keras 3.'),
+    long_description=(_HERE / 'README.md').read_text(encoding='utf-8'),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.9',
+    packages=find_packages(include=['morph_net', 'morph_net.*']),
+    install_requires=[
+        'tensorflow>=2.16',
+        'numpy',
+        'absl-py',
+        'scipy',
+    ],
+    extras_require={
+        'test': ['pytest', 'pytest-xdist'],
+        'examples': ['mlxtend', 'matplotlib'],
+    },
+    classifiers=[
+        'License :: OSI Approved :: Apache Software License',
+        'Programming Language :: Python :: 3',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+)
