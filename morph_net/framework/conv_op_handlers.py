@@ -1,0 +1,109 @@
+"""Handlers for ops that cost resources: convolutions and matmuls.
+
+Their output channels are new (not their input's), and each records a
+compute entry that network regularizers turn into a cost:
+FLOPs = 2 x positions x kernel_size x alive_in x alive_out (bilinear), or
+2 x positions x kernel_size x alive_out for depthwise convs (linear).
+"""
+
+import numpy as np
+
+from morph_net.framework import op_handler
+
+# op type -> (activation input index, kernel spatial dims of the weight,
+#             whether positions are counted on the output (else on input)).
+_CONV_LAYOUT = {
+    'Conv2D': (0, 2, True),
+    'Conv3D': (0, 3, True),
+    'DepthwiseConv2dNative': (0, 2, True),
+    # Transposed convs: positions of the (smaller) input, see MISSION.md.
+    'Conv2DBackpropInput': (2, 2, False),
+    'Conv3DBackpropInputV2': (2, 3, False),
+}
+_WEIGHT_INDEX = {'Conv2DBackpropInput': 1, 'Conv3DBackpropInputV2': 1}
+
+
+def _kernel_size(weight, spatial_dims):
+  shape = weight.shape.as_list()
+  return int(np.prod(shape[:spatial_dims], dtype=np.int64))
+
+
+class OutputNonPassthroughOpHandler(op_handler.OpHandler):
+  """Conv2D, Conv3D, transposed convs: new output channels, bilinear cost."""
+
+  def data_inputs(self, op, view):
+    del view
+    return [_CONV_LAYOUT[op.type][0]]
+
+  def analyze(self, op, ctx):
+    act_index, spatial, on_output = _CONV_LAYOUT[op.type]
+    act = op.inputs[act_index]
+    weight = op.inputs[_WEIGHT_INDEX.get(op.type, 1)]
+    positions = ctx.view.positions(op.outputs[0] if on_output else act)
+    ctx.add_compute(op, act, op.outputs[0], positions=positions,
+                    kernel_size=_kernel_size(weight, spatial),
+                    weight_index=_WEIGHT_INDEX.get(op.type, 1))
+
+
+class DepthwiseConvOpHandler(op_handler.OpHandler):
+  """DepthwiseConv2dNative: output channel j comes from input j // mult.
+
+  With a depth multiplier > 1 each input channel feeds `mult` output
+  channels; they share the input channel's group.
+  """
+
+  def data_inputs(self, op, view):
+    del view
+    return [0]
+
+  def analyze(self, op, ctx):
+    act, weight, out = op.inputs[0], op.inputs[1], op.outputs[0]
+    c_in = ctx.view.channels(act)
+    mult = weight.shape.as_list()[-1]
+    if c_in is not None and mult == 1:
+      ctx.tie(out, act)
+    elif c_in is not None:
+      ctx.tie_map(out, act, np.arange(c_in * mult) // mult)
+    ctx.add_compute(op, act, out, positions=ctx.view.positions(out),
+                    kernel_size=_kernel_size(weight, 2), linear=True,
+                    weight_index=1)
+
+
+class MatMulOpHandler(op_handler.OpHandler):
+  """MatMul (Dense): new output channels, bilinear cost.
+
+  A Keras Dense on an N-D input is traced as Reshape([-1, C]) + MatMul; the
+  cost then counts every position of the N-D input. A product of two
+  activations (no weight) is a leaf.
+  """
+
+  def _has_weight(self, op, view):
+    weight = op.inputs[1]
+    return (view.variable(weight) is not None or view.source_of(weight).type
+            in ('Const', 'VarHandleOp', 'VariableV2', 'Variable'))
+
+  def data_inputs(self, op, view):
+    if self._has_weight(op, view):
+      return [0]
+    return [0, 1]
+
+  def analyze(self, op, ctx):
+    if op.get_attr('transpose_a') or not self._has_weight(op, ctx.view):
+      return
+    act, weight = op.inputs[0], op.inputs[1]
+    w_shape = weight.shape.as_list()
+    c_in = w_shape[1] if op.get_attr('transpose_b') else w_shape[0]
+    positions = 1
+    producer = act.op
+    if producer.type == 'Reshape':
+      nd_input = producer.inputs[0]
+      if (op_handler.rank(nd_input) and op_handler.rank(nd_input) > 2
+          and ctx.view.channels(nd_input) == c_in):
+        # Dense over the last axis of an N-D tensor.
+        positions = ctx.view.positions(nd_input)
+        ctx.set_channels(act, c_in)
+        ctx.tie(act, nd_input)
+    if ctx.view.channels(act) is None:
+      ctx.set_channels(act, c_in)
+    ctx.add_compute(op, act, op.outputs[0], positions=positions,
+                    kernel_size=1, weight_index=1)

@@ -1,0 +1,293 @@
+"""A read-only view over the ops a regularizer analyzes.
+
+The view answers questions about a graph and never changes it: which ops lie
+between the boundaries, an op's inputs and consumers, static shapes and channel
+counts, and which variable feeds a weight input. It works the same over a
+`tf.compat.v1` graph (given output ops) and over the graph of a traced Keras
+model or `tf.function` concrete function. In the traced case parameters are
+resolved to the live `tf.Variable`s, so costs are recomputed from current
+values on every call.
+"""
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+
+from morph_net.framework import errors
+
+# Ops that forward their input unchanged; followed when resolving a parameter.
+_FORWARDING_OPS = frozenset(['Identity', 'Cast', 'ReadVariableOp', 'Enter',
+                             'StopGradient', 'Snapshot'])
+
+
+class GraphView:
+  """Read-only questions about the ops between an output and input boundary.
+
+  Build one with `GraphView.from_ops` (graph mode) or `GraphView.from_model`
+  (Keras model / concrete function). `eager` tells which: in eager views,
+  `param` returns variables, otherwise graph tensors.
+  """
+
+  def __init__(self, graph, output_ops, input_ops=(), captures=None,
+               variable_owner=None, eager=False):
+    self.graph = graph
+    self.output_ops = list(output_ops)
+    self.input_ops = frozenset(op.name for op in input_ops)
+    # Internal placeholder op name -> tf.Variable (traced graphs only).
+    self._captures = dict(captures or {})
+    # id(tf.Variable) -> name of the Keras layer that owns it.
+    self._variable_owner = dict(variable_owner or {})
+    self.eager = eager
+
+  # ---------------------------------------------------------------- builders
+  @classmethod
+  def from_ops(cls, output_boundary, input_boundary=None):
+    """A view over a `tf.compat.v1` graph, from its output ops."""
+    ops = [_as_op(o) for o in output_boundary]
+    if not ops:
+      raise ValueError('output_boundary is empty: pass the ops (or tensors) '
+                       'that produce the network outputs.')
+    graph = ops[0].graph
+    for op in ops:
+      if op.graph is not graph:
+        raise ValueError(
+            'All output_boundary ops must belong to one graph; %r does not.'
+            % op.name)
+    inputs = [_as_op(o) for o in (input_boundary or [])]
+    return cls(graph, ops, inputs, eager=False)
+
+  @classmethod
+  def from_model(cls, model, input_signature=None):
+    """A view over the inference-mode trace of a Keras model or function.
+
+    Args:
+      model: a Keras 3 model (functional, sequential or subclassed), a
+        `tf.function` concrete function, or a `tf.function` together with
+        `input_signature`.
+      input_signature: optional list of `tf.TensorSpec`, needed when the
+        model's input shape cannot be inferred (e.g. an unbuilt subclassed
+        model or a polymorphic `tf.function`).
+    """
+    concrete, variables, owner = _trace(model, input_signature)
+    by_handle = {id(_tf_variable(v).handle): _tf_variable(v)
+                 for v in variables}
+    captures = {}
+    for external, internal in concrete.graph.captures:
+      var = by_handle.get(id(external))
+      if var is not None:
+        captures[internal.op.name] = var
+    outputs = [t.op for t in concrete.outputs]
+    inputs = [t.op for t in concrete.inputs
+              if t.dtype != tf.resource]
+    return cls(concrete.graph, outputs, inputs, captures=captures,
+               variable_owner=owner, eager=True)
+
+  # ----------------------------------------------------------- graph facts
+  def is_input_boundary(self, op):
+    return op.name in self.input_ops
+
+  def consumers(self, op):
+    return [c for t in op.outputs for c in t.consumers()]
+
+  def walk(self, follow):
+    """Ops reachable backwards from the outputs, through `follow`ed inputs.
+
+    Args:
+      follow: callable (op) -> iterable of input indices to traverse.
+
+    Returns:
+      (ops, parents): ops in topological order (producers first) and a dict
+      op name -> name of the consumer through which it was first reached,
+      used to print the path from an output to an op.
+    """
+    parents = {}
+    order = []
+    seen = set()
+    stack = []
+    for op in self.output_ops:
+      if op.name not in seen:
+        seen.add(op.name)
+        parents[op.name] = None
+        stack.append(op)
+    reached = []
+    while stack:
+      op = stack.pop()
+      reached.append(op)
+      if self.is_input_boundary(op):
+        continue
+      for i in follow(op):
+        producer = op.inputs[i].op
+        if producer.name not in seen:
+          seen.add(producer.name)
+          parents[producer.name] = op.name
+          stack.append(producer)
+    # Topological order restricted to the reached ops (Kahn's algorithm).
+    names = {op.name for op in reached}
+    indegree = collections.Counter()
+    users = collections.defaultdict(list)
+    for op in reached:
+      if self.is_input_boundary(op):
+        continue
+      for i in set(follow(op)):
+        producer = op.inputs[i].op
+        if producer.name in names:
+          indegree[op.name] += 1
+          users[producer.name].append(op)
+    ready = [op for op in reached if indegree[op.name] == 0]
+    while ready:
+      op = ready.pop()
+      order.append(op)
+      for user in users[op.name]:
+        indegree[user.name] -= 1
+        if indegree[user.name] == 0:
+          ready.append(user)
+    if len(order) != len(reached):
+      raise errors.AnalysisError(
+          'The graph between the boundaries has a cycle (a while loop?). '
+          'Pass input_boundary/output_boundary around the loop-free part.')
+    return order, parents
+
+  @staticmethod
+  def shape(tensor):
+    """The static shape as a list (None for unknown dims), or None."""
+    if tensor.shape.rank is None:
+      return None
+    return tensor.shape.as_list()
+
+  @staticmethod
+  def channels(tensor):
+    """Static size of the last (channel) axis, or None if unknown."""
+    if tensor.shape.rank is None or tensor.shape.rank == 0:
+      return None
+    return tensor.shape[-1]
+
+  @staticmethod
+  def static_value(tensor):
+    """The constant value of a tensor (e.g. an axis or perm), or None."""
+    try:
+      return tf.get_static_value(tensor)
+    except (TypeError, ValueError, NotImplementedError):
+      return None
+
+  def positions(self, tensor, first=1):
+    """Product of the dims between the batch and the channel axis."""
+    shape = self.shape(tensor)
+    if shape is None or any(d is None for d in shape[first:-1]):
+      return None
+    return int(np.prod(shape[first:-1], dtype=np.int64))
+
+  # ------------------------------------------------------------ parameters
+  def source_of(self, tensor):
+    """Follows forwarding ops up from a tensor to where its value is made."""
+    op = tensor.op
+    while op.type in _FORWARDING_OPS and op.inputs:
+      op = op.inputs[0].op
+    return op
+
+  def variable(self, tensor):
+    """The `tf.Variable` whose value this tensor is, or None."""
+    op = self.source_of(tensor)
+    return self._captures.get(op.name)
+
+  def param(self, tensor):
+    """What to read a parameter from: a variable (eager) or the tensor.
+
+    Raises:
+      errors.AnalysisError: in an eager view, when the tensor is not the
+        value of a model variable (e.g. it was folded into a constant).
+    """
+    if not self.eager:
+      return tensor
+    var = self.variable(tensor)
+    if var is None:
+      raise errors.AnalysisError(
+          'Parameter %r (read by op %r) is not a variable of the model, so '
+          'it cannot be regularized. Make it a trainable weight.'
+          % (tensor.name, tensor.consumers()[0].name if tensor.consumers()
+             else '?'))
+    return var
+
+  def owner_of_variable(self, var):
+    """Name of the Keras layer owning a variable, or None."""
+    return self._variable_owner.get(id(var))
+
+  def owner_layer(self, op, weight_index):
+    """Name of the Keras layer whose variable feeds `op.inputs[i]`, or None."""
+    var = self.variable(op.inputs[weight_index])
+    if var is None:
+      return None
+    return self._variable_owner.get(id(var))
+
+
+def _as_op(x):
+  if isinstance(x, tf.Operation):
+    return x
+  if hasattr(x, 'op'):
+    return x.op
+  raise TypeError('Expected a tf.Operation or tf.Tensor in a boundary, got %r'
+                  % (x,))
+
+
+def _tf_variable(v):
+  """The tf.Variable behind a Keras 3 variable (or the variable itself)."""
+  return getattr(v, 'value', v) if not isinstance(v, tf.Variable) else v
+
+
+def _layer_variables(model):
+  """Maps id(tf.Variable) -> owning layer name, innermost layer wins."""
+  owner = {}
+  layers = []
+  if hasattr(model, '_flatten_layers'):
+    layers = list(model._flatten_layers(include_self=False, recursive=True))  # pylint: disable=protected-access
+  for layer in layers:
+    for v in getattr(layer, 'weights', []):
+      owner.setdefault(id(_tf_variable(v)), layer.name)
+  # Innermost wins: nested models list their sublayers' weights too, so
+  # revisit leaf layers (those without sublayers) last.
+  for layer in layers:
+    if not list(getattr(layer, '_layers', []) or []):
+      for v in getattr(layer, 'weights', []):
+        owner[id(_tf_variable(v))] = layer.name
+  return owner
+
+
+def _input_specs(model):
+  """TensorSpecs for a Keras model's inputs, or None if unknown."""
+  inputs = getattr(model, 'inputs', None)
+  try:
+    if inputs:
+      return [tf.TensorSpec(x.shape, x.dtype) for x in inputs]
+  except (AttributeError, ValueError):
+    pass
+  return None
+
+
+def _trace(model, input_signature):
+  """Traces a model in inference mode; returns (concrete, variables, owner)."""
+  if isinstance(model, tf.types.experimental.ConcreteFunction):
+    return model, list(model.variables), {}
+  is_keras = hasattr(model, 'layers') and hasattr(model, 'variables')
+  if input_signature is None and is_keras:
+    input_signature = _input_specs(model)
+  if input_signature is None:
+    raise errors.AnalysisError(
+        'Cannot infer the input shape of %r. Pass input_signature=[tf.'
+        'TensorSpec([None, H, W, C], tf.float32)] (or build the model by '
+        'calling it once).' % (type(model).__name__,))
+  input_signature = [s if isinstance(s, tf.TensorSpec)
+                     else tf.TensorSpec(s, tf.float32)
+                     for s in input_signature]
+  if is_keras:
+    single = len(input_signature) == 1
+
+    def call(*args):
+      return model(args[0] if single else list(args), training=False)
+
+    concrete = tf.function(call).get_concrete_function(*input_signature)
+    return concrete, list(model.variables), _layer_variables(model)
+  if hasattr(model, 'get_concrete_function'):
+    concrete = model.get_concrete_function(*input_signature)
+    return concrete, list(concrete.variables), {}
+  concrete = tf.function(model).get_concrete_function(*input_signature)
+  return concrete, list(concrete.variables), {}

@@ -1,0 +1,110 @@
+"""Handlers for ops whose output channels are their input channels.
+
+Activations, BiasAdd, pooling, casts and identities pass channels through;
+elementwise binary ops tie every same-rank input whose channel axis is not
+broadcast; reductions, pads, squeezes and transposes pass channels through
+when they leave the channel axis alone and are leaves otherwise.
+"""
+
+from morph_net.framework import op_handler
+
+
+class GroupingOpHandler(op_handler.OpHandler):
+  """Output i is input 0's channel i (Relu, BiasAdd, MaxPool, Cast, ...)."""
+
+  def data_inputs(self, op, view):
+    del view
+    return [0] if op.inputs and op_handler.is_float(op.inputs[0]) else []
+
+  def analyze(self, op, ctx):
+    ctx.tie(op.outputs[0], op.inputs[0])
+
+
+class ElementwiseOpHandler(op_handler.OpHandler):
+  """Add, Mul, Maximum, ... with broadcasting.
+
+  Inputs of the output's rank are activations and are followed; those with
+  the output's channel count are tied to it (a residual add, an SE block's
+  [N, 1, 1, C] gate). Lower-rank inputs ([C] biases, scalars) are parameters.
+  """
+
+  def data_inputs(self, op, view):
+    del view
+    out_rank = op_handler.rank(op.outputs[0])
+    return [i for i, t in enumerate(op.inputs)
+            if op_handler.is_float(t) and out_rank is not None
+            and op_handler.rank(t) == out_rank]
+
+  def analyze(self, op, ctx):
+    out = op.outputs[0]
+    channels = ctx.view.channels(out)
+    for i in self.data_inputs(op, ctx.view):
+      if channels is not None and ctx.view.channels(op.inputs[i]) == channels:
+        ctx.tie(out, op.inputs[i])
+      elif channels is None and ctx.view.channels(op.inputs[i]) != 1:
+        ctx.tie(out, op.inputs[i])
+
+
+def _keeps_last_axis(axes, rank):
+  return rank is not None and all(int(a) % rank != rank - 1 for a in axes)
+
+
+class ReductionOpHandler(op_handler.OpHandler):
+  """Mean/Max/Sum: passthrough over spatial axes, a leaf over channels."""
+
+  def data_inputs(self, op, view):
+    del view
+    return [0]
+
+  def analyze(self, op, ctx):
+    axes = ctx.view.static_value(op.inputs[1])
+    rank = op_handler.rank(op.inputs[0])
+    if axes is None:
+      return
+    axes = [axes] if getattr(axes, 'ndim', 0) == 0 else list(axes)
+    if _keeps_last_axis(axes, rank) and (
+        ctx.view.channels(op.outputs[0]) == ctx.view.channels(op.inputs[0])):
+      ctx.tie(op.outputs[0], op.inputs[0])
+
+
+class PadOpHandler(op_handler.OpHandler):
+  """Pad/MirrorPad: passthrough unless the channel axis is padded."""
+
+  def data_inputs(self, op, view):
+    del view
+    return [0]
+
+  def analyze(self, op, ctx):
+    if ctx.view.channels(op.outputs[0]) == ctx.view.channels(op.inputs[0]):
+      ctx.tie(op.outputs[0], op.inputs[0])
+
+
+class TransposeOpHandler(op_handler.OpHandler):
+  """Transpose: passthrough when the channel axis stays last."""
+
+  def data_inputs(self, op, view):
+    del view
+    return [0]
+
+  def analyze(self, op, ctx):
+    perm = ctx.view.static_value(op.inputs[1])
+    rank = op_handler.rank(op.inputs[0])
+    if perm is not None and rank and int(perm[-1]) == rank - 1:
+      ctx.tie(op.outputs[0], op.inputs[0])
+
+
+class SameChannelsOpHandler(op_handler.OpHandler):
+  """Squeeze, ExpandDims, resizes: passthrough if the channel count holds.
+
+  Dropping or adding a unit axis before the channel axis keeps channels in
+  place; an op that changes the last axis' size is treated as a leaf.
+  """
+
+  def data_inputs(self, op, view):
+    del view
+    return [0]
+
+  def analyze(self, op, ctx):
+    c_out = ctx.view.channels(op.outputs[0])
+    if c_out is not None and c_out == ctx.view.channels(op.inputs[0]):
+      ctx.tie(op.outputs[0], op.inputs[0])

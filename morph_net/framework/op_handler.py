@@ -1,0 +1,68 @@
+"""The handler interface, and the small helpers handlers share.
+
+A handler is a stateless object registered for one or more TF op types in an
+op-handler table (see `op_handlers.py`). The manager visits every op on the
+data path once and calls two methods:
+
+* `data_inputs(op, view)`: the input indices that carry activations; the
+  manager walks the graph backwards through these (weights, shapes and axes
+  are not followed).
+* `analyze(op, ctx)`: declares how the op's output channels relate to its
+  inputs' channels, through the manager's `ctx`:
+
+  - `ctx.tie(a, b)`: channel i of tensor a is channel i of tensor b;
+  - `ctx.tie_map(out, inp, mapping)`: channel j of out is channel
+    mapping[j] of inp (depthwise multipliers, Flatten);
+  - `ctx.tie_concat(out, inputs)`: out is the channel concatenation;
+  - `ctx.add_source(op, tensor, regularizer_cls, param, setting)`: the
+    tensor's channels carry a regularizer (e.g. BatchNorm gamma);
+  - `ctx.add_compute(op, inp, out, positions, kernel_size, linear)`: the op
+    costs resources bilinearly (conv, matmul) or linearly (depthwise) in
+    its input and output channel counts.
+
+Settings (a threshold) may live on a handler instance; mutable state may not.
+"""
+
+import tensorflow as tf
+
+
+def is_float(tensor):
+  return tensor.dtype.is_floating or tensor.dtype == tf.bfloat16
+
+
+def rank(tensor):
+  return tensor.shape.rank
+
+
+class OpHandler:
+  """Base handler: follows float inputs, declares nothing (a leaf)."""
+
+  def data_inputs(self, op, view):
+    del view
+    return [i for i, t in enumerate(op.inputs) if is_float(t)]
+
+  def analyze(self, op, ctx):
+    del op, ctx
+
+  def __repr__(self):
+    return type(self).__name__ + '()'
+
+
+class TerminalOpHandler(OpHandler):
+  """Graph inputs, constants and variable reads: the walk stops here."""
+
+  def data_inputs(self, op, view):
+    del op, view
+    return []
+
+
+class LeafOpHandler(OpHandler):
+  """An op whose output channels are unrelated to its input channels.
+
+  Examples: a Reshape that mixes channels, Mean over the channel axis,
+  SpaceToDepth. Input and output are analyzed but never tied.
+  """
+
+  def data_inputs(self, op, view):
+    del view
+    return [0] if op.inputs and is_float(op.inputs[0]) else []

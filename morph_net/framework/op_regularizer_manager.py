@@ -1,0 +1,331 @@
+"""OpRegularizerManager: finds which channels are pruned together.
+
+The manager walks the ops between the boundaries, dispatches each to its
+handler from the op-handler table (a visitor keyed by op type), solves the
+channel grouping once, and then answers, for any op, the regularization and
+alive vectors of its output channels. Per-call evaluation is vectorized: all
+sources' vectors are computed with a few ops and reduced onto channel classes
+with one segment reduction.
+"""
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+
+from morph_net.framework import channel_graph
+from morph_net.framework import errors
+from morph_net.framework import graph_view as graph_view_lib
+from morph_net.framework import grouping_regularizers
+from morph_net.framework import op_handlers
+from morph_net.framework import op_slice
+
+
+def make_view(output_boundary, input_boundary=None, input_signature=None):
+  """A GraphView for a list of ops/tensors, a Keras model or a function."""
+  if isinstance(output_boundary, graph_view_lib.GraphView):
+    return output_boundary
+  if isinstance(output_boundary, (list, tuple)):
+    return graph_view_lib.GraphView.from_ops(output_boundary, input_boundary)
+  if isinstance(output_boundary, (tf.Operation, tf.Tensor)):
+    return graph_view_lib.GraphView.from_ops([output_boundary], input_boundary)
+  if input_boundary:
+    raise ValueError('input_boundary is only supported with a list of graph '
+                     'ops; a traced model stops at its own inputs.')
+  return graph_view_lib.GraphView.from_model(output_boundary, input_signature)
+
+
+class _OpRegularizer:
+  """Regularization and alive vectors of one op's output channels."""
+
+  def __init__(self, manager, classes):
+    self._manager = manager
+    self._classes = tf.constant(classes, tf.int32)
+
+  @property
+  def regularization_vector(self):
+    return tf.gather(self._manager.class_vectors()[0], self._classes)
+
+  @property
+  def alive_vector(self):
+    return tf.gather(self._manager.class_vectors()[1], self._classes) > 0.5
+
+
+class OpRegularizerManager:
+  """Groups the channels of a network and assigns them regularizers.
+
+  Args:
+    output_boundary: list of `tf.Operation`s (or tensors) of a
+      `tf.compat.v1` graph, or a Keras model, or a `tf.function` concrete
+      function (traced in inference mode).
+    op_handler_dict: op type -> handler table (copied). Defaults to a table
+      with no regularizer sources.
+    create_grouping_regularizer: how tied channels' regularizers combine;
+      `MaxGroupingRegularizer` (default) or `L2GroupingRegularizer`.
+    force_group: regexes; the ops matching one regex have their output
+      channels tied together (they must have equal channel counts).
+    regularizer_blacklist: regexes; matching source ops (or, for Keras
+      models, layers) carry no regularizer. A pattern matching nothing is an
+      error.
+    input_boundary: ops at which the walk stops (graph mode).
+    input_signature: `tf.TensorSpec`s to trace a model whose input shape is
+      not known.
+  """
+
+  def __init__(self, output_boundary, op_handler_dict=None,
+               create_grouping_regularizer=None, force_group=None,
+               regularizer_blacklist=None, input_boundary=None,
+               input_signature=None):
+    self._view = make_view(output_boundary, input_boundary, input_signature)
+    self._handlers = dict(op_handler_dict if op_handler_dict is not None
+                          else op_handlers.default_op_handler_dict())
+    self._grouping = (create_grouping_regularizer
+                      or grouping_regularizers.MaxGroupingRegularizer)
+    self._ops, self._parents = self._view.walk(self._follow)
+    builder = channel_graph.ChannelGraphBuilder(self._view)
+    for op in self._ops:
+      handler = self._handlers[op.type]
+      try:
+        handler.analyze(op, builder)
+      except errors.AnalysisError as e:
+        raise type(e)('%s\nWhile analyzing op %r (type %s); path from the '
+                      'output: %s' % (e, op.name, op.type,
+                                      self.path_to(op))) from None
+    self._apply_force_group(builder, force_group)
+    self._sources = self._filter_blacklist(builder.sources,
+                                           regularizer_blacklist)
+    self._computes = builder.computes
+    self._solve(builder)
+    self._cached = None
+
+  # ---------------------------------------------------------------- walk
+  def _follow(self, op):
+    handler = self._handlers.get(op.type)
+    if handler is None:
+      raise errors.UnsupportedOpError(
+          'Op %r of type %r has no handler, so its channels cannot be '
+          'grouped.\nPath from the output: %s\nIf %s passes channels through '
+          'unchanged, register it:\n  op_handler_dict[%r] = '
+          'morph_net.framework.GroupingOpHandler()\nIf its output channels '
+          'are unrelated to its input channels: morph_net.framework.'
+          'LeafOpHandler(). Or stop the analysis before it with '
+          'input_boundary.' % (op.name, op.type, self.path_to(op), op.type,
+                               op.type))
+    return handler.data_inputs(op, self._view)
+
+  def path_to(self, op):
+    name = op if isinstance(op, str) else op.name
+    return errors.format_path(name, self._parents)
+
+  # --------------------------------------------------------- grouping
+  def _apply_force_group(self, builder, force_group):
+    for pattern in channel_graph.compile_patterns(force_group, 'force_group'):
+      members = [op.outputs[0] for op in self._ops
+                 if op.outputs and pattern.search(op.name)
+                 and builder.channels(op.outputs[0]) is not None]
+      if not members:
+        raise ValueError('force_group regex %r matches no op with channels.'
+                         % pattern.pattern)
+      try:
+        builder.tie_all(members)
+      except errors.ChannelMismatchError as e:
+        raise errors.ChannelMismatchError(
+            'force_group %r ties ops with different channel counts: %s'
+            % (pattern.pattern, e)) from None
+
+  def _filter_blacklist(self, sources, blacklist):
+    patterns = channel_graph.compile_patterns(blacklist,
+                                              'regularizer_blacklist')
+    if not patterns:
+      return list(sources)
+    kept, used = [], set()
+    for s in sources:
+      names = [s.op.name]
+      layer = getattr(self._view, 'owner_of_variable', lambda _: None)(s.param)
+      if layer:
+        names.append(layer)
+      hits = [p.pattern for p in patterns if any(p.search(n) for n in names)]
+      used.update(hits)
+      if not hits:
+        kept.append(s)
+    unused = [p.pattern for p in patterns if p.pattern not in used]
+    if unused:
+      raise ValueError(
+          'regularizer_blacklist patterns %s match no regularizer source. '
+          'Sources are: %s' % (unused, sorted(s.op.name for s in sources)))
+    return kept
+
+  def _solve(self, builder):
+    labels = builder.solve()
+    self._tensor_nodes = builder.tensor_nodes()
+    self._labels = labels
+    src_nodes = [self._tensor_nodes[s.tensor.name] for s in self._sources]
+    # Order sources by regularizer kind, so each kind is one batch.
+    by_kind = collections.OrderedDict()
+    for s, nodes in zip(self._sources, src_nodes):
+      by_kind.setdefault(s.regularizer_cls, []).append((s, nodes))
+    self._source_batches = [(cls, [s for s, _ in items])
+                            for cls, items in by_kind.items()]
+    ordered_nodes = [n for items in by_kind.values() for _, n in items]
+    src_labels = (labels[np.concatenate(ordered_nodes)] if ordered_nodes
+                  else np.zeros([0], np.int64))
+    regularized = np.unique(src_labels)
+    self._num_classes = len(regularized)
+    label_to_class = np.full(max(len(labels), 1), self._num_classes,
+                             dtype=np.int64)
+    label_to_class[regularized] = np.arange(self._num_classes)
+    self._label_to_class = label_to_class
+    self._source_classes = label_to_class[src_labels].astype(np.int32)
+
+  # ------------------------------------------------------------ queries
+  @property
+  def ops(self):
+    """Ops analyzed, producers first."""
+    return list(self._ops)
+
+  @property
+  def view(self):
+    return self._view
+
+  @property
+  def sources(self):
+    return list(self._sources)
+
+  @property
+  def compute_ops(self):
+    return list(self._computes)
+
+  @property
+  def num_regularized_classes(self):
+    return self._num_classes
+
+  def has_channels(self, tensor):
+    return tensor.name in self._tensor_nodes
+
+  def class_indices(self, tensor):
+    """Regularized class index per channel; num_regularized_classes for an
+    unregularized channel (its reg is 0 and it is always alive)."""
+    if isinstance(tensor, tf.Operation):
+      tensor = tensor.outputs[0]
+    nodes = self._tensor_nodes.get(tensor.name)
+    if nodes is None:
+      raise KeyError('%r was not analyzed by this manager.' % tensor.name)
+    return self._label_to_class[self._labels[nodes]]
+
+  def channel_labels(self, tensor):
+    """Channel class labels (equal labels = tied channels)."""
+    return self._labels[self._tensor_nodes[tensor.name]]
+
+  def class_vectors(self):
+    """(regularization, alive) per regularized class, plus a last entry
+    (0, 1) standing for every unregularized channel. Float32 tensors."""
+    if not self._view.eager and self._cached is not None:
+      return self._cached
+    if self._view.eager:
+      result = self._compute_class_vectors()
+    else:
+      with self._view.graph.as_default():
+        result = self._compute_class_vectors()
+      self._cached = result
+    return result
+
+  def _compute_class_vectors(self):
+    if not self._sources:
+      return tf.zeros([1]), tf.ones([1])
+    regs, alives = [], []
+    for cls, sources in self._source_batches:
+      reg, alive = cls.batch_vectors([s.param for s in sources],
+                                     [s.setting for s in sources])
+      regs.append(tf.cast(reg, tf.float32))
+      alives.append(tf.cast(alive, tf.float32))
+    reg = tf.concat(regs, 0) if len(regs) > 1 else regs[0]
+    alive = tf.concat(alives, 0) if len(alives) > 1 else alives[0]
+    classes = tf.constant(self._source_classes)
+    class_reg = self._grouping.segment_reduce(reg, classes, self._num_classes)
+    class_alive = tf.math.unsorted_segment_max(alive, classes,
+                                               self._num_classes)
+    return (tf.concat([class_reg, [0.0]], 0),
+            tf.concat([tf.stop_gradient(class_alive), [1.0]], 0))
+
+  def get_regularizer(self, op):
+    """The regularizer of `op`'s output channels, or None if it has none."""
+    out = op.outputs[0] if op.outputs else None
+    if out is None or out.name not in self._tensor_nodes:
+      return None
+    classes = self.class_indices(out)
+    if np.all(classes == self._num_classes):
+      return None
+    return _OpRegularizer(self, classes)
+
+  # ----------------------------------------------------- slices, groups
+  def _slices_and_groups(self):
+    """Contiguous runs of channels, keyed by where their classes first
+    appear; slices with the same key form one OpGroup."""
+    first = {}
+    runs = collections.OrderedDict()
+    tensors = [op.outputs[0] for op in self._ops
+               if op.outputs and op.outputs[0].name in self._tensor_nodes]
+    for t_index, t in enumerate(tensors):
+      labels = self._labels[self._tensor_nodes[t.name]]
+      keys = []
+      for pos, lab in enumerate(labels):
+        keys.append(first.setdefault(int(lab), (t_index, pos)))
+      op_runs, start = [], 0
+      for pos in range(1, len(keys) + 1):
+        if (pos == len(keys) or keys[pos][0] != keys[pos - 1][0]
+            or keys[pos][1] != keys[pos - 1][1] + 1):
+          op_runs.append((start, pos - start, keys[start]))
+          start = pos
+      runs[t.op] = op_runs
+    groups = collections.OrderedDict()
+    slices = {}
+    for op, op_runs in runs.items():
+      slices[op.name] = []
+      for start, size, key in op_runs:
+        s = op_slice.OpSlice(op, op_slice.Slice(start, size))
+        slices[op.name].append(s)
+        groups.setdefault((key, size), []).append(s)
+    sources = {s.op.name for s in self._sources}
+    group_of = {}
+    for members in groups.values():
+      g = op_slice.OpGroup(tuple(members), tuple(
+          m for m in members if m.op.name in sources))
+      for m in members:
+        group_of[m] = g
+    return slices, group_of
+
+  def get_op_slices(self, op):
+    if not hasattr(self, '_slice_cache'):
+      self._slice_cache = self._slices_and_groups()
+    return list(self._slice_cache[0].get(op.name, []))
+
+  def get_op_group(self, op_slice_):
+    if not hasattr(self, '_slice_cache'):
+      self._slice_cache = self._slices_and_groups()
+    return self._slice_cache[1].get(op_slice_)
+
+  # ---------------------------------------------------------- validate
+  def validate(self, require_sources=True):
+    """Checks the analysis before regularizers are built.
+
+    Raises:
+      NoRegularizerSourceError: no op can carry a regularizer.
+      ChannelMismatchError: tied tensors disagree on channel counts.
+    """
+    if require_sources and not self._sources:
+      kinds = sorted({t for t, h in self._handlers.items()
+                      if 'Source' in type(h).__name__})
+      raise errors.NoRegularizerSourceError(
+          'No regularizable op was found between the boundaries, so the '
+          'regularizer would stay at zero. This family regularizes ops of '
+          'types %s; the %d ops analyzed include none (types seen: %s). Add '
+          'BatchNormalization (with scale=True) after your convolutions, or '
+          'use a GroupLasso regularizer.'
+          % (kinds, len(self._ops),
+             sorted({op.type for op in self._ops})[:30]))
+    for s in self._sources:
+      if int(s.param.shape[0]) != len(self._tensor_nodes[s.tensor.name]):
+        raise errors.ChannelMismatchError(
+            'Source %r: parameter size differs from channel count.'
+            % s.op.name)
+    return True

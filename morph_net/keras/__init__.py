@@ -1,0 +1,1 @@
+"""morph_net.keras."""

@@ -1,0 +1,8 @@
+"""Network regularizers: a resource cost and its sparsity term."""
+
+from morph_net.network_regularizers.flop_regularizer import GammaFlopsRegularizer
+from morph_net.network_regularizers.generic_network_regularizer import NetworkRegularizer
+from morph_net.network_regularizers.model_size_regularizer import GammaModelSizeRegularizer
+
+__all__ = ['GammaFlopsRegularizer', 'GammaModelSizeRegularizer',
+           'NetworkRegularizer']

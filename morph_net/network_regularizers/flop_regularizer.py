@@ -1,0 +1,37 @@
+"""FLOP regularizers: penalize the FLOPs per inference of the network."""
+
+from morph_net.framework import op_handlers
+from morph_net.network_regularizers import generic_network_regularizer
+from morph_net.network_regularizers import resource_function
+
+
+class GammaFlopsRegularizer(generic_network_regularizer.NetworkRegularizer):
+  """FLOPs regularizer whose sources are BatchNorm gammas.
+
+  Args:
+    output_boundary: ops of a `tf.compat.v1` graph (list), or a Keras model
+      or concrete function.
+    gamma_threshold: channels with |gamma| above it are alive.
+    input_boundary: ops where the analysis stops (graph mode).
+    force_group: regexes of ops whose channels are tied together.
+    regularizer_blacklist: regexes of BatchNorms not to regularize.
+    regularizer_decorator, decorator_parameters: reserved (see MISSION.md).
+    input_signature: `tf.TensorSpec`s when the model's input shape is not
+      known.
+    op_handler_dict: overrides merged into the Gamma table.
+  """
+
+  def __init__(self, output_boundary, gamma_threshold, input_boundary=None,
+               force_group=None, regularizer_blacklist=None,
+               regularizer_decorator=None, decorator_parameters=None,
+               input_signature=None, op_handler_dict=None):
+    table = op_handlers.gamma_op_handler_dict(gamma_threshold)
+    table.update(op_handler_dict or {})
+    super().__init__(
+        output_boundary, table, resource_function.flop_coeff,
+        name='GammaFlops', cost_name='FLOPs',
+        input_boundary=input_boundary, force_group=force_group,
+        regularizer_blacklist=regularizer_blacklist,
+        regularizer_decorator=regularizer_decorator,
+        decorator_parameters=decorator_parameters,
+        input_signature=input_signature)

@@ -1,0 +1,70 @@
+"""The network regularizer: a manager, a cost function, and a calculator.
+
+FLOPs, model size and (later) latency regularizers differ only in the
+coefficient function; Gamma, GroupLasso and gating families differ only in
+the op-handler table that decides which ops are sources.
+"""
+
+from morph_net.framework import op_regularizer_manager as orm
+from morph_net.network_regularizers import cost_calculator
+
+
+class NetworkRegularizer:
+  """Base of every network regularizer.
+
+  Args:
+    output_boundary: list of ops of a `tf.compat.v1` graph, a Keras model or
+      a concrete function.
+    op_handler_dict: the op-handler table of the regularizer family.
+    coeff_fn: Compute -> coefficient (see `resource_function`).
+    name: regularizer name (for summaries).
+    cost_name: name of the cost (e.g. 'FLOPs').
+    batch_size: multiplies every op's cost.
+    input_boundary, force_group, regularizer_blacklist,
+    create_grouping_regularizer, input_signature: see
+      `OpRegularizerManager`.
+  """
+
+  def __init__(self, output_boundary, op_handler_dict, coeff_fn, name,
+               cost_name, batch_size=1, input_boundary=None,
+               force_group=None, regularizer_blacklist=None,
+               create_grouping_regularizer=None, input_signature=None,
+               regularizer_decorator=None, decorator_parameters=None):
+    if regularizer_decorator is not None or decorator_parameters:
+      raise NotImplementedError(
+          'regularizer_decorator is not supported yet; scale the '
+          'regularization strength instead.')
+    self._manager = orm.OpRegularizerManager(
+        output_boundary, op_handler_dict,
+        create_grouping_regularizer=create_grouping_regularizer,
+        force_group=force_group, regularizer_blacklist=regularizer_blacklist,
+        input_boundary=input_boundary, input_signature=input_signature)
+    self._manager.validate()
+    self._calculator = cost_calculator.CostCalculator(
+        self._manager, coeff_fn, batch_size=batch_size)
+    self._name = name
+    self._cost_name = cost_name
+
+  def get_regularization_term(self, ops=None):
+    """strength x this is what to add to the loss (differentiable)."""
+    return self._calculator.get_regularization_term(ops)
+
+  def get_cost(self, ops=None):
+    """The resource cost of the network with its alive channels."""
+    return self._calculator.get_cost(ops)
+
+  def per_op_costs(self):
+    """{op name: cost} with the current alive channels (eager models)."""
+    return self._calculator.per_op_costs()
+
+  @property
+  def op_regularizer_manager(self):
+    return self._manager
+
+  @property
+  def name(self):
+    return self._name
+
+  @property
+  def cost_name(self):
+    return self._cost_name

@@ -1,0 +1,30 @@
+"""Model-size regularizers: penalize the number of conv and dense weights."""
+
+from morph_net.framework import op_handlers
+from morph_net.network_regularizers import generic_network_regularizer
+from morph_net.network_regularizers import resource_function
+
+
+class GammaModelSizeRegularizer(
+    generic_network_regularizer.NetworkRegularizer):
+  """Model-size regularizer whose sources are BatchNorm gammas.
+
+  Arguments are those of `GammaFlopsRegularizer`. Cost is the weight count
+  of convolutions and matmuls (kernel elements x alive_in x alive_out;
+  depthwise: kernel elements x alive_out). Biases are not counted.
+  """
+
+  def __init__(self, output_boundary, gamma_threshold, input_boundary=None,
+               force_group=None, regularizer_blacklist=None,
+               regularizer_decorator=None, decorator_parameters=None,
+               input_signature=None, op_handler_dict=None):
+    table = op_handlers.gamma_op_handler_dict(gamma_threshold)
+    table.update(op_handler_dict or {})
+    super().__init__(
+        output_boundary, table, resource_function.num_weights_coeff,
+        name='GammaModelSize', cost_name='ModelSize',
+        input_boundary=input_boundary, force_group=force_group,
+        regularizer_blacklist=regularizer_blacklist,
+        regularizer_decorator=regularizer_decorator,
+        decorator_parameters=decorator_parameters,
+        input_signature=input_signature)

@@ -1,0 +1,5 @@
+"""Per-op regularizers: how a source's channels are scored."""
+
+from morph_net.op_regularizers.gamma_l1_regularizer import GammaL1Regularizer
+
+__all__ = ['GammaL1Regularizer']

@@ -1,0 +1,51 @@
+"""L1 on BatchNorm gammas: regularization |gamma|, alive |gamma| > threshold."""
+
+import tensorflow as tf
+
+
+def read(param):
+  """The current float32 value of a variable or tensor."""
+  value = tf.convert_to_tensor(param)
+  return tf.cast(value, tf.float32) if value.dtype != tf.float32 else value
+
+
+class GammaL1Regularizer:
+  """Regularizer of one BatchNorm's channels.
+
+  Args:
+    gamma: the gamma variable or tensor, shape [C].
+    gamma_threshold: channels with |gamma| above it are alive.
+
+  >>> import tensorflow as tf
+  >>> reg = GammaL1Regularizer(tf.constant([0.5, -0.001, 2.0]), 0.01)
+  >>> reg.regularization_vector.numpy().tolist()
+  [0.5, 0.0010000000474974513, 2.0]
+  >>> reg.alive_vector.numpy().tolist()
+  [True, False, True]
+  """
+
+  def __init__(self, gamma, gamma_threshold):
+    self._gamma = gamma
+    self._threshold = float(gamma_threshold)
+
+  @property
+  def regularization_vector(self):
+    return tf.abs(read(self._gamma))
+
+  @property
+  def alive_vector(self):
+    return self.regularization_vector > self._threshold
+
+  @staticmethod
+  def batch_vectors(params, thresholds):
+    """Concatenated (regularization, alive) vectors of many gammas at once.
+
+    One concat, one abs and one compare for a whole network: this is what
+    a training step evaluates.
+    """
+    gammas = tf.concat([tf.reshape(read(p), [-1]) for p in params], axis=0)
+    reg = tf.abs(gammas)
+    sizes = [int(p.shape[0]) for p in params]
+    limits = tf.constant(
+        [t for t, n in zip(thresholds, sizes) for _ in range(n)], tf.float32)
+    return reg, reg > limits
