@@ -90,18 +90,19 @@ class GraphView:
   def consumers(self, op):
     return [c for t in op.outputs for c in t.consumers()]
 
-  def walk(self, follow):
+  def walk(self, follow, parents=None):
     """Ops reachable backwards from the outputs, through `follow`ed inputs.
 
     Args:
       follow: callable (op) -> iterable of input indices to traverse.
+      parents: optional dict to fill (lets `follow` print paths mid-walk).
 
     Returns:
       (ops, parents): ops in topological order (producers first) and a dict
       op name -> name of the consumer through which it was first reached,
       used to print the path from an output to an op.
     """
-    parents = {}
+    parents = {} if parents is None else parents
     order = []
     seen = set()
     stack = []

@@ -62,8 +62,9 @@ class OpRegularizerManager:
       with no regularizer sources.
     create_grouping_regularizer: how tied channels' regularizers combine;
       `MaxGroupingRegularizer` (default) or `L2GroupingRegularizer`.
-    force_group: regexes; the ops matching one regex have their output
-      channels tied together (they must have equal channel counts).
+    force_group: regexes; the ops matching one regex (by op name or, for
+      Keras models, by the name of the layer whose weights they read) have
+      their output channels tied together (equal channel counts required).
     regularizer_blacklist: regexes; matching source ops (or, for Keras
       models, layers) carry no regularizer. A pattern matching nothing is an
       error.
@@ -81,7 +82,8 @@ class OpRegularizerManager:
                           else op_handlers.default_op_handler_dict())
     self._grouping = (create_grouping_regularizer
                       or grouping_regularizers.MaxGroupingRegularizer)
-    self._ops, self._parents = self._view.walk(self._follow)
+    self._parents = {}
+    self._ops, _ = self._view.walk(self._follow, self._parents)
     builder = channel_graph.ChannelGraphBuilder(self._view)
     for op in self._ops:
       handler = self._handlers[op.type]
@@ -121,8 +123,8 @@ class OpRegularizerManager:
   def _apply_force_group(self, builder, force_group):
     for pattern in channel_graph.compile_patterns(force_group, 'force_group'):
       members = [op.outputs[0] for op in self._ops
-                 if op.outputs and pattern.search(op.name)
-                 and builder.channels(op.outputs[0]) is not None]
+                 if op.outputs and builder.channels(op.outputs[0]) is not None
+                 and any(pattern.search(n) for n in self._names(op))]
       if not members:
         raise ValueError('force_group regex %r matches no op with channels.'
                          % pattern.pattern)
@@ -133,6 +135,16 @@ class OpRegularizerManager:
             'force_group %r ties ops with different channel counts: %s'
             % (pattern.pattern, e)) from None
 
+  def _names(self, op):
+    """An op's name, plus the Keras layers owning variables it reads."""
+    names = [op.name]
+    for t in op.inputs:
+      var = self._view.variable(t) if self._view.eager else None
+      layer = var is not None and self._view.owner_of_variable(var)
+      if layer:
+        names.append(layer)
+    return names
+
   def _filter_blacklist(self, sources, blacklist):
     patterns = channel_graph.compile_patterns(blacklist,
                                               'regularizer_blacklist')
@@ -141,7 +153,7 @@ class OpRegularizerManager:
     kept, used = [], set()
     for s in sources:
       names = [s.op.name]
-      layer = getattr(self._view, 'owner_of_variable', lambda _: None)(s.param)
+      layer = self._view.owner_of_variable(s.param)
       if layer:
         names.append(layer)
       hits = [p.pattern for p in patterns if any(p.search(n) for n in names)]
