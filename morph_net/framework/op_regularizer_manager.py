@@ -40,7 +40,7 @@ class _OpRegularizer:
 
   def __init__(self, manager, classes):
     self._manager = manager
-    self._classes = tf.constant(classes, tf.int32)
+    self._classes = np.asarray(classes, np.int32)
 
   @property
   def regularization_vector(self):

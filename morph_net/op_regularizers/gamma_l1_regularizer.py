@@ -1,5 +1,6 @@
 """L1 on BatchNorm gammas: regularization |gamma|, alive |gamma| > threshold."""
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -45,7 +46,8 @@ class GammaL1Regularizer:
     """
     gammas = tf.concat([tf.reshape(read(p), [-1]) for p in params], axis=0)
     reg = tf.abs(gammas)
+    if len(set(thresholds)) == 1:
+      return reg, reg > thresholds[0]
     sizes = [int(p.shape[0]) for p in params]
-    limits = tf.constant(
-        [t for t, n in zip(thresholds, sizes) for _ in range(n)], tf.float32)
+    limits = np.repeat(np.asarray(thresholds, np.float32), sizes)
     return reg, reg > limits
