@@ -16,9 +16,11 @@ import tensorflow as tf
 
 from morph_net.framework import errors
 
-# Ops that forward their input unchanged; followed when resolving a parameter.
+# Ops that forward a parameter's values (maybe reshaped); followed when
+# resolving which variable feeds a weight input (Conv1D expands its kernel).
 _FORWARDING_OPS = frozenset(['Identity', 'Cast', 'ReadVariableOp', 'Enter',
-                             'StopGradient', 'Snapshot'])
+                             'StopGradient', 'Snapshot', 'ExpandDims',
+                             'Reshape', 'Squeeze'])
 
 
 class GraphView:
