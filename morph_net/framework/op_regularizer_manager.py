@@ -51,6 +51,14 @@ class _OpRegularizer:
     return tf.gather(self._manager.class_vectors()[1], self._classes) > 0.5
 
 
+class _VectorRegularizer:
+  """One source's vectors, as handed to a regularizer_decorator."""
+
+  def __init__(self, regularization_vector, alive_vector):
+    self.regularization_vector = regularization_vector
+    self.alive_vector = alive_vector
+
+
 class OpRegularizerManager:
   """Groups the channels of a network and assigns them regularizers.
 
@@ -71,12 +79,23 @@ class OpRegularizerManager:
     input_boundary: ops at which the walk stops (graph mode).
     input_signature: `tf.TensorSpec`s to trace a model whose input shape is
       not known.
+    regularizer_decorator: optional callable (op_regularizer, **params) ->
+      op regularizer, applied to every source before grouping (e.g. to scale
+      a source's regularization vector). Its input and output expose
+      `regularization_vector` and `alive_vector`.
+    decorator_parameters: keyword arguments for regularizer_decorator.
   """
 
   def __init__(self, output_boundary, op_handler_dict=None,
                create_grouping_regularizer=None, force_group=None,
                regularizer_blacklist=None, input_boundary=None,
-               input_signature=None):
+               input_signature=None, regularizer_decorator=None,
+               decorator_parameters=None):
+    if decorator_parameters and regularizer_decorator is None:
+      raise ValueError('decorator_parameters were given without a '
+                       'regularizer_decorator.')
+    self._decorator = regularizer_decorator
+    self._decorator_params = dict(decorator_parameters or {})
     self._view = make_view(output_boundary, input_boundary, input_signature)
     self._handlers = dict(op_handler_dict if op_handler_dict is not None
                           else op_handlers.default_op_handler_dict())
@@ -252,12 +271,29 @@ class OpRegularizerManager:
       alives.append(tf.cast(alive, tf.float32))
     reg = tf.concat(regs, 0) if len(regs) > 1 else regs[0]
     alive = tf.concat(alives, 0) if len(alives) > 1 else alives[0]
+    if self._decorator is not None:
+      reg, alive = self._decorate(reg, alive)
     classes = tf.constant(self._source_classes)
     class_reg = self._grouping.segment_reduce(reg, classes, self._num_classes)
     class_alive = tf.math.unsorted_segment_max(alive, classes,
                                                self._num_classes)
     return (tf.concat([class_reg, [0.0]], 0),
             tf.concat([tf.stop_gradient(class_alive), [1.0]], 0))
+
+  def _decorate(self, reg, alive):
+    """Applies the decorator source by source (opt-in; not vectorized)."""
+    regs, alives, start = [], [], 0
+    for _, sources in self._source_batches:
+      for s in sources:
+        n = len(self._tensor_nodes[s.tensor.name])
+        decorated = self._decorator(
+            _VectorRegularizer(reg[start:start + n],
+                               alive[start:start + n] > 0.5),
+            **self._decorator_params)
+        regs.append(tf.cast(decorated.regularization_vector, tf.float32))
+        alives.append(tf.cast(decorated.alive_vector, tf.float32))
+        start += n
+    return tf.concat(regs, 0), tf.concat(alives, 0)
 
   def get_regularizer(self, op):
     """The regularizer of `op`'s output channels, or None if it has none."""

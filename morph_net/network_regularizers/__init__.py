@@ -1,8 +1,9 @@
 """Network regularizers: a resource cost and its sparsity term."""
 
+from morph_net.network_regularizers.activation_regularizer import GammaActivationRegularizer
 from morph_net.network_regularizers.flop_regularizer import GammaFlopsRegularizer
 from morph_net.network_regularizers.generic_network_regularizer import NetworkRegularizer
 from morph_net.network_regularizers.model_size_regularizer import GammaModelSizeRegularizer
 
-__all__ = ['GammaFlopsRegularizer', 'GammaModelSizeRegularizer',
+__all__ = ['GammaActivationRegularizer', 'GammaFlopsRegularizer', 'GammaModelSizeRegularizer',
            'NetworkRegularizer']

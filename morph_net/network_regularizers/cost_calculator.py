@@ -1,14 +1,13 @@
 """Vectorized cost and regularization term over all compute ops.
 
 At construction, every compute op's input and output channels are mapped to
-channel classes and its coefficient is computed, all as numpy arrays. Each
-call then runs a fixed handful of TF ops, however large the network:
-    alive_in[o] = sum of alive over op o's input channels (one gather and
-                  one segment sum; same for alive_out, reg_in, reg_out)
-    cost = sum_o B k_o alive_in[o] alive_out[o]          (bilinear ops)
-         + sum_o B k_o alive_out[o]                      (depthwise)
-    term = sum_o B k_o (alive_in reg_out + alive_out reg_in)  (bilinear)
-         + sum_o B k_o (reg_in + reg_out)                     (depthwise)
+channel classes and its coefficients are computed (see resource_function),
+all as numpy arrays. Each call then runs a fixed handful of TF ops, however
+large the network:
+    a_in[o] = sum of alive over op o's input channels (one gather and one
+              segment sum; the same for a_out, r_in, r_out)
+    cost = sum_o B (k_bi a_in a_out + k_in a_in + k_out a_out)
+    term = sum_o B (k_bi (a_in r_out + a_out r_in) + t_in r_in + t_out r_out)
 Alive counts carry no gradient; the term is differentiable in the sources.
 """
 
@@ -21,7 +20,7 @@ class CostCalculator:
 
   Args:
     manager: an `OpRegularizerManager`.
-    coeff_fn: Compute -> float coefficient k (see resource_function).
+    coeff_fn: Compute -> `resource_function.Coefficients`.
     batch_size: B, multiplies every op's cost.
     op_filter: optional predicate on Compute entries that count.
   """
@@ -34,9 +33,9 @@ class CostCalculator:
     self._names = [c.op.name for c in computes]
     n = len(computes)
     self._num_ops = n
-    self._coeff = np.array([coeff_fn(c) * batch_size for c in computes],
-                           dtype=np.float64)
-    self._linear = np.array([c.linear for c in computes], dtype=bool)
+    # Columns: bilinear, cost_in, cost_out, term_in, term_out.
+    self._coeff = np.array([tuple(coeff_fn(c)) for c in computes],
+                           dtype=np.float64).reshape([n, 5]) * batch_size
     ins = [manager.class_indices(c.input) for c in computes]
     outs = [manager.class_indices(c.output) for c in computes]
     self._in_idx, self._in_seg = _flatten(ins)
@@ -47,12 +46,12 @@ class CostCalculator:
     return list(self._computes)
 
   def _weights(self, ops):
-    """Per-op coefficients, zeroed for ops not in `ops` (if given)."""
+    """Per-op coefficient columns, zeroed for ops not in `ops` (if given)."""
     coeff = self._coeff
     if ops is not None:
       wanted = {op.name if hasattr(op, 'name') else str(op) for op in ops}
-      coeff = coeff * np.array([n in wanted for n in self._names])
-    return coeff
+      coeff = coeff * np.array([[n in wanted] for n in self._names])
+    return coeff.T
 
   def _sums(self, vector, idx, seg):
     return tf.math.unsorted_segment_sum(
@@ -79,11 +78,10 @@ class CostCalculator:
     def build():
       if not self._num_ops:
         return tf.constant(0.0, tf.float64)
-      alive_in, alive_out, _, _ = self._io()
-      alive_in = tf.cast(alive_in, tf.float64)
-      alive_out = tf.cast(alive_out, tf.float64)
-      per_op = tf.where(self._linear, alive_out, alive_in * alive_out)
-      return tf.reduce_sum(coeff * per_op)
+      a_in, a_out, _, _ = self._io()
+      a_in, a_out = tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64)
+      k_bi, k_in, k_out, _, _ = coeff
+      return tf.reduce_sum(k_bi * a_in * a_out + k_in * a_in + k_out * a_out)
 
     return self._in_graph(build)
 
@@ -94,20 +92,21 @@ class CostCalculator:
     def build():
       if not self._num_ops:
         return tf.constant(0.0, tf.float32)
-      alive_in, alive_out, reg_in, reg_out = self._io()
-      bilinear = alive_in * reg_out + alive_out * reg_in
-      per_op = tf.where(self._linear, reg_in + reg_out, bilinear)
-      return tf.reduce_sum(coeff * per_op)
+      a_in, a_out, r_in, r_out = self._io()
+      k_bi, _, _, t_in, t_out = coeff
+      return tf.reduce_sum(k_bi * (a_in * r_out + a_out * r_in)
+                           + t_in * r_in + t_out * r_out)
 
     return self._in_graph(build)
 
   def per_op_costs(self):
     """{op name: cost} with the current alive channels (numpy, eager)."""
-    alive_in, alive_out, _, _ = self._io()
-    alive_in = np.asarray(alive_in, np.float64)
-    alive_out = np.asarray(alive_out, np.float64)
-    per_op = np.where(self._linear, alive_out, alive_in * alive_out)
-    return dict(zip(self._names, (self._coeff * per_op).tolist()))
+    a_in, a_out, _, _ = self._io()
+    a_in = np.asarray(a_in, np.float64)
+    a_out = np.asarray(a_out, np.float64)
+    k_bi, k_in, k_out, _, _ = self._coeff.T
+    per_op = k_bi * a_in * a_out + k_in * a_in + k_out * a_out
+    return dict(zip(self._names, per_op.tolist()))
 
 
 def _flatten(index_lists):

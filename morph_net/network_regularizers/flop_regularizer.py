@@ -15,7 +15,8 @@ class GammaFlopsRegularizer(generic_network_regularizer.NetworkRegularizer):
     input_boundary: ops where the analysis stops (graph mode).
     force_group: regexes of ops whose channels are tied together.
     regularizer_blacklist: regexes of BatchNorms not to regularize.
-    regularizer_decorator, decorator_parameters: reserved (see MISSION.md).
+    regularizer_decorator, decorator_parameters: a callable (op_regularizer,
+      **decorator_parameters) -> op regularizer applied to each source.
     input_signature: `tf.TensorSpec`s when the model's input shape is not
       known.
     op_handler_dict: overrides merged into the Gamma table.
@@ -28,7 +29,7 @@ class GammaFlopsRegularizer(generic_network_regularizer.NetworkRegularizer):
     table = op_handlers.gamma_op_handler_dict(gamma_threshold)
     table.update(op_handler_dict or {})
     super().__init__(
-        output_boundary, table, resource_function.flop_coeff,
+        output_boundary, table, resource_function.flop_function,
         name='GammaFlops', cost_name='FLOPs',
         input_boundary=input_boundary, force_group=force_group,
         regularizer_blacklist=regularizer_blacklist,

@@ -21,8 +21,8 @@ class NetworkRegularizer:
     cost_name: name of the cost (e.g. 'FLOPs').
     batch_size: multiplies every op's cost.
     input_boundary, force_group, regularizer_blacklist,
-    create_grouping_regularizer, input_signature: see
-      `OpRegularizerManager`.
+    create_grouping_regularizer, input_signature, regularizer_decorator,
+    decorator_parameters: see `OpRegularizerManager`.
   """
 
   def __init__(self, output_boundary, op_handler_dict, coeff_fn, name,
@@ -30,15 +30,13 @@ class NetworkRegularizer:
                force_group=None, regularizer_blacklist=None,
                create_grouping_regularizer=None, input_signature=None,
                regularizer_decorator=None, decorator_parameters=None):
-    if regularizer_decorator is not None or decorator_parameters:
-      raise NotImplementedError(
-          'regularizer_decorator is not supported yet; scale the '
-          'regularization strength instead.')
     self._manager = orm.OpRegularizerManager(
         output_boundary, op_handler_dict,
         create_grouping_regularizer=create_grouping_regularizer,
         force_group=force_group, regularizer_blacklist=regularizer_blacklist,
-        input_boundary=input_boundary, input_signature=input_signature)
+        input_boundary=input_boundary, input_signature=input_signature,
+        regularizer_decorator=regularizer_decorator,
+        decorator_parameters=decorator_parameters)
     self._manager.validate()
     self._calculator = cost_calculator.CostCalculator(
         self._manager, coeff_fn, batch_size=batch_size)

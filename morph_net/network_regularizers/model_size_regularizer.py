@@ -21,7 +21,7 @@ class GammaModelSizeRegularizer(
     table = op_handlers.gamma_op_handler_dict(gamma_threshold)
     table.update(op_handler_dict or {})
     super().__init__(
-        output_boundary, table, resource_function.num_weights_coeff,
+        output_boundary, table, resource_function.model_size_function,
         name='GammaModelSize', cost_name='ModelSize',
         input_boundary=input_boundary, force_group=force_group,
         regularizer_blacklist=regularizer_blacklist,
