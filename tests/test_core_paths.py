@@ -1,0 +1,257 @@
+"""Graph-mode and Keras 3 paths agree with each other and with hand math.
+
+Network (input 8x8x3):
+  conv1 3x3 SAME stride 1 -> 4 ch, BN1, relu
+  conv2 3x3 SAME stride 2 -> 6 ch, BN2, relu
+  mean over H, W -> dense 6 -> 5
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from morph_net.network_regularizers import flop_regularizer
+from morph_net.network_regularizers import model_size_regularizer
+from morph_net.tools import structure_exporter
+
+tf1 = tf.compat.v1
+
+THRESHOLD = 0.01
+H = W = 8
+C_IN = 3
+GAMMA1 = np.array([1.0, 0.0, 0.5, 0.005], np.float32)  # alive: 1.0, 0.5
+GAMMA2 = np.array([0.3, 0.0, 2.0, -0.7, 0.001, 0.2], np.float32)  # alive 4
+N_OUT = 5
+
+ALIVE1 = 2
+ALIVE2 = 4
+REG1 = 1.0 + 0.0 + 0.5 + 0.005
+REG2 = 0.3 + 0.0 + 2.0 + 0.7 + 0.001 + 0.2
+
+# FLOPs coefficients k = 2 * output positions * kernel elements.
+K1_FLOPS = 2 * (8 * 8) * (3 * 3)  # 1152
+K2_FLOPS = 2 * (4 * 4) * (3 * 3)  # 288 (stride 2, SAME: 8 -> 4)
+KD_FLOPS = 2
+# Model size: k = kernel elements.
+K1_SIZE, K2_SIZE, KD_SIZE = 9, 9, 1
+
+
+def expected(k1, k2, kd, alive1=ALIVE1, reg1=REG1, alive2=ALIVE2,
+             reg2=REG2):
+  # Input image: unregularized, full width 3, reg 0.
+  # Dense output: unregularized, full width 5, reg 0.
+  cost = (k1 * C_IN * alive1 + k2 * alive1 * alive2 + kd * alive2 * N_OUT)
+  term = (k1 * (C_IN * reg1 + alive1 * 0.0)
+          + k2 * (alive1 * reg2 + alive2 * reg1)
+          + kd * (alive2 * 0.0 + N_OUT * reg2))
+  # d term / d |gamma1_i| and d |gamma2_j|.
+  d1 = k1 * C_IN + k2 * alive2
+  d2 = k2 * alive1 + kd * N_OUT
+  return cost, term, d1, d2
+
+
+FLOPS_COST, FLOPS_TERM, FLOPS_D1, FLOPS_D2 = expected(
+    K1_FLOPS, K2_FLOPS, KD_FLOPS)
+SIZE_COST, SIZE_TERM, SIZE_D1, SIZE_D2 = expected(K1_SIZE, K2_SIZE, KD_SIZE)
+
+
+def test_hand_numbers_are_what_we_think():
+  # 1152*3*2 + 288*2*4 + 2*4*5
+  assert FLOPS_COST == 6912 + 2304 + 40
+  assert SIZE_COST == 54 + 72 + 20
+
+
+def expected_grad(gamma, d):
+  # d|g|/dg = sign(g); tf.abs has gradient 0 at 0.
+  return np.sign(gamma) * d
+
+
+REGULARIZERS = {
+    'flops': (flop_regularizer.GammaFlopsRegularizer,
+              FLOPS_COST, FLOPS_TERM, FLOPS_D1, FLOPS_D2),
+    'size': (model_size_regularizer.GammaModelSizeRegularizer,
+             SIZE_COST, SIZE_TERM, SIZE_D1, SIZE_D2),
+}
+COEFFS = {'flops': (K1_FLOPS, K2_FLOPS, KD_FLOPS),
+          'size': (K1_SIZE, K2_SIZE, KD_SIZE)}
+
+
+def _kernels():
+  rng = np.random.RandomState(0)
+  return (rng.randn(3, 3, C_IN, 4).astype(np.float32),
+          rng.randn(3, 3, 4, 6).astype(np.float32),
+          rng.randn(6, N_OUT).astype(np.float32))
+
+
+def build_keras():
+  k1, k2, kd = _kernels()
+  inputs = keras.Input((H, W, C_IN))
+  x = keras.layers.Conv2D(4, 3, padding='same', use_bias=False,
+                          name='conv1')(inputs)
+  x = keras.layers.BatchNormalization(name='bn1')(x)
+  x = keras.layers.ReLU()(x)
+  x = keras.layers.Conv2D(6, 3, strides=2, padding='same', use_bias=False,
+                          name='conv2')(x)
+  x = keras.layers.BatchNormalization(name='bn2')(x)
+  x = keras.layers.ReLU()(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  out = keras.layers.Dense(N_OUT, name='logits')(x)
+  model = keras.Model(inputs, out)
+  model.get_layer('conv1').set_weights([k1])
+  model.get_layer('conv2').set_weights([k2])
+  model.get_layer('logits').set_weights([kd, np.zeros(N_OUT, np.float32)])
+  for name, g in (('bn1', GAMMA1), ('bn2', GAMMA2)):
+    n = len(g)
+    model.get_layer(name).set_weights(
+        [g, np.zeros(n, np.float32), np.zeros(n, np.float32),
+         np.ones(n, np.float32)])
+  return model
+
+
+def build_graph():
+  """Returns (graph, logits, gamma1 var, gamma2 var)."""
+  k1, k2, kd = _kernels()
+  graph = tf.Graph()
+  with graph.as_default():
+    images = tf1.placeholder(tf.float32, [None, H, W, C_IN])
+    kernel1 = tf1.get_variable('kernel1', initializer=k1)
+    kernel2 = tf1.get_variable('kernel2', initializer=k2)
+    dense_w = tf1.get_variable('dense_w', initializer=kd)
+    gamma1 = tf1.get_variable('gamma1', initializer=GAMMA1)
+    beta1 = tf1.get_variable('beta1', initializer=np.zeros(4, np.float32))
+    gamma2 = tf1.get_variable('gamma2', initializer=GAMMA2)
+    beta2 = tf1.get_variable('beta2', initializer=np.zeros(6, np.float32))
+    net = tf.nn.conv2d(images, kernel1, 1, 'SAME', name='conv1')
+    net, _, _ = tf1.nn.fused_batch_norm(net, gamma1, beta1, name='bn1')
+    net = tf.nn.relu(net)
+    net = tf.nn.conv2d(net, kernel2, 2, 'SAME', name='conv2')
+    net, _, _ = tf1.nn.fused_batch_norm(net, gamma2, beta2, name='bn2')
+    net = tf.nn.relu(net)
+    net = tf.reduce_mean(net, [1, 2])
+    logits = tf.matmul(net, dense_w, name='logits')
+  return graph, logits, gamma1, gamma2
+
+
+@pytest.fixture(scope='module')
+def keras_model():
+  return build_keras()
+
+
+@pytest.mark.parametrize('kind', sorted(REGULARIZERS))
+def test_keras_cost_term_alive(keras_model, kind):
+  cls, cost, term, _, _ = REGULARIZERS[kind]
+  reg = cls(keras_model, THRESHOLD)
+  assert float(reg.get_cost()) == pytest.approx(cost, rel=1e-9)
+  assert float(reg.get_regularization_term()) == pytest.approx(term, rel=1e-5)
+  exporter = structure_exporter.StructureExporter(reg.op_regularizer_manager)
+  assert exporter.get_alive_counts() == {'conv1': ALIVE1, 'conv2': ALIVE2}
+
+
+@pytest.mark.parametrize('kind', sorted(REGULARIZERS))
+def test_graph_cost_term_alive(kind):
+  cls, cost, term, _, _ = REGULARIZERS[kind]
+  graph, logits, _, _ = build_graph()
+  with graph.as_default():
+    reg = cls([logits.op], THRESHOLD)
+    cost_t, term_t = reg.get_cost(), reg.get_regularization_term()
+    exporter = structure_exporter.StructureExporter(
+        reg.op_regularizer_manager)
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      cost_v, term_v, alive = sess.run([cost_t, term_t, exporter.tensors])
+  exporter.populate_tensor_values(alive)
+  assert float(cost_v) == pytest.approx(cost, rel=1e-9)
+  assert float(term_v) == pytest.approx(term, rel=1e-5)
+  assert exporter.get_alive_counts() == {'conv1': ALIVE1, 'conv2': ALIVE2}
+
+
+@pytest.mark.parametrize('kind', sorted(REGULARIZERS))
+def test_graph_and_keras_agree(keras_model, kind):
+  cls = REGULARIZERS[kind][0]
+  keras_reg = cls(keras_model, THRESHOLD)
+  graph, logits, _, _ = build_graph()
+  with graph.as_default():
+    reg = cls([logits.op], THRESHOLD)
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      cost_v, term_v = sess.run([reg.get_cost(),
+                                 reg.get_regularization_term()])
+  assert float(cost_v) == float(keras_reg.get_cost())
+  assert float(term_v) == pytest.approx(
+      float(keras_reg.get_regularization_term()), rel=1e-6)
+
+
+@pytest.mark.parametrize('kind', sorted(REGULARIZERS))
+def test_keras_gradients(keras_model, kind):
+  cls, _, _, d1, d2 = REGULARIZERS[kind]
+  reg = cls(keras_model, THRESHOLD)
+  g1 = keras_model.get_layer('bn1').gamma
+  g2 = keras_model.get_layer('bn2').gamma
+  with tf.GradientTape() as tape:
+    term = reg.get_regularization_term()
+  grads = tape.gradient(term, [g1, g2])
+  assert grads[0] is not None and grads[1] is not None
+  grads = [np.asarray(g) for g in grads]
+  assert np.any(grads[0] != 0) and np.any(grads[1] != 0)
+  np.testing.assert_allclose(grads[0], expected_grad(GAMMA1, d1), rtol=1e-5)
+  np.testing.assert_allclose(grads[1], expected_grad(GAMMA2, d2), rtol=1e-5)
+
+
+@pytest.mark.parametrize('kind', sorted(REGULARIZERS))
+def test_graph_gradients(kind):
+  cls, _, _, d1, d2 = REGULARIZERS[kind]
+  graph, logits, gamma1, gamma2 = build_graph()
+  with graph.as_default():
+    reg = cls([logits.op], THRESHOLD)
+    term = reg.get_regularization_term()
+    grads = tf1.gradients(term, [gamma1, gamma2])
+    assert all(g is not None for g in grads)
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      grads = sess.run(grads)
+  np.testing.assert_allclose(grads[0], expected_grad(GAMMA1, d1), rtol=1e-5)
+  np.testing.assert_allclose(grads[1], expected_grad(GAMMA2, d2), rtol=1e-5)
+
+
+@pytest.mark.parametrize('kind', sorted(REGULARIZERS))
+def test_term_inside_tf_function(kind):
+  cls, cost, term, d1, _ = REGULARIZERS[kind]
+  model = build_keras()
+  reg = cls(model, THRESHOLD)
+  g1 = model.get_layer('bn1').gamma
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      t = reg.get_regularization_term()
+    return t, reg.get_cost(), tape.gradient(t, g1)
+
+  t, c, grad = step()
+  assert float(t) == pytest.approx(term, rel=1e-5)
+  assert float(c) == pytest.approx(cost, rel=1e-9)
+  np.testing.assert_allclose(np.asarray(grad), expected_grad(GAMMA1, d1),
+                             rtol=1e-5)
+  # The function reads live variables: kill channel 0 of bn1 and re-run.
+  new_g1 = GAMMA1.copy()
+  new_g1[0] = 0.0
+  g1.assign(new_g1)
+  t2, c2, _ = step()
+  # Now bn1 has one alive channel (0.5) and reg 0.505.
+  cost2, term2, _, _ = expected(*COEFFS[kind], alive1=1, reg1=0.505)
+  assert float(c2) == pytest.approx(cost2, rel=1e-9)
+  assert float(c2) < float(c)
+  assert float(t2) == pytest.approx(term2, rel=1e-5)
+
+
+def test_cost_follows_variable_updates_eager():
+  model = build_keras()
+  reg = flop_regularizer.GammaFlopsRegularizer(model, THRESHOLD)
+  before = float(reg.get_cost())
+  g2 = model.get_layer('bn2').gamma
+  new_g2 = GAMMA2.copy()
+  new_g2[4] = 1.0  # 0.001 -> 1.0: one more alive channel in conv2's group
+  g2.assign(new_g2)
+  after = float(reg.get_cost())
+  # conv2 out +1: 288 * 2 * 1; dense in +1: 2 * 1 * 5.
+  assert after - before == pytest.approx(288 * 2 + 2 * 5)
