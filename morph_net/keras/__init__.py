@@ -1,1 +1,20 @@
-"""morph_net.keras."""
+"""morph_net.keras: the Keras 3 workflow (TensorFlow backend).
+
+- `add_regularizer(model, regularizer, strength)`: a model that trains with
+  `compile`/`fit` while minimizing loss + strength x regularization term, and
+  reports the cost (e.g. 'FLOPs') and 'regularization_term' in the logs.
+- `StructureExporterCallback(regularizer, log_dir, save_every_n_steps)`:
+  writes `log_dir/learned_structure/alive_<step>` and TensorBoard scalars.
+"""
+
+from morph_net.keras.training import add_regularizer
+from morph_net.keras.training import REGULARIZATION_TERM_NAME
+from morph_net.keras.training import RegularizedModel
+from morph_net.keras.training import StructureExporterCallback
+
+__all__ = [
+    'REGULARIZATION_TERM_NAME',
+    'RegularizedModel',
+    'StructureExporterCallback',
+    'add_regularizer',
+]

@@ -1,0 +1,429 @@
+"""Training a Keras 3 model with a MorphNet regularizer: `fit` as usual.
+
+`add_regularizer` wraps a model so that `compile`/`fit` minimize
+
+    task loss + strength * regularizer.get_regularization_term()
+
+and report the regularizer's cost (e.g. 'FLOPs') and the term
+('regularization_term') in the progress bar and in the `History`.
+`StructureExporterCallback` writes the learned structure (alive channel
+counts, JSON) and TensorBoard scalars while training.
+
+Example:
+
+```python
+reg = flop_regularizer.GammaFlopsRegularizer(model, gamma_threshold=1e-2)
+trainer = morph_net.keras.add_regularizer(
+    model, reg, strength=1.0 / float(reg.get_cost()))
+trainer.compile(optimizer='adam', loss='sparse_categorical_crossentropy',
+                metrics=['accuracy'])
+trainer.fit(x, y, epochs=5, callbacks=[
+    morph_net.keras.StructureExporterCallback(reg, '/tmp/run', 100)])
+model.save('/tmp/run/model.keras')  # or trainer.save(...): same file
+```
+
+Only the TensorFlow backend is supported: the regularizer crawls a traced
+TensorFlow graph and evaluates with TensorFlow ops.
+"""
+
+import math
+import numbers
+import os
+import warnings
+
+import keras
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from morph_net.tools import structure_exporter as structure_exporter_lib
+
+REGULARIZATION_TERM_NAME = 'regularization_term'
+
+
+def _check_backend():
+  backend = keras.backend.backend()
+  if backend != 'tensorflow':
+    raise RuntimeError(
+        'morph_net.keras needs the TensorFlow backend of Keras 3, but '
+        'keras.backend.backend() is %r. Set KERAS_BACKEND=tensorflow before '
+        'importing keras.' % backend)
+
+
+def _check_strength(strength):
+  if (isinstance(strength, bool) or
+      not isinstance(strength, numbers.Real)):
+    raise ValueError(
+        'strength must be a non-negative real number, got %r (type %s).'
+        % (strength, type(strength).__name__))
+  strength = float(strength)
+  if not math.isfinite(strength) or strength < 0:
+    raise ValueError(
+        'strength must be a finite number >= 0, got %r. A good starting '
+        'value is 1 / regularizer.get_cost().' % strength)
+  return strength
+
+
+def _check_regularizer(regularizer):
+  missing = [a for a in ('get_regularization_term', 'get_cost', 'cost_name')
+             if not hasattr(regularizer, a)]
+  if missing:
+    raise TypeError(
+        'regularizer must be a morph_net network regularizer (e.g. '
+        'flop_regularizer.GammaFlopsRegularizer); %r has no %s.'
+        % (type(regularizer).__name__, ', '.join(missing)))
+
+
+class RegularizedModel(keras.Model):
+  """A Keras model that adds `strength * regularization term` to its loss.
+
+  Create it with `add_regularizer`. It calls the wrapped model, so
+  `predict`, `evaluate`, `__call__` and `summary` behave like the wrapped
+  model's; `compile` and `fit` are Keras' own, with two changes:
+
+  * the loss minimized (and reported as 'loss', in training and in
+    evaluation, like Keras' own weight regularizers) is the compiled loss
+    plus `strength * regularizer.get_regularization_term()`;
+  * the logs of every train/test step also hold the regularizer's current
+    cost under `regularizer.cost_name` (e.g. 'FLOPs'; 'val_FLOPs' during
+    validation) and the unscaled term under `term_name`. They are values
+    after the step's forward pass (not averages over the epoch), so the
+    `History` holds the cost at the end of each epoch.
+
+  Saving: `save`, `save_weights` and `load_weights` act on the wrapped
+  model, so `RegularizedModel.save('m.keras')` writes the plain model
+  (loadable with `keras.models.load_model` without morph_net, without the
+  regularizer, the strength or the optimizer state of this wrapper).
+  `keras.callbacks.ModelCheckpoint` therefore also writes the wrapped model.
+  The wrapper itself is not serializable: rebuild it with `add_regularizer`
+  after loading.
+
+  Args:
+    model: the Keras model to train (the one the regularizer was built on).
+    regularizer: a morph_net network regularizer built from `model`.
+    strength: float >= 0, the multiplier of the regularization term. It is
+      held in a variable: set `RegularizedModel.strength` at any time (e.g.
+      from a callback) without retracing.
+    term_name: the log key of the unscaled regularization term.
+    cost_name: the log key of the cost; `regularizer.cost_name` if None.
+    name: the wrapper's name; '<model name>_morph_net' if None.
+
+  Raises:
+    ValueError: `strength` is negative, not finite or not a number, or the
+      two log keys collide.
+    TypeError: `model` is not a Keras model or `regularizer` is not a
+      network regularizer.
+    RuntimeError: the Keras backend is not TensorFlow.
+  """
+
+  def __init__(self, model, regularizer, strength, term_name=None,
+               cost_name=None, name=None, **kwargs):
+    _check_backend()
+    if not isinstance(model, keras.Model):
+      raise TypeError('model must be a keras.Model, got %s.'
+                      % type(model).__name__)
+    _check_regularizer(regularizer)
+    strength = _check_strength(strength)
+    term_name = term_name or REGULARIZATION_TERM_NAME
+    cost_name = cost_name or regularizer.cost_name
+    if term_name == cost_name or 'loss' in (term_name, cost_name):
+      raise ValueError(
+          'The cost and term log keys must differ from each other and from '
+          "'loss'; got cost_name=%r, term_name=%r." % (cost_name, term_name))
+    super().__init__(name=name or '%s_morph_net' % model.name, **kwargs)
+    self.inner_model = model
+    self._morph_net_regularizer = regularizer
+    self._term_name = term_name
+    self._cost_name = cost_name
+    self._strength = keras.Variable(
+        strength, dtype='float32', trainable=False, name='morph_net_strength')
+    if getattr(model, 'built', False):
+      self.built = True
+    _warn_if_detached(model, regularizer)
+
+  @property
+  def regularizer(self):
+    """The network regularizer."""
+    return self._morph_net_regularizer
+
+  @property
+  def strength(self):
+    """The current strength (a Python float)."""
+    return float(self._strength.numpy())
+
+  @strength.setter
+  def strength(self, value):
+    self._strength.assign(_check_strength(value))
+
+  @property
+  def cost_name(self):
+    """The log key of the cost (e.g. 'FLOPs')."""
+    return self._cost_name
+
+  @property
+  def term_name(self):
+    """The log key of the regularization term."""
+    return self._term_name
+
+  def call(self, inputs, training=None, mask=None):
+    """Calls the wrapped model."""
+    if mask is not None:
+      return self.inner_model(inputs, training=training, mask=mask)
+    return self.inner_model(inputs, training=training)
+
+  def compute_output_shape(self, input_shape):
+    return self.inner_model.compute_output_shape(input_shape)
+
+  def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                   training=True):
+    """The compiled loss plus strength x the regularization term."""
+    loss = super().compute_loss(x=x, y=y, y_pred=y_pred,
+                                sample_weight=sample_weight,
+                                training=training)
+    term = tf.cast(self._morph_net_regularizer.get_regularization_term(),
+                   loss.dtype)
+    return loss + tf.cast(self._strength, loss.dtype) * term
+
+  def compute_metrics(self, x, y, y_pred, sample_weight=None):
+    """The compiled metrics plus the regularizer's cost and term."""
+    results = super().compute_metrics(x, y, y_pred,
+                                      sample_weight=sample_weight)
+    results = dict(results)
+    reg = self._morph_net_regularizer
+    results[self._cost_name] = tf.cast(reg.get_cost(), tf.float32)
+    results[self._term_name] = tf.cast(reg.get_regularization_term(),
+                                       tf.float32)
+    return results
+
+  def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+    """Saves the wrapped model (not the wrapper) with `keras.Model.save`.
+
+    Args:
+      filepath: a '.keras' (or '.h5') path.
+      overwrite: whether to overwrite an existing file.
+      zipped: see `keras.Model.save`.
+      **kwargs: passed to `keras.Model.save` of the wrapped model.
+    """
+    if zipped is not None:
+      kwargs['zipped'] = zipped
+    return self.inner_model.save(filepath, overwrite=overwrite, **kwargs)
+
+  def save_weights(self, filepath, overwrite=True, **kwargs):
+    """Saves the wrapped model's weights (interchangeable with its own)."""
+    return self.inner_model.save_weights(filepath, overwrite=overwrite,
+                                         **kwargs)
+
+  def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+    """Loads weights saved by `save_weights` into the wrapped model."""
+    return self.inner_model.load_weights(filepath,
+                                         skip_mismatch=skip_mismatch, **kwargs)
+
+  def get_config(self):
+    raise NotImplementedError(
+        'RegularizedModel is not serializable; save the wrapped model '
+        '(RegularizedModel.save does) and call add_regularizer again after '
+        'loading it.')
+
+
+def _warn_if_detached(model, regularizer):
+  """Warns if the term has no gradient w.r.t. the model's variables."""
+  variables = model.trainable_variables
+  if not variables:
+    return
+  try:
+    with tf.GradientTape() as tape:
+      term = regularizer.get_regularization_term()
+    grads = tape.gradient(term, [v.value if hasattr(v, 'value') else v
+                                 for v in variables])
+  except Exception:  # pylint: disable=broad-except
+    return  # Graph-mode regularizers etc.: nothing to check eagerly.
+  if all(g is None for g in grads):
+    warnings.warn(
+        'The regularization term does not depend on any trainable variable '
+        'of model %r: training will not shrink it. Build the regularizer '
+        'from this very model (not a clone), and check that it has '
+        'regularized layers (e.g. BatchNormalization with scale=True for '
+        'Gamma regularizers).' % model.name, stacklevel=3)
+
+
+def add_regularizer(model, regularizer, strength, term_name=None,
+                    cost_name=None):
+  """Returns a model that trains `model` with a MorphNet regularizer.
+
+  Compile and fit the returned model as usual; it minimizes
+  `loss + strength * regularizer.get_regularization_term()` and reports
+  `regularizer.cost_name` (e.g. 'FLOPs') and 'regularization_term' in the
+  progress bar and the `History`. The weights trained are `model`'s own, so
+  after `fit` use (and save) `model` directly; the returned model's `save`
+  also saves `model`. See `RegularizedModel`.
+
+  Args:
+    model: a Keras 3 model (functional, sequential or subclassed).
+    regularizer: a morph_net network regularizer built from `model`, e.g.
+      `GammaFlopsRegularizer(model, gamma_threshold=0.01)`.
+    strength: float >= 0; a good start is `1 / float(regularizer.get_cost())`.
+    term_name: log key of the term; 'regularization_term' if None.
+    cost_name: log key of the cost; `regularizer.cost_name` if None.
+
+  Returns:
+    A `RegularizedModel` wrapping `model`.
+
+  Raises:
+    ValueError: `strength` is negative, not finite or not a number.
+    TypeError: `model` is not a Keras model or `regularizer` is not a
+      network regularizer.
+    RuntimeError: the Keras backend is not TensorFlow.
+  """
+  return RegularizedModel(model, regularizer, strength, term_name=term_name,
+                          cost_name=cost_name)
+
+
+def _scalar_metadata():
+  metadata = summary_pb2.SummaryMetadata()
+  metadata.plugin_data.plugin_name = 'scalars'
+  metadata.data_class = summary_pb2.DATA_CLASS_SCALAR
+  return metadata
+
+
+def write_scalar_summary(tag, value, step):
+  """Writes a TensorBoard scalar to the default summary writer.
+
+  Same record as `tf.summary.scalar`, whose implementation lives in the
+  `tensorboard` package; this needs only TensorFlow.
+
+  Args:
+    tag: the scalar's name.
+    value: a float.
+    step: int step.
+
+  Returns:
+    True if a writer was active and the value was written.
+  """
+  return tf.summary.write(
+      tag, tf.constant(value, tf.float32), step=step,
+      metadata=_scalar_metadata())
+
+
+class StructureExporterCallback(keras.callbacks.Callback):
+  """Writes the learned structure and TensorBoard scalars during `fit`.
+
+  Every `save_every_n_steps` optimizer steps (global steps, read from
+  `model.optimizer.iterations`, so they continue across `fit` calls), it
+  writes `log_dir/learned_structure/alive_<step>` (JSON {layer name: alive
+  channel count}, written atomically) and, under `log_dir/<summary_subdir>`,
+  the TensorBoard scalars `<cost_name>` (e.g. 'FLOPs'),
+  'regularization_term' and 'alive/<layer name>'. It also writes them at
+  step 0 when training starts from step 0, and at the last step when
+  training ends if `save_on_train_end` (and that step was not written).
+
+  With `steps_per_execution` > 1 the step is checked once per execution: a
+  file is written, with the current step, whenever a multiple of
+  `save_every_n_steps` was crossed.
+
+  Args:
+    regularizer: the morph_net network regularizer being trained.
+    log_dir: the base directory.
+    save_every_n_steps: int > 0, the period in optimizer steps.
+    save_on_train_end: also write at the last step of each `fit`.
+    summary_subdir: subdirectory of `log_dir` for the TensorBoard event
+      file; None writes no summaries.
+    remove_common_prefix: passed to `StructureExporter`.
+
+  Raises:
+    ValueError: `save_every_n_steps` is not a positive integer or `log_dir`
+      is empty.
+    TypeError: `regularizer` has no `op_regularizer_manager`.
+  """
+
+  def __init__(self, regularizer, log_dir, save_every_n_steps,
+               save_on_train_end=True, summary_subdir='morph_net',
+               remove_common_prefix=False):
+    super().__init__()
+    if (isinstance(save_every_n_steps, bool) or
+        not isinstance(save_every_n_steps, numbers.Integral) or
+        save_every_n_steps <= 0):
+      raise ValueError(
+          'save_every_n_steps must be a positive integer, got %r.'
+          % (save_every_n_steps,))
+    if log_dir is None or not os.fspath(log_dir):
+      raise ValueError('log_dir must be a non-empty path, got %r.'
+                       % (log_dir,))
+    if not hasattr(regularizer, 'op_regularizer_manager'):
+      raise TypeError(
+          'regularizer must be a morph_net network regularizer with an '
+          'op_regularizer_manager; got %s.' % type(regularizer).__name__)
+    self._regularizer = regularizer
+    self._log_dir = os.fspath(log_dir)
+    self._every = int(save_every_n_steps)
+    self._save_on_train_end = save_on_train_end
+    self._summary_subdir = summary_subdir
+    self._exporter = structure_exporter_lib.StructureExporter(
+        regularizer.op_regularizer_manager,
+        remove_common_prefix=remove_common_prefix)
+    self._writer = None
+    self._local_step = 0
+    self._last_saved = None
+    self.saved_steps = []  # Every step written, in order.
+
+  @property
+  def log_dir(self):
+    return self._log_dir
+
+  def _global_step(self):
+    optimizer = getattr(self.model, 'optimizer', None)
+    iterations = getattr(optimizer, 'iterations', None)
+    if iterations is None:
+      return self._local_step
+    return int(keras.ops.convert_to_numpy(iterations))
+
+  def _save(self, step):
+    """Writes the structure file and the scalars for `step`."""
+    self._exporter.create_file_and_save_alive_counts(self._log_dir, step)
+    self._last_saved = step
+    self.saved_steps.append(step)
+    if self._summary_subdir is None:
+      return
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(
+          os.path.join(self._log_dir, self._summary_subdir))
+    reg = self._regularizer
+    counts = self._exporter.get_alive_counts()
+    scalars = [(getattr(reg, 'cost_name', 'cost'), float(reg.get_cost())),
+               (REGULARIZATION_TERM_NAME,
+                float(reg.get_regularization_term()))]
+    scalars += [('alive/%s' % layer, float(count))
+                for layer, count in counts.items()]
+    with self._writer.as_default():
+      for tag, value in scalars:
+        write_scalar_summary(tag, value, step)
+    self._writer.flush()
+
+  def on_train_begin(self, logs=None):
+    self._local_step = 0
+    step = self._global_step()
+    self._step_at_check = step
+    if step == 0 and self._last_saved != 0:
+      self._save(0)
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._local_step += 1
+    step = self._global_step()
+    previous = self._step_at_check
+    self._step_at_check = step
+    if step // self._every > previous // self._every and (
+        step != self._last_saved):
+      self._save(step)
+
+  def on_train_end(self, logs=None):
+    step = self._global_step()
+    if self._save_on_train_end and step != self._last_saved:
+      self._save(step)
+    if self._writer is not None:
+      self._writer.flush()
+
+  def __del__(self):
+    writer = getattr(self, '_writer', None)
+    if writer is not None:
+      try:
+        writer.close()
+      except Exception:  # pylint: disable=broad-except
+        pass
