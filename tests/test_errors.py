@@ -22,6 +22,8 @@ def _graph_with_unknown_op():
     y, _, _ = tf1.nn.fused_batch_norm(y, g, b, name='bn')
     y = tf.math.cumsum(y, axis=1, name='odd')  # no handler for 'Cumsum'
     y = tf.nn.relu(y, name='act')
+    head = tf1.get_variable('head', [4, 2])
+    y = tf.matmul(tf.reduce_mean(y, [1, 2]), head, name='logits')
   return graph, y
 
 
@@ -31,7 +33,7 @@ def test_unsupported_op_names_op_type_path_and_fix():
     flop_regularizer.GammaFlopsRegularizer([out.op], 0.1)
   msg = str(info.value)
   assert "'odd'" in msg and "'Cumsum'" in msg
-  assert 'act -> odd' in msg  # the path from the output
+  assert 'logits -> Mean -> act -> odd' in msg  # the path from the output
   assert "op_handler_dict['Cumsum']" in msg  # the one-line fix
 
 
@@ -42,7 +44,7 @@ def test_registering_a_handler_fixes_it():
       op_handler_dict={'Cumsum': framework.GroupingOpHandler()})
   with tf1.Session(graph=out.graph) as sess:
     sess.run(tf1.global_variables_initializer())
-    assert sess.run(reg.get_cost()) == 2 * 64 * 9 * 3 * 4
+    assert sess.run(reg.get_cost()) == 2 * 64 * 9 * 3 * 4 + 2 * 4 * 2
 
 
 def test_handler_override_does_not_leak_into_other_managers():
@@ -66,7 +68,7 @@ def test_unknown_spatial_size_makes_flops_undefined():
   inputs = keras.Input((None, None, 3))
   x = keras.layers.Conv2D(4, 3, name='conv')(inputs)
   x = keras.layers.BatchNormalization()(x)
-  model = keras.Model(inputs, x)
+  model = keras.Model(inputs, keras.layers.Dense(2)(x))
   with pytest.raises(framework.UnknownShapeError) as info:
     flop_regularizer.GammaFlopsRegularizer(model, 0.1)
   assert 'conv' in str(info.value) and 'input' in str(info.value)
@@ -80,9 +82,11 @@ def test_subclassed_model_without_shape_asks_for_input_signature():
       super().__init__()
       self.conv = keras.layers.Conv2D(4, 3)
       self.bn = keras.layers.BatchNormalization()
+      self.head = keras.layers.Dense(2)
 
     def call(self, x, training=False):
-      return self.bn(self.conv(x), training=training)
+      x = self.bn(self.conv(x), training=training)
+      return self.head(tf.reduce_mean(x, [1, 2]))
 
   net = Net()
   with pytest.raises(framework.AnalysisError) as info:
@@ -90,7 +94,7 @@ def test_subclassed_model_without_shape_asks_for_input_signature():
   assert 'input_signature' in str(info.value)
   reg = flop_regularizer.GammaFlopsRegularizer(
       net, 0.1, input_signature=[tf.TensorSpec([None, 6, 6, 3])])
-  assert float(reg.get_cost()) == 2 * 16 * 9 * 3 * 4
+  assert float(reg.get_cost()) == 2 * 16 * 9 * 3 * 4 + 2 * 4 * 2
 
 
 def test_force_group_with_mismatched_channels_is_an_error():
@@ -108,7 +112,9 @@ def test_force_group_with_mismatched_channels_is_an_error():
 def test_blacklist_pattern_matching_nothing_is_an_error():
   inputs = keras.Input((8, 8, 3))
   x = keras.layers.Conv2D(4, 3, name='conv')(inputs)
-  model = keras.Model(inputs, keras.layers.BatchNormalization(name='bn')(x))
+  x = keras.layers.BatchNormalization(name='bn')(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  model = keras.Model(inputs, keras.layers.Dense(2)(x))
   with pytest.raises(ValueError, match='match no regularizer source'):
     flop_regularizer.GammaFlopsRegularizer(
         model, 0.1, regularizer_blacklist=['nothing_like_this'])
@@ -124,15 +130,26 @@ def test_force_group_ties_channels():
   a = keras.layers.BatchNormalization(name='bn_a')(a)
   b = keras.layers.Conv2D(4, 1, name='b')(inputs)
   b = keras.layers.BatchNormalization(name='bn_b')(b)
-  model = keras.Model(inputs, keras.layers.Concatenate()([a, b]))
+  x = keras.layers.Concatenate()([a, b])
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  model = keras.Model(inputs, keras.layers.Dense(2, name='head')(x))
   model.get_layer('bn_a').gamma.assign([1.0, 0.0, 1.0, 1.0])
   plain = flop_regularizer.GammaFlopsRegularizer(model, 0.1)
   forced = flop_regularizer.GammaFlopsRegularizer(
       model, 0.1, force_group=['^(a|b)$'])
-  assert float(plain.get_cost()) == 2 * 64 * 3 * (3 + 4)
+  head = 2 * 2
+  assert float(plain.get_cost()) == 2 * 64 * 3 * (3 + 4) + head * (3 + 4)
   # Channel 1 of b is alive, so it keeps channel 1 of a alive too.
-  assert float(forced.get_cost()) == 2 * 64 * 3 * (4 + 4)
+  assert float(forced.get_cost()) == 2 * 64 * 3 * (4 + 4) + head * (4 + 4)
   manager = forced.op_regularizer_manager
-  conv_a, conv_b = manager.compute_ops
+  conv_a, conv_b = [c for c in manager.compute_ops if c.op.type == 'Conv2D']
   np.testing.assert_array_equal(manager.class_indices(conv_a.output),
                                 manager.class_indices(conv_b.output))
+
+
+def test_sources_only_on_output_channels_is_an_error():
+  inputs = keras.Input((8, 8, 3))
+  x = keras.layers.Conv2D(4, 3, name='conv')(inputs)
+  model = keras.Model(inputs, keras.layers.BatchNormalization(name='bn')(x))
+  with pytest.raises(framework.NoRegularizerSourceError, match='output'):
+    flop_regularizer.GammaFlopsRegularizer(model, 0.1)

@@ -23,7 +23,7 @@ class Source:
   """Channels that carry a regularizer (e.g. a BatchNorm's gamma)."""
   op: object  # tf.Operation that owns the regularized channels
   tensor: object  # tf.Tensor whose channels are regularized
-  regularizer_cls: type  # has batch_vectors(params, settings)
+  regularizer_cls: type  # has batch_vectors(params, settings), num_channels
   param: object  # tf.Variable (eager views) or tf.Tensor (graph mode)
   setting: object  # e.g. the threshold
 
@@ -121,10 +121,11 @@ class ChannelGraphBuilder:
   # ------------------------------------------------------ sources, costs
   def add_source(self, op, tensor, regularizer_cls, param, setting):
     count = len(self.nodes(tensor))
-    if int(param.shape[0]) != count:
+    size = regularizer_cls.num_channels(param, setting)
+    if size != count:
       raise errors.ChannelMismatchError(
-          'Regularizer parameter of %r has %d entries but %r has %d '
-          'channels.' % (op.name, int(param.shape[0]), tensor.name, count))
+          'Regularizer parameter of %r has %d channels but %r has %d.'
+          % (op.name, size, tensor.name, count))
     self.sources.append(Source(op, tensor, regularizer_cls, param, setting))
 
   def add_compute(self, op, inp, out, positions, kernel_size, linear=False,

@@ -20,6 +20,15 @@ class GroupingOpHandler(op_handler.OpHandler):
     ctx.tie(op.outputs[0], op.inputs[0])
 
 
+class IdentityNOpHandler(op_handler.OpHandler):
+  """IdentityN (e.g. a custom-gradient swish): output i is input i."""
+
+  def analyze(self, op, ctx):
+    for inp, out in zip(op.inputs, op.outputs):
+      if op_handler.is_float(inp) and ctx.view.channels(inp) is not None:
+        ctx.tie(out, inp)
+
+
 class ElementwiseOpHandler(op_handler.OpHandler):
   """Add, Mul, Maximum, ... with broadcasting.
 

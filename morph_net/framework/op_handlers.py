@@ -29,6 +29,7 @@ _FAMILIES = (
         'Exp', 'Log', 'Log1p', 'Erf', 'Reciprocal', 'ClipByValue', 'Round',
         'Floor', 'Ceil', 'Sign', 'ResizeBilinear', 'ResizeNearestNeighbor',
         'ResizeBicubic', 'ResizeArea')),
+    (grouping.IdentityNOpHandler(), ('IdentityN',)),
     (grouping.ElementwiseOpHandler(), (
         'Add', 'AddV2', 'Sub', 'Mul', 'Maximum', 'Minimum', 'RealDiv', 'Div',
         'DivNoNan', 'SquaredDifference', 'Pow', 'SelectV2', 'Select',

@@ -77,6 +77,8 @@ class OpRegularizerManager:
       models, layers) carry no regularizer. A pattern matching nothing is an
       error.
     input_boundary: ops at which the walk stops (graph mode).
+    Channels tied to the output boundary are never regularized: the
+    network's output width (e.g. its logits) is fixed by the task.
     input_signature: `tf.TensorSpec`s to trace a model whose input shape is
       not known.
     regularizer_decorator: optional callable (op_regularizer, **params) ->
@@ -200,13 +202,22 @@ class OpRegularizerManager:
     ordered_nodes = [n for items in by_kind.values() for _, n in items]
     src_labels = (labels[np.concatenate(ordered_nodes)] if ordered_nodes
                   else np.zeros([0], np.int64))
+    # The output's channels are the network's contract (e.g. its logits):
+    # never prune them, even if a source (a last Dense kernel) reaches them.
+    out_labels = [labels[self._tensor_nodes[t.name]]
+                  for op in self._view.output_ops for t in op.outputs
+                  if t.name in self._tensor_nodes]
     regularized = np.unique(src_labels)
+    if out_labels:
+      regularized = np.setdiff1d(regularized, np.concatenate(out_labels))
     self._num_classes = len(regularized)
     label_to_class = np.full(max(len(labels), 1), self._num_classes,
                              dtype=np.int64)
     label_to_class[regularized] = np.arange(self._num_classes)
     self._label_to_class = label_to_class
+    # Sources on output channels map to a dropped extra class.
     self._source_classes = label_to_class[src_labels].astype(np.int32)
+    self._num_segments = self._num_classes + 1
 
   # ------------------------------------------------------------ queries
   @property
@@ -274,9 +285,11 @@ class OpRegularizerManager:
     if self._decorator is not None:
       reg, alive = self._decorate(reg, alive)
     classes = tf.constant(self._source_classes)
-    class_reg = self._grouping.segment_reduce(reg, classes, self._num_classes)
+    n = self._num_classes
+    class_reg = self._grouping.segment_reduce(reg, classes,
+                                              self._num_segments)[:n]
     class_alive = tf.math.unsorted_segment_max(alive, classes,
-                                               self._num_classes)
+                                               self._num_segments)[:n]
     return (tf.concat([class_reg, [0.0]], 0),
             tf.concat([tf.stop_gradient(class_alive), [1.0]], 0))
 
@@ -360,6 +373,12 @@ class OpRegularizerManager:
       NoRegularizerSourceError: no op can carry a regularizer.
       ChannelMismatchError: tied tensors disagree on channel counts.
     """
+    if require_sources and self._sources and not self._num_classes:
+      raise errors.NoRegularizerSourceError(
+          'Every regularizable channel (sources: %s) is tied to the output '
+          'boundary, whose width is fixed, so nothing can be pruned. Put the '
+          'prunable layers before a fixed-width head (e.g. a final Dense).'
+          % sorted(s.op.name for s in self._sources)[:10])
     if require_sources and not self._sources:
       kinds = sorted({t for t, h in self._handlers.items()
                       if 'Source' in type(h).__name__})
@@ -372,7 +391,8 @@ class OpRegularizerManager:
           % (kinds, len(self._ops),
              sorted({op.type for op in self._ops})[:30]))
     for s in self._sources:
-      if int(s.param.shape[0]) != len(self._tensor_nodes[s.tensor.name]):
+      size = s.regularizer_cls.num_channels(s.param, s.setting)
+      if size != len(self._tensor_nodes[s.tensor.name]):
         raise errors.ChannelMismatchError(
             'Source %r: parameter size differs from channel count.'
             % s.op.name)

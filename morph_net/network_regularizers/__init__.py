@@ -1,9 +1,14 @@
 """Network regularizers: a resource cost and its sparsity term."""
 
 from morph_net.network_regularizers.activation_regularizer import GammaActivationRegularizer
+from morph_net.network_regularizers.activation_regularizer import GroupLassoActivationRegularizer
 from morph_net.network_regularizers.flop_regularizer import GammaFlopsRegularizer
+from morph_net.network_regularizers.flop_regularizer import GroupLassoFlopsRegularizer
 from morph_net.network_regularizers.generic_network_regularizer import NetworkRegularizer
 from morph_net.network_regularizers.model_size_regularizer import GammaModelSizeRegularizer
+from morph_net.network_regularizers.model_size_regularizer import GroupLassoModelSizeRegularizer
 
-__all__ = ['GammaActivationRegularizer', 'GammaFlopsRegularizer', 'GammaModelSizeRegularizer',
+__all__ = ['GammaActivationRegularizer', 'GammaFlopsRegularizer',
+           'GammaModelSizeRegularizer', 'GroupLassoActivationRegularizer',
+           'GroupLassoFlopsRegularizer', 'GroupLassoModelSizeRegularizer',
            'NetworkRegularizer']

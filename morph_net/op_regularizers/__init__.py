@@ -1,5 +1,6 @@
 """Per-op regularizers: how a source's channels are scored."""
 
 from morph_net.op_regularizers.gamma_l1_regularizer import GammaL1Regularizer
+from morph_net.op_regularizers.group_lasso_regularizer import GroupLassoRegularizer
 
-__all__ = ['GammaL1Regularizer']
+__all__ = ['GammaL1Regularizer', 'GroupLassoRegularizer']

@@ -38,6 +38,11 @@ class GammaL1Regularizer:
     return self.regularization_vector > self._threshold
 
   @staticmethod
+  def num_channels(param, setting):
+    del setting
+    return int(param.shape[0])
+
+  @staticmethod
   def batch_vectors(params, thresholds):
     """Concatenated (regularization, alive) vectors of many gammas at once.
 

@@ -1,0 +1,83 @@
+"""Group lasso on conv/matmul weights: one group per output channel.
+
+norm_c = (1 - f) * RMS(w[..., c]) + f * mean|w[..., c]|, f = l1_fraction;
+a channel is alive when its norm exceeds the threshold.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from morph_net.op_regularizers import gamma_l1_regularizer
+
+
+def _check_l1_fraction(l1_fraction):
+  if not 0.0 <= float(l1_fraction) <= 1.0:
+    raise ValueError('l1_fraction must be in [0, 1], got %r.' % (l1_fraction,))
+
+
+def _norms(weight, out_axis, l1_fraction):
+  w = gamma_l1_regularizer.read(weight)
+  rank = w.shape.rank
+  axes = [a for a in range(rank) if a != out_axis % rank]
+  mean_square = tf.reduce_mean(tf.square(w), axis=axes)
+  # sqrt has an infinite slope at 0: an all-zero filter would give NaNs.
+  rms = tf.sqrt(tf.maximum(mean_square, 1e-30))
+  if not l1_fraction:
+    return rms
+  return (1.0 - l1_fraction) * rms + l1_fraction * tf.reduce_mean(
+      tf.abs(w), axis=axes)
+
+
+class GroupLassoRegularizer:
+  """Regularizer of one conv/matmul's output channels.
+
+  Args:
+    weight_tensor: the kernel (variable or tensor).
+    threshold: channels whose norm exceeds it are alive.
+    l1_fraction: mix of mean |w| into the RMS norm, in [0, 1].
+    out_axis: the kernel axis of output channels (-1 for Conv2D/MatMul,
+      -2 for transposed convs).
+
+  >>> import tensorflow as tf
+  >>> w = tf.constant([[3.0, 0.0], [4.0, 0.0]])  # [in=2, out=2]
+  >>> reg = GroupLassoRegularizer(w, threshold=0.1)
+  >>> [round(v, 4) for v in reg.regularization_vector.numpy().tolist()]
+  [3.5355, 0.0]
+  >>> reg.alive_vector.numpy().tolist()
+  [True, False]
+  """
+
+  def __init__(self, weight_tensor, threshold, l1_fraction=0.0, out_axis=-1):
+    _check_l1_fraction(l1_fraction)
+    self._weight = weight_tensor
+    self._threshold = float(threshold)
+    self._l1_fraction = float(l1_fraction)
+    self._out_axis = out_axis
+
+  @property
+  def regularization_vector(self):
+    return _norms(self._weight, self._out_axis, self._l1_fraction)
+
+  @property
+  def alive_vector(self):
+    return self.regularization_vector > self._threshold
+
+  @staticmethod
+  def num_channels(param, setting):
+    return int(param.shape[setting[2]])
+
+  @staticmethod
+  def batch_vectors(params, settings):
+    """Concatenated (regularization, alive) of many kernels.
+
+    Args:
+      params: kernels (variables or tensors).
+      settings: per kernel, a tuple (threshold, l1_fraction, out_axis).
+    """
+    regs = [_norms(p, axis, f) for p, (_, f, axis) in zip(params, settings)]
+    reg = tf.concat(regs, 0) if len(regs) > 1 else regs[0]
+    thresholds = [t for t, _, _ in settings]
+    if len(set(thresholds)) == 1:
+      return reg, reg > thresholds[0]
+    sizes = [int(p.shape[axis]) for p, (_, _, axis) in zip(params, settings)]
+    return reg, reg > np.repeat(np.asarray(thresholds, np.float32), sizes)
