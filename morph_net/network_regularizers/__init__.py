@@ -5,10 +5,14 @@ from morph_net.network_regularizers.activation_regularizer import GroupLassoActi
 from morph_net.network_regularizers.flop_regularizer import GammaFlopsRegularizer
 from morph_net.network_regularizers.flop_regularizer import GroupLassoFlopsRegularizer
 from morph_net.network_regularizers.generic_network_regularizer import NetworkRegularizer
+from morph_net.network_regularizers.hardware import HardwareSpec
+from morph_net.network_regularizers.latency_regularizer import GammaLatencyRegularizer
+from morph_net.network_regularizers.latency_regularizer import GroupLassoLatencyRegularizer
 from morph_net.network_regularizers.model_size_regularizer import GammaModelSizeRegularizer
 from morph_net.network_regularizers.model_size_regularizer import GroupLassoModelSizeRegularizer
 
 __all__ = ['GammaActivationRegularizer', 'GammaFlopsRegularizer',
-           'GammaModelSizeRegularizer', 'GroupLassoActivationRegularizer',
-           'GroupLassoFlopsRegularizer', 'GroupLassoModelSizeRegularizer',
-           'NetworkRegularizer']
+           'GammaLatencyRegularizer', 'GammaModelSizeRegularizer',
+           'GroupLassoActivationRegularizer', 'GroupLassoFlopsRegularizer',
+           'GroupLassoLatencyRegularizer', 'GroupLassoModelSizeRegularizer',
+           'HardwareSpec', 'NetworkRegularizer']

@@ -38,8 +38,8 @@ class CostCalculator:
                            dtype=np.float64).reshape([n, 5]) * batch_size
     ins = [manager.class_indices(c.input) for c in computes]
     outs = [manager.class_indices(c.output) for c in computes]
-    self._in_idx, self._in_seg = _flatten(ins)
-    self._out_idx, self._out_seg = _flatten(outs)
+    self._in_idx, self._in_seg = flatten_indices(ins)
+    self._out_idx, self._out_seg = flatten_indices(outs)
 
   @property
   def compute_ops(self):
@@ -109,7 +109,8 @@ class CostCalculator:
     return dict(zip(self._names, per_op.tolist()))
 
 
-def _flatten(index_lists):
+def flatten_indices(index_lists):
+  """Concatenated indices and the segment (list number) of each."""
   if not index_lists:
     return np.zeros([0], np.int32), np.zeros([0], np.int32)
   idx = np.concatenate(index_lists).astype(np.int32)

@@ -23,13 +23,17 @@ class NetworkRegularizer:
     input_boundary, force_group, regularizer_blacklist,
     create_grouping_regularizer, input_signature, regularizer_decorator,
     decorator_parameters: see `OpRegularizerManager`.
+    calculator_factory: optional manager -> calculator with get_cost and
+      get_regularization_term, replacing the bilinear CostCalculator (the
+      latency roofline uses this).
   """
 
   def __init__(self, output_boundary, op_handler_dict, coeff_fn, name,
                cost_name, batch_size=1, input_boundary=None,
                force_group=None, regularizer_blacklist=None,
                create_grouping_regularizer=None, input_signature=None,
-               regularizer_decorator=None, decorator_parameters=None):
+               regularizer_decorator=None, decorator_parameters=None,
+               calculator_factory=None):
     self._manager = orm.OpRegularizerManager(
         output_boundary, op_handler_dict,
         create_grouping_regularizer=create_grouping_regularizer,
@@ -38,8 +42,11 @@ class NetworkRegularizer:
         regularizer_decorator=regularizer_decorator,
         decorator_parameters=decorator_parameters)
     self._manager.validate()
-    self._calculator = cost_calculator.CostCalculator(
-        self._manager, coeff_fn, batch_size=batch_size)
+    if calculator_factory is not None:
+      self._calculator = calculator_factory(self._manager)
+    else:
+      self._calculator = cost_calculator.CostCalculator(
+          self._manager, coeff_fn, batch_size=batch_size)
     self._name = name
     self._cost_name = cost_name
 

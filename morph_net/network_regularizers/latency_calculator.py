@@ -1,0 +1,175 @@
+"""Roofline latency: per op, max(compute time, memory time).
+
+compute time = FLOPs / peak compute; memory time = bytes moved / bandwidth,
+with bytes = input activations + output activations (x batch size) + weights,
+each linear in the alive channels of its tensor (weights bilinear in the
+op's input and output). The units follow MorphNet: FLOPs / (GFLOP/s) and
+bytes / (GB/s), i.e. nanoseconds. The term of each op follows whichever bound
+is larger with the current alive channels.
+
+Ops counted, as in MorphNet: convolutions and matmuls (compute and memory),
+and Add, AddV2, AddN, ConcatV2, FusedBatchNorm*, Mul, Relu, Relu6, Sum
+(memory only). A ConcatV2 reads as much as it writes.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from morph_net.framework import errors
+from morph_net.network_regularizers import cost_calculator
+from morph_net.network_regularizers import resource_function
+
+MEMORY_OPS = frozenset(['Add', 'AddV2', 'AddN', 'ConcatV2', 'FusedBatchNorm',
+                        'FusedBatchNormV2', 'FusedBatchNormV3', 'Mul', 'Relu',
+                        'Relu6', 'Sum'])
+
+
+class LatencyCalculator:
+  """Vectorized roofline latency over a manager's ops.
+
+  Args:
+    manager: an `OpRegularizerManager`.
+    peak_compute: GFLOP/s of the target hardware.
+    memory_bandwidth: GB/s of the target hardware.
+    batch_size: examples per inference.
+  """
+
+  def __init__(self, manager, peak_compute, memory_bandwidth, batch_size=1):
+    self._manager = manager
+    computes = {c.op.name: c for c in manager.compute_ops}
+    ops = [op for op in manager.ops
+           if op.name in computes or (op.type in MEMORY_OPS and op.outputs
+                                      and manager.has_channels(op.outputs[0]))]
+    self._names = [op.name for op in ops]
+    n = len(ops)
+    self._num_ops = n
+    # Bilinear pairs (compute ops): flops and weight bytes per alive pair.
+    flop_bi = np.zeros(n)
+    flop_lin = np.zeros(n)  # depthwise: FLOPs per alive output channel
+    weight_bi = np.zeros(n)
+    weight_lin = np.zeros(n)
+    pair_in, pair_out = [], []
+    # Linear memory terms: (op index, tensor, bytes per alive channel).
+    terms = []
+    for i, op in enumerate(ops):
+      c = computes.get(op.name)
+      out = op.outputs[0]
+      if c is not None:
+        k = resource_function.flop_coeff(c) * batch_size
+        w_bytes = c.kernel_size * op.inputs[c.weight_index].dtype.size
+        if c.linear:
+          flop_lin[i], weight_lin[i] = k, w_bytes
+        else:
+          flop_bi[i], weight_bi[i] = k, w_bytes
+        pair_in.append(manager.class_indices(c.input))
+        pair_out.append(manager.class_indices(c.output))
+        inputs = [c.input]
+      else:
+        pair_in.append(np.zeros([0], np.int64))
+        pair_out.append(np.zeros([0], np.int64))
+        inputs = ([out] if op.type == 'ConcatV2' else
+                  [t for t in op.inputs if manager.has_channels(t)])
+      for t in inputs + [out]:
+        per_channel = _positions(t) * t.dtype.size * batch_size
+        terms.append((i, manager.class_indices(t), per_channel))
+    self._flop = (flop_bi / peak_compute, flop_lin / peak_compute)
+    self._weight = (weight_bi / memory_bandwidth,
+                    weight_lin / memory_bandwidth)
+    self._in_idx, self._in_seg = _flatten(pair_in)
+    self._out_idx, self._out_seg = _flatten(pair_out)
+    self._term_idx, self._term_seg = _flatten([t[1] for t in terms])
+    self._term_op = np.array([t[0] for t in terms], np.int32)
+    self._term_coeff = np.array([t[2] for t in terms], np.float64)
+    self._term_coeff /= memory_bandwidth
+    self._num_terms = len(terms)
+
+  def _sum(self, vector, idx, seg, count):
+    return tf.math.unsorted_segment_sum(tf.gather(vector, idx), seg, count)
+
+  def _times(self, reg, alive, dtype):
+    """(compute cost, memory cost, compute term, memory term) per op."""
+    cast = lambda x: tf.cast(x, dtype)
+    a_in = cast(self._sum(alive, self._in_idx, self._in_seg, self._num_ops))
+    a_out = cast(self._sum(alive, self._out_idx, self._out_seg,
+                           self._num_ops))
+    r_in = cast(self._sum(reg, self._in_idx, self._in_seg, self._num_ops))
+    r_out = cast(self._sum(reg, self._out_idx, self._out_seg, self._num_ops))
+    a_t = cast(self._sum(alive, self._term_idx, self._term_seg,
+                         self._num_terms))
+    r_t = cast(self._sum(reg, self._term_idx, self._term_seg,
+                         self._num_terms))
+    coeff = self._term_coeff.astype(dtype.as_numpy_dtype)
+    mem_lin = tf.math.unsorted_segment_sum(coeff * a_t, self._term_op,
+                                           self._num_ops)
+    mem_lin_term = tf.math.unsorted_segment_sum(coeff * r_t, self._term_op,
+                                                self._num_ops)
+    f_bi, f_lin = (x.astype(dtype.as_numpy_dtype) for x in self._flop)
+    w_bi, w_lin = (x.astype(dtype.as_numpy_dtype) for x in self._weight)
+    compute = f_bi * a_in * a_out + f_lin * a_out
+    memory = mem_lin + w_bi * a_in * a_out + w_lin * a_out
+    bilinear_term = a_in * r_out + a_out * r_in
+    compute_term = f_bi * bilinear_term + f_lin * (r_in + r_out)
+    memory_term = (mem_lin_term + w_bi * bilinear_term
+                   + w_lin * (r_in + r_out))
+    return compute, memory, compute_term, memory_term
+
+  def _in_graph(self, fn):
+    view = self._manager.view
+    if view.eager:
+      return fn()
+    with view.graph.as_default():
+      return fn()
+
+  def _mask(self, ops, dtype):
+    if ops is None:
+      return None
+    wanted = {op.name if hasattr(op, 'name') else str(op) for op in ops}
+    return np.array([n in wanted for n in self._names], dtype)
+
+  def get_cost(self, ops=None):
+    mask = self._mask(ops, np.float64)
+
+    def build():
+      if not self._num_ops:
+        return tf.constant(0.0, tf.float64)
+      reg, alive = self._manager.class_vectors()
+      compute, memory, _, _ = self._times(reg, alive, tf.float64)
+      per_op = tf.maximum(compute, memory)
+      return tf.reduce_sum(per_op if mask is None else per_op * mask)
+
+    return self._in_graph(build)
+
+  def get_regularization_term(self, ops=None):
+    mask = self._mask(ops, np.float32)
+
+    def build():
+      if not self._num_ops:
+        return tf.constant(0.0, tf.float32)
+      reg, alive = self._manager.class_vectors()
+      compute, memory, c_term, m_term = self._times(reg, alive, tf.float32)
+      per_op = tf.where(memory > compute, m_term, c_term)
+      return tf.reduce_sum(per_op if mask is None else per_op * mask)
+
+    return self._in_graph(build)
+
+  def per_op_costs(self):
+    reg, alive = self._manager.class_vectors()
+    compute, memory, _, _ = self._times(reg, alive, tf.float64)
+    return dict(zip(self._names,
+                    np.maximum(np.asarray(compute), np.asarray(memory))
+                    .tolist()))
+
+
+def _positions(tensor):
+  shape = tensor.shape.as_list() if tensor.shape.rank is not None else None
+  if not shape or len(shape) < 2:
+    return 1
+  inner = shape[1:-1]
+  if any(d is None for d in inner):
+    raise errors.UnknownShapeError(
+        'Latency needs the static size of %r (shape %s). Build the model '
+        'with a fixed input size.' % (tensor.name, tensor.shape))
+  return int(np.prod(inner, dtype=np.int64))
+
+
+_flatten = cost_calculator.flatten_indices
