@@ -10,6 +10,7 @@ layers (the structure keys).
 import json
 import math
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -197,7 +198,9 @@ def test_bad_strength_raises(strength):
 def test_negative_strength_setter_raises():
   model = build_model()
   reg = flop_regularizer.GammaFlopsRegularizer(model, THRESHOLD)
-  trainer = mk.add_regularizer(model, reg, 1e-3)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # No false 'detached' warning.
+    trainer = mk.add_regularizer(model, reg, 1e-3)
   with pytest.raises(ValueError, match='>= 0'):
     trainer.strength = -0.5
   assert trainer.strength == pytest.approx(1e-3)

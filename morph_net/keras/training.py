@@ -373,7 +373,8 @@ class StructureExporterCallback(keras.callbacks.Callback):
     iterations = getattr(optimizer, 'iterations', None)
     if iterations is None:
       return self._local_step
-    return int(keras.ops.convert_to_numpy(iterations))
+    value = getattr(iterations, 'value', iterations)  # keras.Variable
+    return int(tf.convert_to_tensor(value).numpy())
 
   def _save(self, step):
     """Writes the structure file and the scalars for `step`."""
