@@ -9,12 +9,17 @@ is larger with the current alive channels.
 
 Ops counted, as in MorphNet: convolutions and matmuls (compute and memory),
 and Add, AddV2, AddN, ConcatV2, FusedBatchNorm*, Mul, Relu, Relu6, Sum
-(memory only). A ConcatV2 reads as much as it writes.
+(memory only). A ConcatV2 reads as much as it writes. An elementwise op with a
+single activation input (a bias or scale vector on the other side) is part of
+a layer's arithmetic and is not counted, except the unfused BatchNorm scale
+that Keras 3 traces, which stands for the BatchNorm: so a Keras model and the
+same network built with FusedBatchNorm cost the same.
 """
 
 import numpy as np
 import tensorflow as tf
 
+from morph_net.framework import batch_norm_source_op_handler as bn
 from morph_net.framework import errors
 from morph_net.network_regularizers import cost_calculator
 from morph_net.network_regularizers import resource_function
@@ -38,8 +43,7 @@ class LatencyCalculator:
     self._manager = manager
     computes = {c.op.name: c for c in manager.compute_ops}
     ops = [op for op in manager.ops
-           if op.name in computes or (op.type in MEMORY_OPS and op.outputs
-                                      and manager.has_channels(op.outputs[0]))]
+           if op.name in computes or _moves_activations(op, manager)]
     self._names = [op.name for op in ops]
     n = len(ops)
     self._num_ops = n
@@ -158,6 +162,20 @@ class LatencyCalculator:
     return dict(zip(self._names,
                     np.maximum(np.asarray(compute), np.asarray(memory))
                     .tolist()))
+
+
+_ELEMENTWISE = frozenset(['Add', 'AddV2', 'Mul', 'Sub'])
+
+
+def _moves_activations(op, manager):
+  if op.type not in MEMORY_OPS or not op.outputs:
+    return False
+  if not manager.has_channels(op.outputs[0]):
+    return False
+  if op.type in _ELEMENTWISE:
+    return (sum(manager.has_channels(t) for t in op.inputs) >= 2
+            or (op.type == 'Mul' and bn.unfused_gamma(op) is not None))
+  return True
 
 
 def _positions(tensor):
