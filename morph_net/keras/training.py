@@ -33,11 +33,11 @@ import warnings
 
 import keras
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
 from morph_net.tools import structure_exporter as structure_exporter_lib
+from morph_net.tools import summaries
 
-REGULARIZATION_TERM_NAME = 'regularization_term'
+REGULARIZATION_TERM_NAME = summaries.REGULARIZATION_TERM_NAME
 
 
 def _check_backend():
@@ -277,32 +277,6 @@ def add_regularizer(model, regularizer, strength, term_name=None,
                           cost_name=cost_name)
 
 
-def _scalar_metadata():
-  metadata = summary_pb2.SummaryMetadata()
-  metadata.plugin_data.plugin_name = 'scalars'
-  metadata.data_class = summary_pb2.DATA_CLASS_SCALAR
-  return metadata
-
-
-def write_scalar_summary(tag, value, step):
-  """Writes a TensorBoard scalar to the default summary writer.
-
-  Same record as `tf.summary.scalar`, whose implementation lives in the
-  `tensorboard` package; this needs only TensorFlow.
-
-  Args:
-    tag: the scalar's name.
-    value: a float.
-    step: int step.
-
-  Returns:
-    True if a writer was active and the value was written.
-  """
-  return tf.summary.write(
-      tag, tf.constant(value, tf.float32), step=step,
-      metadata=_scalar_metadata())
-
-
 class StructureExporterCallback(keras.callbacks.Callback):
   """Writes the learned structure and TensorBoard scalars during `fit`.
 
@@ -386,16 +360,9 @@ class StructureExporterCallback(keras.callbacks.Callback):
     if self._writer is None:
       self._writer = tf.summary.create_file_writer(
           os.path.join(self._log_dir, self._summary_subdir))
-    reg = self._regularizer
-    counts = self._exporter.get_alive_counts()
-    scalars = [(getattr(reg, 'cost_name', 'cost'), float(reg.get_cost())),
-               (REGULARIZATION_TERM_NAME,
-                float(reg.get_regularization_term()))]
-    scalars += [('alive/%s' % layer, float(count))
-                for layer, count in counts.items()]
     with self._writer.as_default():
-      for tag, value in scalars:
-        write_scalar_summary(tag, value, step)
+      summaries.write_summaries(self._regularizer, step, self._exporter,
+                                prefix='')
     self._writer.flush()
 
   def on_train_begin(self, logs=None):
