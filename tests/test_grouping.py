@@ -286,3 +286,21 @@ def test_regularizer_op_vectors_on_residual():
                                [0.4, 0.4, 1.0, 2.0], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(op_reg.alive_vector),
                                   [True] * 4)
+
+
+# ------------------------------------------------------- Dense on N-D input
+def test_dense_on_4d_input_counts_positions():
+  inputs = keras.Input((8, 8, 3))
+  x = L.ReLU()(conv_bn(inputs, 4, 'conv'))
+  x = L.Dense(5, use_bias=False, name='fc')(x)  # per-position dense
+  x = L.BatchNormalization(name='fc_bn')(x)
+  x = L.GlobalAveragePooling2D()(L.ReLU()(x))
+  model = keras.Model(inputs, L.Dense(2, name='logits')(x))
+  set_gamma(model, 'conv_bn', [1.0, 0.0, 1.0, 1.0])
+  set_gamma(model, 'fc_bn', [1.0, 1.0, 0.0, 0.0, 1.0])
+  reg = flop_regularizer.GammaFlopsRegularizer(model, THRESHOLD)
+  assert alive_counts(reg) == {'conv': 3, 'fc': 3}
+  expected = (2 * 64 * 3 * 3  # conv
+              + 2 * 64 * 3 * 3  # fc: 2 x 64 positions x 3 in x 3 out
+              + 2 * 3 * 2)  # logits
+  assert float(reg.get_cost()) == expected

@@ -224,3 +224,35 @@ def test_graph_mode_file(tmp_path):
   with open(path) as f:
     assert json.load(f) == {'conv1': 2, 'conv2': 2}
   assert os.listdir(os.path.dirname(path)) == ['alive_3']
+
+
+# (build, FLOPs, model size) by hand; the BN leaves 2 of 4 channels alive
+# and 'logits' costs 2*2*2 FLOPs and 2*2 weights.
+_HAND_COSTS = [
+    # Conv1D: 16 -> 14 positions (valid, k=3), 3 inputs.
+    (_conv1d, 2 * 14 * 3 * 3 * 2 + 8, 3 * 3 * 2 + 4),
+    # Conv2D: 8x8 -> 6x6 (valid 3x3).
+    (_conv2d, 2 * 36 * 9 * 3 * 2 + 8, 9 * 3 * 2 + 4),
+    # Conv3D: 4^3 -> 2^3 (valid 3x3x3).
+    (_conv3d, 2 * 8 * 27 * 3 * 2 + 8, 27 * 3 * 2 + 4),
+    # Conv2DTranspose: positions of the (4x4) input.
+    (_conv2d_transpose, 2 * 16 * 9 * 3 * 2 + 8, 9 * 3 * 2 + 4),
+    # Dense 6 -> 4.
+    (_dense, 2 * 6 * 2 + 8, 6 * 2 + 4),
+    # Separable: depthwise (linear, 3 unregularized channels) + pointwise.
+    (_separable, 2 * 36 * 9 * 3 + 2 * 36 * 1 * 3 * 2 + 8,
+     9 * 3 + 3 * 2 + 4),
+]
+
+
+@pytest.mark.parametrize('build,flops,size', _HAND_COSTS,
+                         ids=[b.__name__.strip('_') for b, _, _ in
+                              _HAND_COSTS])
+def test_layer_kind_costs(build, flops, size):
+  from morph_net.network_regularizers import model_size_regularizer  # pylint: disable=g-import-not-at-top
+  model, _ = build()
+  set_gamma(model, 'bn', GAMMA)
+  assert float(flop_regularizer.GammaFlopsRegularizer(
+      model, THRESHOLD).get_cost()) == flops
+  assert float(model_size_regularizer.GammaModelSizeRegularizer(
+      model, THRESHOLD).get_cost()) == size
