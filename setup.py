@@ -21,6 +21,9 @@ setup(
         'absl-py',
         'scipy',
     ],
+    entry_points={
+        'console_scripts': ['morphnet=morph_net.cli:main'],
+    },
     extras_require={
         'test': ['pytest', 'pytest-xdist'],
         'examples': ['mlxtend', 'matplotlib'],
