@@ -255,3 +255,56 @@ def test_cost_follows_variable_updates_eager():
   after = float(reg.get_cost())
   # conv2 out +1: 288 * 2 * 1; dense in +1: 2 * 1 * 5.
   assert after - before == pytest.approx(288 * 2 + 2 * 5)
+
+
+def build_graph_unfused():
+  """Same network with tf.nn.batch_normalization (unfused Mul form)."""
+  k1, k2, kd = _kernels()
+  graph = tf.Graph()
+  with graph.as_default():
+    images = tf1.placeholder(tf.float32, [None, H, W, C_IN])
+    kernel1 = tf1.get_variable('kernel1', initializer=k1)
+    kernel2 = tf1.get_variable('kernel2', initializer=k2)
+    dense_w = tf1.get_variable('dense_w', initializer=kd)
+    gamma1 = tf1.get_variable('gamma1', initializer=GAMMA1)
+    gamma2 = tf1.get_variable('gamma2', initializer=GAMMA2)
+    net = tf.nn.conv2d(images, kernel1, 1, 'SAME', name='conv1')
+    net = tf.nn.batch_normalization(net, tf.zeros([4]), tf.ones([4]),
+                                    tf.zeros([4]), gamma1, 1e-3)
+    net = tf.nn.relu(net)
+    net = tf.nn.conv2d(net, kernel2, 2, 'SAME', name='conv2')
+    net = tf.nn.batch_normalization(net, tf.zeros([6]), tf.ones([6]),
+                                    tf.zeros([6]), gamma2, 1e-3)
+    net = tf.reduce_mean(tf.nn.relu(net), [1, 2])
+    logits = tf.matmul(net, dense_w, name='logits')
+  return graph, logits, gamma1, gamma2
+
+
+@pytest.mark.parametrize('kind', sorted(REGULARIZERS))
+def test_graph_unfused_batch_norm(kind):
+  cls, cost, term, d1, _ = REGULARIZERS[kind]
+  graph, logits, gamma1, _ = build_graph_unfused()
+  with graph.as_default():
+    reg = cls([logits.op], THRESHOLD)
+    grad = tf1.gradients(reg.get_regularization_term(), [gamma1])[0]
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      cost_v, term_v, grad_v = sess.run(
+          [reg.get_cost(), reg.get_regularization_term(), grad])
+  assert float(cost_v) == pytest.approx(cost, rel=1e-9)
+  assert float(term_v) == pytest.approx(term, rel=1e-5)
+  np.testing.assert_allclose(grad_v, expected_grad(GAMMA1, d1), rtol=1e-5)
+
+
+def test_graph_cost_of_op_subset():
+  graph, logits, _, _ = build_graph()
+  with graph.as_default():
+    reg = flop_regularizer.GammaFlopsRegularizer([logits.op], THRESHOLD)
+    conv1 = graph.get_operation_by_name('conv1')
+    conv2 = graph.get_operation_by_name('conv2')
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      c1, c12 = sess.run([reg.get_cost([conv1]),
+                          reg.get_cost([conv1, conv2])])
+  assert float(c1) == K1_FLOPS * C_IN * ALIVE1  # 6912
+  assert float(c12) == K1_FLOPS * C_IN * ALIVE1 + K2_FLOPS * ALIVE1 * ALIVE2

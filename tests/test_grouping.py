@@ -304,3 +304,45 @@ def test_dense_on_4d_input_counts_positions():
               + 2 * 64 * 3 * 3  # fc: 2 x 64 positions x 3 in x 3 out
               + 2 * 3 * 2)  # logits
   assert float(reg.get_cost()) == expected
+
+
+# --------------------------------------------------- blacklist, force_group
+def test_regularizer_blacklist_leaves_conv_unregularized_full_width():
+  model = concat_model()
+  set_gamma(model, 'conv_a_bn', [1.0, 0.0, 1.0])
+  set_gamma(model, 'conv_b_bn', [0.0, 1.0, 1.0, 1.0, 0.001])
+  set_gamma(model, 'conv_c_bn', [1.0, 1.0, 0.0, 1.0])
+  reg = flop_regularizer.GammaFlopsRegularizer(
+      model, THRESHOLD, regularizer_blacklist=['conv_b_bn'])
+  # conv_b has no regularizer: full width 5, not exported.
+  assert alive_counts(reg) == {'conv_a': 2, 'conv_c': 3}
+  expected = 2 * 64 * 3 * 2 + 2 * 64 * 3 * 5 + 2 * 64 * 7 * 3 + 2 * 3 * 6
+  assert float(reg.get_cost()) == expected
+
+
+def test_regularizer_blacklist_unmatched_pattern_is_error():
+  model = concat_model()
+  with pytest.raises(ValueError):
+    flop_regularizer.GammaFlopsRegularizer(
+        model, THRESHOLD, regularizer_blacklist=['no_such_layer_xyz'])
+
+
+def test_force_group_ties_unrelated_convs():
+  inputs = keras.Input((8, 8, 3))
+  a = L.ReLU()(conv_bn(inputs, 4, 'conv_a'))
+  b = L.ReLU()(conv_bn(a, 4, 'conv_b'))
+  x = L.GlobalAveragePooling2D()(b)
+  model = keras.Model(inputs, L.Dense(2, name='logits')(x))
+  set_gamma(model, 'conv_a_bn', [0.0, 0.0, 1.0, 1.0])
+  set_gamma(model, 'conv_b_bn', [0.0, 1.0, 0.0, 1.0])
+  plain = flop_regularizer.GammaFlopsRegularizer(model, THRESHOLD)
+  assert alive_counts(plain) == {'conv_a': 2, 'conv_b': 2}
+  manager = plain.op_regularizer_manager
+  convs = [c for c in manager.compute_ops if c.op.type == 'Conv2D']
+  pattern = '|'.join(c.op.name for c in convs)
+  grouped = flop_regularizer.GammaFlopsRegularizer(
+      model, THRESHOLD, force_group=[pattern])
+  # Tied channel-by-channel: alive = OR -> [0, 1, 1, 1].
+  assert alive_counts(grouped) == {'conv_a': 3, 'conv_b': 3}
+  assert float(grouped.get_cost()) == (2 * 64 * 3 * 3 + 2 * 64 * 3 * 3
+                                       + 2 * 3 * 2)
