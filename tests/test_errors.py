@@ -71,7 +71,9 @@ def test_unknown_spatial_size_makes_flops_undefined():
   model = keras.Model(inputs, keras.layers.Dense(2)(x))
   with pytest.raises(framework.UnknownShapeError) as info:
     flop_regularizer.GammaFlopsRegularizer(model, 0.1)
-  assert 'conv' in str(info.value) and 'input' in str(info.value)
+  msg = str(info.value)
+  assert 'conv' in msg and 'Conv2D' in msg and 'input' in msg
+  assert 'Path from the output' in msg
 
 
 def test_subclassed_model_without_shape_asks_for_input_signature():
@@ -153,3 +155,17 @@ def test_sources_only_on_output_channels_is_an_error():
   model = keras.Model(inputs, keras.layers.BatchNormalization(name='bn')(x))
   with pytest.raises(framework.NoRegularizerSourceError, match='output'):
     flop_regularizer.GammaFlopsRegularizer(model, 0.1)
+
+
+def test_channel_mismatch_names_op_type_and_path():
+  _, out = _graph_with_unknown_op()
+  # A wrong table entry: Conv2D does not pass channels through (3 -> 4).
+  with pytest.raises(framework.ChannelMismatchError) as info:
+    flop_regularizer.GammaFlopsRegularizer(
+        [out.op], 0.1, op_handler_dict={
+            'Cumsum': framework.GroupingOpHandler(),
+            'Conv2D': framework.GroupingOpHandler()})
+  msg = str(info.value)
+  assert "'conv'" in msg and 'Conv2D' in msg
+  assert '(3)' in msg and '(4)' in msg
+  assert 'logits -> Mean -> act -> odd -> bn -> conv' in msg

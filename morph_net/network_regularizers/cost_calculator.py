@@ -14,6 +14,8 @@ Alive counts carry no gradient; the term is differentiable in the sources.
 import numpy as np
 import tensorflow as tf
 
+from morph_net.framework import errors
+
 
 class CostCalculator:
   """Evaluates cost and term for a manager with a coefficient function.
@@ -34,7 +36,8 @@ class CostCalculator:
     n = len(computes)
     self._num_ops = n
     # Columns: bilinear, cost_in, cost_out, term_in, term_out.
-    self._coeff = np.array([tuple(coeff_fn(c)) for c in computes],
+    self._coeff = np.array([tuple(with_path(manager, coeff_fn, c))
+                            for c in computes],
                            dtype=np.float64).reshape([n, 5]) * batch_size
     ins = [manager.class_indices(c.input) for c in computes]
     outs = [manager.class_indices(c.output) for c in computes]
@@ -107,6 +110,15 @@ class CostCalculator:
     k_bi, k_in, k_out, _, _ = self._coeff.T
     per_op = k_bi * a_in * a_out + k_in * a_in + k_out * a_out
     return dict(zip(self._names, per_op.tolist()))
+
+
+def with_path(manager, fn, compute):
+  """fn(compute), with the path from the output added to shape errors."""
+  try:
+    return fn(compute)
+  except errors.UnknownShapeError as e:
+    raise errors.UnknownShapeError('%s\nPath from the output: %s' % (
+        e, manager.path_to(compute.op))) from None
 
 
 def flatten_indices(index_lists):

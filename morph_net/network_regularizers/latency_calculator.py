@@ -59,7 +59,8 @@ class LatencyCalculator:
       c = computes.get(op.name)
       out = op.outputs[0]
       if c is not None:
-        k = resource_function.flop_coeff(c) * batch_size
+        k = cost_calculator.with_path(
+            manager, resource_function.flop_coeff, c) * batch_size
         w_bytes = c.kernel_size * op.inputs[c.weight_index].dtype.size
         if c.linear:
           flop_lin[i], weight_lin[i] = k, w_bytes
