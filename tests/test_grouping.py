@@ -346,3 +346,60 @@ def test_force_group_ties_unrelated_convs():
   assert alive_counts(grouped) == {'conv_a': 3, 'conv_b': 3}
   assert float(grouped.get_cost()) == (2 * 64 * 3 * 3 + 2 * 64 * 3 * 3
                                        + 2 * 3 * 2)
+
+
+# ----------------------------------------------- more tied-channel patterns
+def test_bn_after_concat_regularizes_both_producers():
+  inputs = keras.Input((8, 8, 3))
+  a = L.Conv2D(3, 1, use_bias=False, name='conv_a')(inputs)
+  b = L.Conv2D(5, 1, use_bias=False, name='conv_b')(inputs)
+  x = L.Concatenate()([a, b])
+  x = L.BatchNormalization(name='cat_bn')(x)
+  x = L.GlobalAveragePooling2D()(L.ReLU()(x))
+  model = keras.Model(inputs, L.Dense(2, name='logits')(x))
+  set_gamma(model, 'cat_bn', [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+  reg = flop_regularizer.GammaFlopsRegularizer(model, THRESHOLD)
+  assert alive_counts(reg) == {'conv_a': 2, 'conv_b': 3}
+  assert float(reg.get_cost()) == (2 * 64 * 3 * 2 + 2 * 64 * 3 * 3
+                                   + 2 * 5 * 2)
+
+
+def test_identity_shortcut_same_group_in_and_out():
+  inputs = keras.Input((8, 8, 3))
+  x = L.ReLU()(conv_bn(inputs, 4, 'conv_a'))
+  y = conv_bn(x, 4, 'conv_b', kernel=3)
+  z = L.ReLU()(L.Add()([x, y]))
+  z = L.GlobalAveragePooling2D()(z)
+  model = keras.Model(inputs, L.Dense(2, name='logits')(z))
+  ga = [0.5, 0.0, 0.25, 0.0]
+  gb = [0.0, 0.0, 1.0, 0.001]
+  set_gamma(model, 'conv_a_bn', ga)
+  set_gamma(model, 'conv_b_bn', gb)
+  reg = flop_regularizer.GammaFlopsRegularizer(model, THRESHOLD)
+  # One group: alive = [1, 0, 1, 0] -> 2; reg (max) = 0.5+0+1+0.001.
+  assert alive_counts(reg) == {'conv_a': 2, 'conv_b': 2}
+  a, r = 2, 0.5 + 0.0 + 1.0 + 0.001
+  k_a, k_b, k_d = 2 * 64, 2 * 64 * 9, 2
+  assert float(reg.get_cost()) == k_a * 3 * a + k_b * a * a + k_d * a * 2
+  expected_term = (k_a * (3 * r + a * 0.0) + k_b * (a * r + a * r)
+                   + k_d * (a * 0.0 + 2 * r))
+  assert float(reg.get_regularization_term()) == pytest.approx(
+      expected_term, rel=1e-5)
+
+
+def test_separable_depth_multiplier_two():
+  inputs = keras.Input((8, 8, 3))
+  x = L.ReLU()(conv_bn(inputs, 4, 'conv1'))
+  x = L.SeparableConv2D(5, 3, depth_multiplier=2, padding='same',
+                        use_bias=False, name='sep')(x)
+  x = L.BatchNormalization(name='sep_bn')(x)
+  x = L.GlobalAveragePooling2D()(L.ReLU()(x))
+  model = keras.Model(inputs, L.Dense(2, name='logits')(x))
+  set_gamma(model, 'conv1_bn', [1.0, 0.0, 1.0, 1.0])
+  set_gamma(model, 'sep_bn', [1.0, 0.0, 1.0, 1.0, 1.0])
+  reg = flop_regularizer.GammaFlopsRegularizer(model, THRESHOLD)
+  assert alive_counts(reg) == {'conv1': 3, 'sep': 4}
+  # depthwise out = 2 * 3 alive = 6 (linear); pointwise 6 -> 4 alive.
+  expected = (2 * 64 * 3 * 3 + 2 * 64 * 9 * 6 + 2 * 64 * 6 * 4
+              + 2 * 4 * 2)
+  assert float(reg.get_cost()) == expected
