@@ -5,11 +5,13 @@
 memory_bandwidth (GB/s).
 """
 
+from morph_net.framework import gating_source_op_handler as gating
 from morph_net.framework import group_lasso_source_op_handler as gl
 from morph_net.framework import op_handlers
 from morph_net.network_regularizers import generic_network_regularizer
 from morph_net.network_regularizers import hardware as hardware_lib
 from morph_net.network_regularizers import latency_calculator
+from morph_net.probabilistic_gating import probabilistic_grouping_regularizer as pgr
 
 
 class _LatencyRegularizer(generic_network_regularizer.NetworkRegularizer):
@@ -89,3 +91,34 @@ class GroupLassoLatencyRegularizer(_LatencyRegularizer):
         regularizer_decorator=regularizer_decorator,
         decorator_parameters=decorator_parameters,
         input_signature=input_signature)
+
+
+class LogisticSigmoidLatencyRegularizer(_LatencyRegularizer):
+  """Latency regularizer whose sources are LogisticSigmoidGating gates.
+
+  Args:
+    output_boundary: as in `GammaLatencyRegularizer`.
+    hardware: target hardware (see module docstring).
+    batch_size: examples per inference.
+    regularize_on_mask, alive_threshold, mask_as_alive_vector: as in
+      `LogisticSigmoidFlopsRegularizer`.
+  """
+
+  def __init__(self, output_boundary, hardware, batch_size=1,
+               regularize_on_mask=True, alive_threshold=0.1,
+               mask_as_alive_vector=True, regularizer_decorator=None,
+               decorator_parameters=None, input_boundary=None,
+               force_group=None, regularizer_blacklist=None,
+               input_signature=None, op_handler_dict=None):
+    table = gating.logistic_sigmoid_op_handler_dict(
+        alive_threshold, regularize_on_mask, mask_as_alive_vector)
+    table.update(op_handler_dict or {})
+    super().__init__(
+        output_boundary, table, hardware, batch_size,
+        'LogisticSigmoidLatency',
+        input_boundary=input_boundary, force_group=force_group,
+        regularizer_blacklist=regularizer_blacklist,
+        regularizer_decorator=regularizer_decorator,
+        decorator_parameters=decorator_parameters,
+        input_signature=input_signature,
+        create_grouping_regularizer=pgr.ProbabilisticGroupingRegularizer)
