@@ -83,13 +83,11 @@ def has_gamma(model):
 
 
 def build(name, size):
+  """The model with weights=None; Inception/Xception need >= 75 / 71 px."""
   fn = getattr(keras.applications, name)
-  kwargs = dict(weights=None)
-  if size != 224 or name.startswith('Inception') or name == 'Xception':
-    kwargs['input_shape'] = (size, size, 3)
-    if name in ('Xception', 'InceptionV3', 'InceptionResNetV2'):
-      kwargs['input_shape'] = (max(size, 75), max(size, 75), 3)
-  return fn(**kwargs)
+  if name.startswith('Inception') or name == 'Xception':
+    size = max(size, 75)
+  return fn(weights=None, input_shape=(size, size, 3))
 
 
 def run_one(name, size=224):

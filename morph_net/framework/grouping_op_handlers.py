@@ -102,6 +102,42 @@ class TransposeOpHandler(op_handler.OpHandler):
       ctx.tie(op.outputs[0], op.inputs[0])
 
 
+def _int_list(value):
+  return None if value is None else [int(v) for v in list(value)]
+
+
+class SliceOpHandler(op_handler.OpHandler):
+  """StridedSlice / Slice (Cropping2D, spatial crops): passthrough when the
+  channel axis is taken whole, a leaf otherwise."""
+
+  def data_inputs(self, op, view):
+    del view
+    return [0]
+
+  def analyze(self, op, ctx):
+    inp, out = op.inputs[0], op.outputs[0]
+    rank = op_handler.rank(inp)
+    c_in = ctx.view.channels(inp)
+    if (not rank or rank != op_handler.rank(out) or c_in is None
+        or ctx.view.channels(out) != c_in):
+      return
+    begin = _int_list(ctx.view.static_value(op.inputs[1]))
+    if op.type == 'Slice':
+      size = _int_list(ctx.view.static_value(op.inputs[2]))
+      whole = (begin is not None and size is not None and len(begin) == rank
+               and begin[-1] == 0 and size[-1] in (-1, c_in))
+    else:
+      strides = _int_list(ctx.view.static_value(op.inputs[3]))
+      masks = [op.get_attr(m) for m in ('ellipsis_mask', 'new_axis_mask',
+                                        'shrink_axis_mask')]
+      whole = (begin is not None and strides is not None and not any(masks)
+               and len(begin) == rank and strides[-1] == 1
+               and (begin[-1] == 0 or op.get_attr('begin_mask') >> (rank - 1)
+                    & 1))
+    if whole:
+      ctx.tie(out, inp)
+
+
 class SameChannelsOpHandler(op_handler.OpHandler):
   """Squeeze, ExpandDims, resizes: passthrough if the channel count holds.
 

@@ -26,8 +26,8 @@ _FAMILIES = (
         'Snapshot', 'StopGradient', 'PreventGradient', 'EnsureShape',
         'CheckNumerics', 'Cast', 'BiasAdd', 'MaxPool', 'AvgPool',
         'MaxPool3D', 'AvgPool3D', 'Neg', 'Abs', 'Square', 'Sqrt', 'Rsqrt',
-        'Exp', 'Log', 'Log1p', 'Erf', 'Reciprocal', 'ClipByValue', 'Round',
-        'Floor', 'Ceil', 'Sign', 'ResizeBilinear', 'ResizeNearestNeighbor',
+        'Exp', 'Expm1', 'Log', 'Log1p', 'Erf', 'Erfc', 'Reciprocal',
+        'ClipByValue', 'Round', 'Floor', 'Ceil', 'Sign', 'ResizeBilinear', 'ResizeNearestNeighbor',
         'ResizeBicubic', 'ResizeArea')),
     (grouping.IdentityNOpHandler(), ('IdentityN',)),
     (grouping.ElementwiseOpHandler(), (
@@ -37,6 +37,7 @@ _FAMILIES = (
     (grouping.ReductionOpHandler(), ('Mean', 'Max', 'Min', 'Sum', 'Prod')),
     (grouping.PadOpHandler(), ('Pad', 'PadV2', 'MirrorPad')),
     (grouping.TransposeOpHandler(), ('Transpose',)),
+    (grouping.SliceOpHandler(), ('StridedSlice', 'Slice')),
     (grouping.SameChannelsOpHandler(), ('Squeeze', 'ExpandDims', 'Tile')),
     (reshape_op_handler.ReshapeOpHandler(), ('Reshape',)),
     (concat_op_handler.ConcatOpHandler(), ('ConcatV2',)),
