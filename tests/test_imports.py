@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 _PACKAGES = ['morph_net.framework', 'morph_net.op_regularizers',
-             'morph_net.network_regularizers', 'morph_net.tools']
+             'morph_net.network_regularizers', 'morph_net.tools',
+             'morph_net.probabilistic_gating', 'morph_net.keras']
 
 
 @pytest.mark.parametrize('name', _PACKAGES)
@@ -19,6 +20,9 @@ def test_all_names_resolve(name):
 
 @pytest.mark.parametrize('name', [
     'morph_net.op_regularizers.gamma_l1_regularizer',
+    'morph_net.op_regularizers.group_lasso_regularizer',
+    'morph_net.network_regularizers.hardware',
+    'morph_net.probabilistic_gating.probabilistic_grouping_regularizer',
 ])
 def test_docstring_examples_run(name):
   module = importlib.import_module(name)
