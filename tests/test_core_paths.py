@@ -308,3 +308,51 @@ def test_graph_cost_of_op_subset():
                           reg.get_cost([conv1, conv2])])
   assert float(c1) == K1_FLOPS * C_IN * ALIVE1  # 6912
   assert float(c12) == K1_FLOPS * C_IN * ALIVE1 + K2_FLOPS * ALIVE1 * ALIVE2
+
+
+def test_graph_concat_depthwise_flatten():
+  """tf.concat -> depthwise (multiplier 2) -> BN -> flatten -> matmul."""
+  rng = np.random.RandomState(1)
+  gamma_a = np.array([1.0, 0.0, 1.0], np.float32)
+  gamma_b = np.array([0.0, 1.0, 1.0, 1.0, 0.001], np.float32)
+  gamma_dw = np.ones(16, np.float32)
+  gamma_dw[[2, 3]] = 0.0  # concat channel 1 (a[1]): dead everywhere
+  gamma_dw[[14, 15]] = 0.0  # concat channel 7 (b[4]): dead everywhere
+  # concat channel 3 (b[0]) is dead in bn_b but dw outputs 6, 7 live.
+  graph = tf.Graph()
+  with graph.as_default():
+    images = tf1.placeholder(tf.float32, [None, 4, 4, 3])
+
+    def var(name, value):
+      return tf1.get_variable(name, initializer=np.asarray(value, np.float32))
+
+    net_a = tf.nn.conv2d(images, var('ka', rng.randn(1, 1, 3, 3)), 1,
+                         'SAME', name='conv_a')
+    net_a, _, _ = tf1.nn.fused_batch_norm(net_a, var('ga', gamma_a),
+                                          var('ba', np.zeros(3)), name='bn_a')
+    net_b = tf.nn.conv2d(images, var('kb', rng.randn(1, 1, 3, 5)), 1,
+                         'SAME', name='conv_b')
+    net_b, _, _ = tf1.nn.fused_batch_norm(net_b, var('gb', gamma_b),
+                                          var('bb', np.zeros(5)), name='bn_b')
+    net = tf.concat([net_a, net_b], 3)
+    net = tf.nn.depthwise_conv2d(net, var('kd', rng.randn(3, 3, 8, 2)),
+                                 [1, 1, 1, 1], 'SAME', name='dw')
+    net, _, _ = tf1.nn.fused_batch_norm(net, var('gd', gamma_dw),
+                                        var('bd', np.zeros(16)), name='bn_dw')
+    net = tf.reshape(tf.nn.relu(net), [-1, 4 * 4 * 16])
+    logits = tf.matmul(net, var('w', rng.randn(256, 7)), name='logits')
+    reg = flop_regularizer.GammaFlopsRegularizer([logits.op], THRESHOLD)
+    exporter = structure_exporter.StructureExporter(
+        reg.op_regularizer_manager)
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      cost, alive = sess.run([reg.get_cost(), exporter.tensors])
+  exporter.populate_tensor_values(alive)
+  # Alive concat channels: a -> 2, b -> 4 (b[0] kept by the dw BN).
+  assert exporter.get_alive_counts() == {'conv_a': 2, 'conv_b': 4}
+  dw_out = 2 * (2 + 4)
+  expected = (2 * 16 * 3 * 2  # conv_a
+              + 2 * 16 * 3 * 4  # conv_b
+              + 2 * 16 * 9 * dw_out  # depthwise, linear
+              + 2 * (16 * dw_out) * 7)  # flatten: 16 positions x 12 alive
+  assert float(cost) == expected
