@@ -205,3 +205,26 @@ def test_models_without_gamma_are_refused_but_still_counted():
   flops = cost_calculator.CostCalculator(
       manager, resource_function.flop_function).get_cost()
   assert _rel(flops, ref_flops) <= TOLERANCE
+
+
+def test_spatial_crop_passes_channels_but_channel_slice_does_not():
+  """Cropping2D (NASNet) keeps channels; slicing the channel axis cuts ties."""
+  keras.backend.clear_session()
+  x = keras.Input((8, 8, 3))
+  a = keras.layers.BatchNormalization(name='bn_a')(
+      keras.layers.Conv2D(4, 3, padding='same')(x))
+  b = keras.layers.BatchNormalization(name='bn_b')(
+      keras.layers.Conv2D(4, 3)(a))
+  cropped = keras.layers.Cropping2D(1)(a)
+  y = keras.layers.Add()([cropped, b])
+  sliced = keras.layers.Lambda(lambda t: t[..., :2])(y)
+  c = keras.layers.BatchNormalization(name='bn_c')(
+      keras.layers.Conv2D(2, 1)(sliced))
+  model = keras.Model(x, c)
+  manager = flop_regularizer.GammaFlopsRegularizer(
+      model, gamma_threshold=1e-3).op_regularizer_manager
+  sources = _sources_by_layer(manager)
+  labels = {k: manager.channel_labels(s.tensor).tolist()
+            for k, s in sources.items()}
+  assert labels['bn_a'] == labels['bn_b']
+  assert not set(labels['bn_c']) & set(labels['bn_a'])

@@ -27,8 +27,8 @@ _FAMILIES = (
         'CheckNumerics', 'Cast', 'BiasAdd', 'MaxPool', 'AvgPool',
         'MaxPool3D', 'AvgPool3D', 'Neg', 'Abs', 'Square', 'Sqrt', 'Rsqrt',
         'Exp', 'Expm1', 'Log', 'Log1p', 'Erf', 'Erfc', 'Reciprocal',
-        'ClipByValue', 'Round', 'Floor', 'Ceil', 'Sign', 'ResizeBilinear', 'ResizeNearestNeighbor',
-        'ResizeBicubic', 'ResizeArea')),
+        'ClipByValue', 'Round', 'Floor', 'Ceil', 'Sign', 'ResizeBilinear',
+        'ResizeNearestNeighbor', 'ResizeBicubic', 'ResizeArea')),
     (grouping.IdentityNOpHandler(), ('IdentityN',)),
     (grouping.ElementwiseOpHandler(), (
         'Add', 'AddV2', 'Sub', 'Mul', 'Maximum', 'Minimum', 'RealDiv', 'Div',
