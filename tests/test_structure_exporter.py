@@ -256,3 +256,34 @@ def test_layer_kind_costs(build, flops, size):
       model, THRESHOLD).get_cost()) == flops
   assert float(model_size_regularizer.GammaModelSizeRegularizer(
       model, THRESHOLD).get_cost()) == size
+
+
+def test_nested_model_keys_are_inner_layer_names():
+  inner_in = keras.Input((8, 8, 3))
+  y = L.Conv2D(4, 3, use_bias=False, name='inner_conv')(inner_in)
+  y = L.BatchNormalization(name='bn')(y)
+  inner = keras.Model(inner_in, L.ReLU()(y), name='backbone')
+  inputs = keras.Input((8, 8, 3))
+  x = L.GlobalAveragePooling2D()(inner(inputs))
+  model = keras.Model(inputs, L.Dense(2, name='logits')(x))
+  inner.get_layer('bn').set_weights(
+      [np.array(GAMMA, np.float32), np.zeros(4, np.float32),
+       np.zeros(4, np.float32), np.ones(4, np.float32)])
+  assert exporter_for(model).get_alive_counts() == {'inner_conv': 2}
+
+
+def test_shared_layer_called_twice_is_one_key():
+  inputs = keras.Input((8, 8, 3))
+  conv = L.Conv2D(4, 1, use_bias=False, name='shared')
+  bn = L.BatchNormalization(name='bn')
+  a = bn(conv(inputs))
+  b = bn(conv(L.ReLU()(inputs)))
+  x = L.GlobalAveragePooling2D()(L.Add()([a, b]))
+  model = keras.Model(inputs, L.Dense(2, name='logits')(x))
+  set_gamma(model, 'bn', GAMMA)
+  reg = flop_regularizer.GammaFlopsRegularizer(model, THRESHOLD)
+  counts = structure_exporter.StructureExporter(
+      reg.op_regularizer_manager).get_alive_counts()
+  assert counts == {'shared': 2}
+  # Two applications, each 2*64*3*2; dense 2*2*2.
+  assert float(reg.get_cost()) == 2 * (2 * 64 * 3 * 2) + 8
