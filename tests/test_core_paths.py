@@ -356,3 +356,17 @@ def test_graph_concat_depthwise_flatten():
               + 2 * 16 * 9 * dw_out  # depthwise, linear
               + 2 * (16 * dw_out) * 7)  # flatten: 16 positions x 12 alive
   assert float(cost) == expected
+
+
+def test_tf_function_with_input_signature(keras_model):
+  fn = tf.function(lambda x: keras_model(x, training=False))
+  reg = flop_regularizer.GammaFlopsRegularizer(
+      fn, THRESHOLD, input_signature=[tf.TensorSpec([None, H, W, C_IN])])
+  assert float(reg.get_cost()) == pytest.approx(FLOPS_COST, rel=1e-9)
+  assert float(reg.get_regularization_term()) == pytest.approx(
+      FLOPS_TERM, rel=1e-5)
+  with tf.GradientTape() as tape:
+    term = reg.get_regularization_term()
+  grad = tape.gradient(term, keras_model.get_layer('bn2').gamma)
+  np.testing.assert_allclose(np.asarray(grad),
+                             expected_grad(GAMMA2, FLOPS_D2), rtol=1e-5)
