@@ -1,0 +1,374 @@
+"""The `morphnet` command line: analyze, slim and plot saved Keras models.
+
+    morphnet analyze MODEL.keras [--json] [--input-shape H,W,C]
+    morphnet slim MODEL.keras STRUCTURE.json -o OUT.keras
+        [--expand-to-cost FLOPS] [--round-to N]
+    morphnet plot STRUCTURE.json [--model MODEL.keras] -o widths.png
+
+Bad inputs (a missing file, malformed JSON, a structure naming a layer the
+model does not have, a file that is not a Keras model) end with a one-line
+`morphnet: error: ...` on stderr and exit code 2; `--debug` shows the
+traceback of unexpected errors instead. Output files are written atomically.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import zipfile
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+
+
+class CLIError(Exception):
+  """A user-facing error: printed on one line, exit code 2."""
+
+
+# ----------------------------------------------------------------- inputs
+def _check_file(path, what):
+  if not os.path.exists(path):
+    raise CLIError('%s %s: no such file' % (what, path))
+  if os.path.isdir(path):
+    raise CLIError('%s %s: is a directory, expected a file' % (what, path))
+
+
+def load_structure(path):
+  """{layer name: width} from a structure JSON, validated."""
+  _check_file(path, 'structure')
+  try:
+    with open(path, encoding='utf-8') as f:
+      data = json.load(f)
+  except json.JSONDecodeError as e:
+    raise CLIError('structure %s: malformed JSON (line %d, column %d: %s)'
+                   % (path, e.lineno, e.colno, e.msg)) from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise CLIError('structure %s: cannot read: %s' % (path, e)) from None
+  if not isinstance(data, dict):
+    raise CLIError('structure %s: expected a JSON object {layer name: '
+                   'width}, got %s' % (path, type(data).__name__))
+  bad = [k for k, v in data.items()
+         if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+  if bad:
+    raise CLIError('structure %s: widths must be non-negative integers; '
+                   'bad entries: %s' % (path, ', '.join(
+                       '%s=%r' % (k, data[k]) for k in bad[:5])))
+  return data
+
+
+def _import_tf_quietly():
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  # Register morph_net's serializable layers (gating) before loading.
+  with contextlib.suppress(ImportError):
+    import morph_net.probabilistic_gating  # pylint: disable=g-import-not-at-top,unused-import
+  return tf, keras
+
+
+def load_model(path):
+  """A Keras model from a .keras file, or a CLIError saying why not."""
+  _check_file(path, 'model')
+  if path.endswith('.keras') and not zipfile.is_zipfile(path):
+    raise CLIError('model %s: not a Keras model file (a .keras file is a zip '
+                   'archive written by model.save; this one is not)' % path)
+  _, keras = _import_tf_quietly()
+  try:
+    model = keras.saving.load_model(path, compile=False)
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise CLIError('model %s: not a loadable Keras model file (.keras): '
+                   '%s: %s' % (path, type(e).__name__, first[:300])) from None
+  if not isinstance(model, keras.Model):
+    raise CLIError('model %s: holds a %s, not a Keras model'
+                   % (path, type(model).__name__))
+  return model
+
+
+def layer_names(model):
+  """Names of every layer of a model, nested models included."""
+  names, stack = [], list(model.layers)
+  while stack:
+    layer = stack.pop(0)
+    names.append(layer.name)
+    stack.extend(getattr(layer, 'layers', []) or [])
+  return names
+
+
+def check_structure_names(structure, model, structure_path, model_path):
+  known = set(layer_names(model))
+  unknown = [k for k in structure if k not in known]
+  if unknown:
+    raise CLIError('structure %s names layer%s the model %s does not have: '
+                   '%s' % (structure_path, 's' if len(unknown) > 1 else '',
+                           model_path, ', '.join(unknown[:10])))
+
+
+def _input_signature(shape_text):
+  if not shape_text:
+    return None
+  tf, _ = _import_tf_quietly()
+  try:
+    dims = [int(d) for d in shape_text.split(',')]
+  except ValueError:
+    raise CLIError('--input-shape %r: expected comma-separated integers, '
+                   'e.g. 224,224,3' % shape_text) from None
+  return [tf.TensorSpec([None] + dims, tf.float32)]
+
+
+def _parse_cost(text):
+  """'1.5e9', '300M', '2G' -> float."""
+  scale = {'K': 1e3, 'M': 1e6, 'G': 1e9, 'T': 1e12}
+  t = text.strip().upper()
+  try:
+    if t and t[-1] in scale:
+      return float(t[:-1]) * scale[t[-1]]
+    return float(t)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        'expected a number such as 3e8 or 300M, got %r' % text) from None
+
+
+def _positive_int(text):
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError('expected a positive integer, got %r'
+                                     % text)
+  return value
+
+
+def _analyze(model, input_signature=None):
+  from morph_net.framework import errors  # pylint: disable=g-import-not-at-top
+  from morph_net.tools import analyze  # pylint: disable=g-import-not-at-top
+  try:
+    return analyze.analyze(model, input_signature=input_signature)
+  except errors.AnalysisError as e:
+    first = str(e).strip().splitlines()[0]
+    hint = (' (pass --input-shape H,W,C)'
+            if isinstance(e, errors.UnknownShapeError) else '')
+    raise CLIError('cannot analyze the model: %s%s' % (first, hint)) from None
+
+
+def _save_model_atomically(model, path):
+  if not path.endswith('.keras'):
+    raise CLIError('output %s: must end with .keras' % path)
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise CLIError('output %s: directory %s does not exist'
+                   % (path, directory))
+  fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.keras', dir=directory)
+  os.close(fd)
+  try:
+    model.save(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _progress(message):
+  print('morphnet: %s' % message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------- commands
+def cmd_analyze(args):
+  model = load_model(args.model)
+  from morph_net.tools import analyze  # pylint: disable=g-import-not-at-top
+  report = _analyze(model, _input_signature(args.input_shape))
+  if args.json:
+    print(report.to_json(indent=2))
+  else:
+    print(analyze.format_table(report))
+  return EXIT_OK
+
+
+def cmd_slim(args):
+  structure = load_structure(args.structure)  # fails fast, before TF loads
+  model = load_model(args.model)
+  check_structure_names(structure, model, args.structure, args.model)
+  try:
+    from morph_net.keras import slim  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise CLIError('slimming is not available in this installation: %s'
+                   % e) from None
+  before = _analyze(model)
+  if args.expand_to_cost is not None:
+    _progress('expanding the structure to %.4g FLOPs' % args.expand_to_cost)
+    structure = slim.expand_structure(model, structure, args.expand_to_cost,
+                                      cost='flops', round_to=args.round_to)
+  _progress('building the slim model (%d layers set)' % len(structure))
+  try:
+    slim_model = slim.slim_model(model, structure, round_to=args.round_to)
+  except (KeyError, ValueError) as e:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise CLIError('cannot slim %s to %s: %s' % (args.model, args.structure,
+                                                 first)) from None
+  after = _analyze(slim_model)
+  _save_model_atomically(slim_model, args.output)
+  widths = {l.name: l.channels for l in after.layers}
+  for name, width in structure.items():
+    seed = (before.layer(name).channels
+            if name in {l.name for l in before.layers} else '?')
+    print('%-30s %6s -> %s' % (name, seed, widths.get(name, 'removed'
+                                                    if width == 0 else width)))
+  print('FLOPs %d -> %d, weights %d -> %d; wrote %s'
+        % (before.flops, after.flops, before.weights, after.weights,
+           args.output))
+  return EXIT_OK
+
+
+def cmd_plot(args):
+  structure = load_structure(args.structure)
+  if not structure:
+    raise CLIError('structure %s: is empty, nothing to plot'
+                   % args.structure)
+  if args.model:
+    _check_file(args.model, 'model')
+  from morph_net.tools import plot  # pylint: disable=g-import-not-at-top
+  seed = None
+  learned = structure
+  if args.model:
+    model = load_model(args.model)
+    check_structure_names(structure, model, args.structure, args.model)
+    report = _analyze(model, _input_signature(args.input_shape))
+    seed = {l.name: l.channels for l in report.layers}
+    for name in structure:
+      if name not in seed:
+        seed[name] = _layer_width(model, name)
+    # Network order, as in the paper's figure.
+    order = [l.name for l in report.layers if l.name in structure]
+    learned = {n: structure[n] for n in order + [
+        n for n in structure if n not in order]}
+  out_dir = os.path.dirname(os.path.abspath(args.output))
+  if not os.path.isdir(out_dir):
+    raise CLIError('output %s: directory %s does not exist'
+                   % (args.output, out_dir))
+  plot.plot_widths(learned, args.output, seed=seed,
+                   title=args.title or os.path.basename(args.structure),
+                   log_scale=args.log)
+  print('wrote %s (%d layers)' % (args.output, len(learned)))
+  return EXIT_OK
+
+
+def _layer_width(model, name):
+  layer = model.get_layer(name)
+  config = layer.get_config()
+  for key in ('filters', 'units'):
+    if key in config:
+      return int(config[key])
+  return 0
+
+
+# ------------------------------------------------------------------- main
+def build_parser():
+  parser = argparse.ArgumentParser(
+      prog='morphnet',
+      description='Analyze a saved Keras model, slim it to a learned '
+      'structure, or plot a structure.')
+  parser.add_argument('--debug', action='store_true',
+                      help='show tracebacks of unexpected errors')
+  sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+  sub.required = True
+
+  p = sub.add_parser('analyze', help='per-layer groups, widths and costs')
+  p.add_argument('model', help='a saved .keras model')
+  p.add_argument('--json', action='store_true',
+                 help='print JSON with keys flops, weights, layers')
+  p.add_argument('--input-shape', help='H,W,C when the model input has '
+                 'unknown spatial size')
+  p.set_defaults(func=cmd_analyze)
+
+  p = sub.add_parser('slim', help='build the model with a structure\'s '
+                     'widths')
+  p.add_argument('model', help='a saved .keras model')
+  p.add_argument('structure', help='JSON {layer name: width}')
+  p.add_argument('-o', '--output', required=True, help='OUT.keras')
+  p.add_argument('--expand-to-cost', type=_parse_cost, metavar='FLOPS',
+                 help='first scale the structure up to this many FLOPs '
+                 '(e.g. 3e8 or 300M)')
+  p.add_argument('--round-to', type=_positive_int, default=1, metavar='N',
+                 help='round widths to multiples of N')
+  p.set_defaults(func=cmd_slim)
+
+  p = sub.add_parser('plot', help='bar chart of per-layer widths')
+  p.add_argument('structure', help='JSON {layer name: width}')
+  p.add_argument('--model', help='the seed .keras model (draws its widths)')
+  p.add_argument('-o', '--output', required=True, help='widths.png')
+  p.add_argument('--title')
+  p.add_argument('--log', action='store_true', help='log-scaled widths')
+  p.add_argument('--input-shape', help='H,W,C for --model')
+  p.set_defaults(func=cmd_plot)
+  return parser
+
+
+@contextlib.contextmanager
+def _quiet_native_logs(enabled):
+  """Sends TensorFlow's C++ start-up logs (written straight to fd 2, e.g.
+  'Could not find cuda drivers') to /dev/null while Python's sys.stderr keeps
+  writing to the terminal, so errors stay one clear line."""
+  try:
+    real = enabled and sys.stderr.fileno() == 2
+  except (AttributeError, OSError, ValueError):
+    real = False  # sys.stderr was replaced (e.g. captured by a test)
+  if not real:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  old_stderr = sys.stderr
+  sys.stderr = os.fdopen(os.dup(saved), 'w', buffering=1,
+                         encoding=old_stderr.encoding, errors='replace')
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  os.close(devnull)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    sys.stderr.close()
+    sys.stderr = old_stderr
+
+
+def main(argv=None):
+  """Entry point of the `morphnet` console script; returns the exit code."""
+  args = build_parser().parse_args(argv)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  verbose = args.debug or os.environ.get('MORPHNET_TF_LOGS') == '1'
+  with _quiet_native_logs(not verbose):
+    return _run(args)
+
+
+def _run(args):
+  try:
+    return args.func(args)
+  except BrokenPipeError:
+    # `morphnet analyze m.keras | head`: stop quietly.
+    with contextlib.suppress(OSError):
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
+  except CLIError as e:
+    print('morphnet: error: %s' % e, file=sys.stderr)
+    return EXIT_BAD_INPUT
+  except KeyboardInterrupt:
+    print('morphnet: interrupted', file=sys.stderr)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except
+    if args.debug:
+      raise
+    first = (str(e).strip().splitlines() or [''])[0]
+    print('morphnet: internal error: %s: %s (rerun with --debug for the '
+          'traceback)' % (type(e).__name__, first), file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+if __name__ == '__main__':
+  sys.exit(main())
