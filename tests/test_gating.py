@@ -1,5 +1,7 @@
 """LogisticSigmoid (FiGS) gating: layer, recognition, regularizer, training."""
 
+import doctest
+import importlib
 import os
 
 import keras
@@ -375,3 +377,34 @@ def test_training_with_strength_lowers_cost_and_without_does_not():
   assert final < 0.5 * initial
   initial0, final0 = _train(strength=0.0)
   assert final0 == initial0
+
+
+# ------------------------------------------------------------ docs, API
+@pytest.mark.parametrize('name', [
+    'morph_net.probabilistic_gating.activation_gating',
+    'morph_net.probabilistic_gating.probabilistic_grouping_regularizer',
+    'morph_net.op_regularizers.logistic_sigmoid_regularizer',
+])
+def test_docstring_examples_run(name):
+  result = doctest.testmod(importlib.import_module(name))
+  assert result.attempted > 0
+  assert result.failed == 0
+
+
+def test_public_names_resolve():
+  package = importlib.import_module('morph_net.probabilistic_gating')
+  assert 'LogisticSigmoidGating' in package.__all__
+  for attr in package.__all__:
+    assert getattr(package, attr) is not None
+
+
+def test_records_of_freed_gates_are_dropped():
+  gate = Gate()
+  gate(tf.ones([1, 3]))
+  variable = gate.mask_logits.value
+  key = activation_gating._key(variable)  # pylint: disable=protected-access
+  assert key in activation_gating._RECORDS  # pylint: disable=protected-access
+  del gate, variable
+  import gc  # pylint: disable=g-import-not-at-top
+  gc.collect()
+  assert key not in activation_gating._RECORDS  # pylint: disable=protected-access

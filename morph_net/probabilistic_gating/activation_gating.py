@@ -96,11 +96,20 @@ def _key(param):
   return None
 
 
-def _ref(obj):
+def _ref(obj, key):
+  """A weak reference that also drops the record when obj is freed."""
   try:
-    return weakref.ref(obj)
+    ref = weakref.ref(obj)
   except TypeError:
     return lambda: obj
+  weakref.finalize(obj, _drop, key, ref)
+  return ref
+
+
+def _drop(key, ref):
+  rec = _RECORDS.get(key)
+  if rec is not None and rec.ref is ref:
+    del _RECORDS[key]
 
 
 def register_gate(param, keep_first_channel_alive, straight_through):
@@ -111,7 +120,7 @@ def register_gate(param, keep_first_channel_alive, straight_through):
     raise TypeError('Gate logits must be a variable or a graph tensor, got '
                     '%r.' % (param,))
   _RECORDS[key] = _GateRecord(
-      _ref(param), bool(keep_first_channel_alive), bool(straight_through))
+      _ref(param, key), bool(keep_first_channel_alive), bool(straight_through))
 
 
 def gate_record(param):
@@ -230,7 +239,7 @@ class LogisticSigmoidGating(keras.layers.Layer):
 
   @property
   def temperature(self):
-    return float(keras.ops.convert_to_numpy(self._temperature))
+    return float(self._temperature.numpy())
 
   @temperature.setter
   def temperature(self, value):

@@ -6,12 +6,13 @@ Alive is the OR of the members' alive vectors, as for every grouping.
 
 import tensorflow as tf
 
-# log(1 - p) is -inf at p = 1: clip so gradients stay finite.
+# log(1 - p) is -inf at p = 1. Shrinking p by (1 - eps) keeps it finite
+# without a clip, whose zero gradient would stop hard (0/1) sampled masks.
 _EPS = 1e-6
 
 
 def _log_off(p):
-  return tf.math.log(tf.clip_by_value(1.0 - p, _EPS, 1.0))
+  return tf.math.log1p(-(1.0 - _EPS) * p)
 
 
 class ProbabilisticGroupingRegularizer:
