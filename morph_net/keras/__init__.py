@@ -5,8 +5,15 @@
   reports the cost (e.g. 'FLOPs') and 'regularization_term' in the logs.
 - `StructureExporterCallback(regularizer, log_dir, save_every_n_steps)`:
   writes `log_dir/learned_structure/alive_<step>` and TensorBoard scalars.
+- `slim_model(model, structure, transfer_weights, round_to)`: the model
+  rebuilt with a learned structure's widths (topology morphing, weights).
+- `expand_structure(model, structure, target_cost, cost, round_to)`: scale
+  a structure uniformly up to a FLOPs/model-size budget.
 """
 
+from morph_net.keras.expand import expand_structure
+from morph_net.keras.expand import structure_cost
+from morph_net.keras.slim import slim_model
 from morph_net.keras.training import add_regularizer
 from morph_net.keras.training import REGULARIZATION_TERM_NAME
 from morph_net.keras.training import RegularizedModel
@@ -17,4 +24,7 @@ __all__ = [
     'RegularizedModel',
     'StructureExporterCallback',
     'add_regularizer',
+    'expand_structure',
+    'slim_model',
+    'structure_cost',
 ]
