@@ -49,7 +49,10 @@ class GammaL1Regularizer:
     One concat, one abs and one compare for a whole network: this is what
     a training step evaluates.
     """
-    gammas = tf.concat([tf.reshape(read(p), [-1]) for p in params], axis=0)
+    values = [read(p) for p in params]
+    # Gammas are 1-D already; reshaping each would add an op per BatchNorm.
+    values = [v if v.shape.rank == 1 else tf.reshape(v, [-1]) for v in values]
+    gammas = tf.concat(values, axis=0) if len(values) > 1 else values[0]
     reg = tf.abs(gammas)
     if len(set(thresholds)) == 1:
       return reg, reg > thresholds[0]
