@@ -344,6 +344,24 @@ def test_regularizer_alone_reads_probabilities_without_a_sample():
   assert reg.alive_vector.numpy().tolist() == [True, False]
 
 
+def test_batch_vectors_mix_sampled_and_unsampled_gates():
+  sampled = Gate(temperature=1e-3, straight_through=True)
+  idle = Gate(keep_first_channel_alive=False)
+  for gate in (sampled, idle):
+    gate(tf.ones([1, 3]))
+    gate.mask_logits.assign([0.0, 0.0, 0.0])
+  sampled(tf.ones([1, 3]), training=True)
+  reg, alive = logistic_sigmoid_regularizer.LogisticSigmoidRegularizer.\
+      batch_vectors([sampled.mask_logits.value, idle.mask_logits.value],
+                    [(0.1, True, True), (0.4, True, False)])
+  reg, alive = reg.numpy(), alive.numpy()
+  assert reg[0] == 1.0  # kept channel
+  assert set(reg[1:3].tolist()) <= {0.0, 1.0}  # hard samples, not p = .5
+  np.testing.assert_allclose(reg[3:], 0.5)  # no sample: probabilities
+  # Mask-alive: logits > 0 plus the kept channel; then p = .5 >= .4.
+  assert alive.tolist() == [True, False, False, True, True, True]
+
+
 # ------------------------------------------------------------- training
 def _train(strength, steps=200, seed=0):
   keras.utils.set_random_seed(seed)

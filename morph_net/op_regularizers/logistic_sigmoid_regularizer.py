@@ -16,25 +16,66 @@ from morph_net.op_regularizers import gamma_l1_regularizer
 from morph_net.probabilistic_gating import activation_gating
 
 
-def _gate_vectors(logits_param, alive_threshold, regularize_on_mask,
-                  mask_as_alive_vector):
-  logits = gamma_l1_regularizer.read(logits_param)
-  prob = tf.sigmoid(logits)
-  record = activation_gating.gate_record(logits_param)
-  keep_first = record is not None and record.keep_first
-  reg = prob
-  if regularize_on_mask:
-    sample = activation_gating.current_sample(logits_param)
-    if sample is not None:
+def _per_channel(values, sizes, dtype):
+  return np.repeat(np.asarray(values, dtype), sizes)
+
+
+def _sampled_masks(logits, samples, records, sizes):
+  """The step's masks of all gates, in a few ops (dummy noise where the
+  gate has no sample; those channels are not selected)."""
+  noises, temperatures = [], []
+  for sample, size in zip(samples, sizes):
+    if sample is None:
+      noises.append(tf.zeros([size]))
+      temperatures.append(tf.ones([size]))
+    else:
       noise, temperature = sample
-      reg = activation_gating.sampled_mask(logits, noise, temperature,
-                                           record.straight_through)
-      if keep_first:
-        reg = activation_gating.keep_first_channel(reg)
-  alive = logits > 0 if mask_as_alive_vector else prob >= alive_threshold
-  if keep_first:
-    size = int(logits.shape[0])
-    alive = tf.logical_or(alive, tf.constant(np.arange(size) == 0))
+      noises.append(tf.cast(noise, tf.float32))
+      temperatures.append(tf.fill([size], tf.cast(temperature, tf.float32)))
+  z = logits + tf.concat(noises, 0)
+  relaxed = tf.sigmoid(z / tf.concat(temperatures, 0))
+  straight = [r is not None and r.straight_through for r in records]
+  if not any(straight):
+    return relaxed
+  hard = tf.cast(z > 0, tf.float32)
+  return tf.where(tf.constant(_per_channel(straight, sizes, bool)),
+                  relaxed + tf.stop_gradient(hard - relaxed), relaxed)
+
+
+def gate_vectors(params, settings):
+  """(regularization, alive) of many gates, concatenated; see the module."""
+  values = [gamma_l1_regularizer.read(p) for p in params]
+  sizes = [int(v.shape[0]) for v in values]
+  logits = tf.concat(values, 0) if len(values) > 1 else values[0]
+  prob = tf.sigmoid(logits)
+  records = [activation_gating.gate_record(p) for p in params]
+  first = np.zeros(sum(sizes), bool)
+  offsets = np.cumsum([0] + sizes[:-1])
+  first[[o for o, r in zip(offsets, records)
+         if r is not None and r.keep_first]] = True
+
+  thresholds = [t for t, _, _ in settings]
+  on_mask = [m for _, _, m in settings]
+  by_prob = prob >= _per_channel(thresholds, sizes, np.float32)
+  if all(on_mask):
+    alive = logits > 0
+  elif not any(on_mask):
+    alive = by_prob
+  else:
+    alive = tf.where(tf.constant(_per_channel(on_mask, sizes, bool)),
+                     logits > 0, by_prob)
+  if first.any():
+    alive = tf.logical_or(alive, tf.constant(first))
+
+  reg = prob
+  samples = [activation_gating.current_sample(p) if r else None
+             for p, (_, r, _) in zip(params, settings)]
+  if any(s is not None for s in samples):
+    mask = _sampled_masks(logits, samples, records, sizes)
+    if first.any():
+      mask = tf.where(tf.constant(first), tf.ones_like(mask), mask)
+    use = _per_channel([s is not None for s in samples], sizes, bool)
+    reg = mask if use.all() else tf.where(tf.constant(use), mask, prob)
   return reg, alive
 
 
@@ -70,11 +111,11 @@ class LogisticSigmoidRegularizer:
 
   @property
   def regularization_vector(self):
-    return _gate_vectors(self._logits, *self._setting)[0]
+    return gate_vectors([self._logits], [self._setting])[0]
 
   @property
   def alive_vector(self):
-    return _gate_vectors(self._logits, *self._setting)[1]
+    return gate_vectors([self._logits], [self._setting])[1]
 
   @staticmethod
   def num_channels(param, setting):
@@ -90,8 +131,4 @@ class LogisticSigmoidRegularizer:
       settings: per gate, (alive_threshold, regularize_on_mask,
         mask_as_alive_vector).
     """
-    pairs = [_gate_vectors(p, *s) for p, s in zip(params, settings)]
-    if len(pairs) == 1:
-      return pairs[0]
-    return (tf.concat([r for r, _ in pairs], 0),
-            tf.concat([a for _, a in pairs], 0))
+    return gate_vectors(params, settings)
