@@ -166,11 +166,19 @@ def _save_model_atomically(model, path):
   os.close(fd)
   try:
     model.save(tmp)
+    _chmod_default(tmp)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def _chmod_default(path):
+  """mkstemp files are 0600; give the output the usual umask permissions."""
+  mask = os.umask(0)
+  os.umask(mask)
+  os.chmod(path, 0o666 & ~mask)
 
 
 def _progress(message):
@@ -193,35 +201,41 @@ def cmd_slim(args):
   structure = load_structure(args.structure)  # fails fast, before TF loads
   model = load_model(args.model)
   check_structure_names(structure, model, args.structure, args.model)
-  try:
-    from morph_net.keras import slim  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise CLIError('slimming is not available in this installation: %s'
-                   % e) from None
+  slim_model, expand_structure = _slim_functions()
   before = _analyze(model)
-  if args.expand_to_cost is not None:
-    _progress('expanding the structure to %.4g FLOPs' % args.expand_to_cost)
-    structure = slim.expand_structure(model, structure, args.expand_to_cost,
-                                      cost='flops', round_to=args.round_to)
-  _progress('building the slim model (%d layers set)' % len(structure))
   try:
-    slim_model = slim.slim_model(model, structure, round_to=args.round_to)
-  except (KeyError, ValueError) as e:
+    if args.expand_to_cost is not None:
+      _progress('expanding the structure to %.4g FLOPs' % args.expand_to_cost)
+      structure = expand_structure(model, structure, args.expand_to_cost,
+                                   cost='flops', round_to=args.round_to)
+    _progress('building the slim model (%d layers set)' % len(structure))
+    slim = slim_model(model, structure, round_to=args.round_to)
+  except (KeyError, ValueError, TypeError, NotImplementedError) as e:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise CLIError('cannot slim %s to %s: %s' % (args.model, args.structure,
                                                  first)) from None
-  after = _analyze(slim_model)
-  _save_model_atomically(slim_model, args.output)
+  after = _analyze(slim)
+  _save_model_atomically(slim, args.output)
+  seed = {l.name: l.channels for l in before.layers}
   widths = {l.name: l.channels for l in after.layers}
-  for name, width in structure.items():
-    seed = (before.layer(name).channels
-            if name in {l.name for l in before.layers} else '?')
-    print('%-30s %6s -> %s' % (name, seed, widths.get(name, 'removed'
-                                                    if width == 0 else width)))
+  for name in structure:
+    print('%-30s %6s -> %s' % (name, seed.get(name, '?'),
+                               widths.get(name, 'removed')))
   print('FLOPs %d -> %d, weights %d -> %d; wrote %s'
         % (before.flops, after.flops, before.weights, after.weights,
            args.output))
   return EXIT_OK
+
+
+def _slim_functions():
+  """morph_net.keras.slim_model and expand_structure, imported lazily."""
+  try:
+    from morph_net.keras import expand_structure  # pylint: disable=g-import-not-at-top
+    from morph_net.keras import slim_model  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise CLIError('slimming is not available in this installation: %s'
+                   % e) from None
+  return slim_model, expand_structure
 
 
 def cmd_plot(args):

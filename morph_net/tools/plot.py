@@ -47,6 +47,9 @@ def plot_widths(learned, path, seed=None, title=None, log_scale=False):
   ax.set_ylabel('output channels')
   if log_scale:
     ax.set_yscale('log')
+  else:  # headroom for the legend
+    top = max(list(learned.values()) + list((seed or {}).values()) + [1])
+    ax.set_ylim(0, top * 1.3)
   if seed:
     total_seed = sum(seed.get(n, 0) for n in names)
     total = sum(learned.values())
@@ -64,6 +67,9 @@ def plot_widths(learned, path, seed=None, title=None, log_scale=False):
   os.close(fd)
   try:
     fig.savefig(tmp, format=suffix[1:])
+    mask = os.umask(0)  # mkstemp files are 0600; use the usual permissions
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
