@@ -33,23 +33,23 @@ def _conv_bn(x, filters, kernel, name, strides=1):
   return L.BatchNormalization(name=name + '_bn')(x)
 
 
-def _seed_model():
+def _seed_model(k=1):
   """Residual add, depthwise conv, concat, separable conv, Flatten+Dense."""
   inputs = keras.Input((8, 8, 3))
-  x = L.ReLU()(_conv_bn(inputs, 8, 3, 'stem'))
-  r = L.ReLU()(_conv_bn(x, 6, 3, 'res_a'))
-  r = _conv_bn(r, 8, 3, 'res_b')
+  x = L.ReLU()(_conv_bn(inputs, 8 * k, 3, 'stem'))
+  r = L.ReLU()(_conv_bn(x, 6 * k, 3, 'res_a'))
+  r = _conv_bn(r, 8 * k, 3, 'res_b')
   x = L.ReLU()(L.Add(name='add')([x, r]))
   a = L.DepthwiseConv2D(3, padding='same', use_bias=False, name='dw')(x)
   a = L.ReLU()(L.BatchNormalization(name='dw_bn')(a))
-  a = L.ReLU()(_conv_bn(a, 6, 1, 'pw'))
-  b = L.ReLU()(_conv_bn(x, 4, 3, 'branch'))
+  a = L.ReLU()(_conv_bn(a, 6 * k, 1, 'pw'))
+  b = L.ReLU()(_conv_bn(x, 4 * k, 3, 'branch'))
   x = L.Concatenate(name='concat')([a, b])
-  x = L.SeparableConv2D(8, 3, strides=2, padding='same', use_bias=False,
+  x = L.SeparableConv2D(8 * k, 3, strides=2, padding='same', use_bias=False,
                         name='sep')(x)
   x = L.ReLU()(L.BatchNormalization(name='sep_bn')(x))
   x = L.Flatten(name='flatten')(x)
-  x = L.Dense(12, name='fc')(x)
+  x = L.Dense(12 * k, name='fc')(x)
   x = L.ReLU()(L.BatchNormalization(name='fc_bn')(x))
   return keras.Model(inputs, L.Dense(10, name='logits')(x), name='seed')
 
@@ -146,3 +146,139 @@ def test_transfer_weights_reproduces_outputs(seed):
   x = _images()
   np.testing.assert_allclose(slim(x, training=False),
                              model(x, training=False), atol=1e-5, rtol=1e-5)
+
+
+def test_dead_residual_branch_collapses_to_shortcut(morphed_seed):
+  model, reg = morphed_seed
+  counts = structure_exporter.StructureExporter(
+      reg.op_regularizer_manager).get_alive_counts()
+  assert counts['res_a'] == 0
+  slim = mk.slim_model(model, reg, transfer_weights=True)
+  names = {l.name for l in slim.layers}
+  assert not names & {'res_a', 'res_a_bn', 'res_b', 'res_b_bn', 'add'}
+  assert not any(isinstance(l, L.Add) for l in slim.layers)
+  assert len(slim.layers) == len(model.layers) - 6  # 5 above + the ReLU
+  x = _images()
+  np.testing.assert_allclose(slim(x, training=False),
+                             model(x, training=False), atol=1e-5, rtol=1e-5)
+  assert _flops(slim) == pytest.approx(float(reg.get_cost()), rel=1e-6)
+
+
+def test_dead_concat_input_is_dropped(seed):
+  model, _ = seed
+  slim = mk.slim_model(model, {'branch': 0})
+  assert 'branch' not in {l.name for l in slim.layers}
+  assert 'concat' not in {l.name for l in slim.layers}  # one input left
+  assert slim.get_layer('sep').input.shape[-1] == 6
+
+
+def test_dead_main_chain_keeps_one_channel_and_warns(seed):
+  model, _ = seed
+  with pytest.warns(UserWarning, match="'sep'"):
+    slim = mk.slim_model(model, {'sep': 0})
+  assert slim.get_layer('sep').output.shape[-1] == 1
+  assert slim.get_layer('fc').input.shape[-1] == 16
+
+
+def test_round_to_rounds_up_within_original_width(seed):
+  model, reg = seed
+  slim = mk.slim_model(model, reg, round_to=4, transfer_weights=True)
+  w = _widths(slim)
+  # Alive 6, 5, 4, 3, 5, 8 -> 8 (capped at 8), 8 (capped at 6? no: 8>6 ->6).
+  assert (w['stem'], w['res_a'], w['pw'], w['branch']) == (8, 6, 4, 4)
+  assert (w['sep'], w['fc']) == (8, 8)
+  assert mk.slim_model(model, {'fc': 1}, round_to=8).get_layer(
+      'fc').output.shape[-1] == 8
+
+
+def test_unknown_and_unprunable_names_are_errors(seed):
+  model, _ = seed
+  with pytest.raises(ValueError, match='nope.*stem_x|stem_x.*nope'):
+    mk.slim_model(model, {'nope': 3, 'stem_x': 2, 'stem': 4})
+  with pytest.raises(ValueError, match='stem_bn'):
+    mk.slim_model(model, {'stem_bn': 3})
+
+
+def test_tied_layers_with_different_counts_are_an_error(seed):
+  model, _ = seed
+  with pytest.raises(ValueError, match="'res_b'.*'stem'|'stem'.*'res_b'"):
+    mk.slim_model(model, {'stem': 4, 'res_b': 5})
+
+
+def test_transfer_needs_alive_vectors(seed):
+  model, _ = seed
+  with pytest.raises(ValueError, match='alive'):
+    mk.slim_model(model, {'stem': 4}, transfer_weights=True)
+
+
+def test_json_counts_build_the_same_model(seed, tmp_path):
+  model, reg = seed
+  exporter = structure_exporter.StructureExporter(reg.op_regularizer_manager)
+  path = exporter.create_file_and_save_alive_counts(str(tmp_path), 7)
+  with open(path) as f:
+    counts = json.load(f)
+  assert _widths(mk.slim_model(model, counts)) == _widths(
+      mk.slim_model(model, reg))
+  vectors = {k: np.asarray(v) for k, v in exporter.tensors.items()}
+  from_vectors = mk.slim_model(model, vectors, transfer_weights=True)
+  x = _images()
+  np.testing.assert_allclose(from_vectors(x), model(x), atol=1e-5,
+                             rtol=1e-5)
+
+
+def test_slim_model_saves_and_loads(seed, tmp_path):
+  model, reg = seed
+  slim = mk.slim_model(model, reg, transfer_weights=True)
+  path = os.path.join(str(tmp_path), 'slim.keras')
+  slim.save(path)
+  loaded = keras.models.load_model(path)
+  assert _widths(loaded) == _widths(slim)
+  x = _images()
+  np.testing.assert_allclose(loaded(x), slim(x), atol=1e-6)
+
+
+@pytest.mark.parametrize('cost', ['flops', 'model_size'])
+def test_expand_structure_meets_target_from_below(cost):
+  model = _seed_model(k=8)  # realistic widths: one channel is a small step
+  learned = {'stem': 40, 'res_a': 10, 'res_b': 40, 'pw': 30, 'branch': 20,
+             'sep': 35, 'fc': 50}
+  target = mk.structure_cost(model, {}, cost=cost)  # the seed's cost
+  assert mk.structure_cost(model, learned, cost=cost) < 0.6 * target
+  counts = mk.expand_structure(model, learned, target, cost=cost)
+  got = mk.structure_cost(model, counts, cost=cost)
+  assert 0.97 * target <= got <= target
+  assert all(counts[k] > learned[k] for k in learned)
+  assert counts['stem'] == counts['res_b']  # tied counts stay tied
+  if cost == 'flops':
+    assert _flops(mk.slim_model(model, counts)) == pytest.approx(got)
+
+
+def test_expand_structure_round_to_and_beyond_original(seed):
+  model, _ = seed
+  target = 2.0 * mk.structure_cost(model, {})
+  counts = mk.expand_structure(model, {'pw': 6, 'fc': 12}, target,
+                               round_to=4)
+  assert all(c % 4 == 0 for c in counts.values())
+  assert counts['fc'] > 12  # expansion may exceed the original width
+  assert mk.structure_cost(model, counts) <= target
+  with pytest.raises(ValueError, match='narrowest'):
+    mk.expand_structure(model, {'pw': 6}, 10.0)
+
+
+def test_sequential_model_and_subclassed_error():
+  model = keras.Sequential([keras.Input((5,)), L.Dense(7, name='h'),
+                            L.BatchNormalization(name='h_bn'),
+                            L.Dense(2, name='out')])
+  vectors = {'h': np.array([1, 0, 1, 1, 0, 0, 1], bool)}
+  slim = mk.slim_model(model, vectors, transfer_weights=True)
+  assert slim.get_layer('h').output.shape[-1] == 4
+  np.testing.assert_allclose(slim.get_layer('h').kernel,
+                             np.asarray(model.get_layer('h').kernel)[:, [0, 2, 3, 6]])
+
+  class Sub(keras.Model):
+
+    def call(self, x):
+      return x
+
+  with pytest.raises(NotImplementedError, match='subclassed'):
+    mk.slim_model(Sub(), {})
