@@ -39,19 +39,32 @@ class ElementwiseOpHandler(op_handler.OpHandler):
 
   def data_inputs(self, op, view):
     del view
-    out_rank = op_handler.rank(op.outputs[0])
+    out = op.outputs[0]
+    out_rank = op_handler.rank(out)
     return [i for i, t in enumerate(op.inputs)
             if op_handler.is_float(t) and out_rank is not None
-            and op_handler.rank(t) == out_rank]
+            and op_handler.rank(t) == out_rank and not _is_parameter(t, out)]
 
   def analyze(self, op, ctx):
     out = op.outputs[0]
     channels = ctx.view.channels(out)
+    if channels is None:
+      return  # unknown width: a leaf
     for i in self.data_inputs(op, ctx.view):
-      if channels is not None and ctx.view.channels(op.inputs[i]) == channels:
+      if ctx.view.channels(op.inputs[i]) == channels:
         ctx.tie(out, op.inputs[i])
-      elif channels is None and ctx.view.channels(op.inputs[i]) != 1:
-        ctx.tie(out, op.inputs[i])
+
+
+def _is_parameter(tensor, out):
+  """A [1, ..., 1, C] operand of a batched output: a reshaped parameter.
+
+  Keras reshapes BatchNorm statistics to [1, 1, 1, C] when the axis is
+  explicit. An activation has the output's batch dim (unknown in traced
+  models), so a static batch of 1 against a larger/unknown one is a weight.
+  """
+  t_batch = tensor.shape[0] if tensor.shape.rank else None
+  o_batch = out.shape[0] if out.shape.rank else None
+  return t_batch == 1 and o_batch != 1
 
 
 def _keeps_last_axis(axes, rank):
