@@ -25,7 +25,7 @@ setup(
         'console_scripts': ['morphnet=morph_net.cli:main'],
     },
     extras_require={
-        'test': ['pytest', 'pytest-xdist'],
+        'test': ['pytest', 'pytest-xdist', 'tf_keras', 'mlxtend', 'matplotlib'],
         'examples': ['mlxtend', 'matplotlib'],
     },
     classifiers=[
