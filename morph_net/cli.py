@@ -182,7 +182,8 @@ def _chmod_default(path):
 
 
 def _progress(message):
-  print('morphnet: %s' % message, file=sys.stderr, flush=True)
+  # Progress goes to stdout, so stderr holds nothing but the error, if any.
+  print('morphnet: %s' % message, flush=True)
 
 
 # --------------------------------------------------------------- commands
