@@ -91,6 +91,16 @@ class ConfigurableOps:
   Attributes:
     constructed_ops: OrderedDict op name -> width used, in build order (the
       structure of the network actually built; 0 for vanished layers).
+
+  >>> with tf.Graph().as_default():
+  ...   ops = ConfigurableOps({'a/Conv2D': 3, 'b/Conv2D': 0})
+  ...   x = tf1.placeholder(tf.float32, [None, 8, 8, 2])
+  ...   a = ops.conv2d(x, 16, 3, scope='a')
+  ...   b = ops.conv2d(x, 16, 3, scope='b')
+  ...   print(a.shape, b, ops.concat([a, b]).shape)
+  (None, 8, 8, 3) VANISHED (None, 8, 8, 3)
+  >>> dict(ops.constructed_ops)
+  {'a/Conv2D': 3, 'b/Conv2D': 0}
   """
 
   def __init__(self, parameterization=None, fallback_rule='pass_through'):
