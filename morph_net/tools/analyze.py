@@ -182,8 +182,9 @@ def _human(x):
 def format_table(report):
   """The report as an aligned text table with a totals line.
 
-  Columns: layer, op type, group (a '*' marks a layer whose width is fixed
-  by the output), channels, FLOPs, weights, share of total FLOPs.
+  Columns: layer, op type, group (a '*' marks a layer a structure does not
+  set: its width is fixed by the output, or it is depthwise and follows its
+  input), channels, FLOPs, weights, share of total FLOPs.
   """
   header = ('layer', 'op type', 'group', 'channels', 'FLOPs', 'weights',
             '%FLOPs')
@@ -203,7 +204,7 @@ def format_table(report):
   rule = '-' * len(line(header))
   out = [line(header), rule] + [line(r) for r in rows] + [rule, line(footer)]
   out.append('%d layers, %d groups; FLOPs %s (%d), weights %s (%d); '
-             '* = width fixed by the output' % (
+             '* = not prunable (output width or depthwise)' % (
                  len(report.layers), len({l.group for l in report.layers}),
                  _human(report.flops), report.flops,
                  _human(report.weights), report.weights))
