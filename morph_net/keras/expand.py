@@ -92,9 +92,10 @@ def expand_structure(model, structure, target_cost, cost='flops',
   layers = {l.name: l for l in functional.layers}
 
   def scale(w):
-    return {n: slim_lib.round_count(max(1, int(round(c * w))) if c else 0,
-                                    slim_lib.out_width(layers[n]), round_to)
-            for n, c in counts.items()}
+    scaled = {n: slim_lib.round_count(max(1, int(round(c * w))) if c else 0,
+                                      slim_lib.out_width(layers[n]), round_to)
+              for n, c in counts.items()}
+    return _make_consistent(functional, scaled)
 
   lo = 0.0
   lowest = evaluate(scale(lo))
@@ -116,6 +117,35 @@ def expand_structure(model, structure, target_cost, cost='flops',
     else:
       hi = mid
   return scale(lo)
+
+
+def _make_consistent(model, counts):
+  """Re-ties counts that rounding split, e.g. Add(Concat(a, b), c).
+
+  round(a w) + round(b w) may differ from round((a + b) w). The width set
+  by several layers (a concat) wins; a layer that took such a width is
+  pinned and wins over single layers later; otherwise the widest wins.
+  """
+  counts = dict(counts)
+  pinned = set()
+  for _ in range(2 * len(counts) + 1):
+    try:
+      slim_lib.make_plan(model, counts, None)
+      return counts
+    except slim_lib.TiedCountsError as e:
+      joint = [w for w, origin in e.inputs if len(origin) > 1]
+      fixed = [w for w, origin in e.inputs
+               if len(origin) == 1 and origin[0] in pinned]
+      target = max(joint or fixed or [w for w, _ in e.inputs])
+      fixable = [o[0] for w, o in e.inputs
+                 if len(o) == 1 and w != target and o[0] in counts and
+                 o[0] not in pinned]
+      if not fixable:
+        raise
+      for name in fixable:
+        counts[name] = target
+        pinned.add(name)
+  return counts
 
 
 def _cost_kind(cost):

@@ -152,6 +152,9 @@ def _clone(layer, width):
   attr = width_attr(layer)
   if attr is not None and width is not None:
     config[attr] = int(width)
+  if isinstance(layer, keras.layers.Reshape) and width is not None:
+    config['target_shape'] = tuple(config['target_shape'][:-1]) + (
+        int(width),)
   return type(layer).from_config(config)
 
 
@@ -280,6 +283,18 @@ _MERGE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
 _RESHAPING = (keras.layers.Reshape, keras.layers.Permute,
               keras.layers.RepeatVector)
 REMOVED = 'removed'
+
+
+class TiedCountsError(ValueError):
+  """Tensors combined elementwise (e.g. by Add) got different widths.
+
+  Attributes:
+    inputs: [(width, names of the prunable layers that set it)] per input.
+  """
+
+  def __init__(self, message, inputs):
+    super().__init__(message)
+    self.inputs = inputs
 
 
 class Channels:
@@ -486,6 +501,11 @@ def _node_channels(plan, node, live, widths, alive, round_to, forced, track):
                     sum((c.origin for c in ins), ()))
   if all(_full(plan, t) for t in live):
     return Channels(width(node.outputs[0]))
+  if isinstance(op, keras.layers.Reshape) and (
+      width(live[0]) == width(node.outputs[0])):
+    # Whole channel vectors move (e.g. (C,) -> (1, 1, C) in squeeze-excite).
+    plan.layer_width[op.name] = ins[0].width
+    return ins[0]
   if isinstance(op, _RESHAPING):
     raise NotImplementedError(
         'Layer %r (%s) reshapes pruned channels of %s; slim_model cannot '
@@ -538,11 +558,12 @@ def _merge(op, name, channel_ins, track):
                               'layer %r (%s).' % (name, type(op).__name__))
   counts = sorted({c.width for _, c in channel_ins})
   if len(counts) > 1:
-    raise ValueError(
+    raise TiedCountsError(
         'Layer %r (%s) combines tensors with different channel counts %s, '
         'set by layers %s. Channels tied by this layer need one count.'
         % (name, type(op).__name__, counts,
-           _origin_names([c for _, c in channel_ins])))
+           _origin_names([c for _, c in channel_ins])),
+        [(c.width, c.origin) for _, c in channel_ins])
   first = channel_ins[0][1]
   if track:
     vectors = [c.kept for _, c in channel_ins]
