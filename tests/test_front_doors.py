@@ -55,3 +55,56 @@ def test_concrete_function_of_raw_ops():
   assert float(reg.get_cost()) == _expected_flops(3)
   gamma.assign([1.0, 1.0, 1.0, 1.0])  # live variables, no re-tracing
   assert float(reg.get_cost()) == _expected_flops(4)
+
+
+def _keras_net():
+  import keras  # pylint: disable=g-import-not-at-top
+  inputs = keras.Input((8, 8, 3))
+  x = keras.layers.Conv2D(4, 3, padding='same', name='conv')(inputs)
+  x = keras.layers.BatchNormalization(name='bn')(x)
+  x = keras.layers.ReLU()(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  return keras.Model(inputs, keras.layers.Dense(2, name='head')(x))
+
+
+def test_mixed_precision_model():
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy('mixed_float16')
+  try:
+    model = _keras_net()
+    model.get_layer('bn').gamma.assign([1.0, 0.0, 1.0, 1.0])
+    reg = flop_regularizer.GammaFlopsRegularizer(model, 0.1)
+    assert float(reg.get_cost()) == _expected_flops(3)
+    with tf.GradientTape() as tape:
+      term = reg.get_regularization_term()
+    assert term.dtype == tf.float32
+    grad = tape.gradient(term, model.get_layer('bn').gamma.value)
+    assert np.all(np.isfinite(grad.numpy())) and grad.numpy()[0] > 0
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+
+
+def test_distribute_strategy_training_step():
+  import keras  # pylint: disable=g-import-not-at-top
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0'])
+  with strategy.scope():
+    model = _keras_net()
+    reg = flop_regularizer.GammaFlopsRegularizer(model, 0.1)
+    optimizer = keras.optimizers.SGD(0.1)
+  assert float(reg.get_cost()) == _expected_flops(4)
+  gamma = model.get_layer('bn').gamma
+
+  @tf.function
+  def step(x):
+    def replica_fn(x):
+      with tf.GradientTape() as tape:
+        loss = reg.get_regularization_term() * 1e-4
+      grads = tape.gradient(loss, model.trainable_variables)
+      optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      return loss
+    return strategy.run(replica_fn, args=(x,))
+
+  before = gamma.numpy().copy()
+  step(tf.ones([4, 8, 8, 3]))
+  # The L1 term shrinks every (positive) gamma.
+  assert np.all(gamma.numpy() < before)

@@ -72,8 +72,11 @@ class GraphView:
         model or a polymorphic `tf.function`).
     """
     concrete, variables, owner = _trace(model, input_signature)
-    by_handle = {id(_tf_variable(v).handle): _tf_variable(v)
-                 for v in variables}
+    by_handle = {}
+    for v in variables:
+      var = _tf_variable(v)
+      for handle in _handles(var):
+        by_handle[id(handle)] = var
     captures = {}
     for external, internal in concrete.graph.captures:
       var = by_handle.get(id(external))
@@ -235,6 +238,21 @@ def _as_op(x):
 def _tf_variable(v):
   """The tf.Variable behind a Keras 3 variable (or the variable itself)."""
   return getattr(v, 'value', v) if not isinstance(v, tf.Variable) else v
+
+
+def _handles(var):
+  """Resource handles a trace may capture for a variable.
+
+  A `tf.distribute` variable has no single handle outside a replica
+  context; a trace captures one of its components' handles.
+  """
+  components = getattr(var, 'values', None)
+  if components is not None and not isinstance(var, tf.Tensor):
+    try:
+      return [c.handle for c in components]
+    except (AttributeError, TypeError):
+      pass
+  return [var.handle]
 
 
 def _layer_variables(model):
