@@ -282,3 +282,47 @@ def test_sequential_model_and_subclassed_error():
 
   with pytest.raises(NotImplementedError, match='subclassed'):
     mk.slim_model(Sub(), {})
+
+
+def _se_model():
+  """Add(Concat(a, b), c) then squeeze-excite (Reshape, Multiply)."""
+  inputs = keras.Input((6, 6, 4))
+  a = L.Conv2D(3, 1, name='a')(inputs)
+  b = L.Conv2D(3, 1, name='b')(inputs)
+  c = L.Conv2D(6, 1, name='c')(inputs)
+  x = L.Add(name='add')([L.Concatenate(name='cat')([a, b]), c])
+  s = L.Reshape((1, 1, 6), name='se_reshape')(L.GlobalAveragePooling2D()(x))
+  s = L.Conv2D(2, 1, activation='relu', name='se_reduce')(s)
+  s = L.Conv2D(6, 1, activation='sigmoid', name='se_expand')(s)
+  x = L.Multiply(name='se_mul')([x, s])
+  x = L.GlobalAveragePooling2D()(x)
+  return keras.Model(inputs, L.Dense(2, name='out')(x))
+
+
+def test_transfer_through_concat_add_and_squeeze_excite():
+  model = _se_model()
+  alive = np.array([1, 0, 1, 0, 1, 1], bool)  # a: 0, 2; b: 1, 2
+  for name in ('se_reduce', 'out'):  # dead channels must not contribute
+    kernel, bias = model.get_layer(name).get_weights()
+    kernel[..., ~alive, :] = 0
+    model.get_layer(name).set_weights([kernel, bias])
+  vectors = {'a': alive[:3], 'b': alive[3:], 'c': alive, 'se_expand': alive}
+  slim = mk.slim_model(model, vectors, transfer_weights=True)
+  assert slim.get_layer('se_reshape').output.shape[-1] == 4
+  assert slim.get_layer('se_mul').output.shape[-1] == 4
+  x = np.random.default_rng(2).normal(size=(3, 6, 6, 4)).astype('float32')
+  np.testing.assert_allclose(slim(x), model(x), atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match='differ'):
+    mk.slim_model(model, dict(vectors, c=alive[::-1]), transfer_weights=True)
+
+
+def test_expand_keeps_concat_sum_tied_to_add():
+  model = _se_model()
+  counts = {'a': 3, 'b': 3, 'c': 6, 'se_expand': 6}
+  base = mk.structure_cost(model, counts)
+  for factor in (1.3, 1.7, 2.2, 3.1):
+    out = mk.expand_structure(model, counts, factor * base)
+    assert out['a'] + out['b'] == out['c'] == out['se_expand']
+    assert mk.structure_cost(model, out) <= factor * base
+    assert mk.slim_model(model, out).get_layer('add').output.shape[-1] == (
+        out['c'])

@@ -498,9 +498,11 @@ def _node_channels(plan, node, live, widths, alive, round_to, forced, track):
           offset_of[id(t)] + (np.arange(c.width) if c.kept is None
                               else c.kept) for t, c in zip(live, ins)])
     return Channels(sum(c.width for c in ins), kept,
-                    sum((c.origin for c in ins), ()))
+                    _union(c.origin for c in ins))
+  out_w = width(node.outputs[0])
   if all(_full(plan, t) for t in live):
-    return Channels(width(node.outputs[0]))
+    return Channels(out_w, None, _union(c.origin for t, c in zip(live, ins)
+                                        if width(t) == out_w))
   if isinstance(op, keras.layers.Reshape) and (
       width(live[0]) == width(node.outputs[0])):
     # Whole channel vectors move (e.g. (C,) -> (1, 1, C) in squeeze-excite).
@@ -511,7 +513,6 @@ def _node_channels(plan, node, live, widths, alive, round_to, forced, track):
         'Layer %r (%s) reshapes pruned channels of %s; slim_model cannot '
         'map them. Prune only layers before it or after it.'
         % (name, type(op).__name__, _origin_names(ins)))
-  out_w = width(node.outputs[0])
   channel_ins = [(t, c) for t, c in zip(live, ins) if width(t) == out_w]
   if len(live) > 1 or isinstance(op, (_MERGE, keras.layers.Concatenate)):
     return _merge(op, name, channel_ins, track)
@@ -546,9 +547,7 @@ def _prunable(plan, node, widths, alive, round_to, forced, track):
                               % (op.name, op.groups))
   _check_channels_last(op, changed)
   plan.layer_width[op.name] = new
-  if new == original and kept is None:
-    return Channels(new, None, ())
-  return Channels(new, kept, (op.name,))
+  return Channels(new, kept, (op.name,) if op.name in widths else ())
 
 
 def _merge(op, name, channel_ins, track):
@@ -575,8 +574,12 @@ def _merge(op, name, channel_ins, track):
           'cannot be transferred.' % (name, type(op).__name__,
                                       _origin_names([c for _, c in
                                                      channel_ins])))
-  origin = sum((c.origin for _, c in channel_ins), ())
-  return Channels(first.width, first.kept, origin)
+  return Channels(first.width, first.kept,
+                  _union(c.origin for _, c in channel_ins))
+
+
+def _union(origins):
+  return tuple(dict.fromkeys(n for origin in origins for n in origin))
 
 
 def _origin_names(chans):
