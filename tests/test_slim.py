@@ -326,3 +326,26 @@ def test_expand_keeps_concat_sum_tied_to_add():
     assert mk.structure_cost(model, out) <= factor * base
     assert mk.slim_model(model, out).get_layer('add').output.shape[-1] == (
         out['c'])
+
+
+def test_gated_transposed_conv_and_dense_on_sequence():
+  from morph_net.probabilistic_gating import activation_gating  # pylint: disable=g-import-not-at-top
+  gate = activation_gating.LogisticSigmoidGating
+  inputs = keras.Input((8, 8, 3))
+  x = L.ReLU()(gate(name='g1')(L.Conv2D(6, 3, name='c1')(inputs)))
+  x = gate(name='g2')(L.Conv2DTranspose(5, 3, strides=2, name='ct')(x))
+  x = L.Reshape((-1, 5), name='seq')(x)  # (positions, channels)
+  x = gate(name='g3')(L.Dense(7, name='d')(x))
+  model = keras.Model(
+      inputs, L.Dense(2, name='out')(L.GlobalAveragePooling1D()(x)))
+  model.get_layer('g1').mask_logits.assign([2., -1, 2, -1, 2, 2])
+  model.get_layer('g2').mask_logits.assign([2., -1, -1, 2, 2])
+  model.get_layer('g3').mask_logits.assign([2., -1, 2, -1, 2, -2, 2])
+  reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
+  slim = mk.slim_model(model, reg, transfer_weights=True)
+  w = _widths(slim)
+  assert (w['c1'], w['g1'], w['ct'], w['seq'], w['d']) == (4, 4, 3, 3, 4)
+  assert slim.get_layer('g2').mask_logits.shape == (3,)
+  x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype('float32')
+  np.testing.assert_allclose(slim(x), model(x), atol=1e-5, rtol=1e-5)
+  assert mk.structure_cost(model, reg) == pytest.approx(float(reg.get_cost()))

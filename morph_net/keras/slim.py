@@ -37,6 +37,8 @@ import warnings
 import keras
 import numpy as np
 
+from morph_net.tools import structure_exporter
+
 
 __all__ = ['slim_model', 'resolve_structure']
 
@@ -64,8 +66,9 @@ def slim_model(model, structure, transfer_weights=False, round_to=1):
     ValueError: unknown or non-prunable layer names, invalid counts, tied
       layers (outputs added together) given different counts, or transfer
       requested from counts only.
-    NotImplementedError: a pruned tensor reaches a layer whose channel
-      mapping is unknown (e.g. Reshape), a grouped or channels_first conv.
+    NotImplementedError: a subclassed model; a pruned tensor reaches a
+      layer whose channel mapping is unknown (e.g. a Reshape that splits
+      channels); a grouped or channels_first conv.
   """
   functional = as_functional(model)
   counts, alive = resolve_structure(functional, structure)
@@ -74,8 +77,7 @@ def slim_model(model, structure, transfer_weights=False, round_to=1):
         'transfer_weights=True needs to know which channels are alive: pass '
         'the network regularizer or a {layer name: boolean vector} dict, '
         'not alive counts.')
-  plan = make_plan(functional, counts, alive, round_to,
-                            warn=True)
+  plan = make_plan(functional, counts, alive, round_to, warn=True)
   new_model, new_layers = _build(functional, plan)
   if transfer_weights:
     _transfer(functional, plan, new_layers)
@@ -113,9 +115,10 @@ def resolve_structure(model, structure):
   counts, alive = {}, {}
   for name, value in structure.items():
     width = out_width(layers[name])
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-      if value < 0:
-        raise ValueError('Layer %r has a negative count %d.' % (name, value))
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+      if value < 0 or value != int(value):
+        raise ValueError('Layer %r: a count must be an integer >= 0, got %r.'
+                         % (name, value))
       counts[name] = int(value)
       continue
     vector = np.asarray(value)
@@ -130,15 +133,11 @@ def resolve_structure(model, structure):
     warnings.warn('Layers given as counts (%s) are treated as keeping '
                   'their first channels.' % ', '.join(alive_only))
     for name in alive_only:
-      alive[name] = np.arange(min(counts[name], out_width(
-          layers[name])))
+      alive[name] = np.arange(min(counts[name], out_width(layers[name])))
   return counts, (alive or None)
 
 
 def _vectors_from_regularizer(regularizer):
-  # Imported here: the exporter pulls TensorFlow, which this module does not
-  # otherwise need at import time.
-  from morph_net.tools import structure_exporter  # pylint: disable=g-import-not-at-top
   manager = regularizer.op_regularizer_manager
   if not manager.view.eager:
     raise ValueError('slim_model needs a regularizer built on a Keras '
@@ -183,7 +182,8 @@ def _build(model, plan):
       new_op = op  # A stateless keras.ops operation: reuse it.
     if id(node) in plan.kept_inputs:
       # An Add/Concatenate that lost inputs to topology morphing.
-      args, kwargs = ([tensors[id(t)] for t in plan.kept_inputs[id(node)]],), {}
+      args = ([tensors[id(t)] for t in plan.kept_inputs[id(node)]],)
+      kwargs = {}
     else:
       args, kwargs = node.arguments.fill_in(tensors)
     outputs = keras.tree.flatten(new_op(*args, **kwargs))
@@ -230,9 +230,8 @@ def _transfer(model, plan, new_layers):
 
 def _slice_weight(layer, name, value, in_idx, out_idx, in_width):
   """The surviving part of one weight of `layer`."""
-  if isinstance(layer, keras.layers.DepthwiseConv2D) or (
-      type(layer).__name__ == 'DepthwiseConv1D'):
-    if name == 'depthwise_kernel' or name == 'kernel':
+  if isinstance(layer, _DEPTHWISE):
+    if name in ('depthwise_kernel', 'kernel'):
       return _take(value, in_idx, -2)
     return _take(value, out_idx, 0)
   if isinstance(layer, _SEPARABLE):
@@ -240,8 +239,7 @@ def _slice_weight(layer, name, value, in_idx, out_idx, in_width):
       return _take(value, in_idx, -2)
     if name == 'pointwise_kernel':
       mult = value.shape[-2] // layer.depthwise_kernel.shape[-2]
-      mid = None if in_idx is None else expand_multiplier(
-          in_idx, mult)
+      mid = None if in_idx is None else expand_multiplier(in_idx, mult)
       return _take(_take(value, mid, -2), out_idx, -1)
     return _take(value, out_idx, 0)
   if width_attr(layer) is not None:
@@ -517,7 +515,10 @@ def _node_channels(plan, node, live, widths, alive, round_to, forced, track):
   if len(live) > 1 or isinstance(op, (_MERGE, keras.layers.Concatenate)):
     return _merge(op, name, channel_ins, track)
   has_matrix = any(len(w.shape) > 1 for w in getattr(op, 'weights', []))
-  if len(channel_ins) == 1 and not has_matrix:
+  axis = getattr(op, 'axis', -1)
+  last_axis = axis in (-1, len(live[0].shape) - 1, [-1],
+                       [len(live[0].shape) - 1])
+  if len(channel_ins) == 1 and not has_matrix and last_axis:
     return ins[0]  # Channel-wise: BatchNorm, activations, pooling, ...
   raise NotImplementedError(
       'Layer %r (%s) receives pruned channels (from %s) but slim_model does '
