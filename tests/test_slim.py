@@ -349,3 +349,11 @@ def test_gated_transposed_conv_and_dense_on_sequence():
   x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype('float32')
   np.testing.assert_allclose(slim(x), model(x), atol=1e-5, rtol=1e-5)
   assert mk.structure_cost(model, reg) == pytest.approx(float(reg.get_cost()))
+
+
+@pytest.mark.parametrize('module', [mk.slim, mk.expand])
+def test_docstring_examples_run(module):
+  import doctest  # pylint: disable=g-import-not-at-top
+  result = doctest.testmod(module)
+  assert result.attempted > 0
+  assert result.failed == 0

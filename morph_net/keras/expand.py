@@ -23,6 +23,7 @@ slim = morph_net.keras.slim_model(model, counts)  # retrain from scratch
 
 import numbers
 
+import keras  # pylint: disable=unused-import (doctests)
 import numpy as np
 
 from morph_net.keras import slim as slim_lib
@@ -69,6 +70,14 @@ def expand_structure(model, structure, target_cost, cost='flops',
     original widths (the slim model is built with the larger layers); zero
     counts (removed branches) stay zero; layers not in `structure` keep
     their width and are not scaled.
+
+  FLOPs of Dense(4 -> h) + Dense(h -> 2) are 2 (4 h + 2 h) = 12 h:
+
+  >>> inputs = keras.Input((4,))
+  >>> hidden = keras.layers.Dense(8, name='hidden')(inputs)
+  >>> model = keras.Model(inputs, keras.layers.Dense(2, name='out')(hidden))
+  >>> expand_structure(model, {'hidden': 3}, target_cost=65)
+  {'hidden': 5}
 
   Raises:
     ValueError: target_cost is not positive, or is below the cost of the

@@ -62,6 +62,14 @@ def slim_model(model, structure, transfer_weights=False, round_to=1):
   Returns:
     A new functional `keras.Model` with the same layer names.
 
+  >>> inputs = keras.Input((4,))
+  >>> hidden = keras.layers.Dense(8, name='hidden')(inputs)
+  >>> model = keras.Model(inputs, keras.layers.Dense(2, name='out')(hidden))
+  >>> slim_model(model, {'hidden': 3}).get_layer('hidden').units
+  3
+  >>> slim_model(model, {'hidden': 3}, round_to=4).get_layer('hidden').units
+  4
+
   Raises:
     ValueError: unknown or non-prunable layer names, invalid counts, tied
       layers (outputs added together) given different counts, or transfer
