@@ -184,9 +184,13 @@ def test_round_to_rounds_up_within_original_width(seed):
   model, reg = seed
   slim = mk.slim_model(model, reg, round_to=4, transfer_weights=True)
   w = _widths(slim)
-  # Alive 6, 5, 4, 3, 5, 8 -> 8 (capped at 8), 8 (capped at 6? no: 8>6 ->6).
+  # Alive 6, 5, 4, 3, 5, 8 -> multiples of 4, at most the original width.
   assert (w['stem'], w['res_a'], w['pw'], w['branch']) == (8, 6, 4, 4)
   assert (w['sep'], w['fc']) == (8, 8)
+  # The channels added back are dead ones (zero output): same function.
+  x = _images()
+  np.testing.assert_allclose(slim(x, training=False),
+                             model(x, training=False), atol=1e-5, rtol=1e-5)
   assert mk.slim_model(model, {'fc': 1}, round_to=8).get_layer(
       'fc').output.shape[-1] == 8
 
@@ -203,6 +207,15 @@ def test_tied_layers_with_different_counts_are_an_error(seed):
   model, _ = seed
   with pytest.raises(ValueError, match="'res_b'.*'stem'|'stem'.*'res_b'"):
     mk.slim_model(model, {'stem': 4, 'res_b': 5})
+
+
+def test_reshape_that_splits_pruned_channels_is_an_error():
+  inputs = keras.Input((4, 4, 2))
+  x = L.Reshape((16 * 6,), name='split')(L.Conv2D(6, 1, name='c')(inputs))
+  model = keras.Model(inputs, L.Dense(2, name='out')(x))
+  with pytest.raises(NotImplementedError, match="'split'.*'c'"):
+    mk.slim_model(model, {'c': 3})
+  assert mk.slim_model(model, {'out': 1}).output.shape[-1] == 1
 
 
 def test_transfer_needs_alive_vectors(seed):
