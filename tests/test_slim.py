@@ -2,7 +2,6 @@
 
 import json
 import os
-import warnings
 
 import keras
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 
 import morph_net.keras as mk
 from morph_net.network_regularizers import flop_regularizer
+from morph_net.probabilistic_gating import activation_gating
 from morph_net.tools import structure_exporter
 
 THRESHOLD = 1e-2
@@ -285,8 +285,9 @@ def test_sequential_model_and_subclassed_error():
   vectors = {'h': np.array([1, 0, 1, 1, 0, 0, 1], bool)}
   slim = mk.slim_model(model, vectors, transfer_weights=True)
   assert slim.get_layer('h').output.shape[-1] == 4
-  np.testing.assert_allclose(slim.get_layer('h').kernel,
-                             np.asarray(model.get_layer('h').kernel)[:, [0, 2, 3, 6]])
+  kernel = model.get_layer('h').get_weights()[0]
+  np.testing.assert_allclose(slim.get_layer('h').get_weights()[0],
+                             kernel[:, [0, 2, 3, 6]])
 
   class Sub(keras.Model):
 
@@ -342,7 +343,6 @@ def test_expand_keeps_concat_sum_tied_to_add():
 
 
 def test_gated_transposed_conv_and_dense_on_sequence():
-  from morph_net.probabilistic_gating import activation_gating  # pylint: disable=g-import-not-at-top
   gate = activation_gating.LogisticSigmoidGating
   inputs = keras.Input((8, 8, 3))
   x = L.ReLU()(gate(name='g1')(L.Conv2D(6, 3, name='c1')(inputs)))

@@ -185,13 +185,13 @@ def plan_cost(plan, kind):
       continue
     x, y = node.input_tensors[0], node.outputs[0]
     c_in, c_out = plan.info[id(x)].width, plan.info[id(y)].width
-    if isinstance(op, slim_lib._DEPTHWISE):  # pylint: disable=protected-access
+    if isinstance(op, slim_lib.DEPTHWISE):
       pairs = [(_kernel(op), _positions(y, op), c_out)]
-    elif isinstance(op, slim_lib._SEPARABLE):  # pylint: disable=protected-access
+    elif isinstance(op, slim_lib.SEPARABLE):
       mid = c_in * op.depth_multiplier
       pos = _positions(y, op)
       pairs = [(_kernel(op), pos, mid), (1, pos, mid * c_out)]
-    elif isinstance(op, slim_lib._CONV_TRANSPOSE):  # pylint: disable=protected-access
+    elif isinstance(op, slim_lib.CONV_TRANSPOSE):
       pairs = [(_kernel(op), _positions(x, op), c_in * c_out)]
     elif slim_lib.width_attr(op) == 'filters':
       groups = getattr(op, 'groups', 1)

@@ -9,8 +9,11 @@ model with each prunable layer's width set to its alive channel count:
   pooling, Add/Concatenate, ... get their widths from the rebuilt graph.
 - topology morphing: a layer with 0 alive channels removes its branch. A
   residual branch collapses to its shortcut (an Add left with one input is
-  dropped), a Concatenate input disappears. Where nothing would be left (the
-  main chain) one channel is kept and a warning names the layer.
+  dropped), a Concatenate input disappears; any other layer fed by a removed
+  tensor (e.g. a Multiply) is removed too. Where nothing would be left (the
+  main chain) one channel is kept and a warning names the layer. A removed
+  branch's constant contribution (e.g. a BatchNorm shift after a dead conv)
+  is dropped with it.
 - `transfer_weights=True` copies the surviving channels' weights (kernels
   sliced on both channel axes, biases, BatchNorm statistics, depthwise
   kernels, the rows of a Dense after Flatten).
@@ -167,11 +170,12 @@ def _clone(layer, width):
 
 def _build(model, plan):
   """Calls fresh copies of the layers along the planned graph."""
+  # pylint: disable=protected-access  (Keras 3 functional graph internals)
   tensors = {}
   new_inputs = []
   for x in model.inputs:
     new_x = keras.Input(batch_shape=x.shape, dtype=x.dtype,
-                        name=x._keras_history.operation.name)  # pylint: disable=protected-access
+                        name=x._keras_history.operation.name)
     tensors[id(x)] = new_x
     new_inputs.append(new_x)
   new_layers = {}
@@ -199,8 +203,8 @@ def _build(model, plan):
       tensors[id(old)] = new
   outputs = [tensors[id(x)] for x in model.outputs]
   new_model = keras.Model(
-      keras.tree.pack_sequence_as(model._inputs_struct, new_inputs),  # pylint: disable=protected-access
-      keras.tree.pack_sequence_as(model._outputs_struct, outputs),  # pylint: disable=protected-access
+      keras.tree.pack_sequence_as(model._inputs_struct, new_inputs),
+      keras.tree.pack_sequence_as(model._outputs_struct, outputs),
       name=model.name)
   return new_model, new_layers
 
@@ -238,11 +242,11 @@ def _transfer(model, plan, new_layers):
 
 def _slice_weight(layer, name, value, in_idx, out_idx, in_width):
   """The surviving part of one weight of `layer`."""
-  if isinstance(layer, _DEPTHWISE):
+  if isinstance(layer, DEPTHWISE):
     if name in ('depthwise_kernel', 'kernel'):
       return _take(value, in_idx, -2)
     return _take(value, out_idx, 0)
-  if isinstance(layer, _SEPARABLE):
+  if isinstance(layer, SEPARABLE):
     if name == 'depthwise_kernel':
       return _take(value, in_idx, -2)
     if name == 'pointwise_kernel':
@@ -251,7 +255,7 @@ def _slice_weight(layer, name, value, in_idx, out_idx, in_width):
       return _take(_take(value, mid, -2), out_idx, -1)
     return _take(value, out_idx, 0)
   if width_attr(layer) is not None:
-    in_axis, out_axis = (-1, -2) if isinstance(layer, _CONV_TRANSPOSE) else (
+    in_axis, out_axis = (-1, -2) if isinstance(layer, CONV_TRANSPOSE) else (
         -2, -1)
     if name == 'kernel':
       return _take(_take(value, in_idx, in_axis), out_idx, out_axis)
@@ -278,10 +282,10 @@ def round_count(count, original, round_to):
 # The plan: channel widths of every tensor of the original graph, computed in
 # pure Python (no Keras calls), so that expansion can evaluate many widths.
 
-_CONV_TRANSPOSE = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+CONV_TRANSPOSE = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
                    keras.layers.Conv3DTranspose)
-_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
-_DEPTHWISE = tuple(getattr(keras.layers, n) for n in (
+SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+DEPTHWISE = tuple(getattr(keras.layers, n) for n in (
     'DepthwiseConv1D', 'DepthwiseConv2D') if hasattr(keras.layers, n))
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _MERGE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
@@ -316,9 +320,9 @@ class Channels:
 
 def width_attr(layer):
   """'filters' or 'units' for prunable layers, else None."""
-  if isinstance(layer, _DEPTHWISE):
+  if isinstance(layer, DEPTHWISE):
     return None
-  if isinstance(layer, _CONV + _CONV_TRANSPOSE + _SEPARABLE):
+  if isinstance(layer, _CONV + CONV_TRANSPOSE + SEPARABLE):
     return 'filters'
   if isinstance(layer, keras.layers.Dense):
     return 'units'
@@ -362,8 +366,9 @@ class Plan:
   def __init__(self, model):
     self.model = model
     self.nodes = []
-    for depth in sorted(model._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
-      for node in model._nodes_by_depth[depth]:  # pylint: disable=protected-access
+    by_depth = model._nodes_by_depth  # pylint: disable=protected-access
+    for depth in sorted(by_depth, reverse=True):
+      for node in by_depth[depth]:
         if node.operation is not None and not node.is_input:
           self.nodes.append(node)
     self.info = {}
@@ -475,7 +480,7 @@ def _node_channels(plan, node, live, widths, alive, round_to, forced, track):
   ins = [plan.info[id(t)] for t in live]
   if width_attr(op) is not None:
     return _prunable(plan, node, widths, alive, round_to, forced, track)
-  if isinstance(op, _DEPTHWISE):
+  if isinstance(op, DEPTHWISE):
     _check_channels_last(op, not _full(plan, live[0]))
     mult = op.depth_multiplier
     kept = ins[0].kept
