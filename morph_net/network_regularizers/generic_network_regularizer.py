@@ -1,8 +1,9 @@
 """The network regularizer: a manager, a cost function, and a calculator.
 
-FLOPs, model size and (later) latency regularizers differ only in the
-coefficient function; Gamma, GroupLasso and gating families differ only in
-the op-handler table that decides which ops are sources.
+FLOPs, model size and activation regularizers differ only in the
+coefficient function (latency: in the calculator); Gamma, GroupLasso and
+gating families differ only in the op-handler table that decides which ops
+are sources (see `families`). The named regularizers are thin subclasses.
 """
 
 from morph_net.framework import op_regularizer_manager as orm
@@ -20,9 +21,14 @@ class NetworkRegularizer:
     name: regularizer name (for summaries).
     cost_name: name of the cost (e.g. 'FLOPs').
     batch_size: multiplies every op's cost.
-    input_boundary, force_group, regularizer_blacklist,
-    create_grouping_regularizer, input_signature, regularizer_decorator,
-    decorator_parameters: see `OpRegularizerManager`.
+    input_boundary: ops where the analysis stops (graph mode).
+    force_group: regexes of ops (or Keras layers) whose channels are tied.
+    regularizer_blacklist: regexes of sources not to regularize.
+    create_grouping_regularizer: how tied channels combine (Max default).
+    input_signature: `tf.TensorSpec`s for models with unknown input shape.
+    regularizer_decorator, decorator_parameters: a callable
+      (op_regularizer, **decorator_parameters) -> op regularizer applied to
+      each source. See `OpRegularizerManager` for all of these.
     calculator_factory: optional manager -> calculator with get_cost and
       get_regularization_term, replacing the bilinear CostCalculator (the
       latency roofline uses this).
