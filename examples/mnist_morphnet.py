@@ -43,6 +43,34 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
+
+
+def _import_tensorflow_quietly():
+  """Imports TensorFlow with the C++ start-up chatter on stderr silenced.
+
+  TF_CPP_MIN_LOG_LEVEL does not cover the messages logged before absl is
+  initialized ("Could not find cuda drivers ..."); they are dropped by
+  pointing file descriptor 2 at /dev/null during the import only. Errors
+  raised by the import still propagate (stderr is restored first).
+  """
+  try:
+    saved = os.dup(2)
+  except OSError:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    return
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,redefined-outer-name
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+_import_tensorflow_quietly()
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
 
@@ -167,10 +195,10 @@ def latest_structure(log_dir):
 
 def config(args):
   if args.quick:
-    cfg = dict(epochs=1, structure_epochs=2, strength_factor=5.0,
-               batch_size=64, lr=3e-3, structure_lr=3e-2, save_every=2)
+    cfg = dict(epochs=2, structure_epochs=8, strength_factor=20.0,
+               batch_size=32, lr=3e-3, structure_lr=0.05, save_every=10)
   else:
-    cfg = dict(epochs=10, structure_epochs=8, strength_factor=1.0,
+    cfg = dict(epochs=20, structure_epochs=8, strength_factor=1.0,
                batch_size=64, lr=3e-3, structure_lr=1e-2, save_every=50)
   for key in ('epochs', 'structure_epochs', 'strength_factor'):
     if getattr(args, key) is not None:
