@@ -26,6 +26,7 @@ import numbers
 import keras  # pylint: disable=unused-import (doctests)
 import numpy as np
 
+from morph_net.keras import _slim_plan as plan_lib
 from morph_net.keras import slim as slim_lib
 
 __all__ = ['expand_structure', 'structure_cost']
@@ -46,9 +47,9 @@ def structure_cost(model, structure, cost='flops', round_to=1):
   Returns:
     The cost per example (float), from the planned layer widths.
   """
-  functional = slim_lib.as_functional(model)
+  functional = plan_lib.as_functional(model)
   counts, _ = slim_lib.resolve_structure(functional, structure)
-  plan = slim_lib.make_plan(functional, counts, None, round_to)
+  plan = plan_lib.make_plan(functional, counts, None, round_to)
   return plan_cost(plan, _cost_kind(cost))
 
 
@@ -83,7 +84,7 @@ def expand_structure(model, structure, target_cost, cost='flops',
     ValueError: target_cost is not positive, or is below the cost of the
       narrowest structure (every nonzero count = round_to).
   """
-  functional = slim_lib.as_functional(model)
+  functional = plan_lib.as_functional(model)
   counts, _ = slim_lib.resolve_structure(functional, structure)
   if (isinstance(target_cost, bool) or
       not isinstance(target_cost, numbers.Real) or not target_cost > 0):
@@ -96,13 +97,13 @@ def expand_structure(model, structure, target_cost, cost='flops',
     kind = _cost_kind(cost)
 
     def evaluate(scaled):
-      return plan_cost(slim_lib.make_plan(functional, scaled, None), kind)
+      return plan_cost(plan_lib.make_plan(functional, scaled, None), kind)
 
   layers = {l.name: l for l in functional.layers}
 
   def scale(w):
-    scaled = {n: slim_lib.round_count(max(1, int(round(c * w))) if c else 0,
-                                      slim_lib.out_width(layers[n]), round_to)
+    scaled = {n: plan_lib.round_count(max(1, int(round(c * w))) if c else 0,
+                                      plan_lib.out_width(layers[n]), round_to)
               for n, c in counts.items()}
     return _make_consistent(functional, scaled)
 
@@ -139,9 +140,9 @@ def _make_consistent(model, counts):
   pinned = set()
   for _ in range(2 * len(counts) + 1):
     try:
-      slim_lib.make_plan(model, counts, None)
+      plan_lib.make_plan(model, counts, None)
       return counts
-    except slim_lib.TiedCountsError as e:
+    except plan_lib.TiedCountsError as e:
       joint = [w for w, origin in e.inputs if len(origin) > 1]
       fixed = [w for w, origin in e.inputs
                if len(origin) == 1 and origin[0] in pinned]
@@ -185,18 +186,18 @@ def plan_cost(plan, kind):
       continue
     x, y = node.input_tensors[0], node.outputs[0]
     c_in, c_out = plan.info[id(x)].width, plan.info[id(y)].width
-    if isinstance(op, slim_lib.DEPTHWISE):
+    if isinstance(op, plan_lib.DEPTHWISE):
       pairs = [(_kernel(op), _positions(y, op), c_out)]
-    elif isinstance(op, slim_lib.SEPARABLE):
+    elif isinstance(op, plan_lib.SEPARABLE):
       mid = c_in * op.depth_multiplier
       pos = _positions(y, op)
       pairs = [(_kernel(op), pos, mid), (1, pos, mid * c_out)]
-    elif isinstance(op, slim_lib.CONV_TRANSPOSE):
+    elif isinstance(op, plan_lib.CONV_TRANSPOSE):
       pairs = [(_kernel(op), _positions(x, op), c_in * c_out)]
-    elif slim_lib.width_attr(op) == 'filters':
+    elif plan_lib.width_attr(op) == 'filters':
       groups = getattr(op, 'groups', 1)
       pairs = [(_kernel(op), _positions(y, op), c_in * c_out // groups)]
-    elif slim_lib.width_attr(op) == 'units':
+    elif plan_lib.width_attr(op) == 'units':
       pairs = [(1, _positions(x, op), c_in * c_out)]
     else:
       continue
