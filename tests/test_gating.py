@@ -241,6 +241,22 @@ def test_gate_and_its_conv_share_one_group_and_plain_mul_is_not_a_source():
   assert manager.get_regularizer(conv2.op) is None
 
 
+def test_gated_mlp_counts_alive_dense_units(tmp_path):
+  inputs = keras.Input((6,))
+  x = keras.layers.Dense(4, name='hidden')(inputs)
+  x = activation_gating.gated_relu_activation(
+      name='act', keep_first_channel_alive=False)(x)
+  model = keras.Model(inputs, keras.layers.Dense(3, name='out')(x))
+  model.get_layer('act').layers[1].mask_logits.assign([1.0, -1.0, 1.0, 1.0])
+  reg = flops_regularizer(model)
+  # MatMul FLOPs = 2 x in x out: hidden 2*6*3, out 2*3*3.
+  assert float(reg.get_cost()) == 2 * 6 * 3 + 2 * 3 * 3
+  path = os.path.join(str(tmp_path), 'mlp.keras')
+  model.save(path)
+  loaded = keras.models.load_model(path)
+  assert float(flops_regularizer(loaded).get_cost()) == 2 * 6 * 3 + 2 * 3 * 3
+
+
 def test_tied_gates_group_probability_is_one_minus_product():
   inputs = keras.Input((4, 4, 3))
   a = keras.layers.Conv2D(3, 1, name='conv_a')(inputs)
