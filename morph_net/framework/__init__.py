@@ -11,9 +11,16 @@ from morph_net.framework.errors import ChannelMismatchError
 from morph_net.framework.errors import NoRegularizerSourceError
 from morph_net.framework.errors import UnknownShapeError
 from morph_net.framework.errors import UnsupportedOpError
+from morph_net.framework.gating_source_op_handler import logistic_sigmoid_op_handler_dict
+from morph_net.framework.gating_source_op_handler import LogisticSigmoidSourceOpHandler
 from morph_net.framework.graph_view import GraphView
+from morph_net.framework.group_lasso_source_op_handler import ConvSourceOpHandler
+from morph_net.framework.group_lasso_source_op_handler import group_lasso_op_handler_dict
+from morph_net.framework.group_lasso_source_op_handler import MatMulSourceOpHandler
 from morph_net.framework.grouping_op_handlers import ElementwiseOpHandler
 from morph_net.framework.grouping_op_handlers import GroupingOpHandler
+from morph_net.framework.grouping_op_handlers import IdentityNOpHandler
+from morph_net.framework.grouping_op_handlers import SliceOpHandler
 from morph_net.framework.grouping_op_handlers import PadOpHandler
 from morph_net.framework.grouping_op_handlers import ReductionOpHandler
 from morph_net.framework.grouping_op_handlers import SameChannelsOpHandler
@@ -33,8 +40,10 @@ from morph_net.framework.reshape_op_handler import ReshapeOpHandler
 
 __all__ = [
     'AnalysisError', 'BatchNormSourceOpHandler', 'ChannelMismatchError',
-    'ConcatOpHandler', 'DepthwiseConvOpHandler', 'ElementwiseOpHandler',
-    'GraphView', 'GroupingOpHandler', 'L2GroupingRegularizer',
+    'ConcatOpHandler', 'ConvSourceOpHandler',
+    'LogisticSigmoidSourceOpHandler', 'MatMulSourceOpHandler',
+    'group_lasso_op_handler_dict', 'logistic_sigmoid_op_handler_dict', 'DepthwiseConvOpHandler', 'ElementwiseOpHandler',
+    'GraphView', 'GroupingOpHandler', 'IdentityNOpHandler', 'SliceOpHandler', 'L2GroupingRegularizer',
     'LeafOpHandler', 'MatMulOpHandler', 'MaxGroupingRegularizer',
     'NoRegularizerSourceError', 'OpGroup', 'OpHandler',
     'OpRegularizerManager', 'OpSlice', 'OutputNonPassthroughOpHandler',

@@ -6,6 +6,8 @@ Alive is the OR of the members' alive vectors, as for every grouping.
 
 import tensorflow as tf
 
+from morph_net.framework import grouping_regularizers
+
 # log(1 - p) is -inf at p = 1. Shrinking p by (1 - eps) keeps it finite
 # without a clip, whose zero gradient would stop hard (0/1) sampled masks.
 _EPS = 1e-6
@@ -15,7 +17,8 @@ def _log_off(p):
   return tf.math.log1p(-(1.0 - _EPS) * p)
 
 
-class ProbabilisticGroupingRegularizer:
+class ProbabilisticGroupingRegularizer(
+    grouping_regularizers.MaxGroupingRegularizer):
   """Group probability 1 - prod(1 - p_i) of the members' vectors.
 
   >>> import tensorflow as tf
@@ -29,19 +32,6 @@ class ProbabilisticGroupingRegularizer:
   >>> g.alive_vector.numpy().tolist()
   [False, False]
   """
-
-  def __init__(self, regularizers_to_group):
-    if not regularizers_to_group:
-      raise ValueError('regularizers_to_group must not be empty.')
-    self._regs = list(regularizers_to_group)
-
-  @property
-  def regularization_vector(self):
-    return self.reduce(tf.stack([r.regularization_vector for r in self._regs]))
-
-  @property
-  def alive_vector(self):
-    return tf.reduce_any(tf.stack([r.alive_vector for r in self._regs]), 0)
 
   @staticmethod
   def reduce(stacked):
