@@ -9,7 +9,8 @@ Keras 3 model (unfused BatchNorm), with 1x1 convs on a 4x4 input:
     concat -> conv_h2 (3) -> bn_h2 -> relu -> mean -> dense2 (1)  [head 2]
 
 Gammas (Gamma family) and per-channel kernel magnitudes (GroupLasso family,
-each output channel's kernel is constant so RMS = mean|w| = |v|) are equal:
+each output channel's kernel is constant so RMS = mean|w| = |v|) are equal
+(the LogisticSigmoid family gates after each ReLU instead, see LOGITS):
     a: [1, 0, 1]   b: [.5, .5]   h1: [1, 1, 0, 0]   h2: [2, 0, 0]
 so with threshold 0.1 both families see the same alive counts and
 regularization sums:  alive a=2 b=2 h1=2 h2=1;  reg a=2 b=1 h1=2 h2=2.
@@ -27,6 +28,7 @@ from morph_net.network_regularizers import flop_regularizer
 from morph_net.network_regularizers import hardware
 from morph_net.network_regularizers import latency_regularizer
 from morph_net.network_regularizers import model_size_regularizer
+from morph_net.probabilistic_gating import activation_gating
 
 tf1 = tf.compat.v1
 
@@ -37,47 +39,65 @@ HEADS = {'dense1': (4, 2), 'dense2': (3, 1)}
 P = 16  # spatial positions of every conv
 
 # ----------------------------------------------------------------- by hand
-# (alive_in, alive_out, reg_in, reg_out) of every compute op.
-IO = {'a': (2, 2, 0, 2), 'b': (2, 2, 0, 1), 'h1': (4, 2, 3, 2),
-      'h2': (4, 1, 3, 2), 'dense1': (2, 2, 2, 0), 'dense2': (1, 1, 2, 0)}
+ALIVE = {'a': 2, 'b': 2, 'h1': 2, 'h2': 1}
+GAMMA_REG = {'a': 2.0, 'b': 1.0, 'h1': 2.0, 'h2': 2.0}
+
+
+def io_table(reg):
+  """(alive_in, alive_out, reg_in, reg_out) of every compute op."""
+  c_alive, c_reg = ALIVE['a'] + ALIVE['b'], reg['a'] + reg['b']
+  return {'a': (2, ALIVE['a'], 0, reg['a']), 'b': (2, ALIVE['b'], 0, reg['b']),
+          'h1': (c_alive, ALIVE['h1'], c_reg, reg['h1']),
+          'h2': (c_alive, ALIVE['h2'], c_reg, reg['h2']),
+          'dense1': (ALIVE['h1'], 2, reg['h1'], 0),
+          'dense2': (ALIVE['h2'], 1, reg['h2'], 0)}
+
+
+IO = io_table(GAMMA_REG)
 K_FLOPS = {'a': 2 * P, 'b': 2 * P, 'h1': 2 * P, 'h2': 2 * P, 'dense1': 2,
            'dense2': 2}
 K_SIZE = dict.fromkeys(IO, 1)
 
 
-def bilinear(k):
-  cost = sum(k[o] * ai * ao for o, (ai, ao, _, _) in IO.items())
-  term = sum(k[o] * (ai * ro + ao * ri) for o, (ai, ao, ri, ro) in IO.items())
+def bilinear(k, io=None):
+  io = io or IO
+  cost = sum(k[o] * ai * ao for o, (ai, ao, _, _) in io.items())
+  term = sum(k[o] * (ai * ro + ao * ri) for o, (ai, ao, ri, ro) in io.items())
   return cost, term
 
 
-EXPECTED = {
-    'flops': bilinear(K_FLOPS),  # (650, 1004)
-    'model_size': bilinear(K_SIZE),  # (25, 37)
-    'activations': (sum(io[1] for io in IO.values()),
-                    sum(io[3] for io in IO.values())),  # (10, 7)
-    # An idealized device with infinite bandwidth: latency = FLOPs.
-    'flop_latency': bilinear(K_FLOPS),
-}
+def expected(reg, with_bn=True):
+  io = io_table(reg)
+  return {
+      'flops': bilinear(K_FLOPS, io),  # Gamma: (650, 1004)
+      'model_size': bilinear(K_SIZE, io),  # Gamma: (25, 37)
+      'activations': (sum(v[1] for v in io.values()),
+                      sum(v[3] for v in io.values())),  # Gamma: (10, 7)
+      # An idealized device with infinite bandwidth: latency = FLOPs.
+      'flop_latency': bilinear(K_FLOPS, io),
+      'memory_latency': _memory_latency(reg, with_bn),
+  }
 
 
-def _memory_latency():
-  """Bytes moved (float32), MorphNet's roofline on MEMORY_LATENCY."""
+def _memory_latency(group_reg, with_bn=True):
+  """Bytes moved (float32), MorphNet's roofline on MEMORY_LATENCY.
+
+  Gates (a Mul by a [C] mask) are part of their layer and move nothing.
+  """
   b = 4
   alive = {'x': 2, 'a': 2, 'b': 2, 'c': 4, 'h1': 2, 'h2': 1, 'm1': 2,
            'm2': 1, 'd1': 2, 'd2': 1}
-  reg = {'x': 0, 'a': 2, 'b': 1, 'c': 3, 'h1': 2, 'h2': 2, 'm1': 2,
-         'm2': 2, 'd1': 0, 'd2': 0}
+  reg = {'x': 0, 'c': group_reg['a'] + group_reg['b'], 'm1': group_reg['h1'],
+         'm2': group_reg['h2'], 'd1': 0, 'd2': 0, **group_reg}
   pos = {'m1': 1, 'm2': 1, 'd1': 1, 'd2': 1}
   # op: (linear tensors read/written, weight bytes per alive pair, in, out)
+  bns = 2 if with_bn else 1  # BatchNorm and Relu each read and write
   ops = [
       (['x', 'a'], b, 'x', 'a'), (['x', 'b'], b, 'x', 'b'),  # convs
-      (['a', 'a'], 0, None, None), (['b', 'b'], 0, None, None),  # bns
-      (['a', 'a'], 0, None, None), (['b', 'b'], 0, None, None),  # relus
+      *[(['a', 'a'], 0, None, None), (['b', 'b'], 0, None, None)] * bns,
       (['c', 'c'], 0, None, None),  # concat reads what it writes
       (['c', 'h1'], b, 'c', 'h1'), (['c', 'h2'], b, 'c', 'h2'),
-      (['h1', 'h1'], 0, None, None), (['h2', 'h2'], 0, None, None),
-      (['h1', 'h1'], 0, None, None), (['h2', 'h2'], 0, None, None),
+      *[(['h1', 'h1'], 0, None, None), (['h2', 'h2'], 0, None, None)] * bns,
       (['m1', 'd1'], b, 'm1', 'd1'), (['m2', 'd2'], b, 'm2', 'd2'),
   ]
   cost = term = 0.0
@@ -90,7 +110,15 @@ def _memory_latency():
   return cost, term
 
 
-EXPECTED['memory_latency'] = _memory_latency()
+EXPECTED = expected(GAMMA_REG)
+
+# LogisticSigmoid: gates after each ReLU instead of BatchNorms; alive where
+# logits > 0 (the same channels as above), reg = sum of sigmoid(logits).
+LOGITS = {'a': [2.0, -2.0, 1.0], 'b': [0.5, 1.5], 'h1': [1.0, 3.0, -1.0, -3.0],
+          'h2': [2.0, -1.0, -2.0]}
+GATE_REG = {k: float(np.sum(1 / (1 + np.exp(-np.asarray(v)))))
+            for k, v in LOGITS.items()}
+GATED_EXPECTED = expected(GATE_REG, with_bn=False)
 
 
 # ------------------------------------------------------------- networks
@@ -104,17 +132,22 @@ def _head_kernel(name):
   return np.full([n_in, n_out], 0.3, np.float32)
 
 
-def build_graph():
+def build_graph(gated=False):
   graph = tf.Graph()
   with graph.as_default():
     x = tf1.placeholder(tf.float32, [None, 4, 4, 2], name='x')
 
     def block(name, net):
       w = tf1.get_variable('w_' + name, initializer=_kernel(name))
+      net = tf.nn.conv2d(net, w, 1, 'SAME', name='conv_' + name)
+      if gated:
+        gate = activation_gating.logistic_sigmoid_gating(
+            tf.nn.relu(net), is_training=False,
+            keep_first_channel_alive=False, scope='gate_' + name)
+        return gate
       gamma = tf1.get_variable('g_' + name, initializer=np.asarray(
           VALUES[name], np.float32))
       beta = tf1.get_variable('b_' + name, initializer=tf.zeros_like(gamma))
-      net = tf.nn.conv2d(net, w, 1, 'SAME', name='conv_' + name)
       net, _, _ = tf1.nn.fused_batch_norm(net, gamma, beta, name='bn_' + name)
       return tf.nn.relu(net)
 
@@ -127,16 +160,22 @@ def build_graph():
   return graph, [t.op for t in heads]
 
 
-def build_keras():
+def build_keras(gated=False):
   inputs = keras.Input((4, 4, 2))
 
   def block(name, net):
     conv = keras.layers.Conv2D(len(VALUES[name]), 1, use_bias=False,
                                name='conv_' + name)
-    bn = keras.layers.BatchNormalization(name='bn_' + name)
-    net = keras.layers.ReLU()(bn(conv(net)))
+    if gated:
+      gate = activation_gating.LogisticSigmoidGating(
+          keep_first_channel_alive=False, name='gate_' + name)
+      net = gate(keras.layers.ReLU()(conv(net)))
+      gate.mask_logits.assign(LOGITS[name])
+    else:
+      bn = keras.layers.BatchNormalization(name='bn_' + name)
+      net = keras.layers.ReLU()(bn(conv(net)))
+      bn.gamma.assign(VALUES[name])
     conv.kernel.assign(_kernel(name))
-    bn.gamma.assign(VALUES[name])
     return net
 
   c = keras.layers.Concatenate()([block('a', inputs), block('b', inputs)])
@@ -165,7 +204,23 @@ FAMILIES = {
         'memory_latency': lambda b: latency_regularizer.GroupLassoLatencyRegularizer(b, 0.1, 'MEMORY_LATENCY'),
     },
 }
+_LS = dict(regularize_on_mask=False)
+FAMILIES['logistic_sigmoid'] = {
+    'flops': lambda b: flop_regularizer.LogisticSigmoidFlopsRegularizer(b, **_LS),
+    'model_size': lambda b: model_size_regularizer.LogisticSigmoidModelSizeRegularizer(b, **_LS),
+    'flop_latency': lambda b: latency_regularizer.LogisticSigmoidLatencyRegularizer(b, 'FLOP_LATENCY', **_LS),
+    'memory_latency': lambda b: latency_regularizer.LogisticSigmoidLatencyRegularizer(b, 'MEMORY_LATENCY', **_LS),
+}
 CASES = [(f, t) for f in FAMILIES for t in FAMILIES[f]]
+
+
+def _expected(family, target):
+  return (GATED_EXPECTED if family == 'logistic_sigmoid' else EXPECTED)[target]
+
+
+def _rtol(family):
+  # Probabilistic grouping shrinks p by (1 - 1e-6) to keep log(1 - p) finite.
+  return 1e-5 if family == 'logistic_sigmoid' else 1e-6
 
 
 @pytest.fixture(scope='module')
@@ -173,23 +228,36 @@ def keras_model():
   return build_keras()
 
 
+@pytest.fixture(scope='module')
+def gated_keras_model():
+  return build_keras(gated=True)
+
+
 @pytest.mark.parametrize('family,target', CASES)
 def test_graph_mode_matches_hand_derived(family, target):
-  graph, outputs = build_graph()
+  graph, outputs = build_graph(gated=family == 'logistic_sigmoid')
   with graph.as_default():
     reg = FAMILIES[family][target](outputs)
     cost, term = reg.get_cost(), reg.get_regularization_term()
     with tf1.Session() as sess:
       sess.run(tf1.global_variables_initializer())
+      for v in tf1.global_variables():
+        for name, logits in LOGITS.items():
+          if v.op.name == 'gate_%s/mask_logits' % name:
+            v.load(logits, sess)
       got = sess.run([cost, term])
-  np.testing.assert_allclose(got, EXPECTED[target], rtol=1e-6)
+  np.testing.assert_allclose(got, _expected(family, target),
+                             rtol=_rtol(family))
 
 
 @pytest.mark.parametrize('family,target', CASES)
-def test_keras_path_matches_graph_mode(keras_model, family, target):
-  reg = FAMILIES[family][target](keras_model)
+def test_keras_path_matches_graph_mode(keras_model, gated_keras_model,
+                                       family, target):
+  model = gated_keras_model if family == 'logistic_sigmoid' else keras_model
+  reg = FAMILIES[family][target](model)
   got = [float(reg.get_cost()), float(reg.get_regularization_term())]
-  np.testing.assert_allclose(got, EXPECTED[target], rtol=1e-6)
+  np.testing.assert_allclose(got, _expected(family, target),
+                             rtol=_rtol(family))
 
 
 def test_latency_on_real_hardware_is_the_roofline_max(keras_model):
