@@ -106,6 +106,8 @@ def parse_args(argv=None):
   p.add_argument('--expand-to', type=float, default=None,
                  help='expand the learned structure to this many FLOPs per '
                  'image before retraining (default: no expansion)')
+  p.add_argument('--no-augment', action='store_true',
+                 help='train without random shifts of the digits')
   p.add_argument('--verbose', type=int, default=0,
                  help='Keras fit verbosity (0: one line per stage)')
   return p.parse_args(argv)
@@ -157,16 +159,31 @@ def compile_model(model, learning_rate):
       metrics=['accuracy'])
 
 
-def train(model, data, cfg, seed):
-  """The normal training recipe, used for the seed and the slim network."""
+def train_dataset(data, cfg, seed):
+  """Shuffled batches of the training digits, randomly shifted by <= 2 px."""
   x_train, y_train, _, _ = data
+  ds = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+  ds = ds.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+  ds = ds.batch(cfg['batch_size'])
+  if cfg['augment']:
+    shift = keras.layers.RandomTranslation(
+        2 / 28, 2 / 28, fill_mode='constant', seed=seed)
+    ds = ds.map(lambda x, y: (shift(x, training=True), y),
+                num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def train(model, data, cfg, seed):
+  """The normal training recipe, used for the seed and the slim network.
+
+  Adam with a cosine-decayed learning rate, `cfg['epochs']` epochs.
+  """
   set_seed(seed)
-  compile_model(model, cfg['lr'])
-  n_steps = cfg['epochs'] * int(np.ceil(len(x_train) / cfg['batch_size']))
-  model.optimizer.learning_rate = keras.optimizers.schedules.CosineDecay(
-      cfg['lr'], n_steps)
-  model.fit(x_train, y_train, batch_size=cfg['batch_size'],
-            epochs=cfg['epochs'], shuffle=True, verbose=cfg['verbose'])
+  ds = train_dataset(data, cfg, seed)
+  compile_model(model, keras.optimizers.schedules.CosineDecay(
+      cfg['lr'], cfg['epochs'] * int(ds.cardinality())))
+  model.fit(ds, epochs=cfg['epochs'], shuffle=False,  # ds is shuffled
+            verbose=cfg['verbose'])
 
 
 def accuracy(model, data):
@@ -206,6 +223,7 @@ def config(args):
     if getattr(args, key) is not None:
       cfg[key] = getattr(args, key)
   cfg['verbose'] = args.verbose
+  cfg['augment'] = not args.no_augment
   return cfg
 
 
@@ -241,8 +259,8 @@ def main(argv=None):
   compile_model(trainer, cfg['structure_lr'])
   exporter_cb = morph_net.keras.StructureExporterCallback(
       reg, log_dir, cfg['save_every'])
-  history = trainer.fit(data[0], data[1], batch_size=cfg['batch_size'],
-                        epochs=cfg['structure_epochs'], shuffle=True,
+  history = trainer.fit(train_dataset(data, cfg, args.seed + 1),
+                        epochs=cfg['structure_epochs'], shuffle=False,
                         verbose=cfg['verbose'], callbacks=[exporter_cb])
   flops_curve = [round(f / 1e6, 3) for f in history.history[reg.cost_name]]
   stamp('structure learning (strength %.3g = %g / initial FLOPs): '
