@@ -38,6 +38,10 @@ class Compute:
   kernel_size: int
   linear: bool = False  # depthwise: cost ~ alive_out only
   weight_index: int = 1
+  # Grouped conv: input and output channels split into `groups` equal
+  # contiguous blocks; block g of the output reads only block g of the input,
+  # so the bilinear cost is a sum over blocks.
+  groups: int = 1
 
 
 class ChannelGraphBuilder:
@@ -129,11 +133,14 @@ class ChannelGraphBuilder:
     self.sources.append(Source(op, tensor, regularizer_cls, param, setting))
 
   def add_compute(self, op, inp, out, positions, kernel_size, linear=False,
-                  weight_index=1):
-    self.nodes(inp)
-    self.nodes(out)
+                  weight_index=1, groups=1):
+    n_in, n_out = len(self.nodes(inp)), len(self.nodes(out))
+    if n_in % groups or n_out % groups:
+      raise errors.ChannelMismatchError(
+          '%r with %d groups needs input (%d) and output (%d) channel counts '
+          'divisible by the group count.' % (op.name, groups, n_in, n_out))
     self.computes.append(Compute(op, inp, out, positions, int(kernel_size),
-                                 linear, weight_index))
+                                 linear, weight_index, int(groups)))
 
   # --------------------------------------------------------------- solve
   def solve(self):

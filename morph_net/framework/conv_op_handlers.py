@@ -8,6 +8,7 @@ FLOPs = 2 x positions x kernel_size x alive_in x alive_out (bilinear), or
 
 import numpy as np
 
+from morph_net.framework import errors
 from morph_net.framework import op_handler
 
 # op type -> (activation input index, kernel spatial dims of the weight,
@@ -28,8 +29,52 @@ def _kernel_size(weight, spatial_dims):
   return int(np.prod(shape[:spatial_dims], dtype=np.int64))
 
 
+def conv_groups(op, ctx):
+  """How many channel groups a Conv2D/Conv3D has (1 for a plain conv).
+
+  A grouped conv's kernel holds in_channels / groups input channels; the
+  graph has no groups attribute, so the count comes from the shapes.
+  """
+  if op.type not in ('Conv2D', 'Conv3D'):
+    return 1
+  c_in = ctx.channels(op.inputs[0])
+  k_in = op.inputs[1].shape.as_list()[-2]
+  if c_in is None or k_in is None or c_in == k_in:
+    return 1
+  if c_in % k_in:
+    raise errors.ChannelMismatchError(
+        'Conv %r reads %d input channels but its kernel has %d, which does '
+        'not divide them into groups.' % (op.name, c_in, k_in))
+  return c_in // k_in
+
+
+def is_depthwise(op, ctx):
+  """A depthwise conv, or a grouped conv with one input channel per group."""
+  groups = conv_groups(op, ctx)
+  return (op.type == 'DepthwiseConv2dNative'
+          or (groups > 1 and op.inputs[1].shape.as_list()[-2] == 1))
+
+
+def _analyze_depthwise(op, ctx, mult):
+  """Output channel j is input channel j // mult; linear cost."""
+  act, weight, out = op.inputs[0], op.inputs[1], op.outputs[0]
+  c_in = ctx.channels(act)
+  if c_in is not None and mult == 1:
+    ctx.tie(out, act)
+  elif c_in is not None:
+    ctx.tie_map(out, act, np.arange(c_in * mult) // mult)
+  ctx.add_compute(op, act, out, positions=ctx.view.positions(out),
+                  kernel_size=_kernel_size(weight, len(
+                      weight.shape) - 2), linear=True, weight_index=1)
+
+
 class OutputNonPassthroughOpHandler(op_handler.OpHandler):
-  """Conv2D, Conv3D, transposed convs: new output channels, bilinear cost."""
+  """Conv2D, Conv3D, transposed convs: new output channels, bilinear cost.
+
+  Grouped convs (Keras `groups=`) are recognized from the kernel shape:
+  with one input channel per group the conv is a depthwise conv (its output
+  follows its input, linear cost); otherwise the cost sums over groups.
+  """
 
   def data_inputs(self, op, view):
     del view
@@ -39,10 +84,15 @@ class OutputNonPassthroughOpHandler(op_handler.OpHandler):
     act_index, spatial, on_output = _CONV_LAYOUT[op.type]
     act = op.inputs[act_index]
     weight = op.inputs[_WEIGHT_INDEX.get(op.type, 1)]
+    groups = conv_groups(op, ctx)
+    if is_depthwise(op, ctx):
+      _analyze_depthwise(op, ctx, ctx.channels(op.outputs[0]) // groups)
+      return
     positions = ctx.view.positions(op.outputs[0] if on_output else act)
     ctx.add_compute(op, act, op.outputs[0], positions=positions,
                     kernel_size=_kernel_size(weight, spatial),
-                    weight_index=_WEIGHT_INDEX.get(op.type, 1))
+                    weight_index=_WEIGHT_INDEX.get(op.type, 1),
+                    groups=groups)
 
 
 class DepthwiseConvOpHandler(op_handler.OpHandler):
@@ -57,16 +107,7 @@ class DepthwiseConvOpHandler(op_handler.OpHandler):
     return [0]
 
   def analyze(self, op, ctx):
-    act, weight, out = op.inputs[0], op.inputs[1], op.outputs[0]
-    c_in = ctx.view.channels(act)
-    mult = weight.shape.as_list()[-1]
-    if c_in is not None and mult == 1:
-      ctx.tie(out, act)
-    elif c_in is not None:
-      ctx.tie_map(out, act, np.arange(c_in * mult) // mult)
-    ctx.add_compute(op, act, out, positions=ctx.view.positions(out),
-                    kernel_size=_kernel_size(weight, 2), linear=True,
-                    weight_index=1)
+    _analyze_depthwise(op, ctx, op.inputs[1].shape.as_list()[-1])
 
 
 class MatMulOpHandler(op_handler.OpHandler):

@@ -41,6 +41,10 @@ class GraphView:
     # id(tf.Variable) -> name of the Keras layer that owns it.
     self._variable_owner = dict(variable_owner or {})
     self.eager = eager
+    # Function calls inlined by `resolve`: call op name -> InlinedOp, and
+    # (id(body graph), placeholder name) -> the call's input tensor.
+    self._inlined = {}
+    self._body_args = {}
 
   # ---------------------------------------------------------------- builders
   @classmethod
@@ -111,7 +115,7 @@ class GraphView:
     order = []
     seen = set()
     stack = []
-    for op in self.output_ops:
+    for op in map(self.resolve, self.output_ops):
       if op.name not in seen:
         seen.add(op.name)
         parents[op.name] = None
@@ -123,7 +127,7 @@ class GraphView:
       if self.is_input_boundary(op):
         continue
       for i in follow(op):
-        producer = op.inputs[i].op
+        producer = self.resolve(op.inputs[i].op)
         if producer.name not in seen:
           seen.add(producer.name)
           parents[producer.name] = op.name
@@ -136,7 +140,7 @@ class GraphView:
       if self.is_input_boundary(op):
         continue
       for i in set(follow(op)):
-        producer = op.inputs[i].op
+        producer = self.resolve(op.inputs[i].op)
         if producer.name in names:
           indegree[op.name] += 1
           users[producer.name].append(op)
@@ -185,11 +189,84 @@ class GraphView:
 
   # ------------------------------------------------------------ parameters
   def source_of(self, tensor):
-    """Follows forwarding ops up from a tensor to where its value is made."""
-    op = tensor.op
-    while op.type in _FORWARDING_OPS and op.inputs:
-      op = op.inputs[0].op
-    return op
+    """Follows forwarding ops up from a tensor to where its value is made.
+
+    Inside an inlined function body, an argument continues at the tensor the
+    call passed in.
+    """
+    return self._outer(tensor).op
+
+  def _outer(self, tensor):
+    """The tensor after following forwarding ops and call arguments."""
+    while True:
+      op = tensor.op
+      if op.type in _FORWARDING_OPS and op.inputs:
+        tensor = op.inputs[0]
+      elif (id(op.graph), op.name) in self._body_args:
+        tensor = self._body_args[(id(op.graph), op.name)]
+      else:
+        return tensor
+
+  # -------------------------------------------------------- function calls
+  def resolve(self, op):
+    """The op itself, or for a call of a single-op function, that op inlined.
+
+    Keras 3 runs some ops in a nested (XLA-compiled) function on CPU, e.g.
+    grouped convolutions: the trace shows a `StatefulPartitionedCall` whose
+    body is one Conv2D between the call's arguments and its result. Such a
+    call is presented as an `InlinedOp` of the body op's type, reading the
+    call's inputs and producing the call's outputs, so the handler table
+    applies to it unchanged. Any other call is returned as it is.
+    """
+    if op.type not in CALL_OPS:
+      return op
+    if op.name not in self._inlined:
+      self._inlined[op.name] = self._inline(op)
+    return self._inlined[op.name] or op
+
+  def function_body_types(self, op):
+    """Op types in a call's function body (for error messages), or []."""
+    body = _function_graph(op)
+    if body is None:
+      return []
+    return sorted({o.type for o in body.get_operations()
+                   if o.type not in _BODY_PLUMBING})
+
+  def _inline(self, op):
+    body = _function_graph(op)
+    if body is None or len(body.inputs) != len(op.inputs):
+      return None
+    if any(key[0] == id(body) for key in self._body_args):
+      # Another call of the same function: its arguments need their own
+      # copy of the body graph.
+      body = _function_graph(op, fresh=True)
+    core = [o for o in body.get_operations() if o.type not in _BODY_PLUMBING]
+    if len(core) != 1 or len(body.outputs) != len(op.outputs):
+      return None
+    core = core[0]
+    # Each call output must be a core output forwarded by Identity ops.
+    outputs = []
+    for result in body.outputs:
+      while result.op.type == 'Identity':
+        result = result.op.inputs[0]
+      if result.op is not core:
+        return None
+      outputs.append(result)
+    args = {t.op.name: i for i, t in enumerate(body.inputs)}
+    for name, i in args.items():
+      self._body_args[(id(body), name)] = op.inputs[i]
+    inputs = []
+    for t in core.inputs:
+      if t.op.type == 'Placeholder' and t.op.name in args:
+        inputs.append(op.inputs[args[t.op.name]])
+      else:
+        inputs.append(t)  # e.g. a kernel read inside the body
+    out_map = [None] * len(core.outputs)
+    for i, result in enumerate(outputs):
+      out_map[result.value_index] = op.outputs[i]
+    if None in out_map:  # a core output the call does not return
+      return None
+    return InlinedOp(op, core, inputs, out_map)
 
   def variable(self, tensor):
     """The `tf.Variable` whose value this tensor is, or None."""
@@ -204,7 +281,14 @@ class GraphView:
         value of a model variable (e.g. it was folded into a constant).
     """
     if not self.eager:
-      return tensor
+      if tensor.graph is self.graph:
+        return tensor
+      # A weight read inside an inlined function body: read it out here.
+      outer = self._outer(tensor)
+      if outer.dtype != tf.resource:
+        return outer
+      with self.graph.as_default():
+        return tf.raw_ops.ReadVariableOp(resource=outer, dtype=tensor.dtype)
     var = self.variable(tensor)
     if var is None:
       raise errors.AnalysisError(
@@ -224,6 +308,60 @@ class GraphView:
     if var is None:
       return None
     return self._variable_owner.get(id(var))
+
+
+CALL_OPS = frozenset(['PartitionedCall', 'StatefulPartitionedCall'])
+# Ops a function body needs around its real work.
+_BODY_PLUMBING = frozenset(['Placeholder', 'ReadVariableOp', 'Identity',
+                            'NoOp', 'Const'])
+
+
+class InlinedOp:
+  """A function-body op seen from the caller's graph.
+
+  It has the body op's `type` and attributes, the call op's `name` and
+  `graph`, the call's input tensors where the body op reads an argument
+  (body tensors elsewhere, e.g. a kernel read inside the body) and the call's
+  outputs. Handlers treat it as the op it wraps.
+  """
+
+  def __init__(self, call, core, inputs, outputs):
+    self.call = call
+    self.core = core
+    self.type = core.type
+    self.name = call.name
+    self.graph = call.graph
+    self.inputs = list(inputs)
+    self.outputs = list(outputs)
+
+  def get_attr(self, name):
+    return self.core.get_attr(name)
+
+  def __repr__(self):
+    return '<InlinedOp %r: %s in %s>' % (self.name, self.type,
+                                         self.call.type)
+
+
+def _function_graph(call, fresh=False):
+  """The FuncGraph of a call op's function, or None if it cannot be read.
+
+  With `fresh`, a new graph is built from the FunctionDef.
+  """
+  try:
+    name = call.get_attr('f').name
+    function = call.graph._get_function(name)  # pylint: disable=protected-access
+  except (ValueError, AttributeError):
+    return None
+  if function is None:
+    return None
+  graph = None if fresh else getattr(function, 'graph', None)
+  if graph is None:
+    try:
+      from tensorflow.python.framework import function_def_to_graph  # pylint: disable=g-import-not-at-top
+      graph = function_def_to_graph.function_def_to_graph(function.definition)
+    except Exception:  # pylint: disable=broad-except
+      return None
+  return graph
 
 
 def _as_op(x):

@@ -46,8 +46,10 @@ class ConvSourceOpHandler(_SourceMixin,
 
   def analyze(self, op, ctx):
     super().analyze(op, ctx)
-    weight_index = 1
-    self._add_source(op, ctx, weight_index, _OUT_AXIS[op.type])
+    # A depthwise conv (groups == input channels) follows its input, like
+    # DepthwiseConv2dNative, so its kernel is no source.
+    if not conv_op_handlers.is_depthwise(op, ctx):
+      self._add_source(op, ctx, 1, _OUT_AXIS[op.type])
 
 
 class MatMulSourceOpHandler(_SourceMixin, conv_op_handlers.MatMulOpHandler):

@@ -124,6 +124,14 @@ class OpRegularizerManager:
   # ---------------------------------------------------------------- walk
   def _follow(self, op):
     handler = self._handlers.get(op.type)
+    if handler is None and op.type in graph_view_lib.CALL_OPS:
+      raise errors.UnsupportedOpError(
+          'Op %r calls a function (%s) that is not a single op, so it '
+          'cannot be inlined; its body holds ops of types %s.\nPath from the '
+          'output: %s\nStop the analysis before it with input_boundary, or '
+          'register a handler for %r in op_handler_dict.'
+          % (op.name, op.type, self._view.function_body_types(op),
+             self.path_to(op), op.type))
     if handler is None:
       raise errors.UnsupportedOpError(
           'Op %r of type %r has no handler, so its channels cannot be '

@@ -9,6 +9,8 @@ large the network:
     cost = sum_o B (k_bi a_in a_out + k_in a_in + k_out a_out)
     term = sum_o B (k_bi (a_in r_out + a_out r_in) + t_in r_in + t_out r_out)
 Alive counts carry no gradient; the term is differentiable in the sources.
+A grouped conv contributes one bilinear row per group (block g of its input
+times block g of its output); rows are summed back onto their op.
 """
 
 import numpy as np
@@ -39,10 +41,7 @@ class CostCalculator:
     self._coeff = np.array([tuple(with_path(manager, coeff_fn, c))
                             for c in computes],
                            dtype=np.float64).reshape([n, 5]) * batch_size
-    ins = [manager.class_indices(c.input) for c in computes]
-    outs = [manager.class_indices(c.output) for c in computes]
-    self._in_idx, self._in_seg = flatten_indices(ins)
-    self._out_idx, self._out_seg = flatten_indices(outs)
+    self._pairs = PairSums(manager, computes)
 
   @property
   def compute_ops(self):
@@ -56,16 +55,8 @@ class CostCalculator:
       coeff = coeff * np.array([[n in wanted] for n in self._names])
     return coeff.T
 
-  def _sums(self, vector, idx, seg):
-    return tf.math.unsorted_segment_sum(
-        tf.gather(vector, idx), seg, self._num_ops)
-
-  def _io(self):
-    reg, alive = self._manager.class_vectors()
-    return (self._sums(alive, self._in_idx, self._in_seg),
-            self._sums(alive, self._out_idx, self._out_seg),
-            self._sums(reg, self._in_idx, self._in_seg),
-            self._sums(reg, self._out_idx, self._out_seg))
+  def _sums(self, dtype):
+    return self._pairs(*self._manager.class_vectors(), dtype)
 
   def _in_graph(self, fn):
     view = self._manager.view
@@ -81,10 +72,9 @@ class CostCalculator:
     def build():
       if not self._num_ops:
         return tf.constant(0.0, tf.float64)
-      a_in, a_out, _, _ = self._io()
-      a_in, a_out = tf.cast(a_in, tf.float64), tf.cast(a_out, tf.float64)
+      a_in, a_out, _, _, bil, _ = self._sums(tf.float64)
       k_bi, k_in, k_out, _, _ = coeff
-      return tf.reduce_sum(k_bi * a_in * a_out + k_in * a_in + k_out * a_out)
+      return tf.reduce_sum(k_bi * bil + k_in * a_in + k_out * a_out)
 
     return self._in_graph(build)
 
@@ -95,20 +85,18 @@ class CostCalculator:
     def build():
       if not self._num_ops:
         return tf.constant(0.0, tf.float32)
-      a_in, a_out, r_in, r_out = self._io()
+      _, _, r_in, r_out, _, bil_term = self._sums(tf.float32)
       k_bi, _, _, t_in, t_out = coeff
-      return tf.reduce_sum(k_bi * (a_in * r_out + a_out * r_in)
-                           + t_in * r_in + t_out * r_out)
+      return tf.reduce_sum(k_bi * bil_term + t_in * r_in + t_out * r_out)
 
     return self._in_graph(build)
 
   def per_op_costs(self):
     """{op name: cost} with the current alive channels (numpy, eager)."""
-    a_in, a_out, _, _ = self._io()
-    a_in = np.asarray(a_in, np.float64)
-    a_out = np.asarray(a_out, np.float64)
+    a_in, a_out, _, _, bil, _ = (np.asarray(x)
+                                 for x in self._sums(tf.float64))
     k_bi, k_in, k_out, _, _ = self._coeff.T
-    per_op = k_bi * a_in * a_out + k_in * a_in + k_out * a_out
+    per_op = k_bi * bil + k_in * a_in + k_out * a_out
     return dict(zip(self._names, per_op.tolist()))
 
 
@@ -119,6 +107,51 @@ def with_path(manager, fn, compute):
   except errors.UnknownShapeError as e:
     raise errors.UnknownShapeError('%s\nPath from the output: %s' % (
         e, manager.path_to(compute.op))) from None
+
+
+class PairSums:
+  """Per compute op: alive and regularization sums of its input and output
+  channels, and the bilinear products summed over the op's groups.
+
+  Everything is precomputed as index arrays; a call runs a few gathers and
+  segment sums over the manager's current class vectors.
+  """
+
+  def __init__(self, manager, computes):
+    """`computes`: Compute entries; None for an op with no bilinear part."""
+    self._num_ops = len(computes)
+    ins, outs, row_op = [], [], []
+    empty = np.zeros([0], np.int64)
+    for i, c in enumerate(computes):
+      if c is None:
+        ins.append(empty)
+        outs.append(empty)
+        row_op.append(i)
+        continue
+      ins.extend(np.split(manager.class_indices(c.input), c.groups))
+      outs.extend(np.split(manager.class_indices(c.output), c.groups))
+      row_op.extend([i] * c.groups)
+    self._num_rows = len(row_op)
+    self._row_op = np.array(row_op, np.int32)
+    self._in_idx, self._in_seg = flatten_indices(ins)
+    self._out_idx, self._out_seg = flatten_indices(outs)
+
+  def _rows(self, vector, idx, seg, dtype):
+    return tf.cast(tf.math.unsorted_segment_sum(
+        tf.gather(vector, idx), seg, self._num_rows), dtype)
+
+  def __call__(self, reg, alive, dtype):
+    """(a_in, a_out, r_in, r_out, sum a_in a_out, sum a_in r_out +
+    a_out r_in) per op, as `dtype` tensors, from the class vectors."""
+    a_in = self._rows(alive, self._in_idx, self._in_seg, dtype)
+    a_out = self._rows(alive, self._out_idx, self._out_seg, dtype)
+    r_in = self._rows(reg, self._in_idx, self._in_seg, dtype)
+    r_out = self._rows(reg, self._out_idx, self._out_seg, dtype)
+    rows = (a_in, a_out, r_in, r_out, a_in * a_out, a_in * r_out + a_out * r_in)
+    if self._num_rows == self._num_ops:  # no grouped op: rows are ops
+      return rows
+    return tuple(tf.math.unsorted_segment_sum(x, self._row_op, self._num_ops)
+                 for x in rows)
 
 
 def flatten_indices(index_lists):

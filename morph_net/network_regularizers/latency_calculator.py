@@ -52,7 +52,6 @@ class LatencyCalculator:
     flop_lin = np.zeros(n)  # depthwise: FLOPs per alive output channel
     weight_bi = np.zeros(n)
     weight_lin = np.zeros(n)
-    pair_in, pair_out = [], []
     # Linear memory terms: (op index, tensor, bytes per alive channel).
     terms = []
     for i, op in enumerate(ops):
@@ -61,17 +60,13 @@ class LatencyCalculator:
       if c is not None:
         k = cost_calculator.with_path(
             manager, resource_function.flop_coeff, c) * batch_size
-        w_bytes = c.kernel_size * op.inputs[c.weight_index].dtype.size
+        w_bytes = c.kernel_size * c.op.inputs[c.weight_index].dtype.size
         if c.linear:
           flop_lin[i], weight_lin[i] = k, w_bytes
         else:
           flop_bi[i], weight_bi[i] = k, w_bytes
-        pair_in.append(manager.class_indices(c.input))
-        pair_out.append(manager.class_indices(c.output))
         inputs = [c.input]
       else:
-        pair_in.append(np.zeros([0], np.int64))
-        pair_out.append(np.zeros([0], np.int64))
         inputs = ([out] if op.type == 'ConcatV2' else
                   [t for t in op.inputs if manager.has_channels(t)])
       for t in inputs + [out]:
@@ -80,8 +75,8 @@ class LatencyCalculator:
     self._flop = (flop_bi / peak_compute, flop_lin / peak_compute)
     self._weight = (weight_bi / memory_bandwidth,
                     weight_lin / memory_bandwidth)
-    self._in_idx, self._in_seg = _flatten(pair_in)
-    self._out_idx, self._out_seg = _flatten(pair_out)
+    self._pairs = cost_calculator.PairSums(
+        manager, [computes.get(op.name) for op in ops])
     self._term_idx, self._term_seg = _flatten([t[1] for t in terms])
     self._term_op = np.array([t[0] for t in terms], np.int32)
     self._term_coeff = np.array([t[2] for t in terms], np.float64)
@@ -94,11 +89,8 @@ class LatencyCalculator:
   def _times(self, reg, alive, dtype):
     """(compute cost, memory cost, compute term, memory term) per op."""
     cast = lambda x: tf.cast(x, dtype)
-    a_in = cast(self._sum(alive, self._in_idx, self._in_seg, self._num_ops))
-    a_out = cast(self._sum(alive, self._out_idx, self._out_seg,
-                           self._num_ops))
-    r_in = cast(self._sum(reg, self._in_idx, self._in_seg, self._num_ops))
-    r_out = cast(self._sum(reg, self._out_idx, self._out_seg, self._num_ops))
+    _, a_out, r_in, r_out, bilinear, bilinear_term = self._pairs(
+        reg, alive, dtype)
     a_t = cast(self._sum(alive, self._term_idx, self._term_seg,
                          self._num_terms))
     r_t = cast(self._sum(reg, self._term_idx, self._term_seg,
@@ -110,9 +102,8 @@ class LatencyCalculator:
                                                 self._num_ops)
     f_bi, f_lin = (x.astype(dtype.as_numpy_dtype) for x in self._flop)
     w_bi, w_lin = (x.astype(dtype.as_numpy_dtype) for x in self._weight)
-    compute = f_bi * a_in * a_out + f_lin * a_out
-    memory = mem_lin + w_bi * a_in * a_out + w_lin * a_out
-    bilinear_term = a_in * r_out + a_out * r_in
+    compute = f_bi * bilinear + f_lin * a_out
+    memory = mem_lin + w_bi * bilinear + w_lin * a_out
     compute_term = f_bi * bilinear_term + f_lin * (r_in + r_out)
     memory_term = (mem_lin_term + w_bi * bilinear_term
                    + w_lin * (r_in + r_out))

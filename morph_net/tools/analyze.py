@@ -118,8 +118,9 @@ def analyze(model_or_boundary, input_signature=None, input_boundary=None,
     c_in = len(manager.channel_labels(c.input))
     out_labels = manager.channel_labels(c.output)
     c_out = len(out_labels)
-    flops = _cost(resource_function.flop_function(c), c_in, c_out)
-    weights = _cost(resource_function.model_size_function(c), c_in, c_out)
+    flops = _cost(resource_function.flop_function(c), c_in, c_out, c.groups)
+    weights = _cost(resource_function.model_size_function(c), c_in, c_out,
+                    c.groups)
     row = rows.setdefault(name, {'types': [], 'labels': None, 'channels': 0,
                                  'flops': 0.0, 'weights': 0.0,
                                  'prunable': False})
@@ -142,9 +143,10 @@ def analyze(model_or_boundary, input_signature=None, input_boundary=None,
                 weights=float(sum(l.weights for l in layers)))
 
 
-def _cost(coeff, c_in, c_out):
-  """Cost of one op with every channel alive (see resource_function)."""
-  return float(coeff.bilinear * c_in * c_out + coeff.cost_in * c_in
+def _cost(coeff, c_in, c_out, groups=1):
+  """Cost of one op with every channel alive (see resource_function); a
+  grouped op pairs each input block with one output block only."""
+  return float(coeff.bilinear * c_in * c_out / groups + coeff.cost_in * c_in
                + coeff.cost_out * c_out)
 
 
