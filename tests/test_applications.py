@@ -9,7 +9,6 @@ Each model is built with weights=None at a small input size. Two behaviours:
   StructureExporter and the manager's alive vectors).
 """
 
-import collections
 import importlib.util
 import os
 
@@ -110,68 +109,6 @@ def test_named_batch_norms_are_tied(case):
     assert labels_a & labels_b, '%s and %s share no channel' % (a, b)
 
 
-def _members(manager, label):
-  """(source, channel index) of every gamma entry in a channel class."""
-  out = []
-  for s in manager.sources:
-    for i in np.flatnonzero(manager.channel_labels(s.tensor) == label):
-      out.append((s, int(i)))
-  return out
-
-
-def _producers(manager, label):
-  """Compute ops (non-depthwise) whose output holds the class, with its
-  per-op channel positions."""
-  out = []
-  for c in manager.compute_ops:
-    if c.linear:
-      continue
-    where = np.flatnonzero(manager.channel_labels(c.output) == label)
-    if len(where):
-      out.append((c, where))
-  return out
-
-
-def _alive_of(manager, compute):
-  regularizer = manager.get_regularizer(compute.op)
-  return np.asarray(regularizer.alive_vector)
-
-
-def _set_gamma(source, index, value):
-  gamma = source.param.numpy()
-  gamma[index] = value
-  source.param.assign(gamma)
-
-
-def _check_tied_class(manager, label):
-  members = _members(manager, label)
-  producers = _producers(manager, label)
-  assert len(members) >= 2 and producers
-  exporter = structure_exporter.StructureExporter(manager)
-  full = exporter.get_alive_counts()
-  originals = [(s, i, float(s.param.numpy()[i])) for s, i in members]
-  try:
-    # Zero in one member only: the others keep the class alive.
-    _set_gamma(members[0][0], members[0][1], 0.0)
-    assert exporter.get_alive_counts() == full
-    for c, where in producers:
-      assert _alive_of(manager, c)[where].all(), c.op.name
-    # Zero in every member: the class dies wherever it appears.
-    for s, i in members:
-      _set_gamma(s, i, 0.0)
-    for c, where in producers:
-      assert not _alive_of(manager, c)[where].any(), c.op.name
-    dead = exporter.get_alive_counts()
-    changed = {k for k in full if dead[k] != full[k]}
-    assert changed, 'no exported layer lost the channel'
-    for k in changed:
-      assert dead[k] < full[k]
-  finally:
-    for s, i, v in originals:
-      _set_gamma(s, i, v)
-  assert exporter.get_alive_counts() == full
-
-
 def test_tied_channels_live_and_die_together(case):
   _, _, reg, pairs = case
   manager = reg.op_regularizer_manager
@@ -182,29 +119,34 @@ def test_tied_channels_live_and_die_together(case):
               & set(manager.channel_labels(sources[b].tensor).tolist()))
     labels.append(min(shared))
   # And the class tied across the most BatchNorms in the model.
-  counts = collections.Counter(
-      int(l) for s in manager.sources for l in manager.channel_labels(
-          s.tensor))
-  labels.append(counts.most_common(1)[0][0])
+  labels.append(zoo.most_tied_class(manager))
   for label in labels:
-    _check_tied_class(manager, label)
+    zoo.check_tied_class(manager, label)
 
 
-def test_models_without_gamma_are_refused_but_still_counted():
-  """VGG has no BatchNorm: Gamma refuses it; the plain analysis counts it."""
+def test_models_without_gamma_use_group_lasso():
+  """VGG has no BatchNorm: Gamma refuses it; GroupLasso counts it exactly
+  and its channel classes pass the conformance check."""
   keras.backend.clear_session()
   model = keras.applications.VGG16(weights=None, include_top=False,
                                    input_shape=(32, 32, 3))
   with pytest.raises(errors.NoRegularizerSourceError):
     flop_regularizer.GammaFlopsRegularizer(model, gamma_threshold=1e-3)
-  from morph_net.framework import op_regularizer_manager as orm  # pylint: disable=g-import-not-at-top
-  from morph_net.network_regularizers import cost_calculator  # pylint: disable=g-import-not-at-top
-  from morph_net.network_regularizers import resource_function  # pylint: disable=g-import-not-at-top
-  manager = orm.OpRegularizerManager(model)
-  ref_flops, _ = zoo.independent_counts(model)
-  flops = cost_calculator.CostCalculator(
-      manager, resource_function.flop_function).get_cost()
-  assert _rel(flops, ref_flops) <= TOLERANCE
+  family, flops, size = zoo.regularizers(model)
+  assert family == 'GroupLasso'
+  ref_flops, ref_weights = zoo.independent_counts(model)
+  assert _rel(flops.get_cost(), ref_flops) <= TOLERANCE
+  assert _rel(size.get_cost(), ref_weights) <= TOLERANCE
+  manager = flops.op_regularizer_manager
+  zoo.check_tied_class(manager, zoo.most_tied_class(manager))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', zoo.MODELS + zoo.EXTRA)
+def test_zoo_model(name):
+  """The whole named zoo and more at 96 px: exact costs, conformance."""
+  result = zoo.run_one(name, size=96, conformance=True)
+  assert zoo.verdict(result), result
 
 
 def test_spatial_crop_passes_channels_but_channel_slice_does_not():

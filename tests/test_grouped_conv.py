@@ -308,3 +308,68 @@ def test_graph_mode_call_reads_its_kernel_in_the_outer_graph():
       assert sess.run(term) > 0
       sess.run(kill)
       assert sess.run(cost) == 2 * 16 * 3 * 3 + 2 * 3 * 2
+
+
+# ------------------------------------------------------------- slimming
+def _convnext_like():
+  """Stem, a groups == channels conv on a residual stream, a 1x1 MLP."""
+  L = keras.layers
+  x = keras.Input((8, 8, 3))
+  s = L.BatchNormalization(name='stem_bn')(L.Conv2D(8, 3, padding='same',
+                                                    name='stem')(x))
+  y = L.Conv2D(16, 3, padding='same', groups=8, name='dwg')(s)  # mult 2
+  y = L.BatchNormalization(name='dwg_bn')(y)
+  y = L.ReLU()(L.BatchNormalization(name='up_bn')(
+      L.Conv2D(12, 1, name='up')(y)))
+  y = L.BatchNormalization(name='down_bn')(L.Conv2D(8, 1, name='down')(y))
+  y = L.Add()([s, y])
+  y = L.Dense(4, name='head')(L.GlobalAveragePooling2D()(y))
+  return keras.Model(x, y)
+
+
+def test_slim_depthwise_like_grouped_conv_with_weight_transfer(tmp_path):
+  import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
+  keras.backend.clear_session()
+  model = _convnext_like()
+  rng = np.random.default_rng(0)
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      n = layer.gamma.shape[0]
+      layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.3, n),
+                         rng.normal(0, 0.3, n), rng.uniform(0.5, 2.0, n)])
+  dead = {('stem_bn', 'down_bn', 'dwg_bn'): None, ('up_bn',): [0, 5, 7]}
+  for bns, channels in dead.items():
+    for bn in bns:
+      gamma, beta, mean, var = model.get_layer(bn).get_weights()
+      # Residual channel 3 dies; in dwg it is channels 6 and 7.
+      chans = channels or ([6, 7] if bn == 'dwg_bn' else [3])
+      gamma[chans] = 0
+      beta[chans] = 0
+      model.get_layer(bn).set_weights([gamma, beta, mean, var])
+  reg = flop_regularizer.GammaFlopsRegularizer(model, gamma_threshold=1e-2)
+  counts = structure_exporter.StructureExporter(
+      reg.op_regularizer_manager).get_alive_counts()
+  assert counts == {'stem': 7, 'up': 9, 'down': 7}
+  slim = mk.slim_model(model, reg, transfer_weights=True)
+  dwg = slim.get_layer('dwg')
+  assert (dwg.filters, dwg.groups) == (14, 7)
+  x = rng.normal(size=(2, 8, 8, 3)).astype('float32')
+  np.testing.assert_allclose(slim(x, training=False),
+                             model(x, training=False), atol=1e-5, rtol=1e-5)
+  expected = float(reg.get_cost())
+  assert float(flop_regularizer.GammaFlopsRegularizer(
+      slim, 1e-2).get_cost()) == expected
+  assert mk.structure_cost(model, counts) == expected
+  path = str(tmp_path / 'slim.keras')
+  slim.save(path)
+  loaded = keras.models.load_model(path)
+  np.testing.assert_allclose(loaded(x, training=False),
+                             slim(x, training=False), atol=1e-6)
+
+
+def test_slim_refuses_general_grouped_conv():
+  import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
+  keras.backend.clear_session()
+  model = _grouped_model()
+  with pytest.raises(NotImplementedError, match="'g4' is a grouped conv"):
+    mk.slim_model(model, {'g4': 12})

@@ -64,9 +64,26 @@ class Channels:
     self.origin = tuple(origin)  # prunable layers that set this width
 
 
+def is_depthwise(layer):
+  """DepthwiseConv, or a Conv with one input channel per group (groups ==
+  input channels, as in ConvNeXt): its output channels follow its input."""
+  if isinstance(layer, DEPTHWISE):
+    return True
+  kernel = getattr(layer, 'kernel', None)
+  return (isinstance(layer, _CONV) and getattr(layer, 'groups', 1) > 1
+          and kernel is not None and kernel.shape[-2] == 1)
+
+
+def depth_multiplier(layer):
+  """Output channels per input channel of a depthwise(-like) conv."""
+  if isinstance(layer, DEPTHWISE):
+    return layer.depth_multiplier
+  return layer.filters // layer.groups
+
+
 def width_attr(layer):
   """'filters' or 'units' for prunable layers, else None."""
-  if isinstance(layer, DEPTHWISE):
+  if is_depthwise(layer):
     return None
   if isinstance(layer, _CONV + CONV_TRANSPOSE + SEPARABLE):
     return 'filters'
@@ -226,9 +243,10 @@ def _node_channels(plan, node, live, widths, alive, round_to, forced, track):
   ins = [plan.info[id(t)] for t in live]
   if width_attr(op) is not None:
     return _prunable(plan, node, widths, alive, round_to, forced, track)
-  if isinstance(op, DEPTHWISE):
+  if is_depthwise(op):
     _check_channels_last(op, not _full(plan, live[0]))
-    mult = op.depth_multiplier
+    mult = depth_multiplier(op)
+    plan.layer_width[op.name] = ins[0].width * mult
     kept = ins[0].kept
     if track and kept is None:
       kept = np.arange(ins[0].width)

@@ -186,7 +186,7 @@ def plan_cost(plan, kind):
       continue
     x, y = node.input_tensors[0], node.outputs[0]
     c_in, c_out = plan.info[id(x)].width, plan.info[id(y)].width
-    if isinstance(op, plan_lib.DEPTHWISE):
+    if plan_lib.is_depthwise(op):
       pairs = [(_kernel(op), _positions(y, op), c_out)]
     elif isinstance(op, plan_lib.SEPARABLE):
       mid = c_in * op.depth_multiplier

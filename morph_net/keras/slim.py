@@ -41,8 +41,10 @@ import numpy as np
 
 from morph_net.keras._slim_plan import as_functional
 from morph_net.keras._slim_plan import CONV_TRANSPOSE
+from morph_net.keras._slim_plan import depth_multiplier
 from morph_net.keras._slim_plan import DEPTHWISE
 from morph_net.keras._slim_plan import expand_multiplier
+from morph_net.keras._slim_plan import is_depthwise
 from morph_net.keras._slim_plan import make_plan
 from morph_net.keras._slim_plan import out_width
 from morph_net.keras._slim_plan import SEPARABLE
@@ -170,6 +172,11 @@ def _clone(layer, width):
   attr = width_attr(layer)
   if attr is not None and width is not None:
     config[attr] = int(width)
+  if is_depthwise(layer) and not isinstance(layer, DEPTHWISE) and (
+      width is not None):
+    # A grouped conv with one input channel per group keeps that shape.
+    config['filters'] = int(width)
+    config['groups'] = int(width) // depth_multiplier(layer)
   if isinstance(layer, keras.layers.Reshape) and width is not None:
     config['target_shape'] = tuple(config['target_shape'][:-1]) + (
         int(width),)
@@ -254,6 +261,8 @@ def _slice_weight(layer, name, value, in_idx, out_idx, in_width):
     if name in ('depthwise_kernel', 'kernel'):
       return _take(value, in_idx, -2)
     return _take(value, out_idx, 0)
+  if is_depthwise(layer):  # grouped: kernel [..., 1, filters]
+    return _take(value, out_idx, -1)
   if isinstance(layer, SEPARABLE):
     if name == 'depthwise_kernel':
       return _take(value, in_idx, -2)
