@@ -141,6 +141,28 @@ def test_models_without_gamma_use_group_lasso():
   zoo.check_tied_class(manager, zoo.most_tied_class(manager))
 
 
+def test_convnext_grouped_convs_with_group_lasso():
+  """ConvNeXt: depthwise convs are Conv2D(groups=C) in nested XLA calls,
+  LayerNorm instead of BatchNorm, Dense on 4-D inputs, layer scale."""
+  keras.backend.clear_session()
+  model = keras.applications.ConvNeXtTiny(weights=None,
+                                          input_shape=(32, 32, 3))
+  family, flops, size = zoo.regularizers(model)
+  assert family == 'GroupLasso'
+  ref_flops, ref_weights = zoo.independent_counts(model)
+  assert _rel(flops.get_cost(), ref_flops) <= TOLERANCE
+  assert _rel(size.get_cost(), ref_weights) <= TOLERANCE
+  manager = flops.op_regularizer_manager
+  computes = {manager.view.owner_layer(c.op, c.weight_index): c
+              for c in manager.compute_ops}
+  depthwise = computes['convnext_tiny_stage_0_block_0_depthwise_conv']
+  assert depthwise.linear and depthwise.op.type == 'Conv2D'
+  # The depthwise conv's output channels are its input's (the stream).
+  np.testing.assert_array_equal(manager.channel_labels(depthwise.output),
+                                manager.channel_labels(depthwise.input))
+  zoo.check_tied_class(manager, zoo.most_tied_class(manager))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', zoo.MODELS + zoo.EXTRA)
 def test_zoo_model(name):

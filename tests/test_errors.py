@@ -97,6 +97,11 @@ def test_subclassed_model_without_shape_asks_for_input_signature():
   reg = flop_regularizer.GammaFlopsRegularizer(
       net, 0.1, input_signature=[tf.TensorSpec([None, 6, 6, 3])])
   assert float(reg.get_cost()) == 2 * 16 * 9 * 3 * 4 + 2 * 4 * 2
+  # As the message says: once called, the model knows its input shape.
+  fresh = Net()
+  fresh(tf.zeros([2, 6, 6, 3]))
+  reg = flop_regularizer.GammaFlopsRegularizer(fresh, 0.1)
+  assert float(reg.get_cost()) == 2 * 16 * 9 * 3 * 4 + 2 * 4 * 2
 
 
 def test_force_group_with_mismatched_channels_is_an_error():

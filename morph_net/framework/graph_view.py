@@ -412,13 +412,23 @@ def _layer_variables(model):
 
 
 def _input_specs(model):
-  """TensorSpecs for a Keras model's inputs, or None if unknown."""
+  """TensorSpecs for a Keras model's inputs, or None if unknown.
+
+  Functional models know their inputs; a subclassed model that has been
+  called once remembers the shape it was built with (batch size dropped).
+  """
   inputs = getattr(model, 'inputs', None)
   try:
     if inputs:
       return [tf.TensorSpec(x.shape, x.dtype) for x in inputs]
   except (AttributeError, ValueError):
     pass
+  built = getattr(model, '_build_shapes_dict', None) or {}
+  if len(built) == 1:
+    shape = next(iter(built.values()))
+    if (isinstance(shape, (tuple, list)) and shape and
+        all(d is None or isinstance(d, int) for d in shape)):
+      return [tf.TensorSpec([None] + list(shape[1:]), tf.float32)]
   return None
 
 
