@@ -45,6 +45,7 @@ class GraphView:
     # (id(body graph), placeholder name) -> the call's input tensor.
     self._inlined = {}
     self._body_args = {}
+    self._bodies = set()  # ids of the body graphs in _body_args
 
   # ---------------------------------------------------------------- builders
   @classmethod
@@ -236,7 +237,7 @@ class GraphView:
     body = _function_graph(op)
     if body is None or len(body.inputs) != len(op.inputs):
       return None
-    if any(key[0] == id(body) for key in self._body_args):
+    if id(body) in self._bodies:
       # Another call of the same function: its arguments need their own
       # copy of the body graph.
       body = _function_graph(op, fresh=True)
@@ -253,6 +254,7 @@ class GraphView:
         return None
       outputs.append(result)
     args = {t.op.name: i for i, t in enumerate(body.inputs)}
+    self._bodies.add(id(body))
     for name, i in args.items():
       self._body_args[(id(body), name)] = op.inputs[i]
     inputs = []
