@@ -124,6 +124,16 @@ def test_tied_channels_live_and_die_together(case):
     zoo.check_tied_class(manager, label)
 
 
+def _group_lasso_with_exact_costs(model):
+  """Checks the zoo picks GroupLasso and counts exactly; its manager."""
+  family, flops, size = zoo.regularizers(model)
+  assert family == 'GroupLasso'
+  ref_flops, ref_weights = zoo.independent_counts(model)
+  assert _rel(flops.get_cost(), ref_flops) <= TOLERANCE
+  assert _rel(size.get_cost(), ref_weights) <= TOLERANCE
+  return flops.op_regularizer_manager
+
+
 def test_models_without_gamma_use_group_lasso():
   """VGG has no BatchNorm: Gamma refuses it; GroupLasso counts it exactly
   and its channel classes pass the conformance check."""
@@ -132,12 +142,7 @@ def test_models_without_gamma_use_group_lasso():
                                    input_shape=(32, 32, 3))
   with pytest.raises(errors.NoRegularizerSourceError):
     flop_regularizer.GammaFlopsRegularizer(model, gamma_threshold=1e-3)
-  family, flops, size = zoo.regularizers(model)
-  assert family == 'GroupLasso'
-  ref_flops, ref_weights = zoo.independent_counts(model)
-  assert _rel(flops.get_cost(), ref_flops) <= TOLERANCE
-  assert _rel(size.get_cost(), ref_weights) <= TOLERANCE
-  manager = flops.op_regularizer_manager
+  manager = _group_lasso_with_exact_costs(model)
   zoo.check_tied_class(manager, zoo.most_tied_class(manager))
 
 
@@ -147,12 +152,7 @@ def test_convnext_grouped_convs_with_group_lasso():
   keras.backend.clear_session()
   model = keras.applications.ConvNeXtTiny(weights=None,
                                           input_shape=(32, 32, 3))
-  family, flops, size = zoo.regularizers(model)
-  assert family == 'GroupLasso'
-  ref_flops, ref_weights = zoo.independent_counts(model)
-  assert _rel(flops.get_cost(), ref_flops) <= TOLERANCE
-  assert _rel(size.get_cost(), ref_weights) <= TOLERANCE
-  manager = flops.op_regularizer_manager
+  manager = _group_lasso_with_exact_costs(model)
   computes = {manager.view.owner_layer(c.op, c.weight_index): c
               for c in manager.compute_ops}
   depthwise = computes['convnext_tiny_stage_0_block_0_depthwise_conv']
