@@ -1,8 +1,8 @@
 """Test configuration: quiet TensorFlow before it is imported; slow tests.
 
-Tests marked `@pytest.mark.slow` (the whole Keras Applications zoo) run only
-with `--run-slow` or MORPHNET_RUN_SLOW=1; CI runs a representative subset
-of them through the fast tests.
+Tests marked `@pytest.mark.slow` (every Keras Applications model) run only
+with `--run-slow` or MORPHNET_RUN_SLOW=1. The fast tests cover a
+representative subset; .ci/run runs the slow ones as a second step.
 """
 
 import os

@@ -164,9 +164,9 @@ def test_convnext_grouped_convs_with_group_lasso():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', zoo.MODELS + zoo.EXTRA)
+@pytest.mark.parametrize('name', zoo.all_models())
 def test_zoo_model(name):
-  """The whole named zoo and more at 96 px: exact costs, conformance."""
+  """Every keras.applications model at 96 px: exact costs, conformance."""
   result = zoo.run_one(name, size=96, conformance=True)
   assert zoo.verdict(result), result
 
