@@ -1,50 +1,25 @@
 """Activation-count regularizers: the alive outputs of every conv and matmul.
 
-Shared keyword arguments (see `NetworkRegularizer`): input_boundary,
-force_group, regularizer_blacklist, regularizer_decorator,
-decorator_parameters, input_signature; and op_handler_dict, extra op
-handlers merged into the family's table.
+Constructor arguments: see the family classes in `families` (GammaFamily,
+GroupLassoFamily, LogisticSigmoidFamily) and the shared keyword arguments of
+`NetworkRegularizer`.
 """
 
 from morph_net.network_regularizers import families
-from morph_net.network_regularizers import generic_network_regularizer as gnr
 from morph_net.network_regularizers import resource_function
 
 
-class GammaActivationRegularizer(gnr.NetworkRegularizer):
-  """Activation count; sources are BatchNorm gammas, alive when |gamma| > threshold.
+class GammaActivationRegularizer(families.GammaFamily):
+  """Activation count; sources are BatchNorm gammas
+  (alive when |gamma| > threshold)."""
 
-  Args:
-    output_boundary: a Keras model, a concrete function, or the output ops
-      of a `tf.compat.v1` graph.
-    gamma_threshold: channels with |gamma| above it are alive.
-    op_handler_dict: extra op handlers for this regularizer.
-    **kwargs: the shared keyword arguments (module docstring).
-  """
-
-  def __init__(self, output_boundary, gamma_threshold, op_handler_dict=None,
-               **kwargs):
-    table, extra = families.gamma(gamma_threshold, op_handler_dict)
-    super().__init__(output_boundary, table,
-                     resource_function.activation_count_function,
-                     'GammaActivationCount', 'Activations', **extra, **kwargs)
+  RESOURCE = staticmethod(resource_function.activation_count_function)
+  NAME, COST_NAME = 'GammaActivationCount', 'Activations'
 
 
-class GroupLassoActivationRegularizer(gnr.NetworkRegularizer):
-  """Activation count; sources are conv/matmul kernels (group lasso per channel).
+class GroupLassoActivationRegularizer(families.GroupLassoFamily):
+  """Activation count; sources are conv/matmul kernels
+  (group lasso per channel)."""
 
-  Args:
-    output_boundary: as in `GammaFlopsRegularizer`.
-    threshold: channels whose kernel norm exceeds it are alive.
-    l1_fraction: norm = (1 - f) RMS(w) + f mean|w| per output channel.
-    op_handler_dict: extra op handlers for this regularizer.
-    **kwargs: the shared keyword arguments (module docstring).
-  """
-
-  def __init__(self, output_boundary, threshold, l1_fraction=0.0,
-               op_handler_dict=None, **kwargs):
-    table, extra = families.group_lasso(threshold, l1_fraction,
-                                        op_handler_dict)
-    super().__init__(output_boundary, table,
-                     resource_function.activation_count_function,
-                     'GroupLassoActivationCount', 'Activations', **extra, **kwargs)
+  RESOURCE = staticmethod(resource_function.activation_count_function)
+  NAME, COST_NAME = 'GroupLassoActivationCount', 'Activations'

@@ -1,71 +1,32 @@
 """FLOP regularizers: penalize the FLOPs per inference of the network.
 
-Shared keyword arguments (see `NetworkRegularizer`): input_boundary,
-force_group, regularizer_blacklist, regularizer_decorator,
-decorator_parameters, input_signature; and op_handler_dict, extra op
-handlers merged into the family's table.
+Constructor arguments: see the family classes in `families` (GammaFamily,
+GroupLassoFamily, LogisticSigmoidFamily) and the shared keyword arguments of
+`NetworkRegularizer`.
 """
 
 from morph_net.network_regularizers import families
-from morph_net.network_regularizers import generic_network_regularizer as gnr
 from morph_net.network_regularizers import resource_function
 
 
-class GammaFlopsRegularizer(gnr.NetworkRegularizer):
-  """FLOPs; sources are BatchNorm gammas, alive when |gamma| > threshold.
+class GammaFlopsRegularizer(families.GammaFamily):
+  """FLOPs; sources are BatchNorm gammas
+  (alive when |gamma| > threshold)."""
 
-  Args:
-    output_boundary: a Keras model, a concrete function, or the output ops
-      of a `tf.compat.v1` graph.
-    gamma_threshold: channels with |gamma| above it are alive.
-    op_handler_dict: extra op handlers for this regularizer.
-    **kwargs: the shared keyword arguments (module docstring).
-  """
-
-  def __init__(self, output_boundary, gamma_threshold, op_handler_dict=None,
-               **kwargs):
-    table, extra = families.gamma(gamma_threshold, op_handler_dict)
-    super().__init__(output_boundary, table, resource_function.flop_function,
-                     'GammaFlops', 'FLOPs', **extra, **kwargs)
+  RESOURCE = staticmethod(resource_function.flop_function)
+  NAME, COST_NAME = 'GammaFlops', 'FLOPs'
 
 
-class GroupLassoFlopsRegularizer(gnr.NetworkRegularizer):
-  """FLOPs; sources are conv/matmul kernels (group lasso per channel).
+class GroupLassoFlopsRegularizer(families.GroupLassoFamily):
+  """FLOPs; sources are conv/matmul kernels
+  (group lasso per channel)."""
 
-  Args:
-    output_boundary: as in `GammaFlopsRegularizer`.
-    threshold: channels whose kernel norm exceeds it are alive.
-    l1_fraction: norm = (1 - f) RMS(w) + f mean|w| per output channel.
-    op_handler_dict: extra op handlers for this regularizer.
-    **kwargs: the shared keyword arguments (module docstring).
-  """
-
-  def __init__(self, output_boundary, threshold, l1_fraction=0.0,
-               op_handler_dict=None, **kwargs):
-    table, extra = families.group_lasso(threshold, l1_fraction,
-                                        op_handler_dict)
-    super().__init__(output_boundary, table, resource_function.flop_function,
-                     'GroupLassoFlops', 'FLOPs', **extra, **kwargs)
+  RESOURCE = staticmethod(resource_function.flop_function)
+  NAME, COST_NAME = 'GroupLassoFlops', 'FLOPs'
 
 
-class LogisticSigmoidFlopsRegularizer(gnr.NetworkRegularizer):
-  """FLOPs; sources are LogisticSigmoidGating gates (FiGS).
+class LogisticSigmoidFlopsRegularizer(families.LogisticSigmoidFamily):
+  """FLOPs; sources are LogisticSigmoidGating gates (FiGS)."""
 
-  Args:
-    output_boundary: as in `GammaFlopsRegularizer`.
-    regularize_on_mask: the term uses the mask sampled in the same training
-      step (True) or the gate probabilities sigmoid(logits) (False).
-    alive_threshold: a gate is alive when its probability reaches it.
-    mask_as_alive_vector: alive from the (deterministic) mask instead.
-    op_handler_dict: extra op handlers for this regularizer.
-    **kwargs: the shared keyword arguments (module docstring).
-  """
-
-  def __init__(self, output_boundary, regularize_on_mask=True,
-               alive_threshold=0.1, mask_as_alive_vector=True,
-               op_handler_dict=None, **kwargs):
-    table, extra = families.logistic_sigmoid(
-        alive_threshold, regularize_on_mask, mask_as_alive_vector,
-        op_handler_dict)
-    super().__init__(output_boundary, table, resource_function.flop_function,
-                     'LogisticSigmoidFlops', 'FLOPs', **extra, **kwargs)
+  RESOURCE = staticmethod(resource_function.flop_function)
+  NAME, COST_NAME = 'LogisticSigmoidFlops', 'FLOPs'
