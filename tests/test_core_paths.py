@@ -109,8 +109,12 @@ def build_keras():
   return model
 
 
-def build_graph():
-  """Returns (graph, logits, gamma1 var, gamma2 var)."""
+def build_graph(fused=True):
+  """Returns (graph, logits, gamma1 var, gamma2 var).
+
+  fused=False builds the BatchNorms with tf.nn.batch_normalization (the
+  unfused Mul form) instead of FusedBatchNorm.
+  """
   k1, k2, kd = _kernels()
   graph = tf.Graph()
   with graph.as_default():
@@ -119,15 +123,20 @@ def build_graph():
     kernel2 = tf1.get_variable('kernel2', initializer=k2)
     dense_w = tf1.get_variable('dense_w', initializer=kd)
     gamma1 = tf1.get_variable('gamma1', initializer=GAMMA1)
-    beta1 = tf1.get_variable('beta1', initializer=np.zeros(4, np.float32))
     gamma2 = tf1.get_variable('gamma2', initializer=GAMMA2)
-    beta2 = tf1.get_variable('beta2', initializer=np.zeros(6, np.float32))
+
+    def batch_norm(net, gamma, n, name):
+      if not fused:
+        return tf.nn.batch_normalization(net, tf.zeros([n]), tf.ones([n]),
+                                         tf.zeros([n]), gamma, 1e-3)
+      beta = tf1.get_variable('beta' + name[-1],
+                              initializer=np.zeros(n, np.float32))
+      return tf1.nn.fused_batch_norm(net, gamma, beta, name=name)[0]
+
     net = tf.nn.conv2d(images, kernel1, 1, 'SAME', name='conv1')
-    net, _, _ = tf1.nn.fused_batch_norm(net, gamma1, beta1, name='bn1')
-    net = tf.nn.relu(net)
+    net = tf.nn.relu(batch_norm(net, gamma1, 4, 'bn1'))
     net = tf.nn.conv2d(net, kernel2, 2, 'SAME', name='conv2')
-    net, _, _ = tf1.nn.fused_batch_norm(net, gamma2, beta2, name='bn2')
-    net = tf.nn.relu(net)
+    net = tf.nn.relu(batch_norm(net, gamma2, 6, 'bn2'))
     net = tf.reduce_mean(net, [1, 2])
     logits = tf.matmul(net, dense_w, name='logits')
   return graph, logits, gamma1, gamma2
@@ -257,33 +266,10 @@ def test_cost_follows_variable_updates_eager():
   assert after - before == pytest.approx(288 * 2 + 2 * 5)
 
 
-def build_graph_unfused():
-  """Same network with tf.nn.batch_normalization (unfused Mul form)."""
-  k1, k2, kd = _kernels()
-  graph = tf.Graph()
-  with graph.as_default():
-    images = tf1.placeholder(tf.float32, [None, H, W, C_IN])
-    kernel1 = tf1.get_variable('kernel1', initializer=k1)
-    kernel2 = tf1.get_variable('kernel2', initializer=k2)
-    dense_w = tf1.get_variable('dense_w', initializer=kd)
-    gamma1 = tf1.get_variable('gamma1', initializer=GAMMA1)
-    gamma2 = tf1.get_variable('gamma2', initializer=GAMMA2)
-    net = tf.nn.conv2d(images, kernel1, 1, 'SAME', name='conv1')
-    net = tf.nn.batch_normalization(net, tf.zeros([4]), tf.ones([4]),
-                                    tf.zeros([4]), gamma1, 1e-3)
-    net = tf.nn.relu(net)
-    net = tf.nn.conv2d(net, kernel2, 2, 'SAME', name='conv2')
-    net = tf.nn.batch_normalization(net, tf.zeros([6]), tf.ones([6]),
-                                    tf.zeros([6]), gamma2, 1e-3)
-    net = tf.reduce_mean(tf.nn.relu(net), [1, 2])
-    logits = tf.matmul(net, dense_w, name='logits')
-  return graph, logits, gamma1, gamma2
-
-
 @pytest.mark.parametrize('kind', sorted(REGULARIZERS))
 def test_graph_unfused_batch_norm(kind):
   cls, cost, term, d1, _ = REGULARIZERS[kind]
-  graph, logits, gamma1, _ = build_graph_unfused()
+  graph, logits, gamma1, _ = build_graph(fused=False)
   with graph.as_default():
     reg = cls([logits.op], THRESHOLD)
     grad = tf1.gradients(reg.get_regularization_term(), [gamma1])[0]
