@@ -17,7 +17,7 @@ from morph_net.keras.slim import slim_model
 from morph_net.keras.training import add_regularizer
 from morph_net.keras.training import REGULARIZATION_TERM_NAME
 from morph_net.keras.training import RegularizedModel
-from morph_net.keras.training import StructureExporterCallback
+from morph_net.keras.callbacks import StructureExporterCallback
 
 __all__ = [
     'REGULARIZATION_TERM_NAME',

@@ -6,8 +6,8 @@
 
 and report the regularizer's cost (e.g. 'FLOPs') and the term
 ('regularization_term') in the progress bar and in the `History`.
-`StructureExporterCallback` writes the learned structure (alive channel
-counts, JSON) and TensorBoard scalars while training.
+`morph_net.keras.callbacks.StructureExporterCallback` writes the learned
+structure (alive channel counts, JSON) and TensorBoard scalars while training.
 
 Example:
 
@@ -28,13 +28,11 @@ TensorFlow graph and evaluates with TensorFlow ops.
 
 import math
 import numbers
-import os
 import warnings
 
 import keras
 import tensorflow as tf
 
-from morph_net.tools import structure_exporter as structure_exporter_lib
 from morph_net.tools import summaries
 
 REGULARIZATION_TERM_NAME = summaries.REGULARIZATION_TERM_NAME
@@ -275,123 +273,3 @@ def add_regularizer(model, regularizer, strength, term_name=None,
   """
   return RegularizedModel(model, regularizer, strength, term_name=term_name,
                           cost_name=cost_name)
-
-
-class StructureExporterCallback(keras.callbacks.Callback):
-  """Writes the learned structure and TensorBoard scalars during `fit`.
-
-  Every `save_every_n_steps` optimizer steps (global steps, read from
-  `model.optimizer.iterations`, so they continue across `fit` calls), it
-  writes `log_dir/learned_structure/alive_<step>` (JSON {layer name: alive
-  channel count}, written atomically) and, under `log_dir/<summary_subdir>`,
-  the TensorBoard scalars `<cost_name>` (e.g. 'FLOPs'),
-  'regularization_term' and 'alive/<layer name>'. It also writes them at
-  step 0 when training starts from step 0, and at the last step when
-  training ends if `save_on_train_end` (and that step was not written).
-
-  With `steps_per_execution` > 1 the step is checked once per execution: a
-  file is written, with the current step, whenever a multiple of
-  `save_every_n_steps` was crossed.
-
-  Args:
-    regularizer: the morph_net network regularizer being trained.
-    log_dir: the base directory.
-    save_every_n_steps: int > 0, the period in optimizer steps.
-    save_on_train_end: also write at the last step of each `fit`.
-    summary_subdir: subdirectory of `log_dir` for the TensorBoard event
-      file; None writes no summaries.
-    remove_common_prefix: passed to `StructureExporter`.
-
-  Raises:
-    ValueError: `save_every_n_steps` is not a positive integer or `log_dir`
-      is empty.
-    TypeError: `regularizer` has no `op_regularizer_manager`.
-  """
-
-  def __init__(self, regularizer, log_dir, save_every_n_steps,
-               save_on_train_end=True, summary_subdir='morph_net',
-               remove_common_prefix=False):
-    super().__init__()
-    if (isinstance(save_every_n_steps, bool) or
-        not isinstance(save_every_n_steps, numbers.Integral) or
-        save_every_n_steps <= 0):
-      raise ValueError(
-          'save_every_n_steps must be a positive integer, got %r.'
-          % (save_every_n_steps,))
-    if log_dir is None or not os.fspath(log_dir):
-      raise ValueError('log_dir must be a non-empty path, got %r.'
-                       % (log_dir,))
-    if not hasattr(regularizer, 'op_regularizer_manager'):
-      raise TypeError(
-          'regularizer must be a morph_net network regularizer with an '
-          'op_regularizer_manager; got %s.' % type(regularizer).__name__)
-    self._regularizer = regularizer
-    self._log_dir = os.fspath(log_dir)
-    self._every = int(save_every_n_steps)
-    self._save_on_train_end = save_on_train_end
-    self._summary_subdir = summary_subdir
-    self._exporter = structure_exporter_lib.StructureExporter(
-        regularizer.op_regularizer_manager,
-        remove_common_prefix=remove_common_prefix)
-    self._writer = None
-    self._local_step = 0
-    self._last_saved = None
-    self.saved_steps = []  # Every step written, in order.
-
-  @property
-  def log_dir(self):
-    return self._log_dir
-
-  def _global_step(self):
-    optimizer = getattr(self.model, 'optimizer', None)
-    iterations = getattr(optimizer, 'iterations', None)
-    if iterations is None:
-      return self._local_step
-    value = getattr(iterations, 'value', iterations)  # keras.Variable
-    return int(tf.convert_to_tensor(value).numpy())
-
-  def _save(self, step):
-    """Writes the structure file and the scalars for `step`."""
-    self._exporter.create_file_and_save_alive_counts(self._log_dir, step)
-    self._last_saved = step
-    self.saved_steps.append(step)
-    if self._summary_subdir is None:
-      return
-    if self._writer is None:
-      self._writer = tf.summary.create_file_writer(
-          os.path.join(self._log_dir, self._summary_subdir))
-    with self._writer.as_default():
-      summaries.write_summaries(self._regularizer, step, self._exporter,
-                                prefix='')
-    self._writer.flush()
-
-  def on_train_begin(self, logs=None):
-    self._local_step = 0
-    step = self._global_step()
-    self._step_at_check = step
-    if step == 0 and self._last_saved != 0:
-      self._save(0)
-
-  def on_train_batch_end(self, batch, logs=None):
-    self._local_step += 1
-    step = self._global_step()
-    previous = self._step_at_check
-    self._step_at_check = step
-    if step // self._every > previous // self._every and (
-        step != self._last_saved):
-      self._save(step)
-
-  def on_train_end(self, logs=None):
-    step = self._global_step()
-    if self._save_on_train_end and step != self._last_saved:
-      self._save(step)
-    if self._writer is not None:
-      self._writer.flush()
-
-  def __del__(self):
-    writer = getattr(self, '_writer', None)
-    if writer is not None:
-      try:
-        writer.close()
-      except Exception:  # pylint: disable=broad-except
-        pass
