@@ -179,7 +179,13 @@ class RegularizedModel(keras.Model):
                                 training=training)
     term = tf.cast(self._morph_net_regularizer.get_regularization_term(),
                    loss.dtype)
-    return loss + tf.cast(self._strength, loss.dtype) * term
+    # Under tf.distribute every replica adds the term and the gradients are
+    # summed: divide by the replicas in sync, as Keras 3 divides its own
+    # losses and add_loss terms (keras.src.losses.loss.
+    # scale_loss_for_distribution), so N replicas learn with the strength
+    # one device does (tests/test_distribute.py).
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss + tf.cast(self._strength / replicas, loss.dtype) * term
 
   def compute_metrics(self, x, y, y_pred, sample_weight=None):
     """The compiled metrics plus the regularizer's cost and term."""
