@@ -33,6 +33,7 @@ import warnings
 import keras
 import tensorflow as tf
 
+from morph_net.keras import budget as budget_lib
 from morph_net.tools import summaries
 
 REGULARIZATION_TERM_NAME = summaries.REGULARIZATION_TERM_NAME
@@ -100,10 +101,18 @@ class RegularizedModel(keras.Model):
     regularizer: a morph_net network regularizer built from `model`.
     strength: float >= 0, the multiplier of the regularization term. It is
       held in a variable: set `RegularizedModel.strength` at any time (e.g.
-      from a callback) without retracing.
+      from a callback) without retracing. None with `target_cost`.
     term_name: the log key of the unscaled regularization term.
     cost_name: the log key of the cost; `regularizer.cost_name` if None.
     name: the wrapper's name; '<model name>_morph_net' if None.
+    target_cost: instead of a strength, the cost to reach (a number, or a
+      `budget.StrengthController` for its rates): the strength starts at
+      1 / initial cost and is adapted after every step (`budget` module).
+    exact_zeros: apply the term as a proximal step after each update, so
+      dead sources are exactly 0 (`budget.ProximalStep`). None: on with
+      `target_cost` when every source supports it, off with a fixed
+      strength (it changes what a tuned strength means under Adam).
+    monitor: `fit` adds a `budget.BudgetMonitor` (warnings) if True.
 
   Raises:
     ValueError: `strength` is negative, not finite or not a number, or the
@@ -113,14 +122,16 @@ class RegularizedModel(keras.Model):
     RuntimeError: the Keras backend is not TensorFlow.
   """
 
-  def __init__(self, model, regularizer, strength, term_name=None,
-               cost_name=None, name=None, **kwargs):
+  def __init__(self, model, regularizer, strength=None, term_name=None,
+               cost_name=None, name=None, target_cost=None,
+               exact_zeros=None, monitor=True, **kwargs):
     _check_backend()
     if not isinstance(model, keras.Model):
       raise TypeError('model must be a keras.Model, got %s.'
                       % type(model).__name__)
     _check_regularizer(regularizer)
-    strength = _check_strength(strength)
+    strength, budget_step = _budget_step(regularizer, strength, target_cost,
+                                         exact_zeros)
     term_name = term_name or REGULARIZATION_TERM_NAME
     cost_name = cost_name or regularizer.cost_name
     if term_name == cost_name or 'loss' in (term_name, cost_name):
@@ -134,6 +145,10 @@ class RegularizedModel(keras.Model):
     self._cost_name = cost_name
     self._strength = keras.Variable(
         strength, dtype='float32', trainable=False, name='morph_net_strength')
+    self._budget_step = budget_step  # None: plain strength x term
+    self._monitor = monitor
+    if budget_step is not None:
+      budget_step.build(self._strength)
     if getattr(model, 'built', False):
       self.built = True
     _warn_if_detached(model, regularizer)
@@ -179,13 +194,40 @@ class RegularizedModel(keras.Model):
                                 training=training)
     term = tf.cast(self._morph_net_regularizer.get_regularization_term(),
                    loss.dtype)
-    # Under tf.distribute every replica adds the term and the gradients are
-    # summed: divide by the replicas in sync, as Keras 3 divides its own
-    # losses and add_loss terms (keras.src.losses.loss.
-    # scale_loss_for_distribution), so N replicas learn with the strength
-    # one device does (tests/test_distribute.py).
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return loss + tf.cast(self._strength / replicas, loss.dtype) * term
+    if self._budget_step is not None and self._budget_step.proximal:
+      term = tf.stop_gradient(term)  # applied by the proximal step instead
+    return loss + tf.cast(self._strength, loss.dtype) * term
+
+  @property
+  def target_cost(self):
+    """The target cost, or None when the strength is fixed."""
+    step = self._budget_step
+    return step.controller.target_cost if step and step.controller else None
+
+  def train_step(self, data):
+    """Keras' step, then the proximal step and the strength update."""
+    logs = super().train_step(data)
+    if self._budget_step is None:
+      return logs
+    self._budget_step.after_update(self._strength,
+                                   self.optimizer.learning_rate)
+    logs = dict(logs)
+    logs['strength'] = tf.identity(self._strength)
+    if self._budget_step.controller is not None:  # the cost after the step
+      logs[self._cost_name] = tf.cast(
+          self._morph_net_regularizer.get_cost(), tf.float32)
+    return logs
+
+  def fit(self, *args, **kwargs):
+    """`keras.Model.fit`, with a `budget.BudgetMonitor` added (warnings)."""
+    if self._monitor and len(args) < 6:
+      callbacks = list(kwargs.get('callbacks') or [])
+      if not any(isinstance(c, budget_lib.BudgetMonitor) for c in callbacks):
+        callbacks.append(budget_lib.BudgetMonitor(
+            self._morph_net_regularizer, self._cost_name, self._term_name,
+            target_cost=self.target_cost))
+      kwargs['callbacks'] = callbacks
+    return super().fit(*args, **kwargs)
 
   def compute_metrics(self, x, y, y_pred, sample_weight=None):
     """The compiled metrics plus the regularizer's cost and term."""
@@ -249,8 +291,36 @@ def _warn_if_detached(model, regularizer):
         'Gamma regularizers).' % model.name, stacklevel=3)
 
 
-def add_regularizer(model, regularizer, strength, term_name=None,
-                    cost_name=None):
+def _budget_step(regularizer, strength, target_cost, exact_zeros):
+  """(initial strength, budget.BudgetStep or None) from the arguments."""
+  if (strength is None) == (target_cost is None):
+    raise ValueError(
+        'Pass exactly one of strength (a fixed multiplier of the term) and '
+        'target_cost (the cost to reach; the strength is then adapted); got '
+        'strength=%r, target_cost=%r.' % (strength, target_cost))
+  controller = None
+  if target_cost is not None:
+    controller = target_cost
+    if not isinstance(controller, budget_lib.StrengthController):
+      controller = budget_lib.StrengthController(target_cost)
+    initial = float(regularizer.get_cost())
+    if not initial > 0:
+      raise ValueError('target_cost needs a regularizer whose initial cost '
+                       'is > 0; got %r.' % initial)
+    strength = 1.0 / initial
+  strength = _check_strength(strength)
+  if exact_zeros is None:
+    exact_zeros = (controller is not None and
+                   budget_lib.supports_exact_zeros(regularizer))
+  proximal = budget_lib.ProximalStep(regularizer) if exact_zeros else None
+  if controller is None and proximal is None:
+    return strength, None
+  return strength, budget_lib.BudgetStep(regularizer, controller, proximal)
+
+
+def add_regularizer(model, regularizer, strength=None, term_name=None,
+                    cost_name=None, target_cost=None, exact_zeros=None,
+                    monitor=True):
   """Returns a model that trains `model` with a MorphNet regularizer.
 
   Compile and fit the returned model as usual; it minimizes
@@ -265,17 +335,27 @@ def add_regularizer(model, regularizer, strength, term_name=None,
     regularizer: a morph_net network regularizer built from `model`, e.g.
       `GammaFlopsRegularizer(model, gamma_threshold=0.01)`.
     strength: float >= 0; a good start is `1 / float(regularizer.get_cost())`.
+      Exactly one of `strength` and `target_cost`.
     term_name: log key of the term; 'regularization_term' if None.
     cost_name: log key of the cost; `regularizer.cost_name` if None.
+    target_cost: the cost to reach (e.g. 0.4 x the initial FLOPs); the
+      strength is adapted after every step (`morph_net.keras.budget`), and
+      the logs also hold 'strength'.
+    exact_zeros: proximal step on the sources (exact zeros); None: on with
+      `target_cost` where supported, else off.
+    monitor: add a `budget.BudgetMonitor` to `fit` (warnings).
 
   Returns:
     A `RegularizedModel` wrapping `model`.
 
   Raises:
-    ValueError: `strength` is negative, not finite or not a number.
+    ValueError: `strength` is negative, not finite or not a number; both or
+      neither of `strength` and `target_cost`; `exact_zeros=True` with
+      sources that do not support it.
     TypeError: `model` is not a Keras model or `regularizer` is not a
       network regularizer.
     RuntimeError: the Keras backend is not TensorFlow.
   """
   return RegularizedModel(model, regularizer, strength, term_name=term_name,
-                          cost_name=cost_name)
+                          cost_name=cost_name, target_cost=target_cost,
+                          exact_zeros=exact_zeros, monitor=monitor)
