@@ -49,10 +49,10 @@ def test_registering_a_handler_fixes_it():
 
 def test_handler_override_does_not_leak_into_other_managers():
   _, out = _graph_with_unknown_op()
-  table = framework.gamma_op_handler_dict(0.1)
+  table = framework.default_op_handler_dict()
   table['Cumsum'] = framework.GroupingOpHandler()
   framework.OpRegularizerManager([out.op], table)
-  assert 'Cumsum' not in framework.gamma_op_handler_dict(0.1)
+  assert 'Cumsum' not in framework.default_op_handler_dict()
 
 
 def test_no_source_is_an_error_not_a_zero_regularizer():

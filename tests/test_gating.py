@@ -1,6 +1,5 @@
 """LogisticSigmoid (FiGS) gating: layer, recognition, regularizer, training."""
 
-import doctest
 import importlib
 import os
 
@@ -9,12 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from morph_net.framework import gating_source_op_handler as gating_handler
+from morph_net.network_regularizers import families
 from morph_net.network_regularizers import generic_network_regularizer
 from morph_net.network_regularizers import resource_function
 from morph_net.op_regularizers import logistic_sigmoid_regularizer
 from morph_net.probabilistic_gating import activation_gating
-from morph_net.probabilistic_gating import probabilistic_grouping_regularizer
 from morph_net.tools import structure_exporter
 
 Gate = activation_gating.LogisticSigmoidGating
@@ -26,15 +24,13 @@ _K = 2 * 64 * 9
 
 def flops_regularizer(model, alive_threshold=0.1, regularize_on_mask=True,
                       mask_as_alive_vector=True):
-  """What LogisticSigmoidFlopsRegularizer is: the table + grouping."""
+  """What LogisticSigmoidFlopsRegularizer is: the family + FLOPs."""
   return generic_network_regularizer.NetworkRegularizer(
       model,
-      gating_handler.logistic_sigmoid_op_handler_dict(
+      families.logistic_sigmoid(
           alive_threshold, regularize_on_mask, mask_as_alive_vector),
       resource_function.flop_function, name='LogisticSigmoidFlops',
-      cost_name='FLOPs',
-      create_grouping_regularizer=(
-          probabilistic_grouping_regularizer.ProbabilisticGroupingRegularizer))
+      cost_name='FLOPs')
 
 
 def tiny_model(c1=4, c2=6, **gate_kwargs):
@@ -413,18 +409,7 @@ def test_training_with_strength_lowers_cost_and_without_does_not():
   assert final0 == initial0
 
 
-# ------------------------------------------------------------ docs, API
-@pytest.mark.parametrize('name', [
-    'morph_net.probabilistic_gating.activation_gating',
-    'morph_net.probabilistic_gating.probabilistic_grouping_regularizer',
-    'morph_net.op_regularizers.logistic_sigmoid_regularizer',
-])
-def test_docstring_examples_run(name):
-  result = doctest.testmod(importlib.import_module(name))
-  assert result.attempted > 0
-  assert result.failed == 0
-
-
+# ------------------------------------------------------------ API
 def test_public_names_resolve():
   package = importlib.import_module('morph_net.probabilistic_gating')
   assert 'LogisticSigmoidGating' in package.__all__

@@ -11,8 +11,8 @@ import tensorflow as tf
 import keras
 
 from morph_net.framework import grouping_regularizers
-from morph_net.framework import op_handlers
 from morph_net.framework import op_regularizer_manager as orm
+from morph_net.network_regularizers import families
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.tools import structure_exporter
 
@@ -237,7 +237,7 @@ def _residual_with_gammas():
 def test_grouping_regularizer_class_vectors(grouping, expected_reg):
   model = _residual_with_gammas()
   manager = orm.OpRegularizerManager(
-      model, op_handlers.gamma_op_handler_dict(THRESHOLD),
+      model, family=families.gamma(THRESHOLD),
       create_grouping_regularizer=grouping)
   reg, alive = manager.class_vectors()
   reg, alive = np.asarray(reg), np.asarray(alive)
@@ -256,7 +256,7 @@ def test_grouping_regularizer_class_vectors(grouping, expected_reg):
 def test_grouping_regularizer_gradient(grouping):
   model = _residual_with_gammas()
   manager = orm.OpRegularizerManager(
-      model, op_handlers.gamma_op_handler_dict(THRESHOLD),
+      model, family=families.gamma(THRESHOLD),
       create_grouping_regularizer=grouping)
   ga = model.get_layer('conv_a_bn').gamma
   with tf.GradientTape() as tape:
@@ -276,7 +276,7 @@ def test_grouping_regularizer_gradient(grouping):
 def test_regularizer_op_vectors_on_residual():
   model = _residual_with_gammas()
   manager = orm.OpRegularizerManager(
-      model, op_handlers.gamma_op_handler_dict(THRESHOLD))
+      model, family=families.gamma(THRESHOLD))
   convs = [c for c in manager.compute_ops if c.op.type == 'Conv2D']
   assert len(convs) == 2
   for c in convs:

@@ -1,7 +1,5 @@
 """The op-handler framework: graph view, handlers, and the manager."""
 
-from morph_net.framework.batch_norm_source_op_handler import BatchNormSourceOpHandler
-from morph_net.framework.batch_norm_source_op_handler import UnfusedBatchNormSourceOpHandler
 from morph_net.framework.concat_op_handler import ConcatOpHandler
 from morph_net.framework.conv_op_handlers import DepthwiseConvOpHandler
 from morph_net.framework.conv_op_handlers import MatMulOpHandler
@@ -11,12 +9,8 @@ from morph_net.framework.errors import ChannelMismatchError
 from morph_net.framework.errors import NoRegularizerSourceError
 from morph_net.framework.errors import UnknownShapeError
 from morph_net.framework.errors import UnsupportedOpError
-from morph_net.framework.gating_source_op_handler import logistic_sigmoid_op_handler_dict
-from morph_net.framework.gating_source_op_handler import LogisticSigmoidSourceOpHandler
+from morph_net.framework.family import Family
 from morph_net.framework.graph_view import GraphView
-from morph_net.framework.group_lasso_source_op_handler import ConvSourceOpHandler
-from morph_net.framework.group_lasso_source_op_handler import group_lasso_op_handler_dict
-from morph_net.framework.group_lasso_source_op_handler import MatMulSourceOpHandler
 from morph_net.framework.grouping_op_handlers import ElementwiseOpHandler
 from morph_net.framework.grouping_op_handlers import GroupingOpHandler
 from morph_net.framework.grouping_op_handlers import IdentityNOpHandler
@@ -27,29 +21,28 @@ from morph_net.framework.grouping_op_handlers import SameChannelsOpHandler
 from morph_net.framework.grouping_op_handlers import TransposeOpHandler
 from morph_net.framework.grouping_regularizers import L2GroupingRegularizer
 from morph_net.framework.grouping_regularizers import MaxGroupingRegularizer
+from morph_net.framework.grouping_regularizers import ProbabilisticGroupingRegularizer
 from morph_net.framework.op_handler import LeafOpHandler
 from morph_net.framework.op_handler import OpHandler
 from morph_net.framework.op_handler import TerminalOpHandler
 from morph_net.framework.op_handlers import default_op_handler_dict
-from morph_net.framework.op_handlers import gamma_op_handler_dict
 from morph_net.framework.op_regularizer_manager import OpRegularizerManager
 from morph_net.framework.op_slice import OpGroup
 from morph_net.framework.op_slice import OpSlice
 from morph_net.framework.op_slice import Slice
+from morph_net.framework.patterns import Facts
 from morph_net.framework.reshape_op_handler import ReshapeOpHandler
 
 __all__ = [
-    'AnalysisError', 'BatchNormSourceOpHandler', 'ChannelMismatchError',
-    'ConcatOpHandler', 'ConvSourceOpHandler',
-    'LogisticSigmoidSourceOpHandler', 'MatMulSourceOpHandler',
-    'group_lasso_op_handler_dict', 'logistic_sigmoid_op_handler_dict', 'DepthwiseConvOpHandler', 'ElementwiseOpHandler',
-    'GraphView', 'GroupingOpHandler', 'IdentityNOpHandler', 'SliceOpHandler', 'L2GroupingRegularizer',
-    'LeafOpHandler', 'MatMulOpHandler', 'MaxGroupingRegularizer',
-    'NoRegularizerSourceError', 'OpGroup', 'OpHandler',
-    'OpRegularizerManager', 'OpSlice', 'OutputNonPassthroughOpHandler',
-    'PadOpHandler', 'ReductionOpHandler', 'ReshapeOpHandler',
-    'SameChannelsOpHandler', 'Slice', 'TerminalOpHandler',
-    'TransposeOpHandler', 'UnfusedBatchNormSourceOpHandler',
-    'UnknownShapeError', 'UnsupportedOpError', 'default_op_handler_dict',
-    'gamma_op_handler_dict',
+    'AnalysisError', 'ChannelMismatchError', 'ConcatOpHandler',
+    'DepthwiseConvOpHandler', 'ElementwiseOpHandler', 'Facts', 'Family',
+    'GraphView', 'GroupingOpHandler', 'IdentityNOpHandler',
+    'L2GroupingRegularizer', 'LeafOpHandler', 'MatMulOpHandler',
+    'MaxGroupingRegularizer', 'NoRegularizerSourceError', 'OpGroup',
+    'OpHandler', 'OpRegularizerManager', 'OpSlice',
+    'OutputNonPassthroughOpHandler', 'PadOpHandler',
+    'ProbabilisticGroupingRegularizer', 'ReductionOpHandler',
+    'ReshapeOpHandler', 'SameChannelsOpHandler', 'Slice', 'SliceOpHandler',
+    'TerminalOpHandler', 'TransposeOpHandler', 'UnknownShapeError',
+    'UnsupportedOpError', 'default_op_handler_dict',
 ]

@@ -42,13 +42,23 @@ class Compute:
   # contiguous blocks; block g of the output reads only block g of the input,
   # so the bilinear cost is a sum over blocks.
   groups: int = 1
+  # Axis of the weight that holds the output channels (a GroupLasso source
+  # reads it), counted from the end; None for no prunable weight.
+  out_axis: object = None
+  # Positions per example of the input and output activations (memory
+  # traffic); None: unknown. A dilated conv's differ from its tensors'
+  # static shapes, which count space-to-batch sub-images.
+  in_positions: object = None
+  out_positions: object = None
 
 
 class ChannelGraphBuilder:
   """What handlers call (`ctx`): ties channels, records sources and costs."""
 
-  def __init__(self, view):
+  def __init__(self, view, facts=None, data_inputs=None):
     self.view = view
+    self.facts = facts  # patterns.Facts: the side table of recognized ops
+    self._data_inputs = data_inputs or {}  # op name -> walked input indices
     self._blocks = {}  # tensor name -> first node id; size in _sizes
     self._sizes = {}
     self._override = {}  # tensor name -> channel count known by a handler
@@ -56,7 +66,6 @@ class ChannelGraphBuilder:
     self._edges = []  # pairs of equal-length node-id arrays
     self.sources = []
     self.computes = []
-    self.current_op = None  # for error messages
 
   # ------------------------------------------------------------- channels
   def channels(self, tensor):
@@ -71,8 +80,15 @@ class ChannelGraphBuilder:
           % (tensor.name, self._sizes[tensor.name], count))
     self._override[tensor.name] = int(count)
 
-  def has_nodes(self, tensor):
-    return tensor.name in self._blocks
+  def data_inputs(self, op, handler):
+    """The input indices of `op` that carry activations: those the walk
+    followed (the handler's, less parameters found by the pattern pass)."""
+    indices = self._data_inputs.get(op.name)
+    if indices is None:  # an input-boundary op: the walk stopped there
+      params = self.facts.param_inputs(op) if self.facts else ()
+      indices = [i for i in handler.data_inputs(op, self.view)
+                 if i not in params]
+    return list(indices)
 
   def nodes(self, tensor):
     """Node ids of a tensor's channels, allocated on first use."""
@@ -133,14 +149,21 @@ class ChannelGraphBuilder:
     self.sources.append(Source(op, tensor, regularizer_cls, param, setting))
 
   def add_compute(self, op, inp, out, positions, kernel_size, linear=False,
-                  weight_index=1, groups=1):
+                  weight_index=1, groups=1, out_axis=None, in_positions=None,
+                  out_positions=None):
+    """Records a compute op; in/out positions default to the tensors'."""
     n_in, n_out = len(self.nodes(inp)), len(self.nodes(out))
     if n_in % groups or n_out % groups:
       raise errors.ChannelMismatchError(
           '%r with %d groups needs input (%d) and output (%d) channel counts '
           'divisible by the group count.' % (op.name, groups, n_in, n_out))
+    if in_positions is None:
+      in_positions = self.view.positions(inp)
+    if out_positions is None:
+      out_positions = self.view.positions(out)
     self.computes.append(Compute(op, inp, out, positions, int(kernel_size),
-                                 linear, weight_index, int(groups)))
+                                 linear, weight_index, int(groups), out_axis,
+                                 in_positions, out_positions))
 
   # --------------------------------------------------------------- solve
   def solve(self):

@@ -10,6 +10,7 @@ import numpy as np
 
 from morph_net.framework import errors
 from morph_net.framework import op_handler
+from morph_net.framework import patterns
 
 # op type -> (activation input index, kernel spatial dims of the weight,
 #             whether positions are counted on the output (else on input)).
@@ -22,6 +23,25 @@ _CONV_LAYOUT = {
     'Conv3DBackpropInputV2': (2, 3, False),
 }
 _WEIGHT_INDEX = {'Conv2DBackpropInput': 1, 'Conv3DBackpropInputV2': 1}
+# Kernel axis holding output channels (transposed kernels are [..., out, in]).
+_OUT_AXIS = {'Conv2DBackpropInput': -2, 'Conv3DBackpropInputV2': -2}
+
+
+def _activation_positions(op, ctx, act, out):
+  """Per-example positions of a conv's input and output activations.
+
+  A dilated conv runs on SpaceToBatchND sub-images (`patterns.SpaceToBatch`):
+  its static output shape holds prod(block) sub-images per example, so its
+  real output is the BatchToSpaceND result and its input is prod(block)
+  times the sub-image positions.
+  """
+  fact = ctx.facts.first(op, patterns.SpaceToBatch) if ctx.facts else None
+  in_pos, out_pos = ctx.view.positions(act), ctx.view.positions(out)
+  if fact is not None:
+    out_pos = ctx.view.positions(fact.output)
+    if in_pos is not None:
+      in_pos *= int(np.prod(fact.block))
+  return in_pos, out_pos
 
 
 def _kernel_size(weight, spatial_dims):
@@ -63,9 +83,11 @@ def _analyze_depthwise(op, ctx, mult):
     ctx.tie(out, act)
   elif c_in is not None:
     ctx.tie_map(out, act, np.arange(c_in * mult) // mult)
-  ctx.add_compute(op, act, out, positions=ctx.view.positions(out),
-                  kernel_size=_kernel_size(weight, len(
-                      weight.shape) - 2), linear=True, weight_index=1)
+  in_pos, out_pos = _activation_positions(op, ctx, act, out)
+  ctx.add_compute(op, act, out, positions=out_pos,
+                  kernel_size=_kernel_size(weight, len(weight.shape) - 2),
+                  linear=True, weight_index=1, in_positions=in_pos,
+                  out_positions=out_pos)
 
 
 class OutputNonPassthroughOpHandler(op_handler.OpHandler):
@@ -88,11 +110,13 @@ class OutputNonPassthroughOpHandler(op_handler.OpHandler):
     if is_depthwise(op, ctx):
       _analyze_depthwise(op, ctx, ctx.channels(op.outputs[0]) // groups)
       return
-    positions = ctx.view.positions(op.outputs[0] if on_output else act)
-    ctx.add_compute(op, act, op.outputs[0], positions=positions,
+    in_pos, out_pos = _activation_positions(op, ctx, act, op.outputs[0])
+    ctx.add_compute(op, act, op.outputs[0],
+                    positions=out_pos if on_output else in_pos,
                     kernel_size=_kernel_size(weight, spatial),
                     weight_index=_WEIGHT_INDEX.get(op.type, 1),
-                    groups=groups)
+                    groups=groups, out_axis=_OUT_AXIS.get(op.type, -1),
+                    in_positions=in_pos, out_positions=out_pos)
 
 
 class DepthwiseConvOpHandler(op_handler.OpHandler):
@@ -147,4 +171,6 @@ class MatMulOpHandler(op_handler.OpHandler):
     if ctx.view.channels(act) is None:
       ctx.set_channels(act, c_in)
     ctx.add_compute(op, act, op.outputs[0], positions=positions,
-                    kernel_size=1, weight_index=1)
+                    kernel_size=1, weight_index=1,
+                    out_axis=-2 if op.get_attr('transpose_b') else -1,
+                    in_positions=positions, out_positions=positions)

@@ -32,14 +32,16 @@ class GraphView:
   """
 
   def __init__(self, graph, output_ops, input_ops=(), captures=None,
-               variable_owner=None, eager=False):
+               variable_owner=None, layers=None, eager=False):
     self.graph = graph
     self.output_ops = list(output_ops)
     self.input_ops = frozenset(op.name for op in input_ops)
     # Internal placeholder op name -> tf.Variable (traced graphs only).
     self._captures = dict(captures or {})
-    # id(tf.Variable) -> name of the Keras layer that owns it.
+    # id(tf.Variable) -> key of the Keras layer that owns it (see
+    # `layer_keys`), and key -> layer.
     self._variable_owner = dict(variable_owner or {})
+    self._layers = dict(layers or {})
     self.eager = eager
     # Function calls inlined by `resolve`: call op name -> InlinedOp, and
     # (id(body graph), placeholder name) -> the call's input tensor.
@@ -76,10 +78,10 @@ class GraphView:
         model's input shape cannot be inferred (e.g. an unbuilt subclassed
         model or a polymorphic `tf.function`).
     """
-    concrete, variables, owner = _trace(model, input_signature)
+    concrete, variables, (owner, layers) = _trace(model, input_signature)
     by_handle = {}
     for v in variables:
-      var = _tf_variable(v)
+      var = tf_variable(v)
       for handle in _handles(var):
         by_handle[id(handle)] = var
     captures = {}
@@ -91,7 +93,7 @@ class GraphView:
     inputs = [t.op for t in concrete.inputs
               if t.dtype != tf.resource]
     return cls(concrete.graph, outputs, inputs, captures=captures,
-               variable_owner=owner, eager=True)
+               variable_owner=owner, layers=layers, eager=True)
 
   # ----------------------------------------------------------- graph facts
   def is_input_boundary(self, op):
@@ -301,11 +303,15 @@ class GraphView:
     return var
 
   def owner_of_variable(self, var):
-    """Name of the Keras layer owning a variable, or None."""
+    """Key of the Keras layer owning a variable (see `layer_keys`), or None."""
     return self._variable_owner.get(id(var))
 
+  def layer(self, key):
+    """The Keras layer with this key, or None (graph mode, unknown key)."""
+    return self._layers.get(key)
+
   def owner_layer(self, op, weight_index):
-    """Name of the Keras layer whose variable feeds `op.inputs[i]`, or None."""
+    """Key of the Keras layer whose variable feeds `op.inputs[i]`, or None."""
     var = self.variable(op.inputs[weight_index])
     if var is None:
       return None
@@ -375,9 +381,14 @@ def _as_op(x):
                   % (x,))
 
 
-def _tf_variable(v):
-  """The tf.Variable behind a Keras 3 variable (or the variable itself)."""
-  return getattr(v, 'value', v) if not isinstance(v, tf.Variable) else v
+def tf_variable(v):
+  """The tf.Variable behind a Keras 3 variable (never an autocast copy)."""
+  if isinstance(v, tf.Variable):
+    return v
+  inner = getattr(v, '_value', None)
+  if isinstance(inner, tf.Variable):
+    return inner
+  return getattr(v, 'value', v)
 
 
 def _handles(var):
@@ -395,22 +406,63 @@ def _handles(var):
   return [var.handle]
 
 
+def _layer_paths(model):
+  """(path, layer) for every layer below `model`, parents before children.
+
+  A path joins the names from the top: 'block1/fc' is the layer `fc` of
+  the nested model (or custom layer) `block1`.
+  """
+  found, seen = [], set()
+
+  def visit(layer, prefix):
+    children = []
+    if hasattr(layer, '_flatten_layers'):
+      children = list(layer._flatten_layers(  # pylint: disable=protected-access
+          include_self=False, recursive=False))
+    for child in children:
+      if id(child) in seen:
+        continue
+      seen.add(id(child))
+      path = prefix + child.name
+      found.append((path, child))
+      visit(child, path + '/')
+
+  visit(model, '')
+  return found
+
+
+def layer_keys(model):
+  """{key: layer} for every layer of a Keras model, each key naming one layer.
+
+  The key is the layer's name where no other layer in the model (at any
+  depth) has that name, else its path ('b1/fc', 'b2/fc'), so exported
+  structures keep plain names wherever they are unambiguous.
+  """
+  paths = _layer_paths(model)
+  counts = {}
+  for _, layer in paths:
+    counts[layer.name] = counts.get(layer.name, 0) + 1
+  keys = {}
+  for path, layer in paths:
+    key = layer.name if counts[layer.name] == 1 else path
+    if key in keys:  # the same path twice: only through odd attribute names
+      key = '%s#%d' % (key, sum(k.split('#')[0] == key for k in keys))
+    keys[key] = layer
+  return keys
+
+
 def _layer_variables(model):
-  """Maps id(tf.Variable) -> owning layer name, innermost layer wins."""
+  """(id(tf.Variable) -> key of its owning layer, key -> layer).
+
+  The innermost layer owning a variable wins: a nested model lists its
+  sublayers' weights too, and parents are visited before their children.
+  """
+  keys = layer_keys(model)
   owner = {}
-  layers = []
-  if hasattr(model, '_flatten_layers'):
-    layers = list(model._flatten_layers(include_self=False, recursive=True))  # pylint: disable=protected-access
-  for layer in layers:
+  for key, layer in keys.items():
     for v in getattr(layer, 'weights', []):
-      owner.setdefault(id(_tf_variable(v)), layer.name)
-  # Innermost wins: nested models list their sublayers' weights too, so
-  # revisit leaf layers (those without sublayers) last.
-  for layer in layers:
-    if not list(getattr(layer, '_layers', []) or []):
-      for v in getattr(layer, 'weights', []):
-        owner[id(_tf_variable(v))] = layer.name
-  return owner
+      owner[id(tf_variable(v))] = key
+  return owner, keys
 
 
 def _input_specs(model):
@@ -437,7 +489,7 @@ def _input_specs(model):
 def _trace(model, input_signature):
   """Traces a model in inference mode; returns (concrete, variables, owner)."""
   if isinstance(model, tf.types.experimental.ConcreteFunction):
-    return model, list(model.variables), {}
+    return model, list(model.variables), ({}, {})
   is_keras = hasattr(model, 'layers') and hasattr(model, 'variables')
   if input_signature is None and is_keras:
     input_signature = _input_specs(model)
@@ -459,6 +511,6 @@ def _trace(model, input_signature):
     return concrete, list(model.variables), _layer_variables(model)
   if hasattr(model, 'get_concrete_function'):
     concrete = model.get_concrete_function(*input_signature)
-    return concrete, list(concrete.variables), {}
+    return concrete, list(concrete.variables), ({}, {})
   concrete = tf.function(model).get_concrete_function(*input_signature)
   return concrete, list(concrete.variables), {}

@@ -50,7 +50,7 @@ class ElementwiseOpHandler(op_handler.OpHandler):
     channels = ctx.view.channels(out)
     if channels is None:
       return  # unknown width: a leaf
-    for i in self.data_inputs(op, ctx.view):
+    for i in ctx.data_inputs(op, self):
       if ctx.view.channels(op.inputs[i]) == channels:
         ctx.tie(out, op.inputs[i])
 

@@ -1,7 +1,8 @@
 """How the regularizers of tied channels combine into one.
 
 Alive is always the OR of the members' alive vectors. The regularization
-vector is their element-wise max (default) or L2 norm. Each class works on a
+vector is their element-wise max (default) or L2 norm, or for gates the
+probability that any member is on. Each class works on a
 list of op regularizers (as in MorphNet) and, for the vectorized per-step
 path, on all channels of a network at once via `segment_reduce`.
 """
@@ -50,3 +51,39 @@ class L2GroupingRegularizer(MaxGroupingRegularizer):
 def _safe_sqrt(x):
   # sqrt has an infinite slope at 0; a zero group would give NaN gradients.
   return tf.sqrt(tf.maximum(x, 1e-30))
+
+
+# log(1 - p) is -inf at p = 1. Shrinking p by (1 - eps) keeps it finite
+# without a clip, whose zero gradient would stop hard (0/1) sampled masks.
+_EPS = 1e-6
+
+
+def _log_off(p):
+  return tf.math.log1p(-(1.0 - _EPS) * p)
+
+
+class ProbabilisticGroupingRegularizer(MaxGroupingRegularizer):
+  """Tied gates: with independent gates of probabilities p_i, the group is on
+  with probability 1 - prod(1 - p_i).
+
+  >>> import tensorflow as tf
+  >>> class R:
+  ...   def __init__(self, p):
+  ...     self.regularization_vector = tf.constant(p)
+  ...     self.alive_vector = tf.constant(p) > 0.5
+  >>> g = ProbabilisticGroupingRegularizer([R([0.5, 0.0]), R([0.5, 0.2])])
+  >>> [round(v, 4) for v in g.regularization_vector.numpy().tolist()]
+  [0.75, 0.2]
+  >>> g.alive_vector.numpy().tolist()
+  [False, False]
+  """
+
+  @staticmethod
+  def reduce(stacked):
+    return 1.0 - tf.exp(tf.reduce_sum(_log_off(stacked), axis=0))
+
+  @staticmethod
+  def segment_reduce(values, segment_ids, num_segments):
+    # Empty segments sum to 0, so their group probability is 0.
+    return 1.0 - tf.exp(tf.math.unsorted_segment_sum(
+        _log_off(values), segment_ids, num_segments))

@@ -3,15 +3,18 @@
 Supporting a new op type is one entry here (or in the dict you pass to a
 manager or regularizer): e.g. an activation that passes channels through is
 `table['MyAct'] = GroupingOpHandler()`. Each manager copies the table it is
-given, so overrides never leak between managers.
+given, so overrides never leak between managers. The same table serves every
+regularizer family: which ops carry regularizers is decided by the family
+from the pattern pass (`patterns.py`), not by swapping handlers.
 """
 
-from morph_net.framework import batch_norm_source_op_handler as bn
 from morph_net.framework import concat_op_handler
 from morph_net.framework import conv_op_handlers
+from morph_net.framework import einsum_op_handler
 from morph_net.framework import grouping_op_handlers as grouping
 from morph_net.framework import op_handler
 from morph_net.framework import reshape_op_handler
+from morph_net.framework import split_op_handler
 
 _BATCH_NORMS = ('FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3')
 
@@ -28,7 +31,9 @@ _FAMILIES = (
         'MaxPool3D', 'AvgPool3D', 'Neg', 'Abs', 'Square', 'Sqrt', 'Rsqrt',
         'Exp', 'Expm1', 'Log', 'Log1p', 'Erf', 'Erfc', 'Reciprocal',
         'ClipByValue', 'Round', 'Floor', 'Ceil', 'Sign', 'ResizeBilinear',
-        'ResizeNearestNeighbor', 'ResizeBicubic', 'ResizeArea')),
+        'ResizeNearestNeighbor', 'ResizeBicubic', 'ResizeArea',
+        # Around a dilated conv (patterns.SpaceToBatch gives its positions).
+        'SpaceToBatchND', 'BatchToSpaceND')),
     (grouping.IdentityNOpHandler(), ('IdentityN',)),
     (grouping.ElementwiseOpHandler(), (
         'Add', 'AddV2', 'Sub', 'Mul', 'Maximum', 'Minimum', 'RealDiv', 'Div',
@@ -45,30 +50,17 @@ _FAMILIES = (
         'Conv2D', 'Conv3D', 'Conv2DBackpropInput', 'Conv3DBackpropInputV2')),
     (conv_op_handlers.DepthwiseConvOpHandler(), ('DepthwiseConv2dNative',)),
     (conv_op_handlers.MatMulOpHandler(), ('MatMul',)),
-    (op_handler.LeafOpHandler(), (
-        'SpaceToDepth', 'DepthToSpace', 'Einsum', 'BatchMatMulV2',
-        'BatchMatMulV3', 'BatchMatMul')),
+    (einsum_op_handler.EinsumOpHandler(), (
+        'Einsum', 'BatchMatMulV2', 'BatchMatMulV3', 'BatchMatMul')),
+    (split_op_handler.SplitOpHandler(), ('Split', 'SplitV')),
+    (op_handler.LeafOpHandler(), ('SpaceToDepth', 'DepthToSpace')),
 )
 
 
 def default_op_handler_dict():
-  """A fresh table with no regularizer sources: BatchNorms pass through."""
+  """A fresh copy of the op-handler table."""
   table = {}
   for handler, op_types in _FAMILIES:
     for op_type in op_types:
       table[op_type] = handler
-  return table
-
-
-def gamma_op_handler_dict(gamma_threshold, regularizer_cls=None):
-  """The table for Gamma regularizers: BatchNorm gammas are sources."""
-  if regularizer_cls is None:
-    from morph_net.op_regularizers import gamma_l1_regularizer  # pylint: disable=g-import-not-at-top
-    regularizer_cls = gamma_l1_regularizer.GammaL1Regularizer
-  table = default_op_handler_dict()
-  source = bn.BatchNormSourceOpHandler(gamma_threshold, regularizer_cls)
-  for op_type in _BATCH_NORMS:
-    table[op_type] = source
-  table['Mul'] = bn.UnfusedBatchNormSourceOpHandler(
-      gamma_threshold, regularizer_cls)
   return table

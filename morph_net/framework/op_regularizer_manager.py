@@ -19,6 +19,7 @@ from morph_net.framework import graph_view as graph_view_lib
 from morph_net.framework import grouping_regularizers
 from morph_net.framework import op_handlers
 from morph_net.framework import op_slice
+from morph_net.framework import patterns
 
 
 def make_view(output_boundary, input_boundary=None, input_signature=None):
@@ -59,6 +60,32 @@ class _VectorRegularizer:
     self.alive_vector = alive_vector
 
 
+class LayerEntry:
+  """A prunable layer: its structure key, Keras layer and compute ops.
+
+  Attributes:
+    key: the structure key (Keras layer key, see `graph_view.layer_keys`;
+      the op name in graph mode).
+    layer: the Keras layer, or None in graph mode.
+    computes: its `channel_graph.Compute` entries, in network order.
+  """
+
+  __slots__ = ('key', 'layer', 'computes')
+
+  def __init__(self, key, layer, computes):
+    self.key = key
+    self.layer = layer
+    self.computes = computes
+
+  @property
+  def outputs(self):
+    """The output tensors whose channels the layer's width sets."""
+    return [c.output for c in self.computes if not c.linear]
+
+  def __repr__(self):
+    return 'LayerEntry(%r, %d ops)' % (self.key, len(self.computes))
+
+
 class OpRegularizerManager:
   """Groups the channels of a network and assigns them regularizers.
 
@@ -66,10 +93,14 @@ class OpRegularizerManager:
     output_boundary: list of `tf.Operation`s (or tensors) of a
       `tf.compat.v1` graph, or a Keras model, or a `tf.function` concrete
       function (traced in inference mode).
-    op_handler_dict: op type -> handler table (copied). Defaults to a table
-      with no regularizer sources.
+    op_handler_dict: op type -> handler table (copied). Defaults to
+      `default_op_handler_dict()`; the same table serves every family.
+    family: a `framework.Family` that declares the regularized channels
+      (see `morph_net.network_regularizers.families`); None analyzes only
+      (no sources, e.g. for cost reports and slimming).
     create_grouping_regularizer: how tied channels' regularizers combine;
-      `MaxGroupingRegularizer` (default) or `L2GroupingRegularizer`.
+      the family's (`MaxGroupingRegularizer` by default) if None, or e.g.
+      `L2GroupingRegularizer`.
     force_group: regexes; the ops matching one regex (by op name or, for
       Keras models, by the name of the layer whose weights they read) have
       their output channels tied together (equal channel counts required).
@@ -92,7 +123,7 @@ class OpRegularizerManager:
                create_grouping_regularizer=None, force_group=None,
                regularizer_blacklist=None, input_boundary=None,
                input_signature=None, regularizer_decorator=None,
-               decorator_parameters=None):
+               decorator_parameters=None, family=None):
     if decorator_parameters and regularizer_decorator is None:
       raise ValueError('decorator_parameters were given without a '
                        'regularizer_decorator.')
@@ -101,11 +132,16 @@ class OpRegularizerManager:
     self._view = make_view(output_boundary, input_boundary, input_signature)
     self._handlers = dict(op_handler_dict if op_handler_dict is not None
                           else op_handlers.default_op_handler_dict())
+    self._family = family
     self._grouping = (create_grouping_regularizer
+                      or (family.grouping if family is not None else None)
                       or grouping_regularizers.MaxGroupingRegularizer)
     self._parents = {}
+    self._facts = patterns.Facts(self._view)
+    self._data_inputs = {}
     self._ops, _ = self._view.walk(self._follow, self._parents)
-    builder = channel_graph.ChannelGraphBuilder(self._view)
+    builder = channel_graph.ChannelGraphBuilder(self._view, self._facts,
+                                                self._data_inputs)
     for op in self._ops:
       handler = self._handlers[op.type]
       try:
@@ -114,6 +150,8 @@ class OpRegularizerManager:
         raise type(e)('%s\nWhile analyzing op %r (type %s); path from the '
                       'output: %s' % (e, op.name, op.type,
                                       self.path_to(op))) from None
+    if family is not None:
+      family.find_sources(builder, self._ops)
     self._apply_force_group(builder, force_group)
     self._sources = self._filter_blacklist(builder.sources,
                                            regularizer_blacklist)
@@ -123,6 +161,16 @@ class OpRegularizerManager:
 
   # ---------------------------------------------------------------- walk
   def _follow(self, op):
+    """The inputs to walk into: the handler's, less the parameters that the
+    pattern pass found (a gate's mask, a BatchNorm's scale)."""
+    indices = self._data_inputs.get(op.name)
+    if indices is None:
+      params = self._facts.param_inputs(op)
+      indices = [i for i in self._handler_inputs(op) if i not in params]
+      self._data_inputs[op.name] = indices
+    return indices
+
+  def _handler_inputs(self, op):
     handler = self._handlers.get(op.type)
     if handler is None and op.type in graph_view_lib.CALL_OPS:
       raise errors.UnsupportedOpError(
@@ -143,6 +191,15 @@ class OpRegularizerManager:
           'input_boundary.' % (op.name, op.type, self.path_to(op), op.type,
                                op.type))
     return handler.data_inputs(op, self._view)
+
+  @property
+  def facts(self):
+    """The pattern pass's side table (`patterns.Facts`)."""
+    return self._facts
+
+  @property
+  def family(self):
+    return self._family
 
   def path_to(self, op):
     name = op if isinstance(op, str) else op.name
@@ -248,6 +305,33 @@ class OpRegularizerManager:
   @property
   def num_regularized_classes(self):
     return self._num_classes
+
+  @property
+  def num_labels(self):
+    """Channel classes of the whole network (regularized or not)."""
+    return int(self._labels.max()) + 1 if len(self._labels) else 0
+
+  def layers(self, include_depthwise=False):
+    """{key: LayerEntry} of the layers whose compute ops set a width.
+
+    Keys are what structures use: Keras layer keys for models (a plain name,
+    or a path such as 'b1/fc' where names collide), op names in graph mode.
+    A layer with only depthwise compute ops (its width follows its input)
+    is listed only with `include_depthwise`.
+    """
+    if getattr(self, '_layer_cache', None) is None:
+      entries = collections.OrderedDict()
+      for c in self._computes:
+        key = (self._view.owner_layer(c.op, c.weight_index)
+               if self._view.eager else None) or c.op.name
+        entry = entries.get(key)
+        if entry is None:
+          entry = entries[key] = LayerEntry(key, self._view.layer(key), [])
+        entry.computes.append(c)
+      self._layer_cache = entries
+    return collections.OrderedDict(
+        (k, e) for k, e in self._layer_cache.items()
+        if include_depthwise or e.outputs)
 
   def has_channels(self, tensor):
     return tensor.name in self._tensor_nodes
@@ -388,16 +472,15 @@ class OpRegularizerManager:
           'prunable layers before a fixed-width head (e.g. a final Dense).'
           % sorted(s.op.name for s in self._sources)[:10])
     if require_sources and not self._sources:
-      kinds = sorted({t for t, h in self._handlers.items()
-                      if 'Source' in type(h).__name__})
+      family = self._family
       raise errors.NoRegularizerSourceError(
           'No regularizable op was found between the boundaries, so the '
-          'regularizer would stay at zero. This family regularizes ops of '
-          'types %s; the %d ops analyzed include none (types seen: %s). Add '
-          'BatchNormalization (with scale=True) after your convolutions, or '
-          'use a GroupLasso regularizer.'
-          % (kinds, len(self._ops),
-             sorted({op.type for op in self._ops})[:30]))
+          'regularizer would stay at zero. The %s family regularizes %s; the '
+          '%d ops analyzed include none (types seen: %s). %s'
+          % (family.name if family else 'chosen',
+             family.sources_description if family else 'nothing (no family)',
+             len(self._ops), sorted({op.type for op in self._ops})[:30],
+             family.remedy if family else 'Pass family=...'))
     for s in self._sources:
       size = s.regularizer_cls.num_channels(s.param, s.setting)
       if size != len(self._tensor_nodes[s.tensor.name]):

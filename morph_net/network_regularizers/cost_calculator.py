@@ -11,6 +11,10 @@ large the network:
 Alive counts carry no gradient; the term is differentiable in the sources.
 A grouped conv contributes one bilinear row per group (block g of its input
 times block g of its output); rows are summed back onto their op.
+
+The same coefficients evaluate in numpy over every channel class of the
+network (`evaluate`, `per_op`): that is how reports, `structure_cost` and
+expansion cost a structure, so they cannot disagree with the regularizer.
 """
 
 import numpy as np
@@ -42,10 +46,46 @@ class CostCalculator:
                             for c in computes],
                            dtype=np.float64).reshape([n, 5]) * batch_size
     self._pairs = PairSums(manager, computes)
+    self._label_pairs = None  # built on first numpy evaluation
 
   @property
   def compute_ops(self):
     return list(self._computes)
+
+  @property
+  def manager(self):
+    return self._manager
+
+  def per_op(self, label_alive):
+    """{op name: cost} for given alive channels (numpy, no TF ops).
+
+    Args:
+      label_alive: float vector over every channel class of the network
+        (`manager.num_labels`, indexed by `manager.channel_labels`): 1 for
+        an alive channel, 0 for a dead one. Fractions (and values > 1) are
+        allowed for planning: a layer slimmed to n of its C channels can
+        give each of them n / C; every tensor's sum is then its width.
+    """
+    label_alive = np.asarray(label_alive, np.float64)
+    if label_alive.shape != (self._manager.num_labels,):
+      raise ValueError('label_alive must have one entry per channel class '
+                       '(%d), got shape %s.' % (self._manager.num_labels,
+                                                label_alive.shape))
+    if self._label_pairs is None:
+      self._label_pairs = PairSums(self._manager, self._computes,
+                                   self._manager.channel_labels)
+    a_in, a_out, _, _, bil, _ = self._label_pairs.numpy(label_alive)
+    k_bi, k_in, k_out, _, _ = self._coeff.T
+    per_op = k_bi * bil + k_in * a_in + k_out * a_out
+    return dict(zip(self._names, per_op.tolist()))
+
+  def evaluate(self, label_alive):
+    """The total cost for given alive channels (see `per_op`)."""
+    return float(sum(self.per_op(label_alive).values()))
+
+  def full_cost(self):
+    """The cost with every channel alive (the network as built)."""
+    return self.evaluate(np.ones(self._manager.num_labels))
 
   def _weights(self, ops):
     """Per-op coefficient columns, zeroed for ops not in `ops` (if given)."""
@@ -117,8 +157,11 @@ class PairSums:
   segment sums over the manager's current class vectors.
   """
 
-  def __init__(self, manager, computes):
-    """`computes`: Compute entries; None for an op with no bilinear part."""
+  def __init__(self, manager, computes, index_fn=None):
+    """`computes`: Compute entries; None for an op with no bilinear part.
+    `index_fn`: tensor -> index per channel into the vectors summed;
+    `manager.class_indices` (regularized classes) if None."""
+    index_fn = index_fn or manager.class_indices
     self._num_ops = len(computes)
     ins, outs, row_op = [], [], []
     empty = np.zeros([0], np.int64)
@@ -128,8 +171,8 @@ class PairSums:
         outs.append(empty)
         row_op.append(i)
         continue
-      ins.extend(np.split(manager.class_indices(c.input), c.groups))
-      outs.extend(np.split(manager.class_indices(c.output), c.groups))
+      ins.extend(np.split(index_fn(c.input), c.groups))
+      outs.extend(np.split(index_fn(c.output), c.groups))
       row_op.extend([i] * c.groups)
     self._num_rows = len(row_op)
     self._row_op = np.array(row_op, np.int32)
@@ -152,6 +195,16 @@ class PairSums:
       return rows
     return tuple(tf.math.unsorted_segment_sum(x, self._row_op, self._num_ops)
                  for x in rows)
+
+  def numpy(self, alive):
+    """(a_in, a_out, -, -, sum a_in a_out, -) per op, in numpy float64."""
+    def rows(idx, seg):
+      return np.bincount(seg, weights=alive[idx], minlength=self._num_rows)
+    a_in = rows(self._in_idx, self._in_seg)
+    a_out = rows(self._out_idx, self._out_seg)
+    per_op = [np.bincount(self._row_op, weights=x, minlength=self._num_ops)
+              for x in (a_in, a_out, a_in * a_out)]
+    return per_op[0], per_op[1], None, None, per_op[2], None
 
 
 def flatten_indices(index_lists):

@@ -1,49 +1,104 @@
-"""The three regularizer families: which ops are sources, how groups combine.
+"""The three regularizer families, and the base classes of the named ones.
 
-Each function returns (op-handler table, extra NetworkRegularizer kwargs);
-`overrides` (a user's `op_handler_dict`) is merged into a copy of the table.
+A family (`framework.Family`) says which channels carry a regularizer and
+how tied channels combine; it never changes the op-handler table:
 
-The family base classes hold each family's constructor; a named regularizer
-(e.g. `GammaFlopsRegularizer`) only says which resource it counts, through
-the class attributes RESOURCE (a `resource_function` coefficient function),
-NAME and COST_NAME.
+- `gamma`: every op the pattern pass marks as a BatchNorm scale
+  (`patterns.BatchNormScale`: FusedBatchNorm, or the unfused scale Keras 3
+  traces) carries an L1 regularizer on |gamma|.
+- `group_lasso`: every conv / matmul / einsum with a prunable weight (a
+  compute entry with an `out_axis`) carries a group lasso on its kernel.
+- `logistic_sigmoid`: every gate (`patterns.Gate`) carries a
+  LogisticSigmoid regularizer on its logits; tied gates combine as
+  1 - prod(1 - p).
+
+A named regularizer is a (family, resource) pair: the family base classes
+below hold the constructors; e.g. `GammaFlopsRegularizer` only states its
+resource (RESOURCE, a `resource_function` coefficient function), NAME and
+COST_NAME. The latency regularizers pair the same families with the
+roofline calculator.
 
 Shared keyword arguments (see `NetworkRegularizer`): input_boundary,
 force_group, regularizer_blacklist, regularizer_decorator,
 decorator_parameters, input_signature.
 """
 
-from morph_net.framework import gating_source_op_handler as gating
-from morph_net.framework import group_lasso_source_op_handler as gl
-from morph_net.framework import op_handlers
+import functools
+
+from morph_net.framework import family as family_lib
+from morph_net.framework import grouping_regularizers
+from morph_net.framework import patterns
 from morph_net.network_regularizers import generic_network_regularizer as gnr
-from morph_net.probabilistic_gating import probabilistic_grouping_regularizer as pgr
+from morph_net.op_regularizers import gamma_l1_regularizer
+from morph_net.op_regularizers import group_lasso_regularizer
+from morph_net.op_regularizers import logistic_sigmoid_regularizer
 
 
-def _merge(table, overrides):
-  table.update(overrides or {})
-  return table
+def _gamma_sources(threshold, ctx, ops):
+  for op in ops:
+    fact = ctx.facts.first(op, patterns.BatchNormScale)
+    if fact is not None:
+      ctx.add_source(op, op.outputs[0], gamma_l1_regularizer.GammaL1Regularizer,
+                     ctx.view.param(fact.gamma), threshold)
 
 
-def gamma(gamma_threshold, overrides=None):
+def _group_lasso_sources(threshold, l1_fraction, ctx, ops):
+  del ops
+  for c in ctx.computes:
+    if c.linear or c.out_axis is None:
+      continue  # depthwise: follows its input; no prunable weight
+    # The axis counts from the end: a Conv1D kernel variable is rank 3
+    # while the traced Conv2D sees it expanded to rank 4.
+    ctx.add_source(c.op, c.output, group_lasso_regularizer.GroupLassoRegularizer,
+                   ctx.view.param(c.op.inputs[c.weight_index]),
+                   (threshold, l1_fraction, c.out_axis))
+
+
+def _gate_sources(setting, ctx, ops):
+  for op in ops:
+    fact = ctx.facts.first(op, patterns.Gate)
+    if fact is not None:
+      ctx.add_source(
+          op, op.outputs[0],
+          logistic_sigmoid_regularizer.LogisticSigmoidRegularizer,
+          ctx.view.param(fact.logits), setting)
+
+
+def gamma(gamma_threshold, grouping=None):
   """BatchNorm gammas are the sources; L1 on |gamma|."""
-  return _merge(op_handlers.gamma_op_handler_dict(gamma_threshold),
-                overrides), {}
+  return family_lib.Family(
+      'Gamma', functools.partial(_gamma_sources, float(gamma_threshold)),
+      grouping or grouping_regularizers.MaxGroupingRegularizer,
+      sources_description='BatchNorm scales (FusedBatchNorm, or the unfused '
+      'scale Keras 3 traces; BatchNormalization needs scale=True)',
+      remedy='Add BatchNormalization (with scale=True) after your '
+      'convolutions, or use a GroupLasso regularizer.')
 
 
-def group_lasso(threshold, l1_fraction, overrides=None):
+def group_lasso(threshold, l1_fraction=0.0, grouping=None):
   """Conv/matmul kernels are the sources; group lasso per output channel."""
-  return _merge(gl.group_lasso_op_handler_dict(threshold, l1_fraction),
-                overrides), {}
+  group_lasso_regularizer.check_l1_fraction(l1_fraction)
+  return family_lib.Family(
+      'GroupLasso', functools.partial(_group_lasso_sources, float(threshold),
+                                      float(l1_fraction)),
+      grouping or grouping_regularizers.MaxGroupingRegularizer,
+      sources_description='the kernels of convolutions, Dense/MatMul and '
+      'EinsumDense layers',
+      remedy='Only depthwise or weight-free ops were found; stop the '
+      'analysis at the layers you want pruned.')
 
 
-def logistic_sigmoid(alive_threshold, regularize_on_mask,
-                     mask_as_alive_vector, overrides=None):
+def logistic_sigmoid(alive_threshold=0.1, regularize_on_mask=True,
+                     mask_as_alive_vector=True, grouping=None):
   """LogisticSigmoidGating masks are the sources; tied gates 1 - prod(1-p)."""
-  table = gating.logistic_sigmoid_op_handler_dict(
-      alive_threshold, regularize_on_mask, mask_as_alive_vector)
-  return _merge(table, overrides), {
-      'create_grouping_regularizer': pgr.ProbabilisticGroupingRegularizer}
+  setting = (float(alive_threshold), bool(regularize_on_mask),
+             bool(mask_as_alive_vector))
+  return family_lib.Family(
+      'LogisticSigmoid', functools.partial(_gate_sources, setting),
+      grouping or grouping_regularizers.ProbabilisticGroupingRegularizer,
+      sources_description='LogisticSigmoidGating gates',
+      remedy='Put morph_net.probabilistic_gating.LogisticSigmoidGating() '
+      'after each prunable layer (or use gated_relu_activation()).')
 
 
 class _Named(gnr.NetworkRegularizer):
@@ -53,11 +108,11 @@ class _Named(gnr.NetworkRegularizer):
   NAME = None
   COST_NAME = None
 
-  def _build(self, output_boundary, family, kwargs):
-    table, extra = family
-    gnr.NetworkRegularizer.__init__(self, output_boundary, table,
+  def _build(self, output_boundary, family, op_handler_dict, kwargs):
+    gnr.NetworkRegularizer.__init__(self, output_boundary, family,
                                     self.RESOURCE, self.NAME,
-                                    self.COST_NAME, **extra, **kwargs)
+                                    self.COST_NAME,
+                                    op_handler_dict=op_handler_dict, **kwargs)
 
 
 class GammaFamily(_Named):
@@ -67,13 +122,13 @@ class GammaFamily(_Named):
     output_boundary: a Keras model, a concrete function, or the output ops
       of a `tf.compat.v1` graph.
     gamma_threshold: channels with |gamma| above it are alive.
-    op_handler_dict: extra op handlers merged into the family's table.
+    op_handler_dict: extra op handlers merged into the default table.
     **kwargs: the shared keyword arguments (module docstring).
   """
 
   def __init__(self, output_boundary, gamma_threshold, op_handler_dict=None,
                **kwargs):
-    self._build(output_boundary, gamma(gamma_threshold, op_handler_dict),
+    self._build(output_boundary, gamma(gamma_threshold), op_handler_dict,
                 kwargs)
 
 
@@ -84,14 +139,14 @@ class GroupLassoFamily(_Named):
     output_boundary: as in `GammaFamily`.
     threshold: channels whose kernel norm exceeds it are alive.
     l1_fraction: norm = (1 - f) RMS(w) + f mean|w| per output channel.
-    op_handler_dict: extra op handlers merged into the family's table.
+    op_handler_dict: extra op handlers merged into the default table.
     **kwargs: the shared keyword arguments (module docstring).
   """
 
   def __init__(self, output_boundary, threshold, l1_fraction=0.0,
                op_handler_dict=None, **kwargs):
-    self._build(output_boundary,
-                group_lasso(threshold, l1_fraction, op_handler_dict), kwargs)
+    self._build(output_boundary, group_lasso(threshold, l1_fraction),
+                op_handler_dict, kwargs)
 
 
 class LogisticSigmoidFamily(_Named):
@@ -103,7 +158,7 @@ class LogisticSigmoidFamily(_Named):
       step (True) or the gate probabilities sigmoid(logits) (False).
     alive_threshold: a gate is alive when its probability reaches it.
     mask_as_alive_vector: alive from the (deterministic) mask instead.
-    op_handler_dict: extra op handlers merged into the family's table.
+    op_handler_dict: extra op handlers merged into the default table.
     **kwargs: the shared keyword arguments (module docstring).
   """
 
@@ -111,5 +166,5 @@ class LogisticSigmoidFamily(_Named):
                alive_threshold=0.1, mask_as_alive_vector=True,
                op_handler_dict=None, **kwargs):
     self._build(output_boundary, logistic_sigmoid(
-        alive_threshold, regularize_on_mask, mask_as_alive_vector,
-        op_handler_dict), kwargs)
+        alive_threshold, regularize_on_mask, mask_as_alive_vector),
+                op_handler_dict, kwargs)

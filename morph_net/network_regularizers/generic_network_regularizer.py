@@ -2,10 +2,12 @@
 
 FLOPs, model size and activation regularizers differ only in the
 coefficient function (latency: in the calculator); Gamma, GroupLasso and
-gating families differ only in the op-handler table that decides which ops
-are sources (see `families`). The named regularizers are thin subclasses.
+gating differ only in their `framework.Family`, which decides which channels
+carry regularizers (see `families`). The named regularizers are thin
+subclasses.
 """
 
+from morph_net.framework import op_handlers
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.network_regularizers import cost_calculator
 
@@ -16,11 +18,13 @@ class NetworkRegularizer:
   Args:
     output_boundary: list of ops of a `tf.compat.v1` graph, a Keras model or
       a concrete function.
-    op_handler_dict: the op-handler table of the regularizer family.
+    family: the `framework.Family` (see `families`).
     coeff_fn: Compute -> coefficient (see `resource_function`).
     name: regularizer name (for summaries).
     cost_name: name of the cost (e.g. 'FLOPs').
     batch_size: multiplies every op's cost.
+    op_handler_dict: op type -> handler entries merged into a copy of the
+      default table (for op types of your own).
     input_boundary: ops where the analysis stops (graph mode).
     force_group: regexes of ops (or Keras layers) whose channels are tied.
     regularizer_blacklist: regexes of sources not to regularize.
@@ -34,14 +38,17 @@ class NetworkRegularizer:
       latency roofline uses this).
   """
 
-  def __init__(self, output_boundary, op_handler_dict, coeff_fn, name,
-               cost_name, batch_size=1, input_boundary=None,
-               force_group=None, regularizer_blacklist=None,
-               create_grouping_regularizer=None, input_signature=None,
-               regularizer_decorator=None, decorator_parameters=None,
-               calculator_factory=None):
+  def __init__(self, output_boundary, family, coeff_fn, name,
+               cost_name, batch_size=1, op_handler_dict=None,
+               input_boundary=None, force_group=None,
+               regularizer_blacklist=None, create_grouping_regularizer=None,
+               input_signature=None, regularizer_decorator=None,
+               decorator_parameters=None, calculator_factory=None):
+    table = op_handlers.default_op_handler_dict()
+    table.update(op_handler_dict or {})
+    self._family = family
     self._manager = orm.OpRegularizerManager(
-        output_boundary, op_handler_dict,
+        output_boundary, table, family=family,
         create_grouping_regularizer=create_grouping_regularizer,
         force_group=force_group, regularizer_blacklist=regularizer_blacklist,
         input_boundary=input_boundary, input_signature=input_signature,
@@ -67,6 +74,11 @@ class NetworkRegularizer:
   def per_op_costs(self):
     """{op name: cost} with the current alive channels (eager models)."""
     return self._calculator.per_op_costs()
+
+  @property
+  def family(self):
+    """The `framework.Family` (which channels carry regularizers)."""
+    return self._family
 
   @property
   def op_regularizer_manager(self):

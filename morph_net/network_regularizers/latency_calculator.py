@@ -19,8 +19,8 @@ same network built with FusedBatchNorm cost the same.
 import numpy as np
 import tensorflow as tf
 
-from morph_net.framework import batch_norm_source_op_handler as bn
 from morph_net.framework import errors
+from morph_net.framework import patterns
 from morph_net.network_regularizers import cost_calculator
 from morph_net.network_regularizers import resource_function
 
@@ -65,12 +65,20 @@ class LatencyCalculator:
           flop_lin[i], weight_lin[i] = k, w_bytes
         else:
           flop_bi[i], weight_bi[i] = k, w_bytes
-        inputs = [c.input]
+        # The compute entry knows its activations' positions per example
+        # (a dilated conv's differ from its tensors' static shapes).
+        tensors = [(c.input, c.in_positions), (out, c.out_positions)]
       else:
         inputs = ([out] if op.type == 'ConcatV2' else
                   [t for t in op.inputs if manager.has_channels(t)])
-      for t in inputs + [out]:
-        per_channel = _positions(t) * t.dtype.size * batch_size
+        tensors = [(t, manager.view.positions(t)) for t in inputs + [out]]
+      for t, positions in tensors:
+        if positions is None:
+          raise errors.UnknownShapeError(
+              'Latency needs the static size of %r (shape %s), read by op '
+              '%r. Build the model with a fixed input size.\nPath from the '
+              'output: %s' % (t.name, t.shape, op.name, manager.path_to(op)))
+        per_channel = positions * t.dtype.size * batch_size
         terms.append((i, manager.class_indices(t), per_channel))
     self._flop = (flop_bi / peak_compute, flop_lin / peak_compute)
     self._weight = (weight_bi / memory_bandwidth,
@@ -166,20 +174,8 @@ def _moves_activations(op, manager):
     return False
   if op.type in _ELEMENTWISE:
     return (sum(manager.has_channels(t) for t in op.inputs) >= 2
-            or (op.type == 'Mul' and bn.unfused_gamma(op) is not None))
+            or manager.facts.first(op, patterns.BatchNormScale) is not None)
   return True
-
-
-def _positions(tensor):
-  shape = tensor.shape.as_list() if tensor.shape.rank is not None else None
-  if not shape or len(shape) < 2:
-    return 1
-  inner = shape[1:-1]
-  if any(d is None for d in inner):
-    raise errors.UnknownShapeError(
-        'Latency needs the static size of %r (shape %s). Build the model '
-        'with a fixed input size.' % (tensor.name, tensor.shape))
-  return int(np.prod(inner, dtype=np.int64))
 
 
 _flatten = cost_calculator.flatten_indices

@@ -22,15 +22,14 @@ class _LatencyRegularizer(gnr.NetworkRegularizer):
         batch_size < 1):
       raise ValueError('batch_size must be an integer >= 1, got %r.'
                        % (batch_size,))
-    table, extra = family
 
     def factory(manager):
       return latency_calculator.LatencyCalculator(
           manager, spec.peak_compute, spec.memory_bandwidth, int(batch_size))
 
-    super().__init__(output_boundary, table, None, name,
+    super().__init__(output_boundary, family, None, name,
                      '%s Latency' % spec.name, calculator_factory=factory,
-                     **extra, **kwargs)
+                     **kwargs)
     self._hardware = spec
 
   @property
@@ -44,9 +43,9 @@ class GammaLatencyRegularizer(_LatencyRegularizer):
 
   def __init__(self, output_boundary, gamma_threshold, hardware,
                batch_size=1, op_handler_dict=None, **kwargs):
-    super().__init__(output_boundary,
-                     families.gamma(gamma_threshold, op_handler_dict),
-                     hardware, batch_size, 'GammaLatency', **kwargs)
+    super().__init__(output_boundary, families.gamma(gamma_threshold),
+                     hardware, batch_size, 'GammaLatency',
+                     op_handler_dict=op_handler_dict, **kwargs)
 
 
 class GroupLassoLatencyRegularizer(_LatencyRegularizer):
@@ -55,9 +54,9 @@ class GroupLassoLatencyRegularizer(_LatencyRegularizer):
   def __init__(self, output_boundary, threshold, hardware, batch_size=1,
                l1_fraction=0.0, op_handler_dict=None, **kwargs):
     super().__init__(output_boundary,
-                     families.group_lasso(threshold, l1_fraction,
-                                          op_handler_dict),
-                     hardware, batch_size, 'GroupLassoLatency', **kwargs)
+                     families.group_lasso(threshold, l1_fraction),
+                     hardware, batch_size, 'GroupLassoLatency',
+                     op_handler_dict=op_handler_dict, **kwargs)
 
 
 class LogisticSigmoidLatencyRegularizer(_LatencyRegularizer):
@@ -69,5 +68,6 @@ class LogisticSigmoidLatencyRegularizer(_LatencyRegularizer):
     super().__init__(output_boundary,
                      families.logistic_sigmoid(
                          alive_threshold, regularize_on_mask,
-                         mask_as_alive_vector, op_handler_dict),
-                     hardware, batch_size, 'LogisticSigmoidLatency', **kwargs)
+                         mask_as_alive_vector),
+                     hardware, batch_size, 'LogisticSigmoidLatency',
+                     op_handler_dict=op_handler_dict, **kwargs)

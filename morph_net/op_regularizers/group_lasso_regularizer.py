@@ -7,12 +7,13 @@ a channel is alive when its norm exceeds the threshold.
 import numpy as np
 import tensorflow as tf
 
+from morph_net.op_regularizers import _checks
 from morph_net.op_regularizers import gamma_l1_regularizer
 
 
-def _check_l1_fraction(l1_fraction):
-  if not 0.0 <= float(l1_fraction) <= 1.0:
-    raise ValueError('l1_fraction must be in [0, 1], got %r.' % (l1_fraction,))
+def check_l1_fraction(l1_fraction):
+  """Raises ValueError unless l1_fraction is a number in [0, 1]."""
+  return _checks.check_threshold('l1_fraction', l1_fraction, upper=1.0)
 
 
 def _norms(weight, out_axis, l1_fraction):
@@ -33,10 +34,16 @@ class GroupLassoRegularizer:
 
   Args:
     weight_tensor: the kernel (variable or tensor).
-    threshold: channels whose norm exceeds it are alive.
+    threshold: channels whose norm exceeds it are alive; a finite number
+      >= 0.
     l1_fraction: mix of mean |w| into the RMS norm, in [0, 1].
     out_axis: the kernel axis of output channels (-1 for Conv2D/MatMul,
       -2 for transposed convs).
+
+  Raises:
+    ValueError: `threshold` is negative, NaN or infinite, or `l1_fraction`
+      is not in [0, 1].
+    NonFiniteSourceError: (eager reads) a kernel norm is NaN or inf.
 
   >>> import tensorflow as tf
   >>> w = tf.constant([[3.0, 0.0], [4.0, 0.0]])  # [in=2, out=2]
@@ -48,15 +55,18 @@ class GroupLassoRegularizer:
   """
 
   def __init__(self, weight_tensor, threshold, l1_fraction=0.0, out_axis=-1):
-    _check_l1_fraction(l1_fraction)
+    check_l1_fraction(l1_fraction)
     self._weight = weight_tensor
-    self._threshold = float(threshold)
+    self._threshold = _checks.check_threshold('threshold', threshold)
     self._l1_fraction = float(l1_fraction)
     self._out_axis = out_axis
 
   @property
   def regularization_vector(self):
-    return _norms(self._weight, self._out_axis, self._l1_fraction)
+    norms = _norms(self._weight, self._out_axis, self._l1_fraction)
+    _checks.check_finite(norms, [self._weight], [int(norms.shape[0])],
+                         'kernel norm')
+    return norms
 
   @property
   def alive_vector(self):
@@ -64,6 +74,9 @@ class GroupLassoRegularizer:
 
   @staticmethod
   def num_channels(param, setting):
+    # Called once per source during the analysis: validate its settings.
+    _checks.check_threshold('threshold', setting[0])
+    check_l1_fraction(setting[1])
     return int(param.shape[setting[2]])
 
   @staticmethod
@@ -76,6 +89,8 @@ class GroupLassoRegularizer:
     """
     regs = [_norms(p, axis, f) for p, (_, f, axis) in zip(params, settings)]
     reg = tf.concat(regs, 0) if len(regs) > 1 else regs[0]
+    _checks.check_finite(reg, params, [int(r.shape[0]) for r in regs],
+                         'kernel norm')
     thresholds = [t for t, _, _ in settings]
     if len(set(thresholds)) == 1:
       return reg, reg > thresholds[0]

@@ -5,7 +5,7 @@ from morph_net.probabilistic_gating.activation_gating import gated_relu6_activat
 from morph_net.probabilistic_gating.activation_gating import gated_relu_activation
 from morph_net.probabilistic_gating.activation_gating import logistic_sigmoid_gating
 from morph_net.probabilistic_gating.activation_gating import LogisticSigmoidGating
-from morph_net.probabilistic_gating.probabilistic_grouping_regularizer import ProbabilisticGroupingRegularizer
+from morph_net.framework.grouping_regularizers import ProbabilisticGroupingRegularizer
 
 __all__ = [
     'LogisticSigmoidGating', 'ProbabilisticGroupingRegularizer',

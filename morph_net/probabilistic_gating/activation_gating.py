@@ -23,8 +23,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-MASK_OP_NAME = 'logistic_sigmoid_gating_mask'
-LOGITS_NAME = 'mask_logits'
+from morph_net.framework import graph_view
+from morph_net.framework import patterns
+
+LOGITS_NAME = patterns.LOGITS_NAME
 _EPS = 1e-6
 
 
@@ -77,16 +79,6 @@ class _GateRecord:
 _RECORDS = {}
 
 
-def _tf_variable(v):
-  """The tf.Variable behind a Keras variable (never an autocast copy)."""
-  if isinstance(v, tf.Variable):
-    return v
-  inner = getattr(v, '_value', None)
-  if isinstance(inner, tf.Variable):
-    return inner
-  return getattr(v, 'value', v)
-
-
 def _key(param):
   """Variables by identity; graph-mode tensors by (graph, name)."""
   if isinstance(param, tf.Variable):
@@ -114,7 +106,7 @@ def _drop(key, ref):
 
 def register_gate(param, keep_first_channel_alive, straight_through):
   """Declares a gate's logits (a variable, or a graph-mode tensor)."""
-  param = _tf_variable(param)
+  param = graph_view.tf_variable(param)
   key = _key(param)
   if key is None:
     raise TypeError('Gate logits must be a variable or a graph tensor, got '
@@ -125,7 +117,7 @@ def register_gate(param, keep_first_channel_alive, straight_through):
 
 def gate_record(param):
   """The gate's record, or None for a gate this module did not build."""
-  param = _tf_variable(param)
+  param = graph_view.tf_variable(param)
   key = _key(param)
   rec = _RECORDS.get(key) if key is not None else None
   # A variable's id may be reused once it is freed: check it is the same.
@@ -292,7 +284,7 @@ def _apply(inputs, mask, axis, keep_first):
   """inputs * mask broadcast on `axis`; the mask op gets a findable name."""
   if keep_first:
     mask = keep_first_channel(mask)
-  mask = tf.identity(tf.cast(mask, inputs.dtype), name=MASK_OP_NAME)
+  mask = tf.identity(tf.cast(mask, inputs.dtype), name='logistic_sigmoid_gating_mask')
   rank = inputs.shape.rank
   if axis % rank != rank - 1:
     shape = [1] * rank

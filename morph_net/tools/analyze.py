@@ -6,8 +6,9 @@ BatchNorm and no regularizer source, and reports, for each conv / matmul
 layer, its channel group, its width and its cost at full width:
     FLOPs   = 2 x positions x kernel elements x C_in x C_out
     weights = kernel elements x C_in x C_out (biases are not counted)
-(depthwise convs are linear in C_out). These are exactly the costs the FLOPs
-and model-size regularizers report when every channel is alive.
+(depthwise convs are linear in C_out). They are an evaluation of the
+network's one cost model (`network_regularizers.cost_model`) with every
+channel alive: exactly what the FLOPs and model-size regularizers report.
 
 >>> import keras
 >>> inputs = keras.Input((8, 8, 3))
@@ -28,7 +29,7 @@ import numpy as np
 
 from morph_net.framework import op_handlers
 from morph_net.framework import op_regularizer_manager as orm
-from morph_net.network_regularizers import resource_function
+from morph_net.network_regularizers import cost_model
 
 __all__ = ['LayerReport', 'Report', 'analyze', 'format_table']
 
@@ -104,50 +105,37 @@ def analyze(model_or_boundary, input_signature=None, input_boundary=None,
   manager = orm.OpRegularizerManager(
       model_or_boundary, table, input_boundary=input_boundary,
       input_signature=input_signature)
-  view = manager.view
+  return report_of(manager)
+
+
+def report_of(manager):
+  """The `Report` of an analyzed network (see `analyze`)."""
   output_labels = set()
-  for op in view.output_ops:
+  for op in manager.view.output_ops:
     for t in op.outputs:
       if manager.has_channels(t):
         output_labels.update(manager.channel_labels(t).tolist())
-
-  rows = {}  # name -> accumulated fields, in network order
-  for c in manager.compute_ops:
-    name = view.owner_layer(c.op, c.weight_index) if view.eager else None
-    name = name or c.op.name
-    c_in = len(manager.channel_labels(c.input))
-    out_labels = manager.channel_labels(c.output)
-    c_out = len(out_labels)
-    flops = _cost(resource_function.flop_function(c), c_in, c_out, c.groups)
-    weights = _cost(resource_function.model_size_function(c), c_in, c_out,
-                    c.groups)
-    row = rows.setdefault(name, {'types': [], 'labels': None, 'channels': 0,
-                                 'flops': 0.0, 'weights': 0.0,
-                                 'prunable': False})
-    row['types'].append(c.op.type)
-    row['flops'] += flops
-    row['weights'] += weights
+  everything = np.ones(manager.num_labels)
+  flops = cost_model.CostModel(manager, 'flops').per_op(everything)
+  weights = cost_model.CostModel(manager, 'model_size').per_op(everything)
+  layers, label_sets = [], []
+  for key, entry in manager.layers(include_depthwise=True).items():
+    width_ops = [c for c in entry.computes if not c.linear]
     # A separable conv's width is its pointwise (non-depthwise) output.
-    if not c.linear or row['labels'] is None:
-      row['labels'] = out_labels
-      row['channels'] = c_out
-    if not c.linear and not output_labels.intersection(out_labels.tolist()):
-      row['prunable'] = True
-
-  groups = _group_ids([r['labels'] for r in rows.values()])
-  layers = [LayerReport(name=name, op_type='+'.join(r['types']),
-                        group=g, channels=r['channels'], flops=r['flops'],
-                        weights=r['weights'], prunable=r['prunable'])
-            for (name, r), g in zip(rows.items(), groups)]
+    labels = manager.channel_labels((width_ops or entry.computes)[0].output)
+    prunable = any(not output_labels.intersection(
+        manager.channel_labels(c.output).tolist()) for c in width_ops)
+    label_sets.append(labels)
+    layers.append(LayerReport(
+        name=key, op_type='+'.join(c.op.type for c in entry.computes),
+        group=0, channels=len(labels),
+        flops=float(sum(flops[c.op.name] for c in entry.computes)),
+        weights=float(sum(weights[c.op.name] for c in entry.computes)),
+        prunable=prunable))
+  for layer, group in zip(layers, _group_ids(label_sets)):
+    layer.group = group
   return Report(layers=layers, flops=float(sum(l.flops for l in layers)),
                 weights=float(sum(l.weights for l in layers)))
-
-
-def _cost(coeff, c_in, c_out, groups=1):
-  """Cost of one op with every channel alive (see resource_function); a
-  grouped op pairs each input block with one output block only."""
-  return float(coeff.bilinear * c_in * c_out / groups + coeff.cost_in * c_in
-               + coeff.cost_out * c_out)
 
 
 def _group_ids(label_arrays):

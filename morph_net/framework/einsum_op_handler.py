@@ -1,0 +1,208 @@
+"""Einsum and BatchMatMul: dense layers with a weight, or activation products.
+
+A BatchMatMul is read as the einsum it computes ('...mk,...kn->...mn'), so
+both op types share one analysis:
+
+* With a weight operand (Keras EinsumDense, Dense on an N-D input): new
+  output channels and a bilinear cost,
+  FLOPs = 2 x positions x C_in x C_out,
+  when the kernel has exactly two axes: one contracted with the activation's
+  channel (last) axis and one that is the output's channel axis. Any other
+  equation with a weight is an `UnsupportedOpError` that names it.
+* With two activation operands (attention's QK^T and AV), both are walked.
+  Channel axes contracted together (QK^T) are tied; an operand whose channel
+  axis is the output's (AV) is tied to the output. The cost is linear in the
+  alive channels of that tied tensor: FLOPs = 2 x the product of every index
+  size but the batch (a weight-free compute entry, `weight_index=None`).
+"""
+
+import string
+
+import numpy as np
+
+from morph_net.framework import errors
+from morph_net.framework import op_handler
+
+_WEIGHT_SOURCES = ('Const', 'VarHandleOp', 'VariableV2', 'Variable')
+_SUPPORTED = (
+    'Supported: a weight operand whose kernel has exactly one axis contracted '
+    "with the activation's last (channel) axis and one axis that is the "
+    "output's last axis, the activation's other axes kept in the output "
+    "(e.g. 'abc,cd->abd', '...c,cd->...d'); or two activation operands "
+    "(attention: 'btnh,bsnh->bnts', 'bnts,bsnh->btnh'). Reshape the kernel "
+    'to that form, or register your own handler for this op type.')
+
+
+def is_weight(tensor, view):
+  """A parameter (a variable's value or a constant), not an activation."""
+  return (view.variable(tensor) is not None
+          or view.source_of(tensor).type in _WEIGHT_SOURCES)
+
+
+def parse_equation(equation, ranks):
+  """(operand terms, output term) with '...' expanded, or None.
+
+  >>> parse_equation('...c,cd->...d', [3, 2])
+  (['abc', 'cd'], 'abd')
+  """
+  if isinstance(equation, bytes):
+    equation = equation.decode()
+  eq = equation.replace(' ', '')
+  if '->' not in eq or None in ranks:
+    return None
+  lhs, out = eq.split('->')
+  terms = lhs.split(',')
+  if len(terms) != len(ranks):
+    return None
+  used = set(eq)
+  spare = [c for c in string.ascii_letters if c not in used]
+  widths = [r - (len(t) - 3) for t, r in zip(terms, ranks) if '...' in t]
+  ellipsis = ''.join(spare[:max(widths, default=0)])
+
+  def expand(term, rank=None):
+    if '...' not in term:
+      return term
+    n = len(ellipsis) if rank is None else rank - (len(term) - 3)
+    return term.replace('...', ellipsis[len(ellipsis) - n:] if n else '')
+
+  terms = [expand(t, r) for t, r in zip(terms, ranks)]
+  out = expand(out)
+  if any(len(t) != r for t, r in zip(terms, ranks)):
+    return None
+  return terms, out
+
+
+def batch_matmul_terms(op):
+  """The einsum terms of a BatchMatMul*: batch dims, then rows and columns."""
+  rx, ry = op_handler.rank(op.inputs[0]), op_handler.rank(op.inputs[1])
+  if rx is None or ry is None or rx < 2 or ry < 2:
+    return None
+  adj_x = op.get_attr('adj_x')
+  adj_y = op.get_attr('adj_y')
+  batch = 'abcdefgh'[:max(rx, ry) - 2]
+  x = batch[len(batch) - (rx - 2):] + ('km' if adj_x else 'mk')
+  y = batch[len(batch) - (ry - 2):] + ('nk' if adj_y else 'kn')
+  return [x, y], batch + 'mn'
+
+
+def _sizes(terms, tensors):
+  """Letter -> static size (a broadcast 1 yields to a real size)."""
+  sizes = {}
+  for term, t in zip(terms, tensors):
+    for letter, dim in zip(term, t.shape.as_list()):
+      if sizes.get(letter) in (None, 1):
+        sizes[letter] = dim if dim is not None else sizes.get(letter)
+  return sizes
+
+
+def _variable_out_axis(view, weight, axis, c_out):
+  """The output-channel axis (from the end) of the variable behind `weight`.
+
+  Keras traces EinsumDense 'abc,cde->abde' as a Reshape of its [C, H, d]
+  kernel to [C, H*d]: the output channels are then the variable's trailing
+  axes flattened, given as a tuple of axes. None if they are not.
+  """
+  var = view.variable(weight) if view.eager else None
+  if var is None or var.shape.as_list() == weight.shape.as_list():
+    return axis
+  shape = var.shape.as_list()
+  if axis != -1:
+    return None
+  for k in range(1, len(shape)):
+    if int(np.prod(shape[-k:])) == c_out:
+      return -1 if k == 1 else tuple(range(-k, 0))
+  return None
+
+
+class EinsumOpHandler(op_handler.OpHandler):
+  """Einsum and BatchMatMul*: EinsumDense layers and attention products."""
+
+  def _terms(self, op):
+    if op.type == 'Einsum':
+      return parse_equation(op.get_attr('equation'),
+                            [op_handler.rank(t) for t in op.inputs])
+    return batch_matmul_terms(op)
+
+  def data_inputs(self, op, view):
+    return [i for i, t in enumerate(op.inputs)
+            if op_handler.is_float(t) and not is_weight(t, view)]
+
+  def analyze(self, op, ctx):
+    parsed = self._terms(op)
+    if parsed is None:
+      raise self._error(op, 'its equation or operand ranks are not known')
+    terms, out_term = parsed
+    weights = [i for i, t in enumerate(op.inputs) if is_weight(t, ctx.view)]
+    if len(op.inputs) == 1:
+      if terms[0][-1] == out_term[-1]:
+        ctx.tie(op.outputs[0], op.inputs[0])  # a transpose keeping channels
+      return
+    if len(op.inputs) != 2:
+      raise self._error(op, 'it has %d operands' % len(op.inputs))
+    if len(weights) == 1:
+      self._analyze_weighted(op, ctx, terms, out_term, 1 - weights[0],
+                             weights[0])
+    elif not weights:
+      self._analyze_product(op, ctx, terms, out_term)
+    else:
+      raise self._error(op, 'both operands are weights')
+
+  def _error(self, op, why):
+    equation = (op.get_attr('equation') if op.type == 'Einsum'
+                else 'adj_x=%s, adj_y=%s' % (op.get_attr('adj_x'),
+                                             op.get_attr('adj_y')))
+    if isinstance(equation, bytes):
+      equation = equation.decode()
+    return errors.UnsupportedOpError(
+        'Op %r (%s, %s) cannot be analyzed: %s. %s'
+        % (op.name, op.type, equation, why, _SUPPORTED))
+
+  def _analyze_weighted(self, op, ctx, terms, out_term, act_i, w_i):
+    """y = x . W: FLOPs = 2 x positions x C_in x C_out."""
+    a, w = terms[act_i], terms[w_i]
+    act, weight, out = op.inputs[act_i], op.inputs[w_i], op.outputs[0]
+    c_in_letter, c_out_letter = a[-1], out_term[-1]
+    if (len(w) != 2 or set(w) != {c_in_letter, c_out_letter}
+        or c_in_letter in out_term or c_out_letter in a
+        or sorted(out_term[:-1]) != sorted(a[:-1])
+        or out_term[0] != a[0]):
+      raise self._error(
+          op, 'the kernel (operand %d, %r) is not one input-channel axis '
+          'contracted with the activation\'s channel axis and one output-'
+          'channel axis' % (w_i, w))
+    w_shape = weight.shape.as_list()
+    k_in = w_shape[w.index(c_in_letter)]
+    c_out = w_shape[w.index(c_out_letter)]
+    if ctx.view.channels(act) is None and k_in is not None:
+      ctx.set_channels(act, k_in)
+    positions = ctx.view.positions(act)
+    out_axis = _variable_out_axis(ctx.view, weight,
+                                  w.index(c_out_letter) - len(w), c_out)
+    ctx.add_compute(op, act, out, positions=positions, kernel_size=1,
+                    weight_index=w_i, out_axis=out_axis,
+                    in_positions=positions, out_positions=positions)
+
+  def _analyze_product(self, op, ctx, terms, out_term):
+    """x . y of two activations: ties, and a weight-free linear cost."""
+    (tx, ty), (x, y), out = terms, op.inputs[:2], op.outputs[0]
+    sizes = _sizes(terms + [out_term], [x, y, out])
+    batch = out_term[0] if tx[0] == ty[0] == out_term[0] else None
+    letters = [l for l in sorted(set(tx + ty + out_term)) if l != batch]
+    dims = [sizes.get(l) for l in letters]
+    total = None if None in dims else int(np.prod(dims, dtype=np.int64))
+    if tx[-1] == ty[-1] and tx[-1] not in out_term:
+      # QK^T: channel j of x meets channel j of y.
+      ctx.tie(x, y)
+      bearer, other, letter = x, y, tx[-1]
+    else:
+      bearer, other, letter = out, x, out_term[-1]
+      for t, term in ((x, tx), (y, ty)):
+        if term[-1] == out_term[-1]:  # AV: the output carries y's channels
+          ctx.tie(out, t)
+          other = t
+    size = sizes.get(letter)
+    positions = None if total is None or not size else total // size
+    ctx.add_compute(op, other, bearer, positions=positions, kernel_size=1,
+                    linear=True, weight_index=None,
+                    in_positions=ctx.view.positions(other),
+                    out_positions=ctx.view.positions(out))
