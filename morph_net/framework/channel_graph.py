@@ -37,7 +37,7 @@ class Compute:
   positions: object  # int or None (unknown spatial size)
   kernel_size: int
   linear: bool = False  # depthwise: cost ~ alive_out only
-  weight_index: int = 1
+  weight_index: object = 1  # None: weight-free (e.g. attention products)
   # Grouped conv: input and output channels split into `groups` equal
   # contiguous blocks; block g of the output reads only block g of the input,
   # so the bilinear cost is a sum over blocks.

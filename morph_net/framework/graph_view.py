@@ -314,7 +314,10 @@ class GraphView:
     return self._layers.get(key)
 
   def owner_layer(self, op, weight_index):
-    """Key of the Keras layer whose variable feeds `op.inputs[i]`, or None."""
+    """Key of the Keras layer whose variable feeds `op.inputs[i]`, or None
+    (also for `weight_index=None`: a weight-free op)."""
+    if weight_index is None:
+      return None
     var = self.variable(op.inputs[weight_index])
     if var is None:
       return None

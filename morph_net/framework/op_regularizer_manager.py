@@ -316,8 +316,10 @@ class OpRegularizerManager:
 
     Keys are what structures use: Keras layer keys for models (a plain name,
     or a path such as 'b1/fc' where names collide), op names in graph mode.
-    A layer with only depthwise compute ops (its width follows its input)
-    is listed only with `include_depthwise`.
+    Entries whose compute ops set no width are listed only with
+    `include_depthwise`: layers with only depthwise ops (their width follows
+    their input) and weight-free compute ops such as attention products
+    (keyed by op name; no layer), so that every compute op is in one entry.
     """
     if getattr(self, '_layer_cache', None) is None:
       entries = collections.OrderedDict()

@@ -60,7 +60,8 @@ class LatencyCalculator:
       if c is not None:
         k = cost_calculator.with_path(
             manager, resource_function.flop_coeff, c) * batch_size
-        w_bytes = c.kernel_size * c.op.inputs[c.weight_index].dtype.size
+        w_bytes = (0 if c.weight_index is None else
+                   c.kernel_size * c.op.inputs[c.weight_index].dtype.size)
         if c.linear:
           flop_lin[i], weight_lin[i] = k, w_bytes
         else:

@@ -40,12 +40,20 @@ def num_weights_coeff(compute):
   return float(compute.kernel_size)
 
 
+_NOTHING = Coefficients(0.0, 0.0, 0.0, 0.0, 0.0)
+
+
 def model_size_function(compute):
+  if compute.weight_index is None:
+    return _NOTHING  # a product of two activations has no weights
   return _bilinear_or_depthwise(compute, num_weights_coeff(compute))
 
 
 def activation_count_function(compute):
-  """Activations: the output channel count of every conv and matmul."""
+  """Activations: the output channel count of every conv and matmul
+  (products of two activations, e.g. attention scores, are not counted)."""
+  if compute.weight_index is None:
+    return _NOTHING
   return Coefficients(0.0, 0.0, 1.0, 0.0, 1.0)
 
 
