@@ -20,6 +20,7 @@ from morph_net.framework import grouping_regularizers
 from morph_net.framework import op_handlers
 from morph_net.framework import op_slice
 from morph_net.framework import patterns
+from morph_net.framework import suggest
 
 
 def make_view(output_boundary, input_boundary=None, input_signature=None):
@@ -183,13 +184,10 @@ class OpRegularizerManager:
     if handler is None:
       raise errors.UnsupportedOpError(
           'Op %r of type %r has no handler, so its channels cannot be '
-          'grouped.\nPath from the output: %s\nIf %s passes channels through '
-          'unchanged, register it:\n  op_handler_dict[%r] = '
-          'morph_net.framework.GroupingOpHandler()\nIf its output channels '
-          'are unrelated to its input channels: morph_net.framework.'
-          'LeafOpHandler(). Or stop the analysis before it with '
-          'input_boundary.' % (op.name, op.type, self.path_to(op), op.type,
-                               op.type))
+          'grouped.\nPath from the output: %s\n%s\nOr stop the analysis '
+          'before it with input_boundary.'
+          % (op.name, op.type, self.path_to(op),
+             suggest.suggest_handler(op, self._view)))
     return handler.data_inputs(op, self._view)
 
   @property
