@@ -18,7 +18,6 @@ setup(
     install_requires=[
         'tensorflow>=2.16',
         'numpy',
-        'absl-py',
         'scipy',
     ],
     entry_points={
