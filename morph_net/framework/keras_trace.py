@@ -81,28 +81,80 @@ def _layer_variables(model):
 
 
 def input_specs(model):
-  """TensorSpecs for a Keras model's inputs, or None if unknown.
+  """TensorSpecs for a Keras model's inputs (in its input structure: one
+  spec, a list, or a dict such as keras-hub's {'token_ids', 'padding_mask'}),
+  or None if unknown.
 
   Functional models know their inputs; a subclassed model that has been
   called once remembers the shape it was built with (batch size dropped).
   """
-  inputs = getattr(model, 'inputs', None)
   try:
-    if inputs:
-      return [tf.TensorSpec(x.shape, x.dtype) for x in inputs]
+    structure = model.input if getattr(model, 'inputs', None) else None
   except (AttributeError, ValueError):
-    pass
+    structure = None
+  if structure is not None:
+    return tf.nest.map_structure(lambda x: tf.TensorSpec(x.shape, x.dtype),
+                                 structure)
   built = getattr(model, '_build_shapes_dict', None) or {}
   if len(built) == 1:
     shape = next(iter(built.values()))
-    if (isinstance(shape, (tuple, list)) and shape and
-        all(d is None or isinstance(d, int) for d in shape)):
+    if _is_shape(shape) and shape:
       return [tf.TensorSpec([None] + list(shape[1:]), tf.float32)]
   return None
 
 
+def _is_shape(x):
+  return (isinstance(x, (list, tuple, tf.TensorShape)) and
+          all(d is None or isinstance(d, int) for d in x))
+
+
+def _normalize(signature):
+  """TensorSpecs in the signature's structure; bare shapes become float32
+  specs ([None, 8, 8, 3] is one shape, [[None, 8], [None, 4]] two)."""
+  if isinstance(signature, tf.TensorSpec):
+    return signature
+  if isinstance(signature, dict):
+    return {k: _normalize(v) for k, v in signature.items()}
+  if _is_shape(signature) and not (isinstance(signature, (list, tuple))
+                                   and not signature):
+    return tf.TensorSpec(signature, tf.float32)
+  if isinstance(signature, (list, tuple)):
+    return type(signature)(_normalize(s) for s in signature)
+  raise TypeError('input_signature must hold tf.TensorSpecs or shapes (in '
+                  "the model's input structure), got %r." % (signature,))
+
+
+def _at_batch_one(specs):
+  return [tf.TensorSpec([1] + list(s.shape[1:]), s.dtype, s.name)
+          for s in specs]
+
+
+def _needs_fixed_batch(concrete, flat_specs):
+  """True if only the batch dim of the inputs is unknown, yet some float
+  tensor of the trace has an unknown non-batch dim: the model computes a
+  shape from the dynamic batch size (e.g. `ops.shape(x)[0]` in a Reshape),
+  so a trace at a fixed batch gives the static shapes costs need."""
+  for s in flat_specs:
+    dims = s.shape.as_list() if s.shape.rank is not None else None
+    if dims is None or not dims or dims[0] is not None or None in dims[1:]:
+      return False
+  for op in concrete.graph.get_operations():
+    for t in op.outputs:
+      if (t.dtype.is_floating and t.shape.rank is not None
+          and t.shape.rank >= 2 and None in t.shape.as_list()[1:]):
+        return True
+  return False
+
+
 def trace(model, input_signature):
-  """Traces a model in inference mode; returns (concrete, variables, owner)."""
+  """Traces a model in inference mode.
+
+  Returns:
+    (concrete function, variables, (variable owner keys, key -> layer)).
+    A model whose trace has unknown shapes only because it computes them
+    from the dynamic batch size is traced at a batch of 1 (costs are per
+    example either way).
+  """
   if isinstance(model, tf.types.experimental.ConcreteFunction):
     return model, list(model.variables), ({}, {})
   is_keras = hasattr(model, 'layers') and hasattr(model, 'variables')
@@ -113,19 +165,23 @@ def trace(model, input_signature):
         'Cannot infer the input shape of %r. Pass input_signature=[tf.'
         'TensorSpec([None, H, W, C], tf.float32)] (or build the model by '
         'calling it once).' % (type(model).__name__,))
-  input_signature = [s if isinstance(s, tf.TensorSpec)
-                     else tf.TensorSpec(s, tf.float32)
-                     for s in input_signature]
+  structure = _normalize(input_signature)
+  flat = tf.nest.flatten(structure)
   if is_keras:
-    single = len(input_signature) == 1
+    single = isinstance(structure, (list, tuple)) and len(structure) == 1
 
     def call(*args):
-      return model(args[0] if single else list(args), training=False)
+      inputs = tf.nest.pack_sequence_as(structure, list(args))
+      return model(inputs[0] if single else inputs, training=False)
 
-    concrete = tf.function(call).get_concrete_function(*input_signature)
-    return concrete, list(model.variables), _layer_variables(model)
-  if hasattr(model, 'get_concrete_function'):
-    concrete = model.get_concrete_function(*input_signature)
-    return concrete, list(concrete.variables), ({}, {})
-  concrete = tf.function(model).get_concrete_function(*input_signature)
-  return concrete, list(concrete.variables), {}
+    function = tf.function(call)
+    owners = _layer_variables(model)
+  else:
+    function = model if hasattr(model, 'get_concrete_function') else (
+        tf.function(model))
+    owners = ({}, {})
+  concrete = function.get_concrete_function(*flat)
+  if _needs_fixed_batch(concrete, flat):
+    concrete = function.get_concrete_function(*_at_batch_one(flat))
+  variables = model.variables if is_keras else concrete.variables
+  return concrete, list(variables), owners

@@ -11,6 +11,7 @@ from the pattern pass (`patterns.py`), not by swapping handlers.
 from morph_net.framework import concat_op_handler
 from morph_net.framework import conv_op_handlers
 from morph_net.framework import einsum_op_handler
+from morph_net.framework import gather_op_handler
 from morph_net.framework import grouping_op_handlers as grouping
 from morph_net.framework import op_handler
 from morph_net.framework import reshape_op_handler
@@ -43,7 +44,8 @@ _FAMILIES = (
     (grouping.PadOpHandler(), ('Pad', 'PadV2', 'MirrorPad')),
     (grouping.TransposeOpHandler(), ('Transpose',)),
     (grouping.SliceOpHandler(), ('StridedSlice', 'Slice')),
-    (grouping.SameChannelsOpHandler(), ('Squeeze', 'ExpandDims', 'Tile')),
+    (grouping.SameChannelsOpHandler(), (
+        'Squeeze', 'ExpandDims', 'Tile', 'BroadcastTo')),
     (reshape_op_handler.ReshapeOpHandler(), ('Reshape',)),
     (concat_op_handler.ConcatOpHandler(), ('ConcatV2',)),
     (conv_op_handlers.OutputNonPassthroughOpHandler(), (
@@ -53,6 +55,7 @@ _FAMILIES = (
     (einsum_op_handler.EinsumOpHandler(), (
         'Einsum', 'BatchMatMulV2', 'BatchMatMulV3', 'BatchMatMul')),
     (split_op_handler.SplitOpHandler(), ('Split', 'SplitV')),
+    (gather_op_handler.GatherOpHandler(), ('GatherV2', 'ResourceGather')),
     (op_handler.LeafOpHandler(), ('SpaceToDepth', 'DepthToSpace')),
 )
 
