@@ -215,7 +215,17 @@ def test_reshape_that_splits_pruned_channels_is_an_error():
   model = keras.Model(inputs, L.Dense(2, name='out')(x))
   with pytest.raises(NotImplementedError, match="'split'.*'c'"):
     mk.slim_model(model, {'c': 3})
-  assert mk.slim_model(model, {'out': 1}).output.shape[-1] == 1
+
+
+def test_output_layers_may_not_be_named():
+  inputs = keras.Input((4,))
+  x = L.Dense(6, name='h')(inputs)
+  model = keras.Model(inputs, L.Dense(3, name='logits')(x))
+  for call in (lambda s: mk.slim_model(model, s),
+               lambda s: mk.structure_cost(model, s),
+               lambda s: mk.expand_structure(model, s, 1e3)):
+    with pytest.raises(ValueError, match="outputs.*logits.*task"):
+      call({'h': 2, 'logits': 2})
 
 
 def test_transfer_needs_alive_vectors(seed):
@@ -357,11 +367,15 @@ def test_gated_transposed_conv_and_dense_on_sequence():
   reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
   slim = mk.slim_model(model, reg, transfer_weights=True)
   w = _widths(slim)
-  assert (w['c1'], w['g1'], w['ct'], w['seq'], w['d']) == (4, 4, 3, 3, 4)
-  assert slim.get_layer('g2').mask_logits.shape == (3,)
+  assert (w['c1'], w['ct'], w['seq'], w['d']) == (4, 3, 3, 4)
+  # Gates are folded away: every kept channel's inference mask is 1.
+  assert not {'g1', 'g2', 'g3'} & set(w)
   x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype('float32')
   np.testing.assert_allclose(slim(x), model(x), atol=1e-5, rtol=1e-5)
   assert mk.structure_cost(model, reg) == pytest.approx(float(reg.get_cost()))
+  kept = mk.slim_model(model, reg, transfer_weights=True, fold_gates=False)
+  assert kept.get_layer('g2').mask_logits.shape == (3,)
+  np.testing.assert_allclose(kept(x), model(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize('module', [mk.slim, mk.expand])

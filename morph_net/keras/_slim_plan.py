@@ -1,56 +1,25 @@
-"""The slim plan: the channel width of every tensor of a Keras graph.
+"""The slim plan: which nodes of a Keras graph survive, and their channels.
 
-Computed in pure Python (no Keras calls) from a structure, so that
-`slim_model` can rebuild the model and `expand_structure` can evaluate many
-candidate widths cheaply. Private to `morph_net.keras`.
+Widths and ties come from the analysis (`_structure.Analysis`); the plan only
+walks the functional graph (recursing into nested functional and Sequential
+models) to decide topology morphing (a zero-width layer removes its branch)
+and, for weight transfer, which old channels every tensor keeps. Private to
+`morph_net.keras`.
 """
 
-import math
-import numbers
 import warnings
 
 import keras
 import numpy as np
 
+from morph_net.keras import _width_rules as rules
+from morph_net.keras._structure import check_round_to
+from morph_net.keras._structure import round_count
 
-def round_count(count, original, round_to):
-  """Rounds a nonzero count up to a multiple of round_to (see slim_model)."""
-  if count == 0:
-    return 0
-  rounded = int(math.ceil(count / round_to)) * round_to
-  if count <= original:
-    rounded = min(rounded, original)
-  return rounded
-
-
-# ---------------------------------------------------------------------------
-# The plan: channel widths of every tensor of the original graph, computed in
-# pure Python (no Keras calls), so that expansion can evaluate many widths.
-
-
-CONV_TRANSPOSE = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-                   keras.layers.Conv3DTranspose)
-SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
-DEPTHWISE = tuple(getattr(keras.layers, n) for n in (
-    'DepthwiseConv1D', 'DepthwiseConv2D') if hasattr(keras.layers, n))
-_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_MERGE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
-          keras.layers.Average, keras.layers.Maximum, keras.layers.Minimum)
+REMOVED = 'removed'
 _RESHAPING = (keras.layers.Reshape, keras.layers.Permute,
               keras.layers.RepeatVector)
-REMOVED = 'removed'
-
-
-class TiedCountsError(ValueError):
-  """Tensors combined elementwise (e.g. by Add) got different widths.
-
-  Attributes:
-    inputs: [(width, names of the prunable layers that set it)] per input.
-  """
-
-  def __init__(self, message, inputs):
-    super().__init__(message)
-    self.inputs = inputs
+_DROPS_INPUTS = (keras.layers.Add, keras.layers.Concatenate)
 
 
 class Channels:
@@ -61,39 +30,7 @@ class Channels:
   def __init__(self, width, kept=None, origin=()):
     self.width = int(width)
     self.kept = kept  # None: the first `width` old channels (all if equal).
-    self.origin = tuple(origin)  # prunable layers that set this width
-
-
-def is_depthwise(layer):
-  """DepthwiseConv, or a Conv with one input channel per group (groups ==
-  input channels, as in ConvNeXt): its output channels follow its input."""
-  if isinstance(layer, DEPTHWISE):
-    return True
-  kernel = getattr(layer, 'kernel', None)
-  return (isinstance(layer, _CONV) and getattr(layer, 'groups', 1) > 1
-          and kernel is not None and kernel.shape[-2] == 1)
-
-
-def depth_multiplier(layer):
-  """Output channels per input channel of a depthwise(-like) conv."""
-  if isinstance(layer, DEPTHWISE):
-    return layer.depth_multiplier
-  return layer.filters // layer.groups
-
-
-def width_attr(layer):
-  """'filters' or 'units' for prunable layers, else None."""
-  if is_depthwise(layer):
-    return None
-  if isinstance(layer, _CONV + CONV_TRANSPOSE + SEPARABLE):
-    return 'filters'
-  if isinstance(layer, keras.layers.Dense):
-    return 'units'
-  return None
-
-
-def out_width(layer):
-  return int(getattr(layer, width_attr(layer)))
+    self.origin = tuple(origin)  # keys of the prunable layers that set it
 
 
 def width(tensor):
@@ -106,13 +43,23 @@ def expand_multiplier(indices, multiplier):
   return (indices[:, None] * multiplier + np.arange(multiplier)).ravel()
 
 
+def is_model(layer):
+  return isinstance(layer, keras.Model)
+
+
 def as_functional(model):
-  """The functional graph of a functional or Sequential model."""
+  """The functional graph of a functional or Sequential Keras 3 model."""
+  if not isinstance(model, keras.Model):
+    raise NotImplementedError(
+        'slim_model supports Keras 3 models (keras.Model); got %s from %s. '
+        'A tf_keras model can be analyzed but not slimmed: rebuild it with '
+        'Keras 3 layers (keras.layers) and load its weights.'
+        % (type(model).__name__, type(model).__module__))
   if isinstance(model, keras.Sequential):
     functional = getattr(model, '_functional', None)
     if functional is None:
-      raise ValueError('Build the Sequential model first (start it with '
-                       'keras.Input) so that it has a graph.')
+      raise ValueError('Build the Sequential model %r first (start it with '
+                       'keras.Input) so that it has a graph.' % model.name)
     return functional
   if not hasattr(model, '_nodes_by_depth'):
     raise NotImplementedError(
@@ -123,25 +70,44 @@ def as_functional(model):
   return model
 
 
+def graph_nodes(functional):
+  """The call nodes of a functional model, producers first."""
+  nodes = []
+  by_depth = functional._nodes_by_depth  # pylint: disable=protected-access
+  for depth in sorted(by_depth, reverse=True):
+    for node in by_depth[depth]:
+      if node.operation is not None and not node.is_input:
+        nodes.append(node)
+  return nodes
+
+
 class Plan:
-  """The widths of every tensor of `model` under a structure."""
+  """What survives of `model` under planned widths.
+
+  Attributes:
+    info: id(Keras tensor) -> Channels, or REMOVED.
+    identity: id(node) -> the old tensor it becomes (an Add left with one
+      input).
+    kept_inputs: id(node) -> its surviving inputs (an Add/Concatenate that
+      lost some).
+    first_node: id(layer) -> its first call node.
+    layer_width: id(layer) -> width to set in its config.
+    removed: keys of prunable layers that disappear.
+    forced: keys of zero-width layers kept at `round_to` channels.
+  """
 
   def __init__(self, model):
     self.model = model
-    self.nodes = []
-    by_depth = model._nodes_by_depth  # pylint: disable=protected-access
-    for depth in sorted(by_depth, reverse=True):
-      for node in by_depth[depth]:
-        if node.operation is not None and not node.is_input:
-          self.nodes.append(node)
     self.info = {}
-    self.layer_width = {}
-    self.identity = {}  # id(node) -> old tensor it becomes
-    self.kept_inputs = {}  # id(node) -> old input tensors that survive
+    self.identity = {}
+    self.kept_inputs = {}
     self.first_node = {}
+    self.layer_width = {}
+    self.removed = set()
+    self.seen = set()  # ids of the layers reached as call nodes
     self.forced = ()
 
-  def removed(self, tensor):
+  def is_removed(self, tensor):
     return self.info[id(tensor)] is REMOVED
 
   def kept_of(self, tensor):
@@ -154,60 +120,67 @@ class Plan:
 
   @property
   def outputs_removed(self):
-    return [x for x in self.model.outputs if self.removed(x)]
+    return [x for x in self.model.outputs if self.is_removed(x)]
 
 
-def make_plan(model, counts, alive, round_to=1, warn=False):
-  """Plans widths, morphing, and the channels kept by weight transfer.
+def make_plan(analysis, widths, alive, round_to=1, warn=False):
+  """Plans morphing and kept channels for {key: width} of every layer.
 
-  Zero-count layers remove their branch; when that would remove a model
+  Zero-width layers remove their branch; when that would remove a model
   output, the layers responsible keep `round_to` channels (warned).
   """
-  if not isinstance(round_to, numbers.Integral) or round_to < 1:
-    raise ValueError('round_to must be an integer >= 1, got %r.' % round_to)
-  layers = {l.name: l for l in model.layers}
-  widths = {n: round_count(c, out_width(layers[n]), round_to)
-            for n, c in counts.items()}
-  plan = _propagate(model, widths, alive, round_to, forced=set())
+  check_round_to(round_to)
+  model = as_functional(analysis.model)
+  plan = _propagate(analysis, model, widths, alive, round_to, set())
   if not plan.outputs_removed:
     return plan
-  order = {l.name: i for i, l in enumerate(model.layers)}
-  zeros = sorted((n for n, w in widths.items() if w == 0),
+  order = {k: i for i, k in enumerate(analysis.entries)}
+  zeros = sorted((k for k, w in widths.items() if w == 0),
                  key=order.get, reverse=True)
   forced = set()
-  for name in zeros:  # Removing this one alone kills an output.
-    others = set(zeros) - {name}
-    if _propagate(model, widths, alive, round_to, others).outputs_removed:
-      forced.add(name)
-  plan = _propagate(model, widths, alive, round_to, forced)
-  for name in zeros:  # Removals that only kill an output together.
+  for key in zeros:  # Removing this one alone kills an output.
+    others = set(zeros) - {key}
+    if _propagate(analysis, model, widths, alive, round_to,
+                  others).outputs_removed:
+      forced.add(key)
+  plan = _propagate(analysis, model, widths, alive, round_to, forced)
+  for key in zeros:  # Removals that only kill an output together.
     if not plan.outputs_removed:
       break
-    if name not in forced:
-      forced.add(name)
-      plan = _propagate(model, widths, alive, round_to, forced)
+    if key not in forced:
+      forced.add(key)
+      plan = _propagate(analysis, model, widths, alive, round_to, forced)
+  plan.forced = tuple(sorted(forced, key=order.get))
   if warn:
-    for name in sorted(forced, key=order.get):
+    for key in plan.forced:
       warnings.warn(
           'Layer %r has no alive channels but its removal would disconnect '
           'the model output; keeping %d channel(s).'
-          % (name, plan.layer_width[name]))
-  plan.forced = tuple(sorted(forced, key=order.get))
+          % (key, round_count(1, analysis.width(key), round_to)))
   return plan
 
 
-def _propagate(model, widths, alive, round_to, forced):
+def _propagate(analysis, model, widths, alive, round_to, forced):
   plan = Plan(model)
-  track = alive is not None
   for x in model.inputs:
     plan.info[id(x)] = Channels(width(x))
-  for node in plan.nodes:
+  ctx = (analysis, widths, alive, round_to, forced, alive is not None)
+  _walk(plan, model, ctx)
+  return plan
+
+
+def _walk(plan, functional, ctx):
+  for node in graph_nodes(functional):
     op = node.operation
     if isinstance(op, keras.layers.Layer):
       plan.first_node.setdefault(id(op), node)
+      plan.seen.add(id(op))
     ins = node.input_tensors
     live = [t for t in ins if plan.info[id(t)] is not REMOVED]
-    if isinstance(op, (keras.layers.Add, keras.layers.Concatenate)):
+    if is_model(op) and len(live) == len(ins):
+      _nested(plan, node, ctx)
+      continue
+    if isinstance(op, _DROPS_INPUTS):
       if not live:
         _set(plan, node.outputs, REMOVED)
         continue
@@ -220,10 +193,24 @@ def _propagate(model, widths, alive, round_to, forced):
     elif len(live) < len(ins):
       _set(plan, node.outputs, REMOVED)
       continue
-    chans = _node_channels(plan, node, live, widths, alive, round_to,
-                           forced, track)
-    _set(plan, node.outputs, chans)
-  return plan
+    _set(plan, node.outputs, _node_channels(plan, node, live, ctx))
+
+
+def _nested(plan, node, ctx):
+  """A nested functional/Sequential model: its graph, with the caller's
+  channels on its inputs."""
+  sub = node.operation
+  if sum(1 for n in getattr(sub, '_inbound_nodes', []) if n.input_tensors
+         ) > 1:
+    raise NotImplementedError(
+        'Nested model %r is called more than once; slim_model rebuilds a '
+        'nested model once. Call it once, or slim it separately.' % sub.name)
+  inner = as_functional(sub)
+  for outer, x in zip(node.input_tensors, inner.inputs):
+    plan.info[id(x)] = plan.info[id(outer)]
+  _walk(plan, inner, ctx)
+  for outer, y in zip(node.outputs, inner.outputs):
+    plan.info[id(outer)] = plan.info[id(y)]
 
 
 def _set(plan, tensors, chans):
@@ -236,19 +223,21 @@ def _full(plan, tensor):
   return chans.kept is None and chans.width == width(tensor)
 
 
-def _node_channels(plan, node, live, widths, alive, round_to, forced, track):
+def _node_channels(plan, node, live, ctx):
   """The Channels of a node's outputs (REMOVED for a dead layer)."""
+  analysis = ctx[0]
   op = node.operation
   name = getattr(op, 'name', type(op).__name__)
   ins = [plan.info[id(t)] for t in live]
-  if width_attr(op) is not None:
-    return _prunable(plan, node, widths, alive, round_to, forced, track)
-  if is_depthwise(op):
+  key = analysis.key_of.get(id(op))
+  if key is not None:
+    return _prunable(plan, node, key, ctx)
+  if rules.is_depthwise(op):
     _check_channels_last(op, not _full(plan, live[0]))
-    mult = depth_multiplier(op)
-    plan.layer_width[op.name] = ins[0].width * mult
+    mult = rules.depth_multiplier(op)
+    plan.layer_width[id(op)] = ins[0].width * mult
     kept = ins[0].kept
-    if track and kept is None:
+    if ctx[5] and kept is None:
       kept = np.arange(ins[0].width)
     return Channels(ins[0].width * mult,
                     None if kept is None else expand_multiplier(kept, mult),
@@ -268,7 +257,7 @@ def _node_channels(plan, node, live, widths, alive, round_to, forced, track):
     offsets = np.cumsum([0] + [width(t) for t in node.input_tensors])
     offset_of = {id(t): o for t, o in zip(node.input_tensors, offsets)}
     kept = None
-    if track or any(c.kept is not None for c in ins):
+    if ctx[5] or any(c.kept is not None for c in ins):
       kept = np.concatenate([
           offset_of[id(t)] + (np.arange(c.width) if c.kept is None
                               else c.kept) for t, c in zip(live, ins)])
@@ -281,37 +270,41 @@ def _node_channels(plan, node, live, widths, alive, round_to, forced, track):
   if isinstance(op, keras.layers.Reshape) and (
       width(live[0]) == width(node.outputs[0])):
     # Whole channel vectors move (e.g. (C,) -> (1, 1, C) in squeeze-excite).
-    plan.layer_width[op.name] = ins[0].width
+    plan.layer_width[id(op)] = ins[0].width
     return ins[0]
   if isinstance(op, _RESHAPING):
     raise NotImplementedError(
         'Layer %r (%s) reshapes pruned channels of %s; slim_model cannot '
         'map them. Prune only layers before it or after it.'
         % (name, type(op).__name__, _origin_names(ins)))
-  channel_ins = [(t, c) for t, c in zip(live, ins) if width(t) == out_w]
-  if len(live) > 1 or isinstance(op, (_MERGE, keras.layers.Concatenate)):
-    return _merge(op, name, channel_ins, track)
+  # Channels the analysis tied (Add, Multiply, ...) were checked to agree,
+  # so a merge takes its first input of the output's width.
+  channel_ins = [c for t, c in zip(live, ins) if width(t) == out_w]
   has_matrix = any(len(w.shape) > 1 for w in getattr(op, 'weights', []))
   axis = getattr(op, 'axis', -1)
   last_axis = axis in (-1, len(live[0].shape) - 1, [-1],
                        [len(live[0].shape) - 1])
-  if len(channel_ins) == 1 and not has_matrix and last_axis:
-    return ins[0]  # Channel-wise: BatchNorm, activations, pooling, ...
+  if channel_ins and not has_matrix and (len(live) > 1 or last_axis):
+    return Channels(channel_ins[0].width, channel_ins[0].kept,
+                    _union(c.origin for c in channel_ins))
   raise NotImplementedError(
       'Layer %r (%s) receives pruned channels (from %s) but slim_model does '
       'not know how its channels map. Supported: prunable layers, '
-      'depthwise convs, Flatten, merges, and channel-wise layers.'
+      'depthwise convs, Flatten, merges, nested functional/Sequential '
+      'models and channel-wise layers.'
       % (name, type(op).__name__, _origin_names(ins)))
 
 
-def _prunable(plan, node, widths, alive, round_to, forced, track):
+def _prunable(plan, node, key, ctx):
+  analysis, widths, alive, round_to, forced, track = ctx
   op = node.operation
-  original = out_width(op)
-  new = widths.get(op.name, original)
-  kept = None if alive is None else alive.get(op.name)
-  if op.name in forced:
+  original = analysis.width(key)
+  new = widths.get(key, original)
+  kept = None if alive is None else alive.get(key)
+  if key in forced:
     new = round_count(1, original, round_to)
   if new == 0:
+    plan.removed.add(key)
     return REMOVED
   if track and kept is not None and len(kept) != new:
     # Rounding or a forced channel: add the first dead channels.
@@ -322,38 +315,16 @@ def _prunable(plan, node, widths, alive, round_to, forced, track):
   if changed and getattr(op, 'groups', 1) != 1:
     raise NotImplementedError('Layer %r is a grouped convolution (groups=%d);'
                               ' slim_model cannot prune it.'
-                              % (op.name, op.groups))
+                              % (key, op.groups))
+  if changed and rules.width_field(op) is None:
+    raise NotImplementedError(
+        'Layer %r (%s) is prunable in the analysis, but slim_model has no '
+        'width rule for its class. Register one with morph_net.keras.'
+        'register_width_rule(%s, config_field).'
+        % (key, type(op).__name__, type(op).__name__))
   _check_channels_last(op, changed)
-  plan.layer_width[op.name] = new
-  return Channels(new, kept, (op.name,) if op.name in widths else ())
-
-
-def _merge(op, name, channel_ins, track):
-  """Tied inputs (Add, Multiply, ...) must agree on their channels."""
-  if not channel_ins:
-    raise NotImplementedError('Cannot match the channels of the inputs of '
-                              'layer %r (%s).' % (name, type(op).__name__))
-  counts = sorted({c.width for _, c in channel_ins})
-  if len(counts) > 1:
-    raise TiedCountsError(
-        'Layer %r (%s) combines tensors with different channel counts %s, '
-        'set by layers %s. Channels tied by this layer need one count.'
-        % (name, type(op).__name__, counts,
-           _origin_names([c for _, c in channel_ins])),
-        [(c.width, c.origin) for _, c in channel_ins])
-  first = channel_ins[0][1]
-  if track:
-    vectors = [c.kept for _, c in channel_ins]
-    if any(v is None for v in vectors):
-      vectors = [np.arange(first.width) if v is None else v for v in vectors]
-    if any(not np.array_equal(vectors[0], v) for v in vectors[1:]):
-      raise ValueError(
-          'Layer %r (%s) ties layers %s whose alive channels differ; weights '
-          'cannot be transferred.' % (name, type(op).__name__,
-                                      _origin_names([c for _, c in
-                                                     channel_ins])))
-  return Channels(first.width, first.kept,
-                  _union(c.origin for _, c in channel_ins))
+  plan.layer_width[id(op)] = new
+  return Channels(new, kept, (key,))
 
 
 def _union(origins):

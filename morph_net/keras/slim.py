@@ -1,12 +1,21 @@
 """From a learned structure to a slim Keras 3 model.
 
 `slim_model(model, structure)` rebuilds a functional (or Sequential) Keras
-model with each prunable layer's width set to its alive channel count:
+model with each prunable layer's width set to its alive channel count. The
+model's analysis (the channel groups the regularizers use) says which
+layers a structure may name and which widths are tied:
 
-- prunable layers: Conv1D/2D/3D, Conv1D/2D/3DTranspose, Dense and
-  SeparableConv1D/2D (the pointwise width); `filters`/`units` are rewritten.
+- prunable layers: those whose compute op sets a width (Conv1D/2D/3D,
+  Conv1D/2D/3DTranspose, Dense, the pointwise half of SeparableConv1D/2D);
+  `filters`/`units` are rewritten (`register_width_rule` for your own).
+  Keys are the exporter's: plain layer names, or paths such as 'b1/fc'
+  where nested layers share a name.
+- tied layers (outputs added or multiplied together, concat slices added
+  to another layer) need consistent counts; naming one member of a tie
+  sets the others.
 - every other layer follows: BatchNormalization, DepthwiseConv, Flatten,
   pooling, Add/Concatenate, ... get their widths from the rebuilt graph.
+  Nested functional and Sequential models are rebuilt recursively.
 - topology morphing: a layer with 0 alive channels removes its branch. A
   residual branch collapses to its shortcut (an Add left with one input is
   dropped), a Concatenate input disappears; any other layer fed by a removed
@@ -17,10 +26,13 @@ model with each prunable layer's width set to its alive channel count:
 - `transfer_weights=True` copies the surviving channels' weights (kernels
   sliced on both channel axes, biases, BatchNorm statistics, depthwise
   kernels, the rows of a Dense after Flatten).
+- `LogisticSigmoidGating` layers are folded away (at inference a gate is a
+  fixed mask), so the slim model holds only core Keras layers and loads
+  without morph_net.
 
 Layer names are kept, so a structure's keys stay valid on the slim model.
-Channels are assumed on the last axis (`channels_last`). Subclassed models
-and nested models whose inner layers are pruned are not supported.
+Channels are assumed on the last axis (`channels_last`). Subclassed models,
+and layers pruned inside custom (non-functional) layers, are not supported.
 
 Example:
 
@@ -33,44 +45,40 @@ slim = morph_net.keras.slim_model(model, json.load(open(path)), round_to=8)
 ```
 """
 
-import numbers
-import warnings
-
-import keras
+import keras  # pylint: disable=unused-import (doctests)
 import numpy as np
 
-from morph_net.keras._slim_plan import as_functional
-from morph_net.keras._slim_plan import CONV_TRANSPOSE
-from morph_net.keras._slim_plan import depth_multiplier
-from morph_net.keras._slim_plan import DEPTHWISE
-from morph_net.keras._slim_plan import expand_multiplier
-from morph_net.keras._slim_plan import is_depthwise
-from morph_net.keras._slim_plan import make_plan
-from morph_net.keras._slim_plan import out_width
-from morph_net.keras._slim_plan import SEPARABLE
-from morph_net.keras._slim_plan import width
-from morph_net.keras._slim_plan import width_attr
-from morph_net.tools import structure_exporter
+from morph_net.keras import _rebuild
+from morph_net.keras import _slim_plan
+from morph_net.keras import _structure
+
+__all__ = ['as_functional', 'resolve_structure', 'slim_model']
+
+as_functional = _slim_plan.as_functional
 
 
-__all__ = ['slim_model', 'resolve_structure']
-
-
-
-def slim_model(model, structure, transfer_weights=False, round_to=1):
+def slim_model(model, structure, transfer_weights=False, round_to=1,
+               fold_gates=True):
   """Builds the model with the channel counts of `structure`.
 
   Args:
     model: a functional or Sequential Keras 3 model.
-    structure: {layer name: alive channel count} (the exporter's JSON),
-      {layer name: boolean alive vector}, or a network regularizer built on
+    structure: {layer key: alive channel count} (the exporter's JSON),
+      {layer key: boolean alive vector}, or a network regularizer built on
       `model` (its alive channels are read now). Layers not named keep
-      their width; counts may exceed the original width (expansion).
+      their width (unless tied to a named one); counts may exceed the
+      original width (expansion, up to 64x). The layers that produce the
+      model's outputs may not be named: their width is the task's. An empty
+      structure is allowed and rebuilds the model unchanged (fresh weights
+      unless `transfer_weights`).
     transfer_weights: copy the weights of the surviving channels; needs
       alive vectors (a regularizer or a dict of boolean vectors).
     round_to: round every nonzero count up to a multiple of it (at least
       `round_to`; never above the original width unless the count already
       is). With transfer, the added channels are the first dead ones.
+    fold_gates: drop `LogisticSigmoidGating` layers (with transfer, a gate
+      whose kept channels' mask is not all 1 becomes a core `Rescaling`).
+      False keeps them, e.g. for another shrink cycle with gates.
 
   Returns:
     A new functional `keras.Model` with the same layer names.
@@ -84,202 +92,87 @@ def slim_model(model, structure, transfer_weights=False, round_to=1):
   4
 
   Raises:
-    ValueError: unknown or non-prunable layer names, invalid counts, tied
-      layers (outputs added together) given different counts, or transfer
-      requested from counts only.
-    NotImplementedError: a subclassed model; a pruned tensor reaches a
-      layer whose channel mapping is unknown (e.g. a Reshape that splits
-      channels); a grouped or channels_first conv.
+    ValueError: unknown or non-prunable keys, output layers, invalid counts
+      (negative, fractional, NaN/inf, too large), tied layers given
+      inconsistent counts or alive vectors, or transfer requested from
+      counts only.
+    NotImplementedError: a subclassed or tf_keras model; a pruned tensor
+      reaches a layer whose channel mapping is unknown (e.g. a Reshape that
+      splits channels); a grouped or channels_first conv; a layer pruned
+      inside a custom layer.
   """
-  functional = as_functional(model)
-  counts, alive = resolve_structure(functional, structure)
-  if transfer_weights and alive is None:
+  _slim_plan.as_functional(model)
+  analysis = _structure.Analysis(model)
+  counts, alive = analysis.resolve(structure)
+  if transfer_weights and alive is None and counts:
     raise ValueError(
         'transfer_weights=True needs to know which channels are alive: pass '
-        'the network regularizer or a {layer name: boolean vector} dict, '
+        'the network regularizer or a {layer key: boolean vector} dict, '
         'not alive counts.')
-  plan = make_plan(functional, counts, alive, round_to, warn=True)
-  new_model, new_layers = _build(functional, plan)
+  if transfer_weights and alive is None:
+    alive = {}
+  plan, _ = plan_structure(analysis, counts, alive, round_to, warn=True)
+  new_model, new_layers = _rebuild.build(plan, fold_gates, transfer_weights)
   if transfer_weights:
-    _transfer(functional, plan, new_layers)
+    _rebuild.transfer(plan, new_layers)
   return new_model
 
 
 def resolve_structure(model, structure):
-  """Reads a structure into ({name: count}, {name: alive indices} or None).
+  """Checks a structure against `model`'s analysis.
 
   Args:
-    model: the functional model the structure refers to.
+    model: a Keras model.
     structure: see `slim_model`.
+
+  Returns:
+    ({key: count}, {key: alive channel indices} or None for counts only).
   """
-  if hasattr(structure, 'op_regularizer_manager'):
-    structure = _vectors_from_regularizer(structure)
-  if not isinstance(structure, dict):
-    raise TypeError(
-        'structure must be a {layer name: count or alive vector} dict or a '
-        'network regularizer, got %s.' % type(structure).__name__)
-  layers = {l.name: l for l in model.layers}
-  unknown = sorted(k for k in structure if k not in layers)
-  if unknown:
-    raise ValueError(
-        'The structure names layers that are not in model %r: %s. Build '
-        'the regularizer on this model (keys are Keras layer names).'
-        % (model.name, ', '.join(unknown)))
-  not_prunable = sorted(k for k in structure
-                        if width_attr(layers[k]) is None)
-  if not_prunable:
-    raise ValueError(
-        'The structure names layers that are not prunable (only Conv, '
-        'ConvTranspose, SeparableConv and Dense are): %s.'
-        % ', '.join('%s (%s)' % (k, type(layers[k]).__name__)
-                    for k in not_prunable))
-  counts, alive = {}, {}
-  for name, value in structure.items():
-    width = out_width(layers[name])
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-      if value < 0 or value != int(value):
-        raise ValueError('Layer %r: a count must be an integer >= 0, got %r.'
-                         % (name, value))
-      counts[name] = int(value)
+  return _structure.Analysis(model).resolve(structure)
+
+
+def plan_structure(analysis, counts, alive, round_to=1, warn=False,
+                   fix=False):
+  """Rounds, ties and plans a resolved structure.
+
+  Returns:
+    (plan, {key: width} of every prunable layer, forced layers included).
+  """
+  rounded = {k: _structure.round_count(c, analysis.width(k), round_to)
+             for k, c in counts.items()}
+  if alive is not None:
+    alive = {k: _pad(v, rounded[k], analysis.width(k))
+             for k, v in alive.items()}
+    analysis.assign_alive(alive)
+  _, widths, _ = analysis.assign(rounded, fix=fix)
+  plan = _slim_plan.make_plan(analysis, widths, alive, round_to, warn)
+  _check_reached(analysis, plan, widths)
+  for key in plan.forced:
+    widths[key] = _structure.round_count(1, analysis.width(key), round_to)
+  return plan, widths
+
+
+def _pad(kept, count, original):
+  """Alive indices grown to `count` with the first dead channels."""
+  if len(kept) >= count:
+    return kept
+  extra = np.setdiff1d(np.arange(original), kept)[:count - len(kept)]
+  return np.sort(np.concatenate([kept, extra])).astype(np.int64)
+
+
+def _check_reached(analysis, plan, widths):
+  """Every layer whose width changes must be a node of a rebuilt graph."""
+  for key, width in widths.items():
+    layer = analysis.layer(key)
+    if width == analysis.width(key) or id(layer) in plan.seen:
       continue
-    vector = np.asarray(value)
-    if vector.ndim != 1 or vector.shape[0] != width:
-      raise ValueError(
-          'Layer %r: an alive vector must be 1-D with %d entries (its '
-          'width), got shape %s.' % (name, width, vector.shape))
-    alive[name] = np.flatnonzero(vector.astype(bool))
-    counts[name] = len(alive[name])
-  if alive and len(alive) != len(counts):
-    alive_only = sorted(set(counts) - set(alive))
-    warnings.warn('Layers given as counts (%s) are treated as keeping '
-                  'their first channels.' % ', '.join(alive_only))
-    for name in alive_only:
-      alive[name] = np.arange(min(counts[name], out_width(layers[name])))
-  return counts, (alive or None)
-
-
-def _vectors_from_regularizer(regularizer):
-  manager = regularizer.op_regularizer_manager
-  if not manager.view.eager:
-    raise ValueError('slim_model needs a regularizer built on a Keras '
-                     'model, not on tf.compat.v1 graph ops.')
-  exporter = structure_exporter.StructureExporter(manager)
-  return {k: np.asarray(v) for k, v in exporter.tensors.items()}
-
-
-def _clone(layer, width):
-  config = layer.get_config()
-  attr = width_attr(layer)
-  if attr is not None and width is not None:
-    config[attr] = int(width)
-  if is_depthwise(layer) and not isinstance(layer, DEPTHWISE) and (
-      width is not None):
-    # A grouped conv with one input channel per group keeps that shape.
-    config['filters'] = int(width)
-    config['groups'] = int(width) // depth_multiplier(layer)
-  if isinstance(layer, keras.layers.Reshape) and width is not None:
-    config['target_shape'] = tuple(config['target_shape'][:-1]) + (
-        int(width),)
-  return type(layer).from_config(config)
-
-
-def _build(model, plan):
-  """Calls fresh copies of the layers along the planned graph."""
-  # pylint: disable=protected-access  (Keras 3 functional graph internals)
-  tensors = {}
-  new_inputs = []
-  for x in model.inputs:
-    new_x = keras.Input(batch_shape=x.shape, dtype=x.dtype,
-                        name=x._keras_history.operation.name)
-    tensors[id(x)] = new_x
-    new_inputs.append(new_x)
-  new_layers = {}
-  for node in plan.nodes:
-    op = node.operation
-    if any(plan.removed(t) for t in node.outputs):
-      continue
-    if id(node) in plan.identity:
-      tensors[id(node.outputs[0])] = tensors[id(plan.identity[id(node)])]
-      continue
-    if isinstance(op, keras.layers.Layer):
-      if id(op) not in new_layers:
-        new_layers[id(op)] = (op, _clone(op, plan.layer_width.get(op.name)))
-      new_op = new_layers[id(op)][1]
-    else:
-      new_op = op  # A stateless keras.ops operation: reuse it.
-    if id(node) in plan.kept_inputs:
-      # An Add/Concatenate that lost inputs to topology morphing.
-      args = ([tensors[id(t)] for t in plan.kept_inputs[id(node)]],)
-      kwargs = {}
-    else:
-      args, kwargs = node.arguments.fill_in(tensors)
-    outputs = keras.tree.flatten(new_op(*args, **kwargs))
-    for old, new in zip(node.outputs, outputs):
-      tensors[id(old)] = new
-  outputs = [tensors[id(x)] for x in model.outputs]
-  new_model = keras.Model(
-      keras.tree.pack_sequence_as(model._inputs_struct, new_inputs),
-      keras.tree.pack_sequence_as(model._outputs_struct, outputs),
-      name=model.name)
-  return new_model, new_layers
-
-
-def _take(array, indices, axis):
-  if indices is None:
-    return array
-  return np.take(array, indices, axis=axis)
-
-
-def _transfer(model, plan, new_layers):
-  """Copies the surviving channels' weights into the slim model."""
-  del model
-  for old, new in new_layers.values():
-    if not old.weights:
-      continue
-    node = plan.first_node[id(old)]
-    in_idx = plan.kept_of(node.input_tensors[0]) if node.input_tensors else None
-    out_idx = plan.kept_of(node.outputs[0])
-    in_width = width(node.input_tensors[0]) if node.input_tensors else None
-    values = [np.asarray(w) for w in old.get_weights()]
-    names = [w.path.split('/')[-1] for w in old.weights]
-    new_values = [
-        _slice_weight(old, name, value, in_idx, out_idx, in_width)
-        for name, value in zip(names, values)]
-    shapes = [tuple(w.shape) for w in new.weights]
-    for name, value, shape in zip(names, new_values, shapes):
-      if tuple(value.shape) != shape:
-        raise NotImplementedError(
-            'Cannot transfer weight %r of layer %r (%s): sliced shape %s, '
-            'slim layer expects %s.' % (name, old.name, type(old).__name__,
-                                        value.shape, shape))
-    new.set_weights(new_values)
-
-
-def _slice_weight(layer, name, value, in_idx, out_idx, in_width):
-  """The surviving part of one weight of `layer`."""
-  if isinstance(layer, DEPTHWISE):
-    if name in ('depthwise_kernel', 'kernel'):
-      return _take(value, in_idx, -2)
-    return _take(value, out_idx, 0)
-  if is_depthwise(layer):  # grouped: kernel [..., 1, filters]
-    return _take(value, out_idx, -1)
-  if isinstance(layer, SEPARABLE):
-    if name == 'depthwise_kernel':
-      return _take(value, in_idx, -2)
-    if name == 'pointwise_kernel':
-      mult = value.shape[-2] // layer.depthwise_kernel.shape[-2]
-      mid = None if in_idx is None else expand_multiplier(in_idx, mult)
-      return _take(_take(value, mid, -2), out_idx, -1)
-    return _take(value, out_idx, 0)
-  if width_attr(layer) is not None:
-    in_axis, out_axis = (-1, -2) if isinstance(layer, CONV_TRANSPOSE) else (
-        -2, -1)
-    if name == 'kernel':
-      return _take(_take(value, in_idx, in_axis), out_idx, out_axis)
-    if name == 'bias':
-      return _take(value, out_idx, 0)
-  # Channel-wise layers (BatchNormalization, gating, ...): 1-D weights over
-  # the input channels; anything else must not depend on the width.
-  if in_idx is not None and value.ndim == 1 and value.shape[0] == in_width:
-    return _take(value, in_idx, 0)
-  return value
+    parent = key.rsplit('/', 1)[0] if '/' in key else None
+    where = analysis.manager.view.layer(parent) if parent else None
+    raise NotImplementedError(
+        'Layer %r (%s) lives inside %s, which slim_model cannot rebuild '
+        '(only functional and Sequential models are rebuilt through their '
+        'graph). Write the block as a functional model, or leave %r out of '
+        'the structure.' % (
+            key, type(layer).__name__,
+            'layer %r (%s)' % (parent, type(where).__name__) if where
+            is not None else 'a custom layer', key))

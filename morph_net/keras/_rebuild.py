@@ -1,0 +1,179 @@
+"""Rebuilds a planned Keras graph with fresh layers, and moves weights over.
+
+Nested functional/Sequential models are rebuilt recursively (as functional
+models of the same name). `LogisticSigmoidGating` layers are folded away:
+at inference a gate is a fixed mask, so the slim model drops the gate (or,
+when transferred weights keep a channel whose mask is not 1, scales by the
+mask with a core `Rescaling` layer) and loads without morph_net. Private to
+`morph_net.keras`.
+"""
+
+import keras
+import numpy as np
+
+from morph_net.keras import _slim_plan as plan_lib
+from morph_net.keras import _width_rules as rules
+from morph_net.probabilistic_gating import activation_gating
+
+
+def build(plan, fold_gates=True, transfer=False):
+  """Returns (new model, {id(old layer): (old, new)})."""
+  new_layers = {}
+  models = {}
+  model = plan.model
+  new_model = _build_functional(plan, model, model.name, new_layers, models,
+                                fold_gates, transfer)
+  return new_model, new_layers
+
+
+def _build_functional(plan, functional, name, new_layers, models, fold_gates,
+                      transfer):
+  """Calls fresh copies of the layers along the planned graph."""
+  # pylint: disable=protected-access  (Keras 3 functional graph internals)
+  tensors = {}
+  new_inputs = []
+  for x in functional.inputs:
+    chans = plan.info[id(x)]
+    new_x = keras.Input(batch_shape=tuple(x.shape[:-1]) + (chans.width,),
+                        dtype=x.dtype, name=x._keras_history.operation.name)
+    tensors[id(x)] = new_x
+    new_inputs.append(new_x)
+  for node in plan_lib.graph_nodes(functional):
+    op = node.operation
+    if any(plan.is_removed(t) for t in node.outputs):
+      continue
+    if id(node) in plan.identity:
+      tensors[id(node.outputs[0])] = tensors[id(plan.identity[id(node)])]
+      continue
+    if isinstance(op, activation_gating.LogisticSigmoidGating) and fold_gates:
+      x = tensors[id(node.input_tensors[0])]
+      gate = _folded_gate(op, plan.kept_of(node.input_tensors[0]), transfer)
+      tensors[id(node.outputs[0])] = x if gate is None else gate(x)
+      continue
+    if plan_lib.is_model(op):
+      if id(op) not in models:
+        models[id(op)] = _build_functional(
+            plan, plan_lib.as_functional(op), op.name, new_layers, models,
+            fold_gates, transfer)
+      new_op = models[id(op)]
+    elif isinstance(op, keras.layers.Layer):
+      if id(op) not in new_layers:
+        new_layers[id(op)] = (op, _clone(op, plan.layer_width.get(id(op))))
+      new_op = new_layers[id(op)][1]
+    else:
+      new_op = op  # A stateless keras.ops operation: reuse it.
+    if id(node) in plan.kept_inputs:
+      # An Add/Concatenate that lost inputs to topology morphing.
+      args = ([tensors[id(t)] for t in plan.kept_inputs[id(node)]],)
+      kwargs = {}
+    else:
+      args, kwargs = node.arguments.fill_in(tensors)
+    outputs = keras.tree.flatten(new_op(*args, **kwargs))
+    for old, new in zip(node.outputs, outputs):
+      tensors[id(old)] = new
+  outputs = [tensors[id(x)] for x in functional.outputs]
+  return keras.Model(
+      keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
+      keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
+      name=name)
+
+
+def _folded_gate(gate, kept, transfer):
+  """None (the gate becomes the identity) or a Rescaling by its mask."""
+  if not transfer:
+    return None  # fresh weights: the slim model retrains without gates
+  logits = np.asarray(gate.mask_logits.numpy(), np.float64)
+  mask = (logits > 0).astype(np.float64)
+  if gate.soft_mask_for_inference:
+    mask = mask / (1.0 + np.exp(-logits))
+  if gate.keep_first_channel_alive:
+    mask[0] = 1.0
+  if kept is not None:
+    mask = mask[kept]
+  if np.all(mask == 1.0):
+    return None
+  if gate.axis not in (-1, gate._rank - 1):  # pylint: disable=protected-access
+    raise NotImplementedError(
+        'Gate %r gates axis %d and keeps channels whose mask is not 1; only '
+        'channels-last gates can be folded.' % (gate.name, gate.axis))
+  return keras.layers.Rescaling(scale=mask.astype(np.float32).tolist(),
+                                name=gate.name)
+
+
+def _clone(layer, width):
+  config = layer.get_config()
+  field = rules.width_field(layer)
+  if field is not None and width is not None:
+    config[field] = int(width)
+  if rules.is_depthwise(layer) and not isinstance(layer, rules.DEPTHWISE) and (
+      width is not None):
+    # A grouped conv with one input channel per group keeps that shape.
+    config['filters'] = int(width)
+    config['groups'] = int(width) // rules.depth_multiplier(layer)
+  if isinstance(layer, keras.layers.Reshape) and width is not None:
+    config['target_shape'] = tuple(config['target_shape'][:-1]) + (
+        int(width),)
+  return type(layer).from_config(config)
+
+
+# ------------------------------------------------------- weight transfer
+def transfer(plan, new_layers):
+  """Copies the surviving channels' weights into the slim model."""
+  for old, new in new_layers.values():
+    if not old.weights:
+      continue
+    node = plan.first_node[id(old)]
+    in_idx = plan.kept_of(node.input_tensors[0]) if node.input_tensors else None
+    out_idx = plan.kept_of(node.outputs[0])
+    in_width = (plan_lib.width(node.input_tensors[0]) if node.input_tensors
+                else None)
+    values = [np.asarray(w) for w in old.get_weights()]
+    names = [w.path.split('/')[-1] for w in old.weights]
+    new_values = [
+        _slice_weight(old, name, value, in_idx, out_idx, in_width)
+        for name, value in zip(names, values)]
+    shapes = [tuple(w.shape) for w in new.weights]
+    for name, value, shape in zip(names, new_values, shapes):
+      if tuple(value.shape) != shape:
+        raise NotImplementedError(
+            'Cannot transfer weight %r of layer %r (%s): sliced shape %s, '
+            'slim layer expects %s.' % (name, old.name, type(old).__name__,
+                                        value.shape, shape))
+    new.set_weights(new_values)
+
+
+def _take(array, indices, axis):
+  if indices is None:
+    return array
+  return np.take(array, indices, axis=axis)
+
+
+def _slice_weight(layer, name, value, in_idx, out_idx, in_width):
+  """The surviving part of one weight of `layer`."""
+  if isinstance(layer, rules.DEPTHWISE):
+    if name in ('depthwise_kernel', 'kernel'):
+      return _take(value, in_idx, -2)
+    return _take(value, out_idx, 0)
+  if rules.is_depthwise(layer):  # grouped: kernel [..., 1, filters]
+    return _take(value, out_idx, -1)
+  if isinstance(layer, rules.SEPARABLE):
+    if name == 'depthwise_kernel':
+      return _take(value, in_idx, -2)
+    if name == 'pointwise_kernel':
+      mult = value.shape[-2] // layer.depthwise_kernel.shape[-2]
+      mid = None if in_idx is None else plan_lib.expand_multiplier(in_idx,
+                                                                   mult)
+      return _take(_take(value, mid, -2), out_idx, -1)
+    return _take(value, out_idx, 0)
+  if rules.width_field(layer) is not None:
+    in_axis, out_axis = (-1, -2) if isinstance(layer, rules.CONV_TRANSPOSE) \
+        else (-2, -1)
+    if name == 'kernel':
+      return _take(_take(value, in_idx, in_axis), out_idx, out_axis)
+    if name == 'bias':
+      return _take(value, out_idx, 0)
+  # Channel-wise layers (BatchNormalization, ...): 1-D weights over the
+  # input channels; anything else must not depend on the width.
+  if in_idx is not None and value.ndim == 1 and value.shape[0] == in_width:
+    return _take(value, in_idx, 0)
+  return value

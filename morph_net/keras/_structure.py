@@ -1,0 +1,303 @@
+"""A structure read against the analysis of a model: keys, widths, ties.
+
+`slim_model`, `structure_cost` and `expand_structure` all start here. The
+analysis (`OpRegularizerManager` over the traced model, default table, no
+sources) is the only source of
+
+- structure keys: `manager.layers()` (plain layer names, or paths such as
+  'b1/fc' where names collide);
+- ties: two layers are tied where their output channels share channel
+  labels (a residual Add, a Multiply, depthwise in/out, concat slices);
+- costs: `CostModel(manager, resource).evaluate` over a per-label vector.
+
+A structure sets, for each channel label, how much of it is alive: a layer
+slimmed to n of its C channels gives each of its labels n / C (its sum is
+then n through any concat, Flatten or depthwise multiplier), or, with alive
+vectors, 1 for the alive channels and 0 for the dead ones. Private to
+`morph_net.keras`.
+"""
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+
+from morph_net.framework import op_regularizer_manager as orm
+from morph_net.network_regularizers import cost_model
+from morph_net.tools import structure_exporter
+
+# Counts may grow to this multiple of a layer's width (expansion); beyond it
+# a slim model would not fit in memory, so the count is surely a mistake.
+MAX_GROWTH = 64
+
+
+class TiedCountsError(ValueError):
+  """Layers whose output channels are tied were given inconsistent counts."""
+
+
+class Analysis:
+  """The analysis of a Keras model, seen as its prunable layers.
+
+  Attributes:
+    model: the Keras model.
+    manager: its `OpRegularizerManager` (default table, no sources).
+    entries: {key: LayerEntry} of the layers whose width a structure sets.
+  """
+
+  def __init__(self, model):
+    self.model = model
+    self.manager = orm.OpRegularizerManager(model)
+    self.entries = self.manager.layers()
+    self._all_entries = self.manager.layers(include_depthwise=True)
+    self.key_of = {id(e.layer): k for k, e in self.entries.items()
+                   if e.layer is not None}
+    self._order = {k: i for i, k in enumerate(self.entries)}
+    # Label arrays of each output a layer's width sets (one per call).
+    self.out_labels = {k: [self.manager.channel_labels(t) for t in e.outputs]
+                       for k, e in self.entries.items()}
+    self.output_labels = self._labels_of(
+        t for op in self.manager.view.output_ops for t in op.outputs)
+    self.input_labels = self._labels_of(
+        t for op in self.manager.ops if op.type == 'Placeholder'
+        for t in op.outputs)
+    self._costs = {}
+
+  def _labels_of(self, tensors):
+    found = [self.manager.channel_labels(t) for t in tensors
+             if self.manager.has_channels(t)]
+    return np.unique(np.concatenate(found)) if found else np.zeros([0], int)
+
+  @property
+  def num_labels(self):
+    return self.manager.num_labels
+
+  def width(self, key):
+    """The layer's width in the model (its output channel count)."""
+    return len(self.out_labels[key][0])
+
+  def layer(self, key):
+    return self.entries[key].layer
+
+  # ------------------------------------------------------------ resolve
+  def resolve(self, structure):
+    """Checks a structure; returns ({key: count}, {key: alive idx} or None).
+
+    Args:
+      structure: {key: count or boolean alive vector}, or a network
+        regularizer built on the model (its alive vectors are read now).
+    """
+    if hasattr(structure, 'op_regularizer_manager'):
+      structure = _vectors_from_regularizer(structure)
+    if not isinstance(structure, dict):
+      raise TypeError(
+          'structure must be a {layer key: count or alive vector} dict or a '
+          'network regularizer, got %s.' % type(structure).__name__)
+    self._check_keys(structure)
+    counts, alive = {}, {}
+    for key, value in structure.items():
+      width = self.width(key)
+      if isinstance(value, (numbers.Real, str)) and not isinstance(
+          value, (bool, np.bool_)):
+        counts[key] = check_count(key, value, width)
+        continue
+      vector = np.asarray(value)
+      if vector.ndim != 1 or vector.shape[0] != width:
+        raise ValueError(
+            'Layer %r: an alive vector must be 1-D with %d entries (its '
+            'width), got shape %s.' % (key, width, vector.shape))
+      if vector.dtype.kind == 'f' and not np.all(np.isfinite(vector)):
+        raise ValueError('Layer %r: the alive vector holds NaN or inf.' % key)
+      alive[key] = np.flatnonzero(vector.astype(bool))
+      counts[key] = len(alive[key])
+    if alive and len(alive) != len(counts):
+      alive_only = sorted(set(counts) - set(alive), key=self._order.get)
+      warnings.warn('Layers given as counts (%s) are treated as keeping '
+                    'their first channels.' % ', '.join(alive_only))
+      for key in alive_only:
+        alive[key] = np.arange(min(counts[key], self.width(key)))
+    return counts, (alive or None)
+
+  def _check_keys(self, structure):
+    view = self.manager.view
+    unknown = [k for k in structure if k not in self.entries]
+    missing = [k for k in unknown if view.layer(k) is None]
+    if missing:
+      raise ValueError(
+          'The structure names layers that are not in model %r: %s. Keys '
+          'are Keras layer names, or paths such as %r where nested layers '
+          'share a name; known keys: %s.'
+          % (self.model.name, ', '.join(sorted(map(str, missing))),
+             'block/fc', ', '.join(list(self.entries)[:20])))
+    if unknown:
+      depthwise = [k for k in unknown if k in self._all_entries]
+      raise ValueError(
+          'The structure names layers that are not prunable (only Conv, '
+          'ConvTranspose, SeparableConv and Dense are%s): %s.'
+          % ('; a depthwise conv follows its input' if depthwise else '',
+             ', '.join('%s (%s)' % (k, type(view.layer(k)).__name__)
+                       for k in sorted(unknown))))
+    fixed = [k for k in structure
+             if any(np.isin(l, self.output_labels).any()
+                    for l in self.out_labels[k])]
+    if fixed:
+      raise ValueError(
+          'The structure names layers that produce the model\'s outputs (or '
+          'are tied to them): %s. Their width is the task\'s (e.g. the '
+          'number of classes); remove them from the structure.'
+          % ', '.join(sorted(fixed, key=self._order.get)))
+    inputs = [k for k in structure
+              if any(np.isin(l, self.input_labels).any()
+                     for l in self.out_labels[k])]
+    if inputs:
+      raise ValueError(
+          'The structure names layers whose output channels are tied to '
+          'the model\'s inputs (e.g. added to them): %s. Their width is the '
+          'data\'s; remove them from the structure.'
+          % ', '.join(sorted(inputs, key=self._order.get)))
+
+  # ------------------------------------------------------ label vectors
+  def assign(self, counts, fix=False):
+    """Per-label alive fractions for {key: count}, and every layer's width.
+
+    Layers are taken from the narrowest: a layer whose labels are already
+    set by narrower ones (a concat of two sliced layers, a tied residual
+    member) must agree with them.
+
+    Args:
+      counts: {key: count}; layers not named keep their width unless tied
+        to a named one.
+      fix: resolve disagreements instead of raising: the width set by the
+        layers taken first wins (what rounding in expansion needs).
+
+    Returns:
+      (label values, {key: width} for every layer, {key: count} as fixed).
+
+    Raises:
+      TiedCountsError: tied layers disagree (unless `fix`), or a layer's
+        width is left fractional by counts of layers tied to it.
+    """
+    value = np.ones(self.num_labels)
+    setter = np.full(self.num_labels, -1, np.int64)  # index into `keys`
+    keys = list(self.entries)
+    index = {k: i for i, k in enumerate(keys)}
+    fixed = dict(counts)
+    for key in sorted(counts, key=lambda k: (self.width(k), self._order[k])):
+      for labels in self.out_labels[key]:
+        labels = np.unique(labels)
+        known = setter[labels] >= 0
+        total = value[labels[known]].sum()
+        free = labels[~known]
+        rest = fixed[key] - total
+        if (not len(free) and abs(rest) > 1e-6) or rest < -1e-6:
+          if not fix:
+            others = [keys[i] for i in np.unique(setter[labels[known]])]
+            raise TiedCountsError(
+                'Layers %s have tied output channels (added, multiplied or '
+                'concatenated together), but %r is given %d channels where '
+                '%s set %g. Tied layers need consistent counts.' % (
+                    ', '.join(repr(k) for k in [key] + others), key,
+                    fixed[key], ', '.join(map(repr, others)), total))
+          fixed[key] = int(round(total)) if not len(free) else max(
+              fixed[key], int(round(total)))
+          rest = max(fixed[key] - total, 0.0)
+        if len(free):
+          value[free] = rest / len(free)
+          setter[free] = index[key]
+    widths = {}
+    for key in keys:
+      sums = [value[l].sum() for l in self.out_labels[key]]
+      width = sums[0]
+      if any(abs(s - round(s)) > 1e-6 or abs(s - width) > 1e-6
+             for s in sums):
+        tied = sorted({keys[i] for l in self.out_labels[key]
+                       for i in setter[l] if i >= 0}, key=self._order.get)
+        raise TiedCountsError(
+            'The counts of %s do not determine the width of layer %r, '
+            'whose output channels are tied to theirs (it would get %g). '
+            'Give %r a count too.' % (', '.join(map(repr, tied)), key, width,
+                                      key))
+      widths[key] = int(round(width))
+    return value, widths, fixed
+
+  def assign_alive(self, alive):
+    """Per-label 0/1 values for {key: alive indices} (all labels of the
+    named layers; others stay 1).
+
+    Raises:
+      ValueError: tied layers name different alive channels.
+    """
+    value = np.ones(self.num_labels)
+    setter = {}
+    for key in sorted(alive, key=self._order.get):
+      for labels in self.out_labels[key]:
+        state = np.zeros(len(labels))
+        state[alive[key]] = 1.0
+        for lab, s in zip(labels.tolist(), state.tolist()):
+          other = setter.setdefault(lab, (key, s))
+          if other[1] != s:
+            raise ValueError(
+                'Layers %r and %r have tied output channels (added or '
+                'multiplied together) but their alive channels differ; the '
+                'weights cannot be transferred. Give them the same alive '
+                'vector.' % (other[0], key))
+        value[labels] = state
+    return value
+
+  def final_values(self, widths, removed):
+    """Label values of the slim model: surviving layers' widths, and 0 for
+    channels only removed layers carried."""
+    survivors = {k: w for k, w in widths.items() if k not in removed}
+    value, _, _ = self.assign(survivors, fix=True)
+    carried = [self.input_labels] + [l for k in survivors
+                                     for l in self.out_labels[k]]
+    gone = [l for k in removed for l in self.out_labels[k]]
+    if gone:
+      dead = np.setdiff1d(np.concatenate(gone), np.concatenate(carried))
+      value[dead] = 0.0
+    return value
+
+  # --------------------------------------------------------------- cost
+  def cost(self, values, resource):
+    if resource not in self._costs:
+      self._costs[resource] = cost_model.CostModel(self.manager, resource)
+    return self._costs[resource].evaluate(values)
+
+
+def check_count(key, value, width):
+  """A count as an int, or a one-line error naming the layer."""
+  if isinstance(value, str) or not math.isfinite(value) or value < 0 or (
+      value != int(value)):
+    raise ValueError('Layer %r: a count must be an integer >= 0, got %r.'
+                     % (key, value))
+  if value > MAX_GROWTH * width:
+    raise ValueError(
+        'Layer %r: count %d is more than %d times its width (%d); counts '
+        'that large are a mistake (a slim model that size would not fit in '
+        'memory).' % (key, value, MAX_GROWTH, width))
+  return int(value)
+
+
+def check_round_to(round_to):
+  if (not isinstance(round_to, numbers.Integral) or
+      isinstance(round_to, bool) or round_to < 1):
+    raise ValueError('round_to must be an integer >= 1, got %r.' % (round_to,))
+
+
+def round_count(count, original, round_to):
+  """Rounds a nonzero count up to a multiple of round_to (see slim_model)."""
+  if count == 0:
+    return 0
+  rounded = int(math.ceil(count / round_to)) * round_to
+  if count <= original:
+    rounded = min(rounded, original)
+  return rounded
+
+
+def _vectors_from_regularizer(regularizer):
+  manager = regularizer.op_regularizer_manager
+  if not manager.view.eager:
+    raise ValueError('slim_model needs a regularizer built on a Keras '
+                     'model, not on tf.compat.v1 graph ops.')
+  exporter = structure_exporter.StructureExporter(manager)
+  return {k: np.asarray(v) for k, v in exporter.tensors.items()}
