@@ -1,0 +1,187 @@
+"""MorphNet's shrink / expand / retrain loop as one call.
+
+`run_cycles` runs the paper's loop on a Keras model (functional or
+Sequential) for `num_cycles` cycles (the published "x1", "x2" results):
+
+1. Shrink: train the current network with `add_regularizer(..., target_cost
+   =shrink_to x its cost)` (the strength is adapted, see `budget`), and
+   export its structures with `StructureExporterCallback`, keeping only
+   those at or under the target.
+2. Export: the last structure written at or under the target (or, if none
+   was, the structure at the end of the shrink, flagged in the record).
+3. Expand: `expand_structure` scales it uniformly up to `budget` (by
+   default the seed network's cost).
+4. Retrain: `slim_model` builds that network, freshly initialized
+   (`keras.models.clone_model`), and `fit` trains it from scratch.
+
+The retrained network is the next cycle's seed. Each cycle's record (the
+exported and expanded structures, their costs, the metric) is returned and
+written to `log_dir/cycles.json` after every cycle (atomically: a temporary
+file renamed into place).
+
+Example:
+
+```python
+def fit(model, phase, callbacks):  # phase: 'shrink' or 'retrain'
+  model.compile(keras.optimizers.Adam(1e-2 if phase == 'shrink' else 3e-3),
+                loss, metrics=['accuracy'])
+  model.fit(x, y, epochs=5 if phase == 'shrink' else 20,
+            callbacks=callbacks, verbose=0)
+
+records = morph_net.keras.cycles.run_cycles(
+    seed, fit, evaluate=lambda m: m.evaluate(x_val, y_val)[1],
+    num_cycles=2, shrink_to=0.5, log_dir='/tmp/cycles')
+records[-1]['expanded']  # {layer name: width} of the x2 network
+```
+"""
+
+import glob
+import json
+import os
+import tempfile
+
+import keras
+
+from morph_net.keras import budget as budget_lib
+from morph_net.keras import callbacks as callbacks_lib
+from morph_net.keras import expand as expand_lib
+from morph_net.keras import slim as slim_lib
+from morph_net.keras import training
+from morph_net.network_regularizers import flop_regularizer
+
+__all__ = ['last_structure', 'run_cycles', 'save_json_atomically']
+
+
+def _default_regularizer(model):
+  return flop_regularizer.GammaFlopsRegularizer(model, gamma_threshold=1e-2)
+
+
+def save_json_atomically(obj, path):
+  """Writes `obj` as JSON to `path` through a temporary file + rename."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=directory)
+  try:
+    with os.fdopen(fd, 'w') as f:
+      json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def last_structure(log_dir, model=None, max_cost=None, cost='flops'):
+  """The last structure exported under `log_dir` (and its path).
+
+  With `model` and `max_cost`, the last one whose `structure_cost` on
+  `model` is at most `max_cost` (so the choice does not depend on how the
+  exporter was configured). (None, None) if there is none.
+  """
+  files = glob.glob(os.path.join(log_dir, 'learned_structure', 'alive_*'))
+  files = [f for f in files if f.rsplit('_', 1)[1].isdigit()]
+  for path in sorted(files, key=lambda f: -int(f.rsplit('_', 1)[1])):
+    with open(path) as f:
+      structure = json.load(f)
+    if max_cost is None or model is None or expand_lib.structure_cost(
+        model, structure, cost=cost) <= max_cost:
+      return structure, path
+  return None, None
+
+
+def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
+               target_cost=None, budget=None, make_regularizer=None,
+               cost='flops', round_to=1, log_dir=None, save_every=10,
+               verbose=False, return_models=False):
+  """Runs `num_cycles` MorphNet cycles from `model`; returns their records.
+
+  Args:
+    model: the seed network (functional or Sequential; trained or not).
+    fit: callable (model, phase, callbacks) that compiles and fits `model`
+      with the given callbacks; phase is 'shrink' (the model is the
+      `RegularizedModel`) or 'retrain' (a freshly initialized slim model).
+    evaluate: callable (model) -> float (e.g. held-out accuracy) applied
+      to each retrained network; None records no metric.
+    num_cycles: int >= 1.
+    shrink_to: the shrink target as a fraction of the current network's
+      cost (ignored if `target_cost` is given).
+    target_cost: an absolute shrink target, the same every cycle.
+    budget: the cost to expand to; the seed's cost if None.
+    make_regularizer: callable (model) -> network regularizer;
+      `GammaFlopsRegularizer(model, 1e-2)` if None. Its resource must match
+      `cost`.
+    cost: 'flops' or 'model_size', for `expand_structure`/`structure_cost`.
+    round_to: channel rounding for expansion and slimming.
+    log_dir: where each cycle's structures (`cycle_<i>/learned_structure`)
+      and `cycles.json` go; a new temporary directory if None.
+    save_every: export period during the shrink, in steps.
+    verbose: print one line per cycle.
+    return_models: also return the retrained models, one per cycle.
+
+  Returns:
+    A list with one dict per cycle: 'cycle', 'shrink_target', 'exported'
+    (structure), 'exported_cost', 'exported_at_or_under_target' (False when
+    no structure met the target and the final one was used), 'expanded',
+    'expanded_cost', 'budget', 'metric', 'structure_file'. With
+    `return_models`, a pair (records, retrained models).
+
+  Raises:
+    ValueError: num_cycles < 1, or shrink_to not in (0, 1).
+  """
+  if not isinstance(num_cycles, int) or num_cycles < 1:
+    raise ValueError('num_cycles must be an integer >= 1, got %r.'
+                     % (num_cycles,))
+  if target_cost is None and not 0.0 < float(shrink_to) < 1.0:
+    raise ValueError('shrink_to must be in (0, 1), got %r.' % (shrink_to,))
+  make_regularizer = make_regularizer or _default_regularizer
+  log_dir = log_dir or tempfile.mkdtemp(prefix='morph_net_cycles_')
+  current = model
+  if budget is None:
+    budget = expand_lib.structure_cost(model, {}, cost=cost)
+  records, models = [], []
+  for cycle in range(1, num_cycles + 1):
+    reg = make_regularizer(current)
+    start = float(reg.get_cost())
+    target = float(target_cost) if target_cost is not None else (
+        float(shrink_to) * start)
+    trainer = training.add_regularizer(current, reg, target_cost=target)
+    cycle_dir = os.path.join(log_dir, 'cycle_%d' % cycle)
+    exporter = budget_lib.only_at_or_under(
+        callbacks_lib.StructureExporterCallback(
+            reg, cycle_dir, save_every, summary_subdir=None), target)
+    fit(trainer, 'shrink', [exporter])
+    structure, path = last_structure(cycle_dir, current, target, cost)
+    met = structure is not None
+    if structure is None:  # nothing at or under the target: take the end
+      structure = slim_lib.resolve_structure(
+          slim_lib.as_functional(current), reg)[0]
+    exported_cost = expand_lib.structure_cost(current, structure, cost=cost)
+    expanded = expand_lib.expand_structure(current, structure, budget,
+                                           cost=cost, round_to=round_to)
+    slim = slim_lib.slim_model(current, expanded, round_to=round_to)
+    slim = keras.models.clone_model(slim)  # retrain from scratch
+    fit(slim, 'retrain', [])
+    metric = float(evaluate(slim)) if evaluate is not None else None
+    record = {
+        'cycle': cycle,
+        'start_cost': start,
+        'shrink_target': target,
+        'exported': {k: int(v) for k, v in structure.items()},
+        'exported_cost': float(exported_cost),
+        'exported_at_or_under_target': met,
+        'structure_file': path,
+        'expanded': {k: int(v) for k, v in expanded.items()},
+        'expanded_cost': float(expand_lib.structure_cost(
+            slim, {}, cost=cost)),
+        'budget': float(budget),
+        'metric': metric,
+    }
+    records.append(record)
+    models.append(slim)
+    save_json_atomically(records, os.path.join(log_dir, 'cycles.json'))
+    if verbose:
+      print('cycle %d: exported %.4g (target %.4g), expanded %.4g, metric %s'
+            % (cycle, exported_cost, target, record['expanded_cost'],
+               metric), flush=True)
+    current = slim
+  return (records, models) if return_models else records
