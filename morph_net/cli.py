@@ -4,6 +4,8 @@
     morphnet slim MODEL.keras STRUCTURE.json -o OUT.keras
         [--expand-to-cost FLOPS] [--round-to N]
     morphnet plot STRUCTURE.json [--model MODEL.keras] -o widths.png
+    morphnet profile MODEL.keras [MODEL.keras ...] --name NAME -o SPEC.json
+        [--batch-size 1] [--widths 0.25,0.5,0.75,1] [--repeats 20]
 
 Bad inputs (a missing file, malformed JSON, a structure naming a layer the
 model does not have, a file that is not a Keras model) end with a one-line
@@ -14,14 +16,17 @@ traceback of unexpected errors instead. Output files are written atomically.
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
-import tempfile
 import zipfile
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
+# A width above this cannot be built on any machine we know of; refusing it
+# early beats an out-of-memory error deep inside TensorFlow.
+MAX_WIDTH = 1 << 20
 
 
 class CLIError(Exception):
@@ -51,10 +56,11 @@ def load_structure(path):
     raise CLIError('structure %s: expected a JSON object {layer name: '
                    'width}, got %s' % (path, type(data).__name__))
   bad = [k for k, v in data.items()
-         if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or
+         v > MAX_WIDTH]
   if bad:
-    raise CLIError('structure %s: widths must be non-negative integers; '
-                   'bad entries: %s' % (path, ', '.join(
+    raise CLIError('structure %s: widths must be non-negative integers (at '
+                   'most %d); bad entries: %s' % (path, MAX_WIDTH, ', '.join(
                        '%s=%r' % (k, data[k]) for k in bad[:5])))
   return data
 
@@ -116,6 +122,9 @@ def _input_signature(shape_text):
   except ValueError:
     raise CLIError('--input-shape %r: expected comma-separated integers, '
                    'e.g. 224,224,3' % shape_text) from None
+  if any(d < 1 or d > MAX_WIDTH for d in dims):
+    raise CLIError('--input-shape %r: every dimension must be an integer in '
+                   '[1, %d], e.g. 224,224,3' % (shape_text, MAX_WIDTH))
   return [tf.TensorSpec([None] + dims, tf.float32)]
 
 
@@ -124,12 +133,15 @@ def _parse_cost(text):
   scale = {'K': 1e3, 'M': 1e6, 'G': 1e9, 'T': 1e12}
   t = text.strip().upper()
   try:
-    if t and t[-1] in scale:
-      return float(t[:-1]) * scale[t[-1]]
-    return float(t)
+    value = (float(t[:-1]) * scale[t[-1]] if t and t[-1] in scale
+             else float(t))
   except ValueError:
     raise argparse.ArgumentTypeError(
         'expected a number such as 3e8 or 300M, got %r' % text) from None
+  if not math.isfinite(value) or value <= 0:
+    raise argparse.ArgumentTypeError(
+        'expected a finite cost > 0 such as 3e8 or 300M, got %r' % text)
+  return value
 
 
 def _positive_int(text):
@@ -162,23 +174,9 @@ def _save_model_atomically(model, path):
   if not os.path.isdir(directory):
     raise CLIError('output %s: directory %s does not exist'
                    % (path, directory))
-  fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.keras', dir=directory)
-  os.close(fd)
-  try:
+  from morph_net.tools import _atomic  # pylint: disable=g-import-not-at-top
+  with _atomic.atomic_path(path, suffix='.keras') as tmp:
     model.save(tmp)
-    _chmod_default(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def _chmod_default(path):
-  """mkstemp files are 0600; give the output the usual umask permissions."""
-  mask = os.umask(0)
-  os.umask(mask)
-  os.chmod(path, 0o666 & ~mask)
 
 
 def _progress(message):
@@ -200,6 +198,10 @@ def cmd_analyze(args):
 
 def cmd_slim(args):
   structure = load_structure(args.structure)  # fails fast, before TF loads
+  if not structure:
+    raise CLIError('structure %s: is empty ({}), so the slim model would be '
+                   'the input model unchanged; give at least one {layer name: '
+                   'width} entry' % args.structure)
   model = load_model(args.model)
   check_structure_names(structure, model, args.structure, args.model)
   slim_model, expand_structure = _slim_functions()
@@ -215,6 +217,17 @@ def cmd_slim(args):
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise CLIError('cannot slim %s to %s: %s' % (args.model, args.structure,
                                                  first)) from None
+  except MemoryError:
+    raise CLIError('cannot slim %s to %s: out of memory building the slim '
+                   'model; the widths (or --expand-to-cost) are too large'
+                   % (args.model, args.structure)) from None
+  except Exception as e:  # pylint: disable=broad-except
+    if type(e).__name__ != 'ResourceExhaustedError':
+      raise
+    raise CLIError('cannot slim %s to %s: out of memory building the slim '
+                   'model (%s); the widths (or --expand-to-cost) are too '
+                   'large' % (args.model, args.structure,
+                              type(e).__name__)) from None
   after = _analyze(slim)
   _save_model_atomically(slim, args.output)
   seed = {l.name: l.channels for l in before.layers}
@@ -239,6 +252,34 @@ def _slim_functions():
   return slim_model, expand_structure
 
 
+def cmd_profile(args):
+  """Fits a latency model of this machine (morph_net.tools.profile)."""
+  try:
+    widths = [float(w) for w in args.widths.split(',')]
+  except ValueError:
+    widths = []
+  if not widths or not all(0 < w <= 1 for w in widths):
+    raise CLIError('--widths %r: expected comma-separated multipliers in '
+                   '(0, 1], e.g. 0.25,0.5,1' % args.widths)
+  out_dir = os.path.dirname(os.path.abspath(args.output))
+  if not os.path.isdir(out_dir):
+    raise CLIError('output %s: directory %s does not exist'
+                   % (args.output, out_dir))
+  models = [load_model(path) for path in args.models]
+  from morph_net.network_regularizers import hardware  # pylint: disable=g-import-not-at-top
+  from morph_net.tools import profile  # pylint: disable=g-import-not-at-top
+  spec, fit = profile.profile_hardware(
+      models, args.name, multipliers=widths, batch_size=args.batch_size,
+      repeats=args.repeats, log=_progress)
+  hardware.save_hardware(spec, args.output, fit=fit)
+  print('%s: peak %.4g GFLOP/s, bandwidth %.4g GB/s, %.4g us per op '
+        '(median error %.1f%% on %d timings); wrote %s'
+        % (spec.name, spec.peak_compute, spec.memory_bandwidth,
+           spec.op_overhead / 1e3, 100 * fit['median_relative_error'],
+           len(fit['samples']), args.output))
+  return EXIT_OK
+
+
 def cmd_plot(args):
   structure = load_structure(args.structure)
   if not structure:
@@ -247,6 +288,10 @@ def cmd_plot(args):
   if args.model:
     _check_file(args.model, 'model')
   from morph_net.tools import plot  # pylint: disable=g-import-not-at-top
+  try:
+    plot.check_format(args.output)  # before the (slow) model load
+  except ValueError as e:
+    raise CLIError('output %s: %s' % (args.output, e)) from None
   seed = None
   learned = structure
   if args.model:
@@ -265,9 +310,12 @@ def cmd_plot(args):
   if not os.path.isdir(out_dir):
     raise CLIError('output %s: directory %s does not exist'
                    % (args.output, out_dir))
-  plot.plot_widths(learned, args.output, seed=seed,
-                   title=args.title or os.path.basename(args.structure),
-                   log_scale=args.log)
+  try:
+    plot.plot_widths(learned, args.output, seed=seed,
+                     title=args.title or os.path.basename(args.structure),
+                     log_scale=args.log)
+  except ValueError as e:
+    raise CLIError('output %s: %s' % (args.output, e)) from None
   print('wrote %s (%d layers)' % (args.output, len(learned)))
   return EXIT_OK
 
@@ -320,6 +368,19 @@ def build_parser():
   p.add_argument('--log', action='store_true', help='log-scaled widths')
   p.add_argument('--input-shape', help='H,W,C for --model')
   p.set_defaults(func=cmd_plot)
+
+  p = sub.add_parser('profile', help='fit a latency model (hardware spec '
+                     'JSON) of this machine by timing models at a few widths')
+  p.add_argument('models', nargs='+', help='saved .keras models to time')
+  p.add_argument('--name', required=True, help='the spec\'s name')
+  p.add_argument('-o', '--output', required=True, help='SPEC.json')
+  p.add_argument('--batch-size', type=_positive_int, default=1)
+  p.add_argument('--widths', default='0.25,0.5,0.75,1',
+                 help='uniform width multipliers to time (default '
+                 '0.25,0.5,0.75,1)')
+  p.add_argument('--repeats', type=_positive_int, default=20,
+                 help='timed calls per model and width (median kept)')
+  p.set_defaults(func=cmd_profile)
   return parser
 
 

@@ -6,10 +6,12 @@ counts, JSON) and TensorBoard scalars while training.
 
 import numbers
 import os
+import warnings
 
 import keras
 import tensorflow as tf
 
+from morph_net.op_regularizers import _checks
 from morph_net.tools import structure_exporter as structure_exporter_lib
 from morph_net.tools import summaries
 
@@ -29,6 +31,20 @@ class StructureExporterCallback(keras.callbacks.Callback):
   With `steps_per_execution` > 1 the step is checked once per execution: a
   file is written, with the current step, whenever a multiple of
   `save_every_n_steps` was crossed.
+
+  Resuming: the step is read at the first batch, after every callback's
+  `on_train_begin` (so after `BackupAndRestore` restored the optimizer, in
+  whatever order the callbacks are listed); a run restored to step k goes
+  on from k. A file an earlier run wrote is never replaced: if this run
+  reaches the same step with different counts (e.g. it replays the steps
+  after the last checkpoint of a killed run), its file is written beside,
+  as `alive_<step>.rerun<N>` (see `structure_exporter.structure_files`).
+  `saved_paths` lists the files this callback wrote.
+
+  A diverged run: if a source (gamma, kernel, gate) holds NaN or inf at a
+  step to export, a warning naming the variables is issued and nothing is
+  written for that step (no structure file, no scalars); `skipped_steps`
+  lists those steps.
 
   Args:
     regularizer: the morph_net network regularizer being trained.
@@ -58,6 +74,13 @@ class StructureExporterCallback(keras.callbacks.Callback):
     if log_dir is None or not os.fspath(log_dir):
       raise ValueError('log_dir must be a non-empty path, got %r.'
                        % (log_dir,))
+    if (not hasattr(regularizer, 'op_regularizer_manager') and
+        hasattr(regularizer, 'regularizers')):
+      raise TypeError(
+          'A CombinedRegularizer has one structure per part: export each '
+          'part with its own callback, e.g. StructureExporterCallback('
+          'combined.regularizers[0], log_dir, ...), with a different '
+          'log_dir per part.')
     if not hasattr(regularizer, 'op_regularizer_manager'):
       raise TypeError(
           'regularizer must be a morph_net network regularizer with an '
@@ -73,7 +96,12 @@ class StructureExporterCallback(keras.callbacks.Callback):
     self._writer = None
     self._local_step = 0
     self._last_saved = None
+    self._step_at_check = None  # None: the first batch of a fit is next.
     self.saved_steps = []  # Every step written, in order.
+    self.saved_paths = []  # The structure file of each saved step.
+    self.skipped_steps = []  # Steps not written: non-finite sources.
+    # Set by budget.only_at_or_under: skip structures costing more.
+    self.max_cost = None
 
   @property
   def log_dir(self):
@@ -89,9 +117,22 @@ class StructureExporterCallback(keras.callbacks.Callback):
 
   def _save(self, step):
     """Writes the structure file and the scalars for `step`."""
-    self._exporter.create_file_and_save_alive_counts(self._log_dir, step)
+    try:
+      if self.max_cost is not None and not (
+          float(self._regularizer.get_cost()) <= self.max_cost):
+        self._last_saved = step
+        return
+      path = self._exporter.create_file_and_save_alive_counts(
+          self._log_dir, step)
+    except _checks.NonFiniteSourceError as e:
+      self._last_saved = step  # Do not retry this step at train end.
+      self.skipped_steps.append(step)
+      warnings.warn('StructureExporterCallback: no structure written for '
+                    'step %d: %s' % (step, e), RuntimeWarning, stacklevel=2)
+      return
     self._last_saved = step
     self.saved_steps.append(step)
+    self.saved_paths.append(path)
     if self._summary_subdir is None:
       return
     if self._writer is None:
@@ -104,12 +145,23 @@ class StructureExporterCallback(keras.callbacks.Callback):
 
   def on_train_begin(self, logs=None):
     self._local_step = 0
+    self._step_at_check = None
+
+  def _begin(self):
+    # Not in on_train_begin: a BackupAndRestore listed after this callback
+    # restores the optimizer's step only in its own on_train_begin.
     step = self._global_step()
     self._step_at_check = step
     if step == 0 and self._last_saved != 0:
       self._save(0)
 
+  def on_train_batch_begin(self, batch, logs=None):
+    if self._step_at_check is None:
+      self._begin()
+
   def on_train_batch_end(self, batch, logs=None):
+    if self._step_at_check is None:
+      self._begin()
     self._local_step += 1
     step = self._global_step()
     previous = self._step_at_check
@@ -119,6 +171,8 @@ class StructureExporterCallback(keras.callbacks.Callback):
       self._save(step)
 
   def on_train_end(self, logs=None):
+    if self._step_at_check is None:
+      self._begin()  # A fit with no batch.
     step = self._global_step()
     if self._save_on_train_end and step != self._last_saved:
       self._save(step)

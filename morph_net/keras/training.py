@@ -26,6 +26,7 @@ Only the TensorFlow backend is supported: the regularizer crawls a traced
 TensorFlow graph and evaluates with TensorFlow ops.
 """
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -34,6 +35,7 @@ import keras
 import tensorflow as tf
 
 from morph_net.keras import budget as budget_lib
+from morph_net.network_regularizers import combined as combined_lib
 from morph_net.tools import summaries
 
 REGULARIZATION_TERM_NAME = summaries.REGULARIZATION_TERM_NAME
@@ -92,7 +94,12 @@ class RegularizedModel(keras.Model):
   model, so `RegularizedModel.save('m.keras')` writes the plain model
   (loadable with `keras.models.load_model` without morph_net, without the
   regularizer, the strength or the optimizer state of this wrapper).
+  `save_weights` also writes the optimizer state, as plain Keras does, and
+  `load_weights` restores it (see `save_weights`).
   `keras.callbacks.ModelCheckpoint` therefore also writes the wrapped model.
+  Several regularizers: pass a `CombinedRegularizer` (or a list of
+  regularizers / (regularizer, weight) pairs); wrapping a RegularizedModel
+  again is refused (the inner wrapper's term would be dropped).
   The wrapper itself is not serializable: rebuild it with `add_regularizer`
   after loading.
 
@@ -129,6 +136,9 @@ class RegularizedModel(keras.Model):
     if not isinstance(model, keras.Model):
       raise TypeError('model must be a keras.Model, got %s.'
                       % type(model).__name__)
+    _check_not_nested(model)
+    if isinstance(regularizer, (list, tuple)):  # several: one weighted sum
+      regularizer = combined_lib.CombinedRegularizer(regularizer)
     _check_regularizer(regularizer)
     strength, budget_step = _budget_step(regularizer, strength, target_cost,
                                          exact_zeros)
@@ -196,7 +206,13 @@ class RegularizedModel(keras.Model):
                    loss.dtype)
     if self._budget_step is not None and self._budget_step.proximal:
       term = tf.stop_gradient(term)  # applied by the proximal step instead
-    return loss + tf.cast(self._strength, loss.dtype) * term
+    # Under tf.distribute every replica adds the term and the gradients are
+    # summed: divide by the replicas in sync, as Keras 3 divides its own
+    # losses and add_loss terms (keras.src.losses.loss.
+    # scale_loss_for_distribution), so N replicas learn with the strength
+    # one device does (tests/test_distribute.py).
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss + tf.cast(self._strength / replicas, loss.dtype) * term
 
   @property
   def target_cost(self):
@@ -238,6 +254,8 @@ class RegularizedModel(keras.Model):
     results[self._cost_name] = tf.cast(reg.get_cost(), tf.float32)
     results[self._term_name] = tf.cast(reg.get_regularization_term(),
                                        tf.float32)
+    if hasattr(reg, 'logged_values'):  # CombinedRegularizer: every part
+      results.update(reg.logged_values())
     return results
 
   def save(self, filepath, overwrite=True, zipped=None, **kwargs):
@@ -254,20 +272,71 @@ class RegularizedModel(keras.Model):
     return self.inner_model.save(filepath, overwrite=overwrite, **kwargs)
 
   def save_weights(self, filepath, overwrite=True, **kwargs):
-    """Saves the wrapped model's weights (interchangeable with its own)."""
-    return self.inner_model.save_weights(filepath, overwrite=overwrite,
-                                         **kwargs)
+    """Saves the wrapped model's weights and this wrapper's optimizer.
+
+    The file is what plain Keras writes for the wrapped model compiled with
+    this optimizer: the wrapped model (or any model of its architecture)
+    loads it with its own `load_weights`, and `RegularizedModel.load_weights`
+    also restores the optimizer (its step count, Adam's moments), so
+    `BackupAndRestore` and `ModelCheckpoint(save_weights_only=True)` resume
+    where they stopped.
+    """
+    with self._optimizer_on_inner_model():
+      return self.inner_model.save_weights(filepath, overwrite=overwrite,
+                                           **kwargs)
 
   def load_weights(self, filepath, skip_mismatch=False, **kwargs):
-    """Loads weights saved by `save_weights` into the wrapped model."""
-    return self.inner_model.load_weights(filepath,
-                                         skip_mismatch=skip_mismatch, **kwargs)
+    """Loads `save_weights` files: the wrapped model's weights and, if the
+    file holds it, the optimizer state (built first if need be)."""
+    optimizer = getattr(self, 'optimizer', None)
+    if optimizer is not None and not optimizer.built:
+      optimizer.build(self.trainable_variables)
+    with self._optimizer_on_inner_model(), warnings.catch_warnings():
+      # A file written without an optimizer (by the plain model) keeps the
+      # current optimizer state; Keras' warning about it is noise here.
+      warnings.filterwarnings(
+          'ignore', message='Skipping variable loading for optimizer.*'
+          'saved optimizer has 0 variables')
+      return self.inner_model.load_weights(
+          filepath, skip_mismatch=skip_mismatch, **kwargs)
+
+  @contextlib.contextmanager
+  def _optimizer_on_inner_model(self):
+    """Keras saves a model's `optimizer` attribute with its weights: lend
+    the wrapper's to the wrapped model for the duration."""
+    optimizer = getattr(self, 'optimizer', None)
+    inner = self.inner_model
+    if optimizer is None:
+      yield
+      return
+    had = 'optimizer' in inner.__dict__
+    previous = inner.__dict__.get('optimizer')
+    inner.optimizer = optimizer
+    try:
+      yield
+    finally:
+      if had:
+        inner.optimizer = previous
+      else:
+        del inner.optimizer
 
   def get_config(self):
     raise NotImplementedError(
         'RegularizedModel is not serializable; save the wrapped model '
         '(RegularizedModel.save does) and call add_regularizer again after '
         'loading it.')
+
+
+def _check_not_nested(model):
+  if isinstance(model, RegularizedModel):
+    raise TypeError(
+        'model is already a RegularizedModel (regularizer %s): wrapping it '
+        'again would train only the outer regularizer and drop the inner '
+        "one's term. Combine them in one wrapper instead: add_regularizer("
+        'plain_model, CombinedRegularizer([(reg_a, strength_a), (reg_b, '
+        'strength_b)]), strength=1.0), or pass the list [(reg_a, strength_a)'
+        ', (reg_b, strength_b)] as the regularizer.'
+        % getattr(model.regularizer, 'name', type(model.regularizer).__name__))
 
 
 def _warn_if_detached(model, regularizer):

@@ -3,6 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from morph_net.op_regularizers import _checks
+
 
 def read(param):
   """The current float32 value of a variable or tensor."""
@@ -15,7 +17,12 @@ class GammaL1Regularizer:
 
   Args:
     gamma: the gamma variable or tensor, shape [C].
-    gamma_threshold: channels with |gamma| above it are alive.
+    gamma_threshold: channels with |gamma| above it are alive; a finite
+      number >= 0.
+
+  Raises:
+    ValueError: `gamma_threshold` is negative, NaN or infinite.
+    NonFiniteSourceError: (eager reads) gamma holds NaN or inf.
 
   >>> import tensorflow as tf
   >>> reg = GammaL1Regularizer(tf.constant([0.5, -0.001, 2.0]), 0.01)
@@ -27,11 +34,15 @@ class GammaL1Regularizer:
 
   def __init__(self, gamma, gamma_threshold):
     self._gamma = gamma
-    self._threshold = float(gamma_threshold)
+    self._threshold = _checks.check_threshold('gamma_threshold',
+                                              gamma_threshold)
 
   @property
   def regularization_vector(self):
-    return tf.abs(read(self._gamma))
+    value = read(self._gamma)
+    _checks.check_finite(value, [self._gamma], [int(value.shape[0])],
+                         'gamma')
+    return tf.abs(value)
 
   @property
   def alive_vector(self):
@@ -39,7 +50,9 @@ class GammaL1Regularizer:
 
   @staticmethod
   def num_channels(param, setting):
-    del setting
+    # Called once per source while the network is analyzed: the place to
+    # reject a threshold that would make every channel dead (NaN) or alive.
+    _checks.check_threshold('gamma_threshold', setting)
     return int(param.shape[0])
 
   @staticmethod
@@ -53,6 +66,8 @@ class GammaL1Regularizer:
     # Gammas are 1-D already; reshaping each would add an op per BatchNorm.
     values = [v if v.shape.rank == 1 else tf.reshape(v, [-1]) for v in values]
     gammas = tf.concat(values, axis=0) if len(values) > 1 else values[0]
+    _checks.check_finite(gammas, params, [int(v.shape[0]) for v in values],
+                         'gamma')
     reg = tf.abs(gammas)
     if len(set(thresholds)) == 1:
       return reg, reg > thresholds[0]

@@ -12,8 +12,14 @@ first channel alive has channel 0 alive (and a constant mask) always.
 import numpy as np
 import tensorflow as tf
 
+from morph_net.op_regularizers import _checks
 from morph_net.op_regularizers import gamma_l1_regularizer
 from morph_net.probabilistic_gating import activation_gating
+
+
+def check_alive_threshold(value):
+  """`value` as a float; ValueError unless it is a probability in [0, 1]."""
+  return _checks.check_threshold('alive_threshold', value, upper=1.0)
 
 
 def _per_channel(values, sizes, dtype):
@@ -47,6 +53,7 @@ def gate_vectors(params, settings):
   values = [gamma_l1_regularizer.read(p) for p in params]
   sizes = [int(v.shape[0]) for v in values]
   logits = tf.concat(values, 0) if len(values) > 1 else values[0]
+  _checks.check_finite(logits, params, sizes, 'gate logits')
   prob = tf.sigmoid(logits)
   records = [activation_gating.gate_record(p) for p in params]
   first = np.zeros(sum(sizes), bool)
@@ -85,7 +92,7 @@ class LogisticSigmoidRegularizer:
   Args:
     mask_logits: the gate's logits (a variable, or a tensor in graph mode).
     alive_threshold: with `mask_as_alive_vector=False`, channels whose
-      probability is at least this are alive.
+      probability is at least this are alive; a probability, in [0, 1].
     regularize_on_mask: regularize the sampled mask instead of p.
     mask_as_alive_vector: alive = deterministic mask (logits > 0).
 
@@ -106,8 +113,8 @@ class LogisticSigmoidRegularizer:
       raise ValueError('mask_logits must be 1-D, got shape %s.'
                        % (mask_logits.shape,))
     self._logits = mask_logits
-    self._setting = (float(alive_threshold), bool(regularize_on_mask),
-                     bool(mask_as_alive_vector))
+    self._setting = (check_alive_threshold(alive_threshold),
+                     bool(regularize_on_mask), bool(mask_as_alive_vector))
 
   @property
   def regularization_vector(self):
@@ -119,7 +126,8 @@ class LogisticSigmoidRegularizer:
 
   @staticmethod
   def num_channels(param, setting):
-    del setting
+    # Called once per source during the analysis: validate its settings.
+    check_alive_threshold(setting[0])
     return int(param.shape[0])
 
   @staticmethod

@@ -7,9 +7,22 @@ display needed).
 """
 
 import os
-import tempfile
 
-__all__ = ['plot_widths']
+from morph_net.tools import _atomic
+
+__all__ = ['check_format', 'plot_widths']
+
+
+def check_format(path):
+  """The format of `path` ('png' for no suffix), or ValueError if
+  matplotlib cannot write it (e.g. '.txt')."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  suffix = os.path.splitext(path)[1] or '.png'
+  formats = FigureCanvasAgg.get_supported_filetypes()
+  if suffix[1:].lower() not in formats:
+    raise ValueError('cannot write a plot as %r: use one of %s.' % (
+        suffix, ', '.join('.' + f for f in sorted(formats))))
+  return suffix[1:].lower()
 
 
 def plot_widths(learned, path, seed=None, title=None, log_scale=False):
@@ -25,6 +38,10 @@ def plot_widths(learned, path, seed=None, title=None, log_scale=False):
 
   Returns:
     path.
+
+  Raises:
+    ValueError: the structure is empty or the suffix names a format
+      matplotlib cannot write (e.g. '.txt').
   """
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
@@ -32,6 +49,7 @@ def plot_widths(learned, path, seed=None, title=None, log_scale=False):
   names = list(learned)
   if not names:
     raise ValueError('Nothing to plot: the structure is empty.')
+  fmt = check_format(path)
   positions = list(range(len(names)))
   fig = Figure(figsize=(max(6.0, 0.28 * len(names) + 2.0), 4.5))
   FigureCanvasAgg(fig)
@@ -61,18 +79,6 @@ def plot_widths(learned, path, seed=None, title=None, log_scale=False):
   ax.grid(axis='y', alpha=0.3)
   fig.tight_layout()
 
-  directory = os.path.dirname(os.path.abspath(path))
-  suffix = os.path.splitext(path)[1] or '.png'
-  fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix=suffix, dir=directory)
-  os.close(fd)
-  try:
-    fig.savefig(tmp, format=suffix[1:])
-    mask = os.umask(0)  # mkstemp files are 0600; use the usual permissions
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with _atomic.atomic_path(path, suffix='.' + fmt) as tmp:
+    fig.savefig(tmp, format=fmt)
   return path

@@ -4,17 +4,26 @@ Keys are op names for `tf.compat.v1` graphs and Keras layer names for Keras
 models, so a file written by one process can be read by another. Files are
 JSON, written atomically (temp file + rename): a crash never leaves half a
 structure behind.
+
+An existing structure file is never replaced by different counts: when a
+resumed (or restarted) run reaches a step that an earlier run already
+exported, its counts go beside the earlier file, as
+`alive_<step>.rerun<N>` (N = 1, 2, ...). `structure_files` lists them all
+in (step, rerun) order.
 """
 
 import json
 import os
-import tempfile
+import re
 
 import numpy as np
 import tensorflow as tf
 
+from morph_net.tools import _atomic
+
 _DIRECTORY = 'learned_structure'
 _FILE_PREFIX = 'alive'
+_FILE_RE = re.compile(r'^%s_(\d+)(?:\.rerun(\d+))?$' % _FILE_PREFIX)
 
 
 class StructureExporter:
@@ -88,29 +97,78 @@ class StructureExporter:
     f.write(json.dumps(self.get_alive_counts(), indent=2, sort_keys=True))
 
   def create_file_and_save_alive_counts(self, base_dir, global_step):
-    """Writes base_dir/learned_structure/alive_<step>; returns its path."""
+    """Writes base_dir/learned_structure/alive_<step>; returns its path.
+
+    If that file exists with the same counts, nothing is written. If it
+    holds different counts (an earlier run's), it is kept and the counts go
+    to the first free `alive_<step>.rerun<N>`, whose path is returned.
+
+    Raises:
+      NonFiniteSourceError: (eager) a source holds NaN or inf; no file is
+        written.
+    """
+    step = int(global_step)
+    if step < 0:
+      raise ValueError('global_step must be >= 0, got %r.' % (global_step,))
+    # Counts first: a failure to compute them writes nothing.
+    text = json.dumps(self.get_alive_counts(), indent=2, sort_keys=True)
     directory = os.path.join(base_dir, _DIRECTORY)
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, '%s_%d' % (_FILE_PREFIX, int(global_step)))
-    write_atomically(path, json.dumps(self.get_alive_counts(), indent=2,
-                                      sort_keys=True))
-    return path
+    return write_beside_existing(
+        os.path.join(directory, '%s_%d' % (_FILE_PREFIX, step)), text)
 
 
-def write_atomically(path, text):
-  """Writes text to path via a temp file in the same directory + rename."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=directory)
+def write_beside_existing(path, text):
+  """Writes `text` to `path`, or beside it if it holds something else.
+
+  Returns the path holding `text`: `path` if it was free or already held
+  exactly `text`, else the first free `<path>.rerun<N>` (N >= 1).
+  """
+  candidate, n = path, 0
+  while True:
+    try:
+      write_atomically(candidate, text, overwrite=False)
+      return candidate
+    except FileExistsError:
+      if _same_text(candidate, text):
+        return candidate
+    n += 1
+    candidate = '%s.rerun%d' % (path, n)
+
+
+def _same_text(path, text):
   try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+    with open(path, encoding='utf-8') as f:
+      return f.read() == text
+  except (OSError, UnicodeDecodeError):
+    return False
+
+
+def structure_files(base_dir):
+  """[(step, rerun, path)] of the structure files under base_dir.
+
+  `rerun` is 0 for `alive_<step>` and N for `alive_<step>.rerun<N>`; the
+  list is sorted by (step, rerun). Temp files and other names are skipped.
+  """
+  directory = os.path.join(base_dir, _DIRECTORY)
+  if not os.path.isdir(directory):
+    return []
+  found = []
+  for name in os.listdir(directory):
+    match = _FILE_RE.match(name)
+    if match:
+      found.append((int(match.group(1)), int(match.group(2) or 0),
+                    os.path.join(directory, name)))
+  return sorted(found)
+
+
+def write_atomically(path, text, overwrite=True):
+  """Writes text to path via a temp file in the same directory + rename.
+
+  With `overwrite=False` an existing file is kept and FileExistsError is
+  raised. Temp files of killed writers in the directory are removed.
+  """
+  _atomic.write_text(path, text, overwrite=overwrite)
 
 
 def _strip_common_prefix(keys):

@@ -1,0 +1,152 @@
+"""Atomic file writes (temp file + rename) and cleanup of stale temp files.
+
+Every file morph_net writes (structure JSON, slim `.keras` models, plots) is
+first written to a hidden temp file in the destination directory, then
+renamed over the destination, so a reader never sees half a file. Temp
+names carry the writer's process id (`.tmp_morphnet_<pid>_<random><suffix>`):
+a later write in the same directory removes the temp files of writers that
+were killed (their process is gone and the file has not been touched for
+`STALE_AFTER_S` seconds).
+"""
+
+import contextlib
+import os
+import re
+import tempfile
+import time
+
+__all__ = ['atomic_path', 'write_text', 'remove_stale_temp_files',
+           'STALE_AFTER_S']
+
+_PREFIX = '.tmp_morphnet_'
+_OURS = re.compile(r'^\.tmp_morphnet_(\d+)_')
+# Temp files of earlier versions (tempfile.mkstemp, no pid): '.tmp_' plus 8
+# random characters, optionally one of the suffixes they used.
+_LEGACY = re.compile(r'^\.tmp_[a-z0-9_]{8}(\.keras|\.png|\.pdf|\.svg)?$')
+# A dead writer's file untouched this long is stale; a live writer's never is.
+STALE_AFTER_S = 60.0
+# Legacy names do not say who wrote them: only age tells.
+_LEGACY_STALE_AFTER_S = 3600.0
+
+
+def _pid_alive(pid):
+  if pid == os.getpid():
+    return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, OSError):
+    return True  # Exists (someone else's process) or cannot tell: keep.
+  return True
+
+
+def remove_stale_temp_files(directory, now=None):
+  """Removes temp files left in `directory` by interrupted atomic writes.
+
+  Args:
+    directory: the directory to clean.
+    now: the current time (seconds since the epoch); `time.time()` if None.
+
+  Returns:
+    The names removed, sorted.
+  """
+  now = time.time() if now is None else now
+  removed = []
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return removed
+  for name in names:
+    if not name.startswith('.tmp_'):
+      continue
+    path = os.path.join(directory, name)
+    try:
+      age = now - os.stat(path).st_mtime
+    except OSError:
+      continue  # Renamed or removed meanwhile.
+    ours = _OURS.match(name)
+    if ours:
+      stale = age > STALE_AFTER_S and not _pid_alive(int(ours.group(1)))
+    else:
+      stale = bool(_LEGACY.match(name)) and age > _LEGACY_STALE_AFTER_S
+    if stale:
+      with contextlib.suppress(OSError):
+        os.remove(path)
+        removed.append(name)
+  return sorted(removed)
+
+
+def _default_permissions(path):
+  """mkstemp files are 0600; give the output the usual umask permissions."""
+  mask = os.umask(0)
+  os.umask(mask)
+  os.chmod(path, 0o666 & ~mask)
+
+
+def _fsync(path):
+  with contextlib.suppress(OSError):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix='', overwrite=True):
+  """Yields a temp path to write; on success it becomes `path` atomically.
+
+  The temp file lies in `path`'s directory (a rename never crosses file
+  systems); it is removed if the body raises. Stale temp files of killed
+  writers in that directory are removed first.
+
+  Args:
+    path: the destination.
+    suffix: the temp file's suffix (some writers pick the format from it,
+      e.g. '.keras' or '.png').
+    overwrite: if False, an existing `path` is never replaced: the final
+      step is a hard link, which fails atomically if `path` exists.
+
+  Yields:
+    The temp path.
+
+  Raises:
+    FileExistsError: `overwrite` is False and `path` exists.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  remove_stale_temp_files(directory)
+  fd, tmp = tempfile.mkstemp(prefix='%s%d_' % (_PREFIX, os.getpid()),
+                             suffix=suffix, dir=directory)
+  os.close(fd)
+  try:
+    yield tmp
+    _default_permissions(tmp)
+    _fsync(tmp)
+    if overwrite:
+      os.replace(tmp, path)
+    else:
+      _link_no_overwrite(tmp, path)
+  finally:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+  _fsync(directory)
+
+
+def _link_no_overwrite(tmp, path):
+  try:
+    os.link(tmp, path)
+  except FileExistsError:
+    raise
+  except OSError:
+    # No hard links on this file system: check, then rename (a tiny race).
+    if os.path.exists(path):
+      raise FileExistsError(path) from None
+    os.replace(tmp, path)
+
+
+def write_text(path, text, overwrite=True):
+  """Writes `text` (UTF-8) to `path` atomically; see `atomic_path`."""
+  with atomic_path(path, overwrite=overwrite) as tmp:
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.write(text)
