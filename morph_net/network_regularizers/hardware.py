@@ -7,12 +7,24 @@ BF16, 3350 GB/s HBM3), L4 (121 TFLOPS FP16, 300 GB/s GDDR6), TPU v4
 (275 TFLOPS BF16, 1200 GB/s HBM2), TPU v5e (197 TFLOPS BF16, 819 GB/s).
 FLOP_LATENCY and MEMORY_LATENCY are idealized devices with infinite
 bandwidth or infinite compute: latency then equals FLOPs or bytes moved.
+
+A spec measured on your own machine (`morph_net.tools.profile`, or
+`morphnet profile`) is a JSON file {"name", "peak_compute",
+"memory_bandwidth", "op_overhead"}; `get_hardware` loads it from its path,
+or by name from the directories in $MORPHNET_HARDWARE_PATH (os.pathsep
+separated; `<name>.json`). `op_overhead` is the fitted fixed time per op (ns,
+0 for data-sheet rows): what one op costs on top of its roofline time.
 """
 
 import collections
+import json
+import math
+import os
 
 HardwareSpec = collections.namedtuple(
-    'HardwareSpec', ['name', 'peak_compute', 'memory_bandwidth'])
+    'HardwareSpec', ['name', 'peak_compute', 'memory_bandwidth',
+                     'op_overhead'], defaults=[0.0])
+HARDWARE_PATH_ENV = 'MORPHNET_HARDWARE_PATH'
 
 _TABLE = (
     HardwareSpec('K80', 8740, 480),
@@ -35,7 +47,7 @@ MEMORY_BANDWIDTH = {spec.name: spec.memory_bandwidth for spec in _TABLE}
 
 
 def get_hardware(hardware):
-  """A HardwareSpec from a known name, a HardwareSpec, or a dict.
+  """A HardwareSpec from a known name, a JSON path, a HardwareSpec or a dict.
 
   >>> get_hardware('V100').peak_compute
   125000
@@ -50,17 +62,63 @@ def get_hardware(hardware):
       spec = HardwareSpec(**hardware)
     except TypeError:
       raise ValueError(
-          'A custom hardware dict needs exactly the keys name, peak_compute '
-          '(GFLOP/s) and memory_bandwidth (GB/s); got %s.'
-          % sorted(hardware)) from None
+          'A custom hardware dict needs the keys name, peak_compute '
+          '(GFLOP/s) and memory_bandwidth (GB/s), optionally op_overhead '
+          '(ns); got %s.' % sorted(hardware)) from None
   elif isinstance(hardware, str) and hardware in HARDWARE:
     return HARDWARE[hardware]
+  elif isinstance(hardware, (str, os.PathLike)) and _find_file(hardware):
+    spec = load_hardware(_find_file(hardware))
   else:
     raise ValueError(
         'Unknown hardware %r. Known: %s. Or pass HardwareSpec(name, '
-        'peak_compute_gflops, memory_bandwidth_gbs).'
-        % (hardware, ', '.join(sorted(HARDWARE))))
-  if not (spec.peak_compute > 0 and spec.memory_bandwidth > 0):
+        'peak_compute_gflops, memory_bandwidth_gbs), the path of a JSON spec '
+        '(morphnet profile writes one), or the name of one in $%s.'
+        % (hardware, ', '.join(sorted(HARDWARE)), HARDWARE_PATH_ENV))
+  if not (spec.peak_compute > 0 and spec.memory_bandwidth > 0 and
+          spec.op_overhead >= 0 and math.isfinite(spec.op_overhead)):
     raise ValueError('Hardware %r needs positive peak_compute and '
-                     'memory_bandwidth.' % (spec.name,))
+                     'memory_bandwidth and a finite op_overhead >= 0.'
+                     % (spec.name,))
   return spec
+
+
+def _find_file(hardware):
+  path = os.fspath(hardware)
+  if os.path.isfile(path):
+    return path
+  for directory in os.environ.get(HARDWARE_PATH_ENV, '').split(os.pathsep):
+    candidate = os.path.join(directory, path + '.json')
+    if directory and os.path.isfile(candidate):
+      return candidate
+  return None
+
+
+def save_hardware(spec, path, fit=None):
+  """Writes a HardwareSpec as JSON (what `get_hardware(path)` reads).
+
+  `fit`: an optional report stored alongside (ignored when loading).
+  """
+  data = get_hardware(spec)._asdict()
+  if fit is not None:
+    data['fit'] = fit
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(data, f, indent=2)
+    f.write('\n')
+
+
+def load_hardware(path):
+  """The HardwareSpec stored at `path` by `save_hardware`."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      data = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError('Cannot read hardware spec %s: %s' % (path, e)) from None
+  if not isinstance(data, dict):
+    raise ValueError('Hardware spec %s: expected a JSON object.' % path)
+  # Other keys (e.g. the 'fit' report morphnet profile writes) are notes.
+  data = {k: v for k, v in data.items() if k in HardwareSpec._fields}
+  try:
+    return get_hardware(data)
+  except ValueError as e:
+    raise ValueError('Hardware spec %s: %s' % (path, e)) from None
