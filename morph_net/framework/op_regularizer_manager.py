@@ -23,6 +23,10 @@ from morph_net.framework import patterns
 from morph_net.framework import suggest
 
 
+# Ops that bring the data in (a traced model's inputs, graph placeholders).
+_INPUT_OPS = ('Placeholder', 'PlaceholderWithDefault')
+
+
 def make_view(output_boundary, input_boundary=None, input_signature=None):
   """A GraphView for a list of ops/tensors, a Keras model or a function."""
   if isinstance(output_boundary, graph_view_lib.GraphView):
@@ -109,8 +113,9 @@ class OpRegularizerManager:
       models, layers) carry no regularizer. A pattern matching nothing is an
       error.
     input_boundary: ops at which the walk stops (graph mode).
-    Channels tied to the output boundary are never regularized: the
-    network's output width (e.g. its logits) is fixed by the task.
+    Channels tied to the output boundary or to the inputs are never
+    regularized: the network's output width (e.g. its logits) is fixed by
+    the task, its input width by the data.
     input_signature: `tf.TensorSpec`s to trace a model whose input shape is
       not known.
     regularizer_decorator: optional callable (op_regularizer, **params) ->
@@ -265,10 +270,14 @@ class OpRegularizerManager:
     ordered_nodes = [n for items in by_kind.values() for _, n in items]
     src_labels = (labels[np.concatenate(ordered_nodes)] if ordered_nodes
                   else np.zeros([0], np.int64))
-    # The output's channels are the network's contract (e.g. its logits):
-    # never prune them, even if a source (a last Dense kernel) reaches them.
+    # The outputs' and inputs' channels are the network's contract (its
+    # logits, the data's width): never prune them, even if a source (a last
+    # Dense kernel, a residual added to the input) reaches them.
+    fixed_ops = list(self._view.output_ops) + [
+        op for op in self._ops if op.type in _INPUT_OPS
+        or self._view.is_input_boundary(op)]
     out_labels = [labels[self._tensor_nodes[t.name]]
-                  for op in self._view.output_ops for t in op.outputs
+                  for op in fixed_ops for t in op.outputs
                   if t.name in self._tensor_nodes]
     regularized = np.unique(src_labels)
     if out_labels:
