@@ -162,7 +162,11 @@ class EinsumOpHandler(op_handler.OpHandler):
     a, w = terms[act_i], terms[w_i]
     act, weight, out = op.inputs[act_i], op.inputs[w_i], op.outputs[0]
     c_in_letter, c_out_letter = a[-1], out_term[-1]
-    if (len(w) != 2 or set(w) != {c_in_letter, c_out_letter}
+    w_shape = weight.shape.as_list()
+    # Unit batch axes of the weight broadcast over the activation's.
+    kernel = [l for l, d in zip(w, w_shape)
+              if not (d == 1 and l in a and l in out_term)]
+    if (len(kernel) != 2 or set(kernel) != {c_in_letter, c_out_letter}
         or c_in_letter in out_term or c_out_letter in a
         or sorted(out_term[:-1]) != sorted(a[:-1])
         or out_term[0] != a[0]):
@@ -170,7 +174,6 @@ class EinsumOpHandler(op_handler.OpHandler):
           op, 'the kernel (operand %d, %r) is not one input-channel axis '
           'contracted with the activation\'s channel axis and one output-'
           'channel axis' % (w_i, w))
-    w_shape = weight.shape.as_list()
     k_in = w_shape[w.index(c_in_letter)]
     c_out = w_shape[w.index(c_out_letter)]
     if ctx.view.channels(act) is None and k_in is not None:

@@ -1,0 +1,506 @@
+"""Handler conformance: one row per supported op type, one test over them.
+
+Each row builds a tiny network around the op (a `tf.function` of raw ops,
+or a Keras model), names the channel ties the analysis must find, and
+carries the expected FLOPs and weight count from an independent count:
+raw-op rows record 2 x output positions x kernel elements for every conv and
+matmul while the body runs eagerly; Keras rows count from the layer shapes
+Keras infers (`layer.output.shape`, kernel shapes). Adding an op type is one
+table entry in `op_handlers._FAMILIES` plus one row here;
+`test_every_table_op_type_has_a_row` fails until the row exists.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from morph_net.framework import errors
+from morph_net.framework import op_handlers
+from morph_net.framework import op_regularizer_manager as orm
+from morph_net.network_regularizers import cost_model
+
+_COUNT = {'flops': 0, 'weights': 0}  # filled by eager runs of row bodies
+
+
+def _record(y, w):
+  if tf.executing_eagerly():
+    positions = int(np.prod(y.shape[1:-1], dtype=np.int64))
+    _COUNT['flops'] += 2 * positions * int(np.prod(w.shape))
+    _COUNT['weights'] += int(np.prod(w.shape))
+
+
+def _weight(shape, seed=0):
+  rng = np.random.default_rng(seed)
+  return tf.Variable(rng.normal(size=shape).astype(np.float32))
+
+
+def _conv(x, w, name):
+  y = tf.nn.convolution(x, w, padding='SAME', name=name)
+  _record(y, w)
+  return y
+
+
+def _pointwise(x, c_out, name, seed):
+  """A 1x1 conv (Conv2D/Conv3D by rank) or a MatMul on a 2-D input."""
+  rank = x.shape.rank
+  shape = [1] * (rank - 2) + [x.shape[-1], c_out] if rank > 2 else [
+      x.shape[-1], c_out]
+  w = _weight(shape, seed)
+  if rank == 2:
+    return lambda t: _matmul(t, w, name)
+  return lambda t: _conv(t, w, name)
+
+
+def _matmul(x, w, name):
+  y = tf.matmul(x, w, name=name)
+  _record(y, w)
+  return y
+
+
+def _raw(body_fn, in_shape=(4, 4, 8), pre_channels=(8,)):
+  """A builder: pre convs -> body -> a 1x1 'post' conv/matmul.
+
+  `body_fn(*pres)` gets one tensor per entry of pre_channels (ops named
+  'pre', 'pre2', ...) and names its result op 'op'. The body is run once
+  eagerly (batch 1) to size the post layer and count FLOPs and weights.
+  """
+
+  def build():
+    x0 = tf.zeros((1,) + tuple(in_shape))
+    pres = [_pointwise(x0, c, 'pre' if i == 0 else 'pre%d' % (i + 1), i)
+            for i, c in enumerate(pre_channels)]
+    _COUNT.update(flops=0, weights=0)
+    y0 = body_fn(*[p(x0) for p in pres])
+    post = _pointwise(y0, 6, 'post', 9)
+    _COUNT.update(flops=0, weights=0)
+    post(body_fn(*[p(x0) for p in pres]))
+    expected = dict(_COUNT)
+
+    def net(x):
+      return post(body_fn(*[p(x) for p in pres]))
+
+    spec = tf.TensorSpec((None,) + tuple(in_shape), tf.float32)
+    function = tf.function(net)
+    expected['keep'] = function  # a trace only holds weak variable refs
+    return function.get_concrete_function(spec), expected
+
+  return build
+
+
+def _keras(make):
+  """A builder for a Keras model; counts from Keras' inferred shapes."""
+
+  def build():
+    keras.backend.clear_session()
+    model = make()
+    return model, _keras_count(model)
+
+  return build
+
+
+def _keras_count(model):
+  flops = weights = 0
+  for layer in model.layers:
+    kernel = getattr(layer, 'kernel', None)
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+      f, w = _mha_count(layer, model.input.shape[1])
+      flops, weights = flops + f, weights + w
+      continue
+    if kernel is None:
+      continue
+    k = int(np.prod(kernel.shape))
+    weights += k
+    if isinstance(layer, (keras.layers.Conv2DTranspose,
+                          keras.layers.Conv3DTranspose)):
+      shape = layer.input.shape  # transposed convs: input positions
+    else:
+      shape = layer.output.shape
+    flops += 2 * int(np.prod(shape[1:-1])) * k
+  return {'flops': flops, 'weights': weights}
+
+
+def _mha_count(layer, t):
+  """Self-attention over T positions: projections 2 x T x kernel elements,
+  QK^T and AV 2 x T x T x heads x head dim each."""
+  heads, dk, dv = layer.num_heads, layer.key_dim, layer.value_dim
+  kernels = [layer.query_dense.kernel, layer.key_dense.kernel,
+             layer.value_dense.kernel, layer.output_dense.kernel]
+  weights = sum(int(np.prod(k.shape)) for k in kernels)
+  flops = 2 * t * weights + 2 * t * t * heads * (dk + dv)
+  return flops, weights
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One conformance case.
+
+  Attributes:
+    name: the case id.
+    op_types: table op types the case covers (each must appear in the
+      analyzed ops).
+    build: () -> (output boundary, {'flops': ..., 'weights': ...}).
+    ties: (a, b, mapping): channel j of tensor a is channel mapping[j] of b
+      (mapping None: identity; b may be a list, concatenated).
+    apart: (a, b): the two tensors share no channel class (a leaf).
+  Tensors are named 'op' (exact op name in raw graphs) or 'Type:part'
+  (the one op of that type whose name contains part), '#k' for output k.
+  """
+  name: str
+  op_types: tuple
+  build: object
+  ties: tuple = ()
+  apart: tuple = ()
+
+
+def _unary(op_type, fn, in_shape=(4, 4, 8)):
+  return Row(op_type, (op_type,), _raw(lambda p: fn(p, 'op'), in_shape),
+             ties=(('op', 'pre', None),))
+
+
+def _binary(op_type, fn):
+  return Row(op_type, (op_type,), _raw(lambda a, b: fn(a, b, 'op'),
+                                       pre_channels=(8, 8)),
+             ties=(('op', 'pre', None), ('op', 'pre2', None)))
+
+
+def _batch_norm(op):
+  c = tf.ones([8])
+  z = tf.zeros([8])
+  return lambda p, name: op(x=p, scale=c, offset=z, mean=z, variance=c,
+                            is_training=False, name=name)[0]
+
+
+_R = tf.raw_ops
+_UNARY = {
+    'Relu': lambda p, n: tf.nn.relu(p, name=n),
+    'Relu6': lambda p, n: tf.nn.relu6(p, name=n),
+    'Elu': lambda p, n: tf.nn.elu(p, name=n),
+    'Selu': lambda p, n: tf.nn.selu(p, name=n),
+    'LeakyRelu': lambda p, n: tf.nn.leaky_relu(p, name=n),
+    'Sigmoid': lambda p, n: tf.sigmoid(p, name=n),
+    'Tanh': lambda p, n: tf.tanh(p, name=n),
+    'Softplus': lambda p, n: tf.nn.softplus(p, name=n),
+    'Softsign': lambda p, n: tf.nn.softsign(p, name=n),
+    'Softmax': lambda p, n: tf.nn.softmax(p, name=n),
+    'LogSoftmax': lambda p, n: tf.nn.log_softmax(p, name=n),
+    'Identity': lambda p, n: tf.identity(p, name=n),
+    'Snapshot': lambda p, n: _R.Snapshot(input=p, name=n),
+    'StopGradient': lambda p, n: tf.stop_gradient(p, name=n),
+    'PreventGradient': lambda p, n: _R.PreventGradient(input=p, name=n),
+    'EnsureShape': lambda p, n: tf.ensure_shape(p, [None, 4, 4, 8], name=n),
+    'CheckNumerics': lambda p, n: tf.debugging.check_numerics(p, 'x',
+                                                              name=n),
+    'Cast': lambda p, n: tf.cast(tf.cast(p, tf.float16, name=n), tf.float32),
+    'BiasAdd': lambda p, n: tf.nn.bias_add(p, tf.ones([8]), name=n),
+    'MaxPool': lambda p, n: tf.nn.max_pool2d(p, 2, 2, 'VALID', name=n),
+    'AvgPool': lambda p, n: tf.nn.avg_pool2d(p, 2, 2, 'VALID', name=n),
+    'Neg': lambda p, n: tf.negative(p, name=n),
+    'Abs': lambda p, n: tf.abs(p, name=n),
+    'Square': lambda p, n: tf.square(p, name=n),
+    'Sqrt': lambda p, n: tf.sqrt(p, name=n),
+    'Rsqrt': lambda p, n: tf.math.rsqrt(p, name=n),
+    'Exp': lambda p, n: tf.exp(p, name=n),
+    'Expm1': lambda p, n: tf.math.expm1(p, name=n),
+    'Log': lambda p, n: tf.math.log(p, name=n),
+    'Log1p': lambda p, n: tf.math.log1p(p, name=n),
+    'Erf': lambda p, n: tf.math.erf(p, name=n),
+    'Erfc': lambda p, n: tf.math.erfc(p, name=n),
+    'Reciprocal': lambda p, n: tf.math.reciprocal(p, name=n),
+    'ClipByValue': lambda p, n: _R.ClipByValue(
+        t=p, clip_value_min=-1.0, clip_value_max=1.0, name=n),
+    'Round': lambda p, n: tf.round(p, name=n),
+    'Floor': lambda p, n: tf.floor(p, name=n),
+    'Ceil': lambda p, n: tf.math.ceil(p, name=n),
+    'Sign': lambda p, n: tf.sign(p, name=n),
+    'ResizeBilinear': lambda p, n: _R.ResizeBilinear(images=p, size=[8, 8],
+                                                     name=n),
+    'ResizeNearestNeighbor': lambda p, n: _R.ResizeNearestNeighbor(
+        images=p, size=[8, 8], name=n),
+    'ResizeBicubic': lambda p, n: _R.ResizeBicubic(images=p, size=[8, 8],
+                                                   name=n),
+    'ResizeArea': lambda p, n: _R.ResizeArea(images=p, size=[8, 8], name=n),
+    'FusedBatchNorm': _batch_norm(_R.FusedBatchNorm),
+    'FusedBatchNormV2': _batch_norm(_R.FusedBatchNormV2),
+    'FusedBatchNormV3': _batch_norm(_R.FusedBatchNormV3),
+    # Passthrough when the channel axis is left alone.
+    'Mean': lambda p, n: tf.reduce_mean(p, [1, 2], keepdims=True, name=n),
+    'Max': lambda p, n: tf.reduce_max(p, [1, 2], keepdims=True, name=n),
+    'Min': lambda p, n: tf.reduce_min(p, [1, 2], keepdims=True, name=n),
+    'Sum': lambda p, n: tf.reduce_sum(p, [1, 2], keepdims=True, name=n),
+    'Prod': lambda p, n: tf.reduce_prod(p, [1, 2], keepdims=True, name=n),
+    'Pad': lambda p, n: tf.pad(p, [[0, 0], [1, 1], [1, 1], [0, 0]], name=n),
+    'PadV2': lambda p, n: _R.PadV2(input=p, paddings=[[0, 0], [1, 1], [1, 1],
+                                                      [0, 0]],
+                                   constant_values=0.0, name=n),
+    'MirrorPad': lambda p, n: tf.pad(p, [[0, 0], [1, 1], [1, 1], [0, 0]],
+                                     mode='REFLECT', name=n),
+    'Transpose': lambda p, n: tf.transpose(p, [0, 2, 1, 3], name=n),
+    'StridedSlice': lambda p, n: tf.strided_slice(
+        p, [0, 1, 0, 0], [0, 3, 4, 8], begin_mask=1, end_mask=1, name=n),
+    'Slice': lambda p, n: tf.slice(p, [0, 0, 0, 0], [-1, 2, 4, 8], name=n),
+    'Tile': lambda p, n: tf.tile(p, [1, 2, 1, 1], name=n),
+    'Squeeze': lambda p, n: tf.squeeze(
+        tf.reduce_mean(p, [1, 2], keepdims=True), [1, 2], name=n),
+    'ExpandDims': lambda p, n: tf.expand_dims(p, 1, name=n),
+}
+_UNARY_3D = {
+    'MaxPool3D': lambda p, n: tf.nn.max_pool3d(p, 2, 2, 'VALID', name=n),
+    'AvgPool3D': lambda p, n: tf.nn.avg_pool3d(p, 2, 2, 'VALID', name=n),
+}
+_BINARY = {
+    'Add': lambda a, b, n: _R.Add(x=a, y=b, name=n),
+    'AddV2': lambda a, b, n: tf.add(a, b, name=n),
+    'Sub': lambda a, b, n: tf.subtract(a, b, name=n),
+    'Mul': lambda a, b, n: tf.multiply(a, b, name=n),
+    'Maximum': lambda a, b, n: tf.maximum(a, b, name=n),
+    'Minimum': lambda a, b, n: tf.minimum(a, b, name=n),
+    'RealDiv': lambda a, b, n: tf.math.truediv(a, b, name=n),
+    'Div': lambda a, b, n: _R.Div(x=a, y=b, name=n),
+    'DivNoNan': lambda a, b, n: tf.math.divide_no_nan(a, b, name=n),
+    'SquaredDifference': lambda a, b, n: tf.math.squared_difference(
+        a, b, name=n),
+    'Pow': lambda a, b, n: tf.pow(a, b, name=n),
+    'SelectV2': lambda a, b, n: tf.where(a > b, a, b, name=n),
+    'Select': lambda a, b, n: _R.Select(condition=a > b, x=a, y=b, name=n),
+    'AddN': lambda a, b, n: tf.add_n([a, b], name=n),
+}
+
+
+def _split(a, n):
+  return tf.split(a, 2, axis=-1, name=n)
+
+
+def _split_v(a, n):
+  return tf.split(a, [3, 5], axis=-1, name=n)
+
+
+def _csp(split):
+  """A CSP block: split the channels, convolve one part, concat back."""
+  weights = []  # created on the first (eager) call only
+
+  def body(p):
+    left, right = split(p, 'op')
+    if not weights:
+      weights.append(_weight([3, 3, right.shape[-1], right.shape[-1]], 5))
+    w = weights[0]
+    return tf.concat([left, _conv(right, w, 'mid')], -1, name='cat')
+
+  return body
+
+
+def _keras_conv(layer, in_shape):
+  def make():
+    x = keras.Input(in_shape)
+    y = layer()(x)
+    y = keras.layers.Dense(3, name='head')(keras.layers.Flatten()(y))
+    return keras.Model(x, y)
+  return make
+
+
+def _keras_mha():
+  x = keras.Input((5, 8))
+  y = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3, value_dim=4,
+                                      name='mha')(x, x)
+  return keras.Model(x, keras.layers.Dense(3, name='head')(y))
+
+
+def _keras_embedding():
+  x = keras.Input((5,), dtype='int32')
+  y = keras.layers.Embedding(10, 8, name='embed')(x)
+  return keras.Model(x, keras.layers.Dense(3, name='head')(y))
+
+
+def _resource_gather():
+  """An embedding lookup from a variable: new channels, no FLOPs."""
+  table, w = _weight([10, 8]), _weight([8, 3], 1)
+
+  def net(ids):
+    rows = tf.gather(table, ids, name='op')  # ResourceGather
+    return tf.matmul(tf.reshape(rows, [-1, 8]), w)
+
+  function = tf.function(net)
+  concrete = function.get_concrete_function(tf.TensorSpec([None, 5],
+                                                          tf.int32))
+  # A Dense over 5 positions: 2 x 5 x 8 x 3.
+  return concrete, {'flops': 2 * 5 * 8 * 3, 'weights': 8 * 3,
+                    'keep': (function, table, w)}
+
+
+def _keras_einsum(equation, shape, in_shape):
+  def make():
+    x = keras.Input(in_shape)
+    y = keras.layers.EinsumDense(equation, shape, name='ed')(x)
+    return keras.Model(x, keras.layers.Dense(3, name='head')(y))
+  return make
+
+
+def _batch_matmul(op, **kw):
+  def body(p):
+    w = tf.constant(np.ones([1, 8, 5] if op is _R.BatchMatMul else [8, 5],
+                            np.float32))
+    x = tf.reshape(p, [-1, 16, 8])
+    y = op(x=x, y=w, name='op', **kw)
+    _record(y, w)
+    return tf.reshape(y, [-1, 4, 4, 5])
+  return body
+
+
+def _attention(p, k):
+  """QK^T and AV by BatchMatMulV2 on [B, T, d] activations."""
+  q = tf.reshape(p, [-1, 16, 8])
+  kk = tf.reshape(k, [-1, 16, 8])
+  scores = tf.nn.softmax(tf.matmul(q, kk, transpose_b=True, name='qk'))
+  out = tf.matmul(scores, kk, name='op')
+  if tf.executing_eagerly():  # 2 x T x S x d, twice
+    _COUNT['flops'] += 2 * 2 * 16 * 16 * 8
+  return tf.reshape(out, [-1, 4, 4, 8])
+
+
+ROWS = (
+    [_unary(t, f) for t, f in _UNARY.items()]
+    + [_unary(t, f, (2, 4, 4, 8)) for t, f in _UNARY_3D.items()]
+    + [_binary(t, f) for t, f in _BINARY.items()]
+    + [
+        Row('IdentityN', ('IdentityN',),
+            _raw(lambda a, b: tf.identity_n([a, b], name='op')[1],
+                 pre_channels=(8, 4)),
+            ties=(('op#1', 'pre2', None), ('op#0', 'pre', None))),
+        Row('BroadcastTo', ('BroadcastTo',),
+            _raw(lambda p: tf.broadcast_to(p, [tf.shape(p)[0], 3, 4, 8],
+                                           name='op'), in_shape=(1, 4, 8)),
+            ties=(('op', 'pre', None),)),
+        Row('GatherV2-tokens', ('GatherV2',),
+            _raw(lambda p: tf.gather(p, [0, 2], axis=1, name='op')),
+            ties=(('op', 'pre', None),)),
+        Row('GatherV2-channels', ('GatherV2',),
+            _raw(lambda p: tf.gather(p, [1, 3, 5], axis=3, name='op')),
+            ties=(('op', 'pre', np.array([1, 3, 5])),)),
+        Row('GatherV2-Embedding', ('GatherV2',), _keras(_keras_embedding)),
+        Row('ResourceGather', ('ResourceGather',), _resource_gather),
+        Row('Mean-over-channels', ('Mean',),
+            _raw(lambda p: tf.reduce_mean(p, -1, keepdims=True, name='op')),
+            apart=(('op', 'pre'),)),
+        Row('Reshape-flatten', ('Reshape',),
+            _raw(lambda p: tf.reshape(p, [-1, 128], name='op')),
+            ties=(('op', 'pre', np.arange(128) % 8),)),
+        Row('ConcatV2', ('ConcatV2',),
+            _raw(lambda a, b: tf.concat([a, b], -1, name='op'),
+                 pre_channels=(8, 4)),
+            ties=(('op', ['pre', 'pre2'], None),)),
+        Row('Split', ('Split', 'ConcatV2'), _raw(_csp(_split)),
+            ties=(('op#0', 'pre', np.arange(0, 4)),
+                  ('op#1', 'pre', np.arange(4, 8)),
+                  ('cat', ['op#0', 'mid'], None))),
+        Row('SplitV', ('SplitV',), _raw(_csp(_split_v)),
+            ties=(('op#0', 'pre', np.arange(0, 3)),
+                  ('op#1', 'pre', np.arange(3, 8)))),
+        Row('Split-spatial', ('Split',),
+            _raw(lambda p: tf.concat(tf.split(p, 2, axis=1, name='op'), 1)),
+            ties=(('op#0', 'pre', None), ('op#1', 'pre', None))),
+        Row('SpaceToDepth', ('SpaceToDepth',),
+            _raw(lambda p: tf.nn.space_to_depth(p, 2, name='op')),
+            apart=(('op', 'pre'),)),
+        Row('DepthToSpace', ('DepthToSpace',),
+            _raw(lambda p: tf.nn.depth_to_space(p, 2, name='op')),
+            apart=(('op', 'pre'),)),
+        Row('BatchMatMulV2-weight', ('BatchMatMulV2',),
+            _raw(_batch_matmul(_R.BatchMatMulV2))),
+        Row('BatchMatMulV3-weight', ('BatchMatMulV3',),
+            _raw(_batch_matmul(_R.BatchMatMulV3, Tout=tf.float32))),
+        Row('BatchMatMul-weight', ('BatchMatMul',),
+            _raw(_batch_matmul(_R.BatchMatMul))),
+        Row('BatchMatMulV2-attention', ('BatchMatMulV2', 'Softmax'),
+            _raw(_attention, pre_channels=(8, 8)),
+            ties=(('pre', 'pre2', None), ('op', 'pre2', None)),
+            apart=(('qk', 'pre'),)),
+        Row('Conv2D', ('Conv2D', 'MatMul', 'Reshape'), _keras(_keras_conv(
+            lambda: keras.layers.Conv2D(6, 3, name='conv'), (6, 6, 4))),
+            ties=(('Reshape:flatten', 'Conv2D:conv', np.arange(96) % 6),)),
+        Row('Conv2D-grouped', ('Conv2D',), _keras(_keras_conv(
+            lambda: keras.layers.Conv2D(6, 3, groups=2, name='conv'),
+            (6, 6, 4)))),
+        Row('Conv3D', ('Conv3D',), _keras(_keras_conv(
+            lambda: keras.layers.Conv3D(4, 3, name='conv'), (4, 4, 4, 2)))),
+        Row('Conv2DBackpropInput', ('Conv2DBackpropInput',),
+            _keras(_keras_conv(lambda: keras.layers.Conv2DTranspose(
+                4, 3, strides=2, name='conv'), (3, 3, 2)))),
+        Row('Conv3DBackpropInputV2', ('Conv3DBackpropInputV2',),
+            _keras(_keras_conv(lambda: keras.layers.Conv3DTranspose(
+                3, 2, strides=2, name='conv'), (2, 2, 2, 2)))),
+        Row('DepthwiseConv2dNative', ('DepthwiseConv2dNative',),
+            _keras(_keras_conv(lambda: keras.layers.DepthwiseConv2D(
+                3, depth_multiplier=2, name='dw'), (5, 5, 3))),
+            ties=(('DepthwiseConv2dNative:dw', 'Placeholder:',
+                   np.arange(6) // 2),)),
+        Row('MatMul-Dense', ('MatMul',), _keras(_keras_conv(
+            lambda: keras.layers.Dense(5, name='fc'), (7,)))),
+        Row('Einsum-EinsumDense', ('Einsum',), _keras(_keras_einsum(
+            '...c,cd->...d', (7,), (5, 8)))),
+        Row('BatchMatMulV2-EinsumDense', ('BatchMatMulV2',),
+            _keras(_keras_einsum('abc,cd->abd', (5, 6), (5, 8)))),
+        Row('Einsum-attention', ('Einsum', 'BatchMatMulV2', 'Softmax'),
+            _keras(_keras_mha),
+            ties=(('AddV2:query', 'AddV2:key', None),
+                  ('Einsum:einsum_1/', 'AddV2:value', None))),
+    ])
+
+# Op types with no row, and why.
+EXEMPT = {
+    t: 'terminal: the walk starts there; every row reads placeholders and '
+       'variables'
+    for t in ('Placeholder', 'PlaceholderWithDefault', 'Const',
+              'ReadVariableOp', 'VarHandleOp', 'VariableV2', 'Variable',
+              'RandomUniform', 'RandomStandardNormal', 'TruncatedNormal')}
+EXEMPT.update({
+    'SpaceToBatchND': 'dilated convs: rows owned by the pattern-pass author',
+    'BatchToSpaceND': 'dilated convs: rows owned by the pattern-pass author',
+})
+
+
+def _op(manager, selector):
+  """The tensor a selector names (see `Row`)."""
+  selector, _, index = selector.partition('#')
+  if ':' in selector:
+    op_type, part = selector.split(':', 1)
+    ops = [op for op in manager.ops if op.type == op_type and part in op.name]
+  else:
+    ops = [op for op in manager.ops if op.name == selector]
+  assert len(ops) == 1, (selector, [op.name for op in manager.ops])
+  return ops[0].outputs[int(index or 0)]
+
+
+def _labels(manager, selector):
+  if isinstance(selector, list):
+    return np.concatenate([_labels(manager, s) for s in selector])
+  return manager.channel_labels(_op(manager, selector))
+
+
+@pytest.mark.parametrize('row', ROWS, ids=lambda r: r.name)
+def test_handler_conformance(row):
+  boundary, expected = row.build()
+  manager = orm.OpRegularizerManager(boundary)
+  seen = {op.type for op in manager.ops}
+  assert set(row.op_types) <= seen, sorted(seen)
+  for a, b, mapping in row.ties:
+    la, lb = _labels(manager, a), _labels(manager, b)
+    if mapping is not None:
+      lb = lb[mapping]
+    np.testing.assert_array_equal(la, lb, err_msg='%s ~ %s' % (a, b))
+  for a, b in row.apart:
+    shared = set(_labels(manager, a)) & set(_labels(manager, b))
+    assert not shared, (a, b)
+  assert cost_model.CostModel(manager, 'flops').full_cost() == pytest.approx(
+      expected['flops'], rel=1e-9)
+  size = cost_model.CostModel(manager, 'model_size').full_cost()
+  assert size == pytest.approx(expected['weights'], rel=1e-9)
+
+
+def test_every_table_op_type_has_a_row():
+  covered = {t for row in ROWS for t in row.op_types}
+  missing = set(op_handlers.default_op_handler_dict()) - covered - set(EXEMPT)
+  assert not missing, sorted(missing)
+  stale = set(EXEMPT) - set(op_handlers.default_op_handler_dict())
+  assert not stale, sorted(stale)
