@@ -14,6 +14,7 @@
 from morph_net.keras.expand import expand_structure
 from morph_net.keras.expand import structure_cost
 from morph_net.keras.slim import slim_model
+from morph_net.keras._width_rules import register_width_rule
 from morph_net.keras.training import add_regularizer
 from morph_net.keras.training import REGULARIZATION_TERM_NAME
 from morph_net.keras.training import RegularizedModel
@@ -25,6 +26,7 @@ __all__ = [
     'StructureExporterCallback',
     'add_regularizer',
     'expand_structure',
+    'register_width_rule',
     'slim_model',
     'structure_cost',
 ]

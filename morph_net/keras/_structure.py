@@ -122,6 +122,15 @@ class Analysis:
     view = self.manager.view
     unknown = [k for k in structure if k not in self.entries]
     missing = [k for k in unknown if view.layer(k) is None]
+    ambiguous = {k: [e for e in self.entries if e.endswith('/' + str(k))]
+                 for k in missing}
+    ambiguous = {k: v for k, v in ambiguous.items() if v}
+    if ambiguous:
+      raise ValueError(
+          'The structure key(s) %s name several layers of model %r; use '
+          'their paths: %s.' % (
+              ', '.join(map(repr, sorted(ambiguous))), self.model.name,
+              ', '.join(e for v in ambiguous.values() for e in v)))
     if missing:
       raise ValueError(
           'The structure names layers that are not in model %r: %s. Keys '
