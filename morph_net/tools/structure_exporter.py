@@ -40,16 +40,14 @@ class StructureExporter:
 
   def __init__(self, op_regularizer_manager, remove_common_prefix=False):
     self._manager = op_regularizer_manager
-    view = op_regularizer_manager.view
     self._keys = {}  # key -> list of output tensors
-    for c in op_regularizer_manager.compute_ops:
-      if c.linear or op_regularizer_manager.get_regularizer(c.op) is None:
-        continue
-      key = None
-      if view.eager:
-        key = view.owner_layer(c.op, c.weight_index)
-      key = key or c.op.name
-      self._keys.setdefault(key, []).append(c.output)
+    # The manager's layer keys: Keras layer names (paths where names
+    # collide) or op names in graph mode; a layer called twice ORs its calls.
+    for key, entry in op_regularizer_manager.layers().items():
+      outputs = [c.output for c in entry.computes if not c.linear
+                 and op_regularizer_manager.get_regularizer(c.op) is not None]
+      if outputs:
+        self._keys[key] = outputs
     if remove_common_prefix:
       self._keys = _strip_common_prefix(self._keys)
     self._values = None
