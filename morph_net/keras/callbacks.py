@@ -74,8 +74,7 @@ class StructureExporterCallback(keras.callbacks.Callback):
     if log_dir is None or not os.fspath(log_dir):
       raise ValueError('log_dir must be a non-empty path, got %r.'
                        % (log_dir,))
-    if (not hasattr(regularizer, 'op_regularizer_manager') and
-        hasattr(regularizer, 'regularizers')):
+    if hasattr(regularizer, 'regularizers'):  # a CombinedRegularizer
       raise TypeError(
           'A CombinedRegularizer has one structure per part: export each '
           'part with its own callback, e.g. StructureExporterCallback('
