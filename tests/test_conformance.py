@@ -20,6 +20,7 @@ import tensorflow as tf
 from morph_net.framework import errors
 from morph_net.framework import op_handlers
 from morph_net.framework import op_regularizer_manager as orm
+from morph_net.framework import suggest
 from morph_net.network_regularizers import cost_model
 
 _COUNT = {'flops': 0, 'weights': 0}  # filled by eager runs of row bodies
@@ -504,3 +505,101 @@ def test_every_table_op_type_has_a_row():
   assert not missing, sorted(missing)
   stale = set(EXEMPT) - set(op_handlers.default_op_handler_dict())
   assert not stale, sorted(stale)
+
+
+# ----------------------------------------------------- errors, suggestions
+def _graph_op(body, *shapes):
+  """The op named 'op' in the trace of `body` (a GraphView of it too)."""
+  specs = [tf.TensorSpec(s, tf.float32) for s in shapes]
+  function = tf.function(body)
+  concrete = function.get_concrete_function(*specs)
+  view = orm.make_view(concrete)
+  return concrete.graph.get_operation_by_name('op'), view, function
+
+
+def test_einsum_with_two_output_axes_names_equation_and_what_is_supported():
+  w = _weight([8, 2, 3])
+  with pytest.raises(errors.UnsupportedOpError) as e:
+    orm.OpRegularizerManager(tf.function(
+        lambda x: tf.einsum('btc,chd->bthd', x, w, name='op')
+    ).get_concrete_function(tf.TensorSpec([None, 5, 8], tf.float32)))
+  message = str(e.value)
+  assert 'Einsum' in message and 'btc,chd->bthd' in message
+  assert 'Supported' in message and 'op' in message
+
+
+def test_batch_matmul_with_adjoint_activation_and_weight_is_an_error():
+  w = tf.constant(np.ones([5, 3], np.float32))
+  with pytest.raises(errors.UnsupportedOpError, match='adj_x=True'):
+    orm.OpRegularizerManager(tf.function(
+        lambda x: tf.raw_ops.BatchMatMulV2(x=x, y=w, adj_x=True, name='op')
+    ).get_concrete_function(tf.TensorSpec([None, 5, 8], tf.float32)))
+
+
+def test_attention_walks_both_operands():
+  """The key path (only reachable through QK^T's second operand) is
+  analyzed and its projection counted."""
+  wq, wk = _weight([8, 4]), _weight([8, 4], 1)
+
+  def net(q_in, k_in):
+    q, k = tf.matmul(q_in, wq), tf.matmul(k_in, wk)
+    return tf.einsum('btd,bsd->bts', q, k, name='op')
+
+  spec = tf.TensorSpec([None, 5, 8], tf.float32)
+  concrete = tf.function(net).get_concrete_function(spec, spec)
+  manager = orm.OpRegularizerManager(concrete)
+  weighted = [c for c in manager.compute_ops if c.weight_index is not None]
+  assert len(weighted) == 2
+  # 2 x 5 x 8 x 4 per projection, 2 x 5 x 5 x 4 for the scores.
+  assert cost_model.CostModel(manager).full_cost() == (
+      2 * (2 * 5 * 8 * 4) + 2 * 5 * 5 * 4)
+
+
+def _suggestion(body, *shapes):
+  op, view, keep = _graph_op(body, *shapes)
+  del keep
+  return suggest.suggest_handler(op, view)
+
+
+def test_suggests_grouping_for_one_activation_with_the_output_width():
+  text = _suggestion(lambda x: tf.nn.relu(x, name='op'), [None, 4, 8])
+  assert 'GroupingOpHandler' in text and 'LeafOpHandler' not in text
+
+
+def test_suggests_leaf_when_channels_change_and_nothing_else_is_read():
+  text = _suggestion(lambda x: tf.nn.space_to_depth(x, 2, name='op'),
+                     [None, 4, 4, 8])
+  assert 'LeafOpHandler' in text and 'GroupingOpHandler' not in text
+
+
+def test_suggests_nothing_for_a_second_activation_input():
+  text = _suggestion(lambda a, b: tf.concat([a, b], -1, name='op'),
+                     [None, 4, 8], [None, 4, 3])
+  assert 'Handler()' not in text.replace('MyHandler()', '')
+  assert 'inputs [0, 1]' in text and 'write one' in text
+
+
+def test_suggests_nothing_for_an_op_with_a_kernel():
+  w = tf.constant(np.ones([8, 3], np.float32))
+  text = _suggestion(lambda x: tf.matmul(x, w, name='op'), [None, 8])
+  assert 'GroupingOpHandler' not in text and 'LeafOpHandler' not in text
+  assert 'weight of shape (8, 3)' in text
+
+
+def test_suggests_nothing_for_a_passthrough_width_of_a_second_input():
+  """A Split of a [.., 8] tensor along an int axis input: the activation is
+  input 1, which a grouping or leaf handler would not follow."""
+  text = _suggestion(lambda x: tf.raw_ops.Split(axis=1, value=x, num_split=2,
+                                                name='op')[0],
+                     [None, 4, 8])
+  assert 'inputs [1]' in text and 'LeafOpHandler' not in text
+
+
+def test_unknown_op_error_quotes_the_suggestion():
+  table = op_handlers.default_op_handler_dict()
+  del table['SpaceToDepth']
+  op = lambda x: tf.nn.space_to_depth(x, 2, name='op')
+  with pytest.raises(errors.UnsupportedOpError, match='LeafOpHandler'):
+    orm.OpRegularizerManager(
+        tf.function(op).get_concrete_function(
+            tf.TensorSpec([None, 4, 4, 8], tf.float32)), table)
