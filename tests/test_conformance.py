@@ -603,3 +603,24 @@ def test_unknown_op_error_quotes_the_suggestion():
     orm.OpRegularizerManager(
         tf.function(op).get_concrete_function(
             tf.TensorSpec([None, 4, 4, 8], tf.float32)), table)
+
+
+def test_vit_backbone_counts_weight_layers_and_attention_matmuls():
+  """keras-hub ViT (2 blocks): FLOPs = patch conv + per block (Q, K, V, O
+  projections, QK^T and AV, the MLP), weights = every kernel; counted from
+  the config, independently of the analysis."""
+  keras_hub = pytest.importorskip('keras_hub')
+  keras.backend.clear_session()
+  model = keras_hub.models.ViTBackbone(
+      image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
+      hidden_dim=16, mlp_dim=32)
+  patches, dim, mlp = (32 // 8) ** 2, 16, 32
+  tokens = patches + 1  # the class token
+  block = (2 * tokens * 4 * dim * dim  # Q, K, V, O projections
+           + 2 * 2 * tokens * tokens * dim  # QK^T and AV, all heads
+           + 2 * 2 * tokens * dim * mlp)  # the MLP's two Dense layers
+  flops = 2 * patches * 8 * 8 * 3 * dim + 2 * block
+  weights = 8 * 8 * 3 * dim + 2 * (4 * dim * dim + 2 * dim * mlp)
+  manager = orm.OpRegularizerManager(model)
+  assert cost_model.CostModel(manager, 'flops').full_cost() == flops
+  assert cost_model.CostModel(manager, 'model_size').full_cost() == weights
