@@ -624,3 +624,24 @@ def test_vit_backbone_counts_weight_layers_and_attention_matmuls():
   manager = orm.OpRegularizerManager(model)
   assert cost_model.CostModel(manager, 'flops').full_cost() == flops
   assert cost_model.CostModel(manager, 'model_size').full_cost() == weights
+
+
+def test_keras_hub_cspnet_splits_analyze_exactly():
+  """A CSP stage splits its channels (Split) and concats them back; FLOPs
+  equal the conv count from every (nested) layer's Keras output shape."""
+  keras_hub = pytest.importorskip('keras_hub')
+  keras.backend.clear_session()
+  model = keras_hub.models.CSPNetBackbone(
+      stem_filters=8, stem_kernel_size=3, stem_strides=2,
+      stackwise_depth=[1, 1], stackwise_strides=[2, 2],
+      stackwise_num_filters=[16, 32], block_type='bottleneck_block',
+      stage_type='csp', bottle_ratio=[0.5], expand_ratio=[2.0],
+      image_shape=(32, 32, 3))
+  flops = 0
+  for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+    if isinstance(layer, keras.layers.Conv2D):
+      flops += 2 * int(np.prod(layer.output.shape[1:-1])) * int(
+          np.prod(layer.kernel.shape))
+  manager = orm.OpRegularizerManager(model)
+  assert 'Split' in {op.type for op in manager.ops}
+  assert cost_model.CostModel(manager, 'flops').full_cost() == flops
