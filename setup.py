@@ -24,7 +24,8 @@ setup(
         'console_scripts': ['morphnet=morph_net.cli:main'],
     },
     extras_require={
-        'test': ['pytest', 'pytest-xdist', 'tf_keras', 'mlxtend', 'matplotlib'],
+        'test': ['pytest', 'pytest-xdist', 'tf_keras', 'mlxtend', 'matplotlib',
+                 'keras-hub'],
         'examples': ['mlxtend', 'matplotlib'],
     },
     classifiers=[
