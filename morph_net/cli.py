@@ -59,9 +59,10 @@ def load_structure(path):
          if isinstance(v, bool) or not isinstance(v, int) or v < 0 or
          v > MAX_WIDTH]
   if bad:
-    raise CLIError('structure %s: widths must be non-negative integers (at '
-                   'most %d); bad entries: %s' % (path, MAX_WIDTH, ', '.join(
-                       '%s=%r' % (k, data[k]) for k in bad[:5])))
+    raise CLIError('structure %s: widths must be non-negative integers; '
+                   'bad entries: %s (a width is at most %d)' % (
+                       path, ', '.join('%s=%r' % (k, data[k])
+                                       for k in bad[:5]), MAX_WIDTH))
   return data
 
 

@@ -311,7 +311,7 @@ def _main(capsys, *args):
     ('empty_slim', ('slim', '{model}', '{empty}', '-o', '{dir}/out.keras'),
      'is empty ({}), so the slim model would be the input model unchanged'),
     ('huge_width', ('slim', '{model}', '{huge}', '-o', '{dir}/out.keras'),
-     'at most 1048576); bad entries: conv1=10000000000'),
+     'bad entries: conv1=10000000000 (a width is at most 1048576)'),
 ])
 def test_cli_bad_input_is_one_line_exit_2(cli_files, capsys, name, args,
                                           message):
