@@ -23,6 +23,13 @@ Usage:
   python examples/mnist_morphnet.py              # full run (~5 min on 2 CPU cores)
   python examples/mnist_morphnet.py --quick      # smoke test (seconds)
   python examples/mnist_morphnet.py --expand-to 9e6 --log-dir /tmp/mnist
+  python examples/mnist_morphnet.py --cycles 2   # MorphNet x2 at seed FLOPs
+
+With `--cycles N` steps 3-4 are `morph_net.keras.cycles.run_cycles`: each
+cycle shrinks toward `--shrink-to` x the current FLOPs with
+`add_regularizer(..., target_cost=...)` (no strength), exports the last
+structure at or under it, expands it to `--expand-to` (default: the seed's
+FLOPs) and retrains from scratch; the JSON line then has a 'cycles' list.
 """
 
 import argparse
@@ -106,6 +113,13 @@ def parse_args(argv=None):
   p.add_argument('--expand-to', type=float, default=None,
                  help='expand the learned structure to this many FLOPs per '
                  'image before retraining (default: no expansion)')
+  p.add_argument('--cycles', type=int, default=None,
+                 help='run N MorphNet cycles (shrink to a target, expand, '
+                 'retrain) with run_cycles instead of one fixed-strength '
+                 'shrink')
+  p.add_argument('--shrink-to', type=float, default=0.5,
+                 help='with --cycles: shrink target as a fraction of the '
+                 'current FLOPs')
   p.add_argument('--no-augment', action='store_true',
                  help='train without random shifts of the digits')
   p.add_argument('--verbose', type=int, default=0,
@@ -254,6 +268,10 @@ def main(argv=None):
   stamp('seed %s: held-out accuracy %.4f, %.3f MFLOPs/image'
         % (widths_of(seed_model), accuracy_before, flops_before / 1e6))
 
+  if args.cycles:
+    return run_cycles(args, cfg, data, seed_model, log_dir, stamp, start,
+                      accuracy_before, flops_before)
+
   # 2. Structure learning: shrink under a FLOPs-weighted gamma penalty.
   reg = flop_regularizer.GammaFlopsRegularizer(
       seed_model, gamma_threshold=args.gamma_threshold)
@@ -313,6 +331,51 @@ def main(argv=None):
       'expanded_structure': target if args.expand_to else None,
       'slim_widths': slim_widths,
       'structure_file': structure_file,
+      'wall_time_s': round(wall, 1),
+      'quick': bool(args.quick),
+  }), flush=True)
+
+
+def run_cycles(args, cfg, data, seed_model, log_dir, stamp, start,
+               accuracy_before, flops_before):
+  """Steps 2-4 as `morph_net.keras.cycles.run_cycles` (--cycles N)."""
+  from morph_net.keras import cycles  # pylint: disable=g-import-not-at-top
+
+  def fit(model, phase, callbacks):
+    if phase == 'retrain':
+      set_seed(args.seed)
+      train(model, data, cfg, args.seed)
+      return
+    set_seed(args.seed + 1)
+    compile_model(model, cfg['structure_lr'])
+    model.fit(train_dataset(data, cfg, args.seed + 1),
+              epochs=cfg['structure_epochs'], shuffle=False,
+              verbose=cfg['verbose'], callbacks=callbacks)
+
+  records = cycles.run_cycles(
+      seed_model, fit, evaluate=lambda m: accuracy(m, data),
+      num_cycles=args.cycles, shrink_to=args.shrink_to,
+      budget=args.expand_to or flops_before,
+      make_regularizer=lambda m: flop_regularizer.GammaFlopsRegularizer(
+          m, gamma_threshold=args.gamma_threshold),
+      round_to=args.round_to, log_dir=log_dir,
+      save_every=cfg['save_every'])
+  for r in records:
+    stamp('cycle %d: exported %s (%.3f MFLOPs, target %.3f), expanded %s '
+          '(%.3f MFLOPs), held-out accuracy %.4f'
+          % (r['cycle'], r['exported'], r['exported_cost'] / 1e6,
+             r['shrink_target'] / 1e6, r['expanded'],
+             r['expanded_cost'] / 1e6, r['metric']))
+  last = records[-1]
+  wall = time.time() - start
+  print(json.dumps({
+      'flops_before': flops_before,
+      'flops_after': last['expanded_cost'],
+      'accuracy_before': accuracy_before,
+      'accuracy_after': last['metric'],
+      'seed_widths': dict(zip(('conv0', 'conv1', 'conv2'), SEED_WIDTHS)),
+      'cycles': records,
+      'cycles_file': os.path.join(log_dir, 'cycles.json'),
       'wall_time_s': round(wall, 1),
       'quick': bool(args.quick),
   }), flush=True)

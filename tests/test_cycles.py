@@ -1,0 +1,113 @@
+"""run_cycles: shrink / export / expand / retrain on tiny data."""
+
+import json
+import os
+
+import keras
+import pytest
+
+import morph_net.keras as mk
+from morph_net.keras import cycles
+
+
+def build_model():
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((8, 8, 1))
+  x = keras.layers.Conv2D(8, 3, padding='same', use_bias=False,
+                          name='conv1')(inputs)
+  x = keras.layers.BatchNormalization(name='bn1')(x)
+  x = keras.layers.ReLU()(x)
+  x = keras.layers.Conv2D(16, 3, padding='same', use_bias=False,
+                          name='conv2')(x)
+  x = keras.layers.BatchNormalization(name='bn2')(x)
+  x = keras.layers.ReLU()(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  return keras.Model(inputs, keras.layers.Dense(10, name='logits')(x))
+
+
+@pytest.fixture(scope='module')
+def data():
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  d = load_digits()
+  x = (d.images[:384] / 16.0).astype('float32')[..., None]
+  return x, d.target[:384].astype('int32')
+
+
+def test_two_cycles_return_and_save_records(data, tmp_path):
+  x, y = data
+  phases = []
+
+  def fit(model, phase, callbacks):
+    phases.append(phase)
+    model.compile(keras.optimizers.SGD(0.05),
+                  keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True), metrics=['accuracy'])
+    model.fit(x, y, batch_size=64, epochs=4 if phase == 'shrink' else 1,
+              verbose=0, callbacks=callbacks)
+
+  seed = build_model()
+  seed_flops = mk.structure_cost(seed, {})
+  records, models = cycles.run_cycles(
+      seed, fit, evaluate=lambda m: m.evaluate(x, y, verbose=0)[1],
+      num_cycles=2, shrink_to=0.5, log_dir=str(tmp_path),
+      return_models=True)
+  assert phases == ['shrink', 'retrain', 'shrink', 'retrain']
+  assert [r['cycle'] for r in records] == [1, 2]
+  for record, model in zip(records, models):
+    assert set(record['exported']) == {'conv1', 'conv2'}
+    assert record['shrink_target'] == pytest.approx(
+        0.5 * record['start_cost'])
+    if record['exported_at_or_under_target']:
+      assert record['exported_cost'] <= record['shrink_target']
+    # Expanded to the seed's FLOPs from below, and built that way.
+    assert record['expanded_cost'] <= seed_flops
+    assert record['expanded_cost'] == mk.structure_cost(model, {})
+    assert 0.0 <= record['metric'] <= 1.0
+    assert model.get_layer('conv2').filters == record['expanded']['conv2']
+  with open(os.path.join(str(tmp_path), 'cycles.json')) as f:
+    assert json.load(f) == records
+  assert not [n for n in os.listdir(str(tmp_path)) if n.startswith('.tmp_')]
+
+
+def test_last_structure_skips_files_over_the_cost(tmp_path):
+  model = build_model()
+  directory = os.path.join(str(tmp_path), 'learned_structure')
+  os.makedirs(directory)
+  for step, widths in ((10, (4, 8)), (20, (8, 16))):
+    with open(os.path.join(directory, 'alive_%d' % step), 'w') as f:
+      json.dump({'conv1': widths[0], 'conv2': widths[1]}, f)
+  full = mk.structure_cost(model, {})
+  assert cycles.last_structure(str(tmp_path))[0] == {'conv1': 8, 'conv2': 16}
+  structure, path = cycles.last_structure(str(tmp_path), model, 0.5 * full)
+  assert structure == {'conv1': 4, 'conv2': 8} and path.endswith('alive_10')
+  assert cycles.last_structure(str(tmp_path), model, 1.0) == (None, None)
+
+
+@pytest.mark.parametrize('kwargs', [{'num_cycles': 0}, {'shrink_to': 1.5}])
+def test_bad_arguments_raise(kwargs):
+  with pytest.raises(ValueError):
+    cycles.run_cycles(build_model(), lambda *a: None, **kwargs)
+
+
+def test_save_json_atomically_replaces(tmp_path):
+  path = os.path.join(str(tmp_path), 'a.json')
+  cycles.save_json_atomically({'a': 1}, path)
+  cycles.save_json_atomically({'a': 2}, path)
+  with open(path) as f:
+    assert json.load(f) == {'a': 2}
+  assert os.listdir(str(tmp_path)) == ['a.json']
+
+
+@pytest.mark.slow
+def test_mnist_example_runs_cycles(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+      [sys.executable, os.path.join(root, 'examples', 'mnist_morphnet.py'),
+       '--quick', '--cycles', '1', '--log-dir', str(tmp_path)],
+      capture_output=True, text=True, check=True, timeout=600).stdout
+  result = json.loads(out.strip().splitlines()[-1])
+  assert len(result['cycles']) == 1
+  assert result['flops_after'] <= result['flops_before']
+  assert os.path.exists(result['cycles_file'])
