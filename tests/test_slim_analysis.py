@@ -227,3 +227,55 @@ def test_layer_inside_a_custom_layer_is_a_clear_error():
       _Block(name='blk')(inputs)))
   with pytest.raises(NotImplementedError, match="'fc'.*custom layer|blk"):
     mk.slim_model(model, {'fc': 3})
+
+
+def _zero_dead(layer, alive):
+  """Dead output channels of a Dense/conv produce 0 (kernel and bias)."""
+  kernel, bias = layer.get_weights()
+  kernel[..., ~alive] = 0
+  bias[~alive] = 0
+  layer.set_weights([kernel, bias])
+
+
+def test_channel_split_keeps_each_slices_alive_channels():
+  """A CSP-like block: split a conv's channels, convolve one half, concat."""
+  inputs = keras.Input((8, 8, 3))
+  h = L.Conv2D(8, 1, name='c')(inputs)
+  a, b = keras.ops.split(h, 2, axis=-1)
+  a = L.Conv2D(4, 3, padding='same', name='ca')(a)
+  y = L.GlobalAveragePooling2D()(L.Concatenate()([a, b]))
+  model = keras.Model(inputs, L.Dense(2, name='out')(y))
+  # Counts split evenly: 2 + 2 of the 4 + 4 halves.
+  slim = mk.slim_model(model, {'c': 4})
+  assert slim.get_layer('ca').input.shape[-1] == 2
+  assert analyze.analyze(slim).flops == mk.structure_cost(model, {'c': 4})
+  # Alive vectors: 3 alive in the first half, 3 in the second.
+  alive = np.array([1, 0, 1, 1, 1, 0, 1, 1], bool)
+  _zero_dead(model.get_layer('c'), alive)
+  slim = mk.slim_model(model, {'c': alive}, transfer_weights=True)
+  assert slim.get_layer('ca').input.shape[-1] == 3
+  assert analyze.analyze(slim).flops == mk.structure_cost(
+      model, {'c': alive}) == 2 * 64 * (3 * 6 + 9 * 3 * 4) + 2 * 7 * 2
+  x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype('float32')
+  np.testing.assert_allclose(slim(x), model(x), atol=1e-5)
+  with pytest.raises(ValueError, match="'c'.*split"):
+    mk.slim_model(model, {'c': 3})
+
+
+def test_einsum_dense_is_slimmable():
+  inputs = keras.Input((5, 6))
+  h = L.EinsumDense('abc,cd->abd', output_shape=(5, 7), bias_axes='d',
+                    name='ed')(inputs)
+  h = L.EinsumDense('abc,cd->abd', output_shape=(5, 4), name='ed2')(h)
+  model = keras.Model(inputs, L.Dense(2, name='out')(L.Flatten()(h)))
+  # FLOPs = 2 x 5 positions x (6 x 3 + 3 x 4) + 2 x 20 x 2.
+  assert mk.structure_cost(model, {'ed': 3}) == 2 * 5 * 30 + 80
+  alive = np.array([1, 0, 1, 1, 0, 0, 0], bool)
+  kernel = model.get_layer('ed2').kernel.numpy()
+  kernel[~alive] = 0
+  model.get_layer('ed2').kernel.assign(kernel)
+  slim = mk.slim_model(model, {'ed': alive}, transfer_weights=True)
+  assert slim.get_layer('ed').kernel.shape == (6, 3)
+  assert analyze.analyze(slim).flops == 2 * 5 * 30 + 80
+  x = np.random.default_rng(0).normal(size=(2, 5, 6)).astype('float32')
+  np.testing.assert_allclose(slim(x), model(x), atol=1e-5)

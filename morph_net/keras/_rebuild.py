@@ -60,6 +60,8 @@ def _build_functional(plan, functional, name, new_layers, models, fold_gates,
       if id(op) not in new_layers:
         new_layers[id(op)] = (op, _clone(op, plan.layer_width.get(id(op))))
       new_op = new_layers[id(op)][1]
+    elif id(node) in plan.sections:
+      new_op = _new_split(op, plan.sections[id(node)])
     else:
       new_op = op  # A stateless keras.ops operation: reuse it.
     if id(node) in plan.kept_inputs:
@@ -76,6 +78,15 @@ def _build_functional(plan, functional, name, new_layers, models, fold_gates,
       keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
       keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
       name=name)
+
+
+def _new_split(op, sizes):
+  """A channel split with new slice sizes (keras.ops.split semantics)."""
+  if len(set(sizes)) == 1:
+    sections = len(sizes)
+  else:
+    sections = np.cumsum(sizes[:-1]).tolist()
+  return type(op)(sections, axis=op.axis)
 
 
 def _folded_gate(gate, kept, transfer):
@@ -102,9 +113,8 @@ def _folded_gate(gate, kept, transfer):
 
 def _clone(layer, width):
   config = layer.get_config()
-  field = rules.width_field(layer)
-  if field is not None and width is not None:
-    config[field] = int(width)
+  if rules.width_field(layer) is not None and width is not None:
+    rules.set_width(config, layer, width)
   if rules.is_depthwise(layer) and not isinstance(layer, rules.DEPTHWISE) and (
       width is not None):
     # A grouped conv with one input channel per group keeps that shape.
@@ -165,6 +175,12 @@ def _slice_weight(layer, name, value, in_idx, out_idx, in_width):
                                                                    mult)
       return _take(_take(value, mid, -2), out_idx, -1)
     return _take(value, out_idx, 0)
+  if isinstance(layer, keras.layers.EinsumDense) and name == 'kernel' and (
+      value.ndim != 2) and (in_idx is not None or out_idx is not None):
+    raise NotImplementedError(
+        'Cannot transfer the %d-D kernel of EinsumDense %r (%s); weight '
+        'transfer supports [in, out] kernels.' % (value.ndim, layer.name,
+                                                 layer.equation))
   if rules.width_field(layer) is not None:
     in_axis, out_axis = (-1, -2) if isinstance(layer, rules.CONV_TRANSPOSE) \
         else (-2, -1)

@@ -92,6 +92,7 @@ class Plan:
       lost some).
     first_node: id(layer) -> its first call node.
     layer_width: id(layer) -> width to set in its config.
+    sections: id(node) -> new split sizes of a channel split.
     removed: keys of prunable layers that disappear.
     forced: keys of zero-width layers kept at `round_to` channels.
   """
@@ -103,6 +104,7 @@ class Plan:
     self.kept_inputs = {}
     self.first_node = {}
     self.layer_width = {}
+    self.sections = {}
     self.removed = set()
     self.seen = set()  # ids of the layers reached as call nodes
     self.forced = ()
@@ -193,7 +195,44 @@ def _walk(plan, functional, ctx):
     elif len(live) < len(ins):
       _set(plan, node.outputs, REMOVED)
       continue
+    if _is_channel_split(node):
+      for t, chans in zip(node.outputs, _split(plan, node)):
+        plan.info[id(t)] = chans
+      continue
     _set(plan, node.outputs, _node_channels(plan, node, live, ctx))
+
+
+def _is_channel_split(node):
+  op = node.operation
+  rank = len(node.input_tensors[0].shape) if node.input_tensors else 0
+  return (type(op).__name__ == 'Split' and hasattr(op, 'indices_or_sections')
+          and getattr(op, 'axis', None) in (-1, rank - 1))
+
+
+def _split(plan, node):
+  """A channel split keeps each slice's alive channels (CSP blocks)."""
+  x = node.input_tensors[0]
+  chans = plan.info[id(x)]
+  sizes = [width(t) for t in node.outputs]
+  if _full(plan, x):
+    return [Channels(s) for s in sizes]
+  offsets = np.cumsum([0] + sizes)
+  out = []
+  if chans.kept is None:  # counts: each slice keeps its share
+    for s in sizes:
+      share = chans.width * s / width(x)
+      if share != int(share):
+        raise ValueError(
+            'Layer(s) %s feed a channel split into %s; a count of %d does '
+            'not split into whole shares. Give counts that do (or alive '
+            'vectors).' % (_origin_names([chans]), sizes, chans.width))
+      out.append(Channels(int(share), None, chans.origin))
+  else:
+    for lo, hi in zip(offsets[:-1], offsets[1:]):
+      kept = chans.kept[(chans.kept >= lo) & (chans.kept < hi)] - lo
+      out.append(Channels(len(kept), kept, chans.origin))
+  plan.sections[id(node)] = [c.width for c in out]
+  return out
 
 
 def _nested(plan, node, ctx):

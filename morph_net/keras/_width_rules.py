@@ -12,6 +12,8 @@ kernel) needs a rule too:
 >>> width_field(MyDense(3))
 'units'
 
+A rule may also be a function (config, width) -> None that writes the
+width into the config (EinsumDense: the last entry of `output_shape`).
 Subclasses inherit their base class's rule; the most specific registered
 class wins.
 """
@@ -32,25 +34,45 @@ _RULES = {cls: 'filters' for cls in _CONV + CONV_TRANSPOSE + SEPARABLE}
 _RULES[keras.layers.Dense] = 'units'
 
 
+def _einsum_output(config, width):
+  shape = config['output_shape']
+  shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]
+  config['output_shape'] = tuple(shape[:-1]) + (int(width),)
+
+
+_RULES[keras.layers.EinsumDense] = _einsum_output
+
+
 def register_width_rule(layer_class, config_field):
   """Declares that `layer_class`'s width is `config[config_field]`.
 
   Args:
     layer_class: a Keras layer class whose kernel the analysis prunes.
-    config_field: the `get_config()` key holding its output channel count.
+    config_field: the `get_config()` key holding its output channel count,
+      or a function (config, width) -> None that sets it.
   """
   if not (isinstance(layer_class, type) and
           issubclass(layer_class, keras.layers.Layer)):
     raise TypeError('layer_class must be a keras.layers.Layer subclass, got '
                     '%r.' % (layer_class,))
-  if not isinstance(config_field, str) or not config_field:
-    raise TypeError('config_field must be a config key (str), got %r.'
-                    % (config_field,))
+  if not callable(config_field) and (
+      not isinstance(config_field, str) or not config_field):
+    raise TypeError('config_field must be a config key (str) or a function '
+                    '(config, width) -> None, got %r.' % (config_field,))
   _RULES[layer_class] = config_field
 
 
+def set_width(config, layer, width):
+  """Writes `width` into `layer`'s config by its rule."""
+  rule = width_field(layer)
+  if callable(rule):
+    rule(config, width)
+  else:
+    config[rule] = int(width)
+
+
 def width_field(layer):
-  """The config field setting `layer`'s width, or None (no rule)."""
+  """The rule (config field or function) setting `layer`'s width, or None."""
   if is_depthwise(layer):
     return None
   for cls in type(layer).__mro__:

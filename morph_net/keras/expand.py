@@ -64,7 +64,12 @@ def _cost(analysis, counts, kind, round_to=1, fix=False):
     plan, widths = slim_lib.plan_structure(analysis, counts, None, round_to,
                                            fix=fix)
     values = analysis.final_values(widths, plan.removed)
-  return analysis.cost(values, kind)
+  cost = analysis.cost(values, kind)
+  # n / C per channel sums back to n only up to rounding; costs of whole
+  # channels are whole numbers.
+  nearest = round(cost)
+  return float(nearest) if abs(cost - nearest) <= 1e-9 * max(
+      1.0, abs(cost)) else cost
 
 
 def expand_structure(model, structure, target_cost, cost='flops',
