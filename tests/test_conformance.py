@@ -360,6 +360,24 @@ def _attention(p, k):
   return tf.reshape(out, [-1, 4, 4, 8])
 
 
+def _einsum_heads(p):
+  """tf_keras-style MHA projections kept as Einsum ops: a Q projection
+  with a new head axis, then an output projection contracting it."""
+  x = tf.reshape(p, [-1, 16, 8])
+  if not _EINSUM_WEIGHTS:  # created on the first (eager) call only
+    _EINSUM_WEIGHTS.extend([_weight([8, 2, 3], 3), _weight([2, 3, 8], 4)])
+  wq, wo = _EINSUM_WEIGHTS
+  q = tf.einsum('btc,chd->bthd', x, wq, name='op')
+  o = tf.einsum('bthd,hde->bte', q, wo, name='proj')
+  if tf.executing_eagerly():  # 2 x T x (kernel elements), twice
+    _COUNT['flops'] += 2 * 16 * (8 * 2 * 3 + 2 * 3 * 8)
+    _COUNT['weights'] += 8 * 2 * 3 + 2 * 3 * 8
+  return tf.reshape(o, [-1, 4, 4, 8])
+
+
+_EINSUM_WEIGHTS = []
+
+
 ROWS = (
     [_unary(t, f) for t, f in _UNARY.items()]
     + [_unary(t, f, (2, 4, 4, 8)) for t, f in _UNARY_3D.items()]
@@ -438,6 +456,7 @@ ROWS = (
                    np.arange(6) // 2),)),
         Row('MatMul-Dense', ('MatMul',), _keras(_keras_conv(
             lambda: keras.layers.Dense(5, name='fc'), (7,)))),
+        Row('Einsum-head-axes', ('Einsum',), _raw(_einsum_heads)),
         Row('Einsum-EinsumDense', ('Einsum',), _keras(_keras_einsum(
             '...c,cd->...d', (7,), (5, 8)))),
         Row('BatchMatMulV2-EinsumDense', ('BatchMatMulV2',),
@@ -517,15 +536,15 @@ def _graph_op(body, *shapes):
   return concrete.graph.get_operation_by_name('op'), view, function
 
 
-def test_einsum_with_two_output_axes_names_equation_and_what_is_supported():
-  w = _weight([8, 2, 3])
+def test_einsum_with_per_position_weights_names_equation_and_the_rule():
+  w = _weight([5, 8, 3])  # a kernel per position t
   with pytest.raises(errors.UnsupportedOpError) as e:
     orm.OpRegularizerManager(tf.function(
-        lambda x: tf.einsum('btc,chd->bthd', x, w, name='op')
+        lambda x: tf.einsum('btc,tcd->btd', x, w, name='op')
     ).get_concrete_function(tf.TensorSpec([None, 5, 8], tf.float32)))
   message = str(e.value)
-  assert 'Einsum' in message and 'btc,chd->bthd' in message
-  assert 'Supported' in message and 'op' in message
+  assert 'Einsum' in message and 'btc,tcd->btd' in message
+  assert 'Supported' in message and "'op/Einsum'" in message
 
 
 def test_batch_matmul_with_adjoint_activation_and_weight_is_an_error():

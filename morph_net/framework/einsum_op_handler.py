@@ -5,9 +5,12 @@ both op types share one analysis:
 
 * With a weight operand (Keras EinsumDense, Dense on an N-D input): new
   output channels and a bilinear cost,
-  FLOPs = 2 x positions x C_in x C_out,
-  when the kernel has exactly two axes: one contracted with the activation's
-  channel (last) axis and one that is the output's channel axis. Any other
+  FLOPs = 2 x output positions x kernel_size x C_in x C_out,
+  when the kernel has one axis contracted with the activation's channel
+  (last) axis and one that is the output's channel axis; any other kernel
+  axis is contracted with another activation axis (it counts in
+  kernel_size, e.g. MHA's output projection 'bthd,hde->bte') or is a new
+  output axis (a position, e.g. a Q projection 'btc,chd->bthd'). Any other
   equation with a weight is an `UnsupportedOpError` that names it.
 * With two activation operands (attention's QK^T and AV), both are walked.
   Channel axes contracted together (QK^T) are tied; an operand whose channel
@@ -27,8 +30,9 @@ _WEIGHT_SOURCES = ('Const', 'VarHandleOp', 'VariableV2', 'Variable')
 _SUPPORTED = (
     'Supported: a weight operand whose kernel has exactly one axis contracted '
     "with the activation's last (channel) axis and one axis that is the "
-    "output's last axis, the activation's other axes kept in the output "
-    "(e.g. 'abc,cd->abd', '...c,cd->...d'); or two activation operands "
+    "output's last axis; its other axes contracted with other activation "
+    "axes or new output axes (e.g. 'abc,cd->abd', '...c,cd->...d', "
+    "'btc,chd->bthd', 'bthd,hde->bte'); or two activation operands "
     "(attention: 'btnh,bsnh->bnts', 'bnts,bsnh->btnh'). Reshape the kernel "
     'to that form, or register your own handler for this op type.')
 
@@ -158,7 +162,14 @@ class EinsumOpHandler(op_handler.OpHandler):
         % (op.name, op.type, equation, why, _SUPPORTED))
 
   def _analyze_weighted(self, op, ctx, terms, out_term, act_i, w_i):
-    """y = x . W: FLOPs = 2 x positions x C_in x C_out."""
+    """y = x . W: FLOPs = 2 x positions x kernel_size x C_in x C_out.
+
+    Kernel axes besides the input- and output-channel axes are contracted
+    with other activation axes (an MHA output projection's head axis) or
+    new output axes (a Q/K/V projection's head axis); both multiply
+    kernel_size, like a conv's spatial axes (weights = kernel_size x C_in x
+    C_out), and the new ones are taken out of the output positions.
+    """
     a, w = terms[act_i], terms[w_i]
     act, weight, out = op.inputs[act_i], op.inputs[w_i], op.outputs[0]
     c_in_letter, c_out_letter = a[-1], out_term[-1]
@@ -166,24 +177,39 @@ class EinsumOpHandler(op_handler.OpHandler):
     # Unit batch axes of the weight broadcast over the activation's.
     kernel = [l for l, d in zip(w, w_shape)
               if not (d == 1 and l in a and l in out_term)]
-    if (len(kernel) != 2 or set(kernel) != {c_in_letter, c_out_letter}
+    extra_in = [l for l in kernel if l != c_in_letter and l in a
+                and l not in out_term]
+    extra_out = [l for l in kernel if l != c_out_letter and l in out_term
+                 and l not in a]
+    kept = (set(a) - set(extra_in) - {c_in_letter}) | set(extra_out)
+    if (c_in_letter not in kernel or c_out_letter not in kernel
         or c_in_letter in out_term or c_out_letter in a
-        or sorted(out_term[:-1]) != sorted(a[:-1])
-        or out_term[0] != a[0]):
+        or len(set(w)) != len(w) or len(set(kernel)) != 2 + len(extra_in)
+        + len(extra_out) or set(out_term) != kept | {c_out_letter}
+        or len(out_term) != len(set(out_term)) or out_term[0] != a[0]):
       raise self._error(
           op, 'the kernel (operand %d, %r) is not one input-channel axis '
-          'contracted with the activation\'s channel axis and one output-'
-          'channel axis' % (w_i, w))
+          'contracted with the activation\'s channel axis, one output-channel '
+          'axis and only contracted or new output axes besides' % (w_i, w))
     k_in = w_shape[w.index(c_in_letter)]
     c_out = w_shape[w.index(c_out_letter)]
+    # New output axes count in kernel_size (the weights have them) and are
+    # taken out of the output's positions, so FLOPs count them once.
+    kernel_size = [w_shape[w.index(l)] for l in extra_in + extra_out]
+    if None in kernel_size:
+      raise self._error(op, 'a kernel axis has no static size')
     if ctx.view.channels(act) is None and k_in is not None:
       ctx.set_channels(act, k_in)
-    positions = ctx.view.positions(act)
+    out_positions = ctx.view.positions(out)
+    positions = (None if out_positions is None else out_positions // int(
+        np.prod([w_shape[w.index(l)] for l in extra_out], dtype=np.int64)))
     out_axis = _variable_out_axis(ctx.view, weight,
                                   w.index(c_out_letter) - len(w), c_out)
-    ctx.add_compute(op, act, out, positions=positions, kernel_size=1,
+    ctx.add_compute(op, act, out, positions=positions,
+                    kernel_size=int(np.prod(kernel_size, dtype=np.int64)),
                     weight_index=w_i, out_axis=out_axis,
-                    in_positions=positions, out_positions=positions)
+                    in_positions=ctx.view.positions(act),
+                    out_positions=out_positions)
 
   def _analyze_product(self, op, ctx, terms, out_term):
     """x . y of two activations: ties, and a weight-free linear cost."""
