@@ -18,6 +18,7 @@ def test_mean_ci_is_a_t_interval():
   assert ci == pytest.approx(4.303 * 0.1 / 3 ** 0.5)
 
 
+@pytest.mark.slow  # ~10 small fits: 1-4 min on 2 shared cores
 def test_quick_run_writes_table_json_and_plots(tmp_path):
   result = pareto.main(['--quick', '--out-dir', str(tmp_path),
                         '--work-dir', str(tmp_path / 'work')])

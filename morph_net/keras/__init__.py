@@ -19,6 +19,7 @@ from morph_net.keras.training import add_regularizer
 from morph_net.keras.training import REGULARIZATION_TERM_NAME
 from morph_net.keras.training import RegularizedModel
 from morph_net.keras.callbacks import StructureExporterCallback
+from morph_net.keras.cycles import run_cycles
 
 __all__ = [
     'REGULARIZATION_TERM_NAME',
@@ -27,6 +28,7 @@ __all__ = [
     'add_regularizer',
     'expand_structure',
     'register_width_rule',
+    'run_cycles',
     'slim_model',
     'structure_cost',
 ]
