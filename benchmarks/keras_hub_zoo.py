@@ -336,12 +336,21 @@ def check(name, builder=None, do_slim=True):
   # slim_model / structure_cost take no input_signature: models that need
   # one are checked for the analysis only.
   if do_slim and signature is None:
-    half = half_structure(model)
-    slim = morph_keras.slim_model(model, half)
-    slim(data, training=False)  # it runs
-    row['cost'] = morph_keras.structure_cost(model, half)
-    row['slim_flops'] = independent_counts(slim, data)[0]
-    row['ok'] = row['ok'] and rel(row['slim_flops'], row['cost']) <= TOLERANCE
+    try:
+      half = half_structure(model)
+      slim = morph_keras.slim_model(model, half)
+      slim(data, training=False)  # it runs
+      row['cost'] = morph_keras.structure_cost(model, half)
+      row['slim_flops'] = independent_counts(slim, data)[0]
+      row['ok'] = row['ok'] and rel(row['slim_flops'],
+                                    row['cost']) <= TOLERANCE
+    except Exception as e:  # pylint: disable=broad-except
+      msg = str(e).strip().splitlines()
+      row['slim_error'] = '%s: %s' % (type(e).__name__,
+                                      msg[0][:200] if msg else '')
+      row['ok'] = False
+      if os.environ.get('MORPHNET_TRACEBACK'):
+        traceback.print_exc()
   return row
 
 
@@ -359,9 +368,13 @@ def main(argv=None):
   for name, builder in todo.items():
     try:
       r = check(name, builder, do_slim=not args.no_slim)
-      extra = (' slim n/a' if 'cost' not in r else
-               ' slim %d cost %d (%.4f)' % (r['slim_flops'], r['cost'],
-                                            r['slim_flops'] / r['cost']))
+      if 'slim_error' in r:
+        extra = ' slim ERROR ' + r['slim_error']
+      elif 'cost' in r:
+        extra = ' slim %d cost %d (%.4f)' % (r['slim_flops'], r['cost'],
+                                             r['slim_flops'] / r['cost'])
+      else:
+        extra = ' slim n/a'
       print('%-16s %6.1fs FLOPs %d ref %d (%.4f) weights %d ref %d (%.4f)%s '
             '%s' % (name, r['analyze_s'], r['flops'], r['flops_ref'],
                     r['flops'] / r['flops_ref'], r['weights'],
