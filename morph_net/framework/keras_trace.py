@@ -30,11 +30,7 @@ def _layer_paths(model):
   found, seen = [], set()
 
   def visit(layer, prefix):
-    children = []
-    if hasattr(layer, '_flatten_layers'):
-      children = list(layer._flatten_layers(  # pylint: disable=protected-access
-          include_self=False, recursive=False))
-    for child in children:
+    for child in _children(layer):
       if id(child) in seen:
         continue
       seen.add(id(child))
@@ -69,15 +65,31 @@ def layer_keys(model):
 def _layer_variables(model):
   """(id(tf.Variable) -> key of its owning layer, key -> layer).
 
-  The innermost layer owning a variable wins: a nested model lists its
-  sublayers' weights too, and parents are visited before their children.
+  The innermost layer owning a variable wins: a nested model (or a custom
+  layer) lists its sublayers' weights too, and a model may reach the same
+  layers through two parents (keras-hub's DeepLabV3 keeps its encoder and a
+  functional model over it), so the owner is a leaf layer holding the
+  variable (else the layer with the fewest weights), whatever the visit
+  order.
   """
   keys = layer_keys(model)
-  owner = {}
+  owner, rank = {}, {}
   for key, layer in keys.items():
-    for v in getattr(layer, 'weights', []):
-      owner[id(tf_variable(v))] = key
+    weights = getattr(layer, 'weights', [])
+    # Leaves (no sublayers) first, then the layer holding fewest weights.
+    mine = (bool(_children(layer)), len(weights))
+    for v in weights:
+      var = id(tf_variable(v))
+      if var not in rank or mine < rank[var]:
+        owner[var], rank[var] = key, mine
   return owner, keys
+
+
+def _children(layer):
+  if not hasattr(layer, '_flatten_layers'):
+    return []
+  return list(layer._flatten_layers(  # pylint: disable=protected-access
+      include_self=False, recursive=False))
 
 
 def input_specs(model):

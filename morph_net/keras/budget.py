@@ -175,14 +175,17 @@ def _channel_norms(kind, value, axis):
   """r_c: |gamma|, or the RMS over the other axes of a kernel."""
   if kind == 'gamma':
     return tf.abs(value)
-  rank = value.shape.rank
-  axes = [a for a in range(rank) if a != axis % rank]
-  return tf.sqrt(tf.reduce_mean(tf.square(value), axis=axes))
+  keep = group_lasso_regularizer.out_axes(value.shape.rank, axis)
+  axes = [a for a in range(value.shape.rank) if a not in keep]
+  norms = tf.sqrt(tf.reduce_mean(tf.square(value), axis=axes))
+  return tf.reshape(norms, [-1])
 
 
 def _broadcast(vector, value, axis):
-  shape = [1] * value.shape.rank
-  shape[axis % value.shape.rank] = -1
+  """A per-output-channel vector shaped to broadcast against the kernel."""
+  keep = group_lasso_regularizer.out_axes(value.shape.rank, axis)
+  shape = [value.shape[a] if a in keep else 1
+           for a in range(value.shape.rank)]
   return tf.reshape(vector, shape)
 
 
@@ -243,9 +246,10 @@ class ProximalStep:
       if kind == 'gamma':
         moment = product
       else:
-        rank = value.shape.rank
-        moment = tf.reduce_sum(
-            product, axis=[a for a in range(rank) if a != axis % rank])
+        keep = group_lasso_regularizer.out_axes(value.shape.rank, axis)
+        moment = tf.reshape(tf.reduce_sum(
+            product, axis=[a for a in range(value.shape.rank)
+                           if a not in keep]), [-1])
       weights.append(tf.math.divide_no_nan(moment, norms))
     return weights
 

@@ -29,6 +29,7 @@ from morph_net.framework import family as family_lib
 from morph_net.framework import grouping_regularizers
 from morph_net.framework import patterns
 from morph_net.network_regularizers import generic_network_regularizer as gnr
+from morph_net import op_regularizers
 from morph_net.op_regularizers import gamma_l1_regularizer
 from morph_net.op_regularizers import group_lasso_regularizer
 from morph_net.op_regularizers import logistic_sigmoid_regularizer
@@ -67,7 +68,8 @@ def _gate_sources(setting, ctx, ops):
 def gamma(gamma_threshold, grouping=None):
   """BatchNorm gammas are the sources; L1 on |gamma|."""
   return family_lib.Family(
-      'Gamma', functools.partial(_gamma_sources, float(gamma_threshold)),
+      'Gamma', functools.partial(_gamma_sources, op_regularizers.check_threshold(
+          'gamma_threshold', gamma_threshold)),
       grouping or grouping_regularizers.MaxGroupingRegularizer,
       sources_description='BatchNorm scales (FusedBatchNorm, or the unfused '
       'scale Keras 3 traces; BatchNormalization needs scale=True)',
@@ -79,8 +81,10 @@ def group_lasso(threshold, l1_fraction=0.0, grouping=None):
   """Conv/matmul kernels are the sources; group lasso per output channel."""
   group_lasso_regularizer.check_l1_fraction(l1_fraction)
   return family_lib.Family(
-      'GroupLasso', functools.partial(_group_lasso_sources, float(threshold),
-                                      float(l1_fraction)),
+      'GroupLasso', functools.partial(
+          _group_lasso_sources,
+          op_regularizers.check_threshold('threshold', threshold),
+          float(l1_fraction)),
       grouping or grouping_regularizers.MaxGroupingRegularizer,
       sources_description='the kernels of convolutions, Dense/MatMul and '
       'EinsumDense layers',
@@ -91,7 +95,8 @@ def group_lasso(threshold, l1_fraction=0.0, grouping=None):
 def logistic_sigmoid(alive_threshold=0.1, regularize_on_mask=True,
                      mask_as_alive_vector=True, grouping=None):
   """LogisticSigmoidGating masks are the sources; tied gates 1 - prod(1-p)."""
-  setting = (float(alive_threshold), bool(regularize_on_mask),
+  setting = (logistic_sigmoid_regularizer.check_alive_threshold(
+      alive_threshold), bool(regularize_on_mask),
              bool(mask_as_alive_vector))
   return family_lib.Family(
       'LogisticSigmoid', functools.partial(_gate_sources, setting),

@@ -16,17 +16,34 @@ def check_l1_fraction(l1_fraction):
   return _checks.check_threshold('l1_fraction', l1_fraction, upper=1.0)
 
 
+def out_axes(rank, out_axis):
+  """The kernel axes holding output channels, as non-negative ints.
+
+  `out_axis` is one axis, or a tuple of trailing axes whose row-major
+  flattening is the output's channel axis (an attention projection's
+  [C, heads, head_dim] kernel: out_axis=(-2, -1)).
+  """
+  axes = out_axis if isinstance(out_axis, (tuple, list)) else (out_axis,)
+  return tuple(sorted(int(a) % rank for a in axes))
+
+
+def num_out_channels(shape, out_axis):
+  """Output channels of a kernel of static `shape`."""
+  return int(np.prod([shape[a] for a in out_axes(len(shape), out_axis)]))
+
+
 def _norms(weight, out_axis, l1_fraction):
   w = gamma_l1_regularizer.read(weight)
   rank = w.shape.rank
-  axes = [a for a in range(rank) if a != out_axis % rank]
+  keep = out_axes(rank, out_axis)
+  axes = [a for a in range(rank) if a not in keep]
   mean_square = tf.reduce_mean(tf.square(w), axis=axes)
   # sqrt has an infinite slope at 0: an all-zero filter would give NaNs.
-  rms = tf.sqrt(tf.maximum(mean_square, 1e-30))
-  if not l1_fraction:
-    return rms
-  return (1.0 - l1_fraction) * rms + l1_fraction * tf.reduce_mean(
-      tf.abs(w), axis=axes)
+  norms = tf.sqrt(tf.maximum(mean_square, 1e-30))
+  if l1_fraction:
+    norms = (1.0 - l1_fraction) * norms + l1_fraction * tf.reduce_mean(
+        tf.abs(w), axis=axes)
+  return tf.reshape(norms, [-1]) if len(keep) > 1 else norms
 
 
 class GroupLassoRegularizer:
@@ -38,7 +55,8 @@ class GroupLassoRegularizer:
       >= 0.
     l1_fraction: mix of mean |w| into the RMS norm, in [0, 1].
     out_axis: the kernel axis of output channels (-1 for Conv2D/MatMul,
-      -2 for transposed convs).
+      -2 for transposed convs), or a tuple of trailing axes flattened into
+      the output's channels (see `out_axes`).
 
   Raises:
     ValueError: `threshold` is negative, NaN or infinite, or `l1_fraction`
@@ -77,7 +95,7 @@ class GroupLassoRegularizer:
     # Called once per source during the analysis: validate its settings.
     _checks.check_threshold('threshold', setting[0])
     check_l1_fraction(setting[1])
-    return int(param.shape[setting[2]])
+    return num_out_channels(param.shape.as_list(), setting[2])
 
   @staticmethod
   def batch_vectors(params, settings):
@@ -94,5 +112,6 @@ class GroupLassoRegularizer:
     thresholds = [t for t, _, _ in settings]
     if len(set(thresholds)) == 1:
       return reg, reg > thresholds[0]
-    sizes = [int(p.shape[axis]) for p, (_, _, axis) in zip(params, settings)]
+    sizes = [num_out_channels(p.shape.as_list(), axis)
+             for p, (_, _, axis) in zip(params, settings)]
     return reg, reg > np.repeat(np.asarray(thresholds, np.float32), sizes)
