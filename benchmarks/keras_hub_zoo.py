@@ -72,7 +72,7 @@ def bert(seq=8, layers=2, heads=2, hidden=16, intermediate=32, vocab=50):
   backbone = BertBackbone(vocabulary_size=vocab, num_layers=layers,
                           num_heads=heads, hidden_dim=hidden,
                           intermediate_dim=intermediate,
-                          max_sequence_length=16, dropout=0.0)
+                          max_sequence_length=max(16, seq), dropout=0.0)
   names = ('token_ids', 'segment_ids', 'padding_mask')
   inputs = {n: keras.Input((seq,), dtype='int32', name=n) for n in names}
   model = keras.Model(inputs, backbone(inputs), name='bert')
@@ -90,8 +90,8 @@ def bert_backbone(seq=8, layers=2, heads=2, hidden=16, intermediate=32,
   from keras_hub.src.models.bert.bert_backbone import BertBackbone  # pylint: disable=g-import-not-at-top
   model = BertBackbone(vocabulary_size=vocab, num_layers=layers,
                        num_heads=heads, hidden_dim=hidden,
-                       intermediate_dim=intermediate, max_sequence_length=16,
-                       dropout=0.0)
+                       intermediate_dim=intermediate,
+                       max_sequence_length=max(16, seq), dropout=0.0)
   _, data, _ = bert(seq, layers, heads, hidden, intermediate, vocab)
   signature = {n: tf.TensorSpec([None, seq], tf.int32) for n in data}
   return model, data, signature
