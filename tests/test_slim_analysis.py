@@ -222,6 +222,7 @@ class _Block(L.Layer):
 
 
 def test_layer_inside_a_custom_layer_is_a_clear_error():
+  keras.backend.clear_session()
   inputs = keras.Input((4,))
   model = keras.Model(inputs, L.Dense(2, name='out')(
       _Block(name='blk')(inputs)))
@@ -279,3 +280,16 @@ def test_einsum_dense_is_slimmable():
   assert analyze.analyze(slim).flops == 2 * 5 * 30 + 80
   x = np.random.default_rng(0).normal(size=(2, 5, 6)).astype('float32')
   np.testing.assert_allclose(slim(x), model(x), atol=1e-5)
+
+
+def test_branch_removed_upstream_costs_nothing_downstream():
+  """b1 = 0 removes b2 too; the concat then loses b2's channels."""
+  inputs = keras.Input((6, 6, 3))
+  a = L.Conv2D(4, 1, name='a')(inputs)
+  b = L.Conv2D(5, 1, name='b2')(L.Conv2D(3, 1, name='b1')(inputs))
+  x = L.Conv2D(2, 1, name='head')(L.Concatenate()([a, b]))
+  model = keras.Model(inputs, L.Dense(2, name='out')(L.Flatten()(x)))
+  slim = mk.slim_model(model, {'b1': 0})
+  assert 'b2' not in {l.name for l in slim.layers}
+  assert slim.get_layer('head').input.shape[-1] == 4
+  assert mk.structure_cost(model, {'b1': 0}) == analyze.analyze(slim).flops

@@ -194,6 +194,9 @@ def _walk(plan, functional, ctx):
         plan.kept_inputs[id(node)] = live
     elif len(live) < len(ins):
       _set(plan, node.outputs, REMOVED)
+      key = ctx[0].key_of.get(id(op))
+      if key is not None:
+        plan.removed.add(key)
       continue
     if _is_channel_split(node):
       for t, chans in zip(node.outputs, _split(plan, node)):
