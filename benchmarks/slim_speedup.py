@@ -104,6 +104,9 @@ MODELS = {
     'EfficientNetB0': (_efficientnet_b0, 160),
     'ViT': (_vit, 96),
 }
+# Groups kept at full width: the ViT's residual stream feeds every
+# MultiHeadAttention, which slim_model does not narrow; its MLPs are pruned.
+KEEP_FULL = {'ViT': ('patch_embed',)}
 QUICK_SIZE = 32
 
 
@@ -137,7 +140,7 @@ def _flops(model):
   return float(report.flops) + extra, report
 
 
-def learned_like_structure(report, seed):
+def learned_like_structure(report, seed, keep_full=()):
   """A structure {layer: count} shaped like what MorphNet learns.
 
   Per channel group (layers tied by residual adds share one), in network
@@ -148,13 +151,17 @@ def learned_like_structure(report, seed):
   wide late ones hardest. A group tied across several layers (a residual
   stream) keeps more: keep' = 1 - (1 - keep) / 2, because cutting one of its
   channels must be paid for in every layer it feeds. The count is
-  max(1, round(keep * width)). Groups tied to the output are left alone.
+  max(1, round(keep * width)). Groups tied to the output, and groups with
+  a layer named in `keep_full`, are left alone.
   """
   rng = np.random.default_rng(seed)
   layers = [l for l in report.layers if l.prunable]
   groups = {}
   for l in layers:
     groups.setdefault(l.group, []).append(l)
+  for g in [g for g, ls in groups.items()
+            if any(l.name in keep_full for l in ls)]:
+    del groups[g]
   order = {l.name: i for i, l in enumerate(report.layers)}
   last = max(len(report.layers) - 1, 1)
   structure = {}
@@ -203,7 +210,8 @@ def run_model(name, args):
   t0 = time.perf_counter()
   seed_model = builder(size, args.quick)
   seed_flops, report = _flops(seed_model)
-  structure = learned_like_structure(report, args.seed)
+  structure = learned_like_structure(report, args.seed,
+                                     KEEP_FULL.get(name, ()))
   variants = {'seed': (seed_model, seed_flops)}
   for round_to in args.round_to:
     slim = slim_model(seed_model, structure, round_to=round_to)
