@@ -186,14 +186,17 @@ def trace(model, input_signature):
       inputs = tf.nest.pack_sequence_as(structure, list(args))
       return model(inputs[0] if single else inputs, training=False)
 
-    function = tf.function(call)
+    def concrete_at(specs):  # a fresh tf.function: no relaxed retrace
+      return tf.function(call).get_concrete_function(*specs)
+
     owners = _layer_variables(model)
   else:
     function = model if hasattr(model, 'get_concrete_function') else (
         tf.function(model))
+    concrete_at = lambda specs: function.get_concrete_function(*specs)
     owners = ({}, {})
-  concrete = function.get_concrete_function(*flat)
+  concrete = concrete_at(flat)
   if _needs_fixed_batch(concrete, flat):
-    concrete = function.get_concrete_function(*_at_batch_one(flat))
+    concrete = concrete_at(_at_batch_one(flat))
   variables = model.variables if is_keras else concrete.variables
   return concrete, list(variables), owners
