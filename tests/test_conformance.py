@@ -292,6 +292,18 @@ def _csp(split):
   return body
 
 
+def _atrous(p):
+  """tf.nn.atrous_conv2d (rate 2, SAME): counted at its real output."""
+  if not _ATROUS:
+    _ATROUS.append(_weight([3, 3, p.shape[-1], 5], 7))
+  y = tf.nn.atrous_conv2d(p, _ATROUS[0], 2, 'SAME', name='op')
+  _record(y, _ATROUS[0])
+  return y
+
+
+_ATROUS = []
+
+
 def _keras_conv(layer, in_shape):
   def make():
     x = keras.Input(in_shape)
@@ -454,6 +466,22 @@ ROWS = (
                 3, depth_multiplier=2, name='dw'), (5, 5, 3))),
             ties=(('DepthwiseConv2dNative:dw', 'Placeholder:',
                    np.arange(6) // 2),)),
+        # Dilated convs trace as SpaceToBatchND -> conv -> BatchToSpaceND;
+        # the pattern pass gives the conv its real output positions.
+        Row('Conv2D-dilated-valid', ('SpaceToBatchND', 'BatchToSpaceND'),
+            _keras(_keras_conv(lambda: keras.layers.Conv2D(
+                5, 3, dilation_rate=2, name='conv'), (9, 9, 3)))),
+        Row('Conv2D-dilated-same', ('SpaceToBatchND', 'BatchToSpaceND'),
+            _keras(_keras_conv(lambda: keras.layers.Conv2D(
+                4, 3, dilation_rate=3, padding='same', name='conv'),
+                                (8, 8, 2)))),
+        Row('DepthwiseConv2D-dilated', ('SpaceToBatchND', 'BatchToSpaceND',
+                                        'DepthwiseConv2dNative'),
+            _keras(_keras_conv(lambda: keras.layers.DepthwiseConv2D(
+                3, dilation_rate=2, padding='same', name='dw'), (6, 6, 3))),
+            ties=(('DepthwiseConv2dNative:dw', 'Placeholder:', None),)),
+        Row('atrous_conv2d', ('SpaceToBatchND', 'BatchToSpaceND'),
+            _raw(_atrous)),
         Row('MatMul-Dense', ('MatMul',), _keras(_keras_conv(
             lambda: keras.layers.Dense(5, name='fc'), (7,)))),
         Row('Einsum-head-axes', ('Einsum',), _raw(_einsum_heads)),
@@ -474,10 +502,6 @@ EXEMPT = {
     for t in ('Placeholder', 'PlaceholderWithDefault', 'Const',
               'ReadVariableOp', 'VarHandleOp', 'VariableV2', 'Variable',
               'RandomUniform', 'RandomStandardNormal', 'TruncatedNormal')}
-EXEMPT.update({
-    'SpaceToBatchND': 'dilated convs: rows owned by the pattern-pass author',
-    'BatchToSpaceND': 'dilated convs: rows owned by the pattern-pass author',
-})
 
 
 def _op(manager, selector):
