@@ -367,9 +367,15 @@ def test_slim_depthwise_like_grouped_conv_with_weight_transfer(tmp_path):
                              slim(x, training=False), atol=1e-6)
 
 
-def test_slim_refuses_general_grouped_conv():
+def test_slim_keeps_the_group_count_of_a_grouped_conv():
   import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
   keras.backend.clear_session()
   model = _grouped_model()
-  with pytest.raises(NotImplementedError, match="'g4' is a grouped conv"):
-    mk.slim_model(model, {'g4': 12})
+  slim = mk.slim_model(model, {'pw': 4, 'g4': 8})
+  assert slim.get_layer('g4').groups == 4
+  assert slim.get_layer('g4').filters == 8
+  assert mk.structure_cost(model, {'pw': 4, 'g4': 8}) == (
+      2 * HW * 9 * 8 + 2 * HW * 8 * 4 + 2 * HW * 9 * 4 * 8 // 4 + 2 * 8 * 3)
+  slim(np.zeros([1, 16, 16, 8], np.float32))  # it runs
+  with pytest.raises(ValueError, match='multiples of 4'):
+    mk.slim_model(model, {'g4': 6})

@@ -76,7 +76,8 @@ def _csp_block():
 def _grouped_conv():
   inputs = keras.Input((8, 8, 4))
   x = L.Conv2D(8, 1, name='c1')(inputs)
-  x = L.Conv2D(12, 3, padding='same', groups=4, name='grouped')(x)
+  # Halving keeps every width a multiple of the group count.
+  x = L.Conv2D(16, 3, padding='same', groups=4, name='grouped')(x)
   x = L.Conv2D(8, 1, name='c2')(x)
   x = L.GlobalAveragePooling2D()(x)
   return keras.Model(inputs, L.Dense(4, name='logits')(x))

@@ -354,10 +354,9 @@ def _prunable(plan, node, key, ctx):
     kept = np.sort(np.concatenate([kept, extra])).astype(np.int64)
   pruned_in = any(not _full(plan, t) for t in node.input_tensors)
   changed = pruned_in or new != original
-  if changed and getattr(op, 'groups', 1) != 1:
-    raise NotImplementedError('Layer %r is a grouped convolution (groups=%d);'
-                              ' slim_model cannot prune it.'
-                              % (key, op.groups))
+  groups = getattr(op, 'groups', 1)
+  if changed and groups != 1:
+    _check_grouped(plan, node, key, op, new, track)
   if changed and rules.width_field(op) is None:
     raise NotImplementedError(
         'Layer %r (%s) is prunable in the analysis, but slim_model has no '
@@ -367,6 +366,28 @@ def _prunable(plan, node, key, ctx):
   _check_channels_last(op, changed)
   plan.layer_width[id(op)] = new
   return Channels(new, kept, (key,))
+
+
+def _check_grouped(plan, node, key, op, new, track):
+  """A grouped conv keeps its group count: both widths must divide by it.
+
+  Its cost (and the analysis') is in x out / groups, which the slim conv
+  has exactly when every group keeps the same number of channels.
+  """
+  groups = op.groups
+  width_in = plan.info[id(node.input_tensors[0])].width
+  if new % groups or width_in % groups:
+    raise ValueError(
+        'Layer %r is a grouped convolution (groups=%d); the slim layer keeps '
+        'its %d groups, so its output width (%d) and input width (%d) must '
+        'be multiples of %d. Use counts that are, or round_to=%d.'
+        % (key, groups, groups, new, width_in, groups, groups))
+  if track:
+    raise NotImplementedError(
+        'Layer %r is a grouped convolution (groups=%d) whose widths change; '
+        'weight transfer through it is not supported (each group would need '
+        'the same surviving channels). Slim from counts and retrain.'
+        % (key, groups))
 
 
 def _union(origins):
