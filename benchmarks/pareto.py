@@ -69,6 +69,12 @@ def parse_args(argv=None):
   p.add_argument('--seeds', type=int, default=None)
   p.add_argument('--out-dir', default=os.path.dirname(os.path.abspath(
       __file__)))
+  p.add_argument('--only', default='width,morphnet,cycles,targeted',
+                 help='comma list of the parts to run (each retrains the '
+                 'same seed network first)')
+  p.add_argument('--merge', nargs='*', default=None,
+                 help='only merge these pareto_results.json files into '
+                 '--out-dir (table, plots); runs nothing')
   p.add_argument('--work-dir', default=None,
                  help='exported structures (default: a temporary directory)')
   return p.parse_args(argv)
@@ -222,6 +228,9 @@ def mean_ci(values):
 
 def main(argv=None):
   args = parse_args(argv)
+  if args.merge:
+    return merge(args.merge, args.out_dir)
+  parts = set(args.only.split(','))
   cfg = config(args.quick)
   if args.seeds:
     cfg['seeds'] = args.seeds
@@ -256,14 +265,14 @@ def main(argv=None):
           % (kind, label, row['flops_fraction'], mean, ci))
 
   width_flops = {}
-  for w in cfg['widths']:
+  for w in cfg['widths'] if 'width' in parts else ():
     model = build_model(scaled(w), 'width')
     width_flops[w] = flops(model)
     structure = {'conv%d' % i: c for i, c in enumerate(scaled(w))}
     accs, cost = retrain(seed_model, structure, data, cfg)
     add('width', 'w=%g %s' % (w, scaled(w)), cost, accs)
 
-  for w in cfg['targets']:
+  for w in cfg['targets'] if 'morphnet' in parts else ():
     target = width_flops.get(w) or flops(build_model(scaled(w)))
     learned, end_cost, met, _ = shrink(
         seed_model, lambda m: flop_regularizer.GammaFlopsRegularizer(
@@ -279,13 +288,15 @@ def main(argv=None):
 
   def fit_and_eval(model, phase, callbacks):
     shrink_fit(cfg, data)(model, phase, callbacks)
-  n_cycles = cfg['cycles']
-  cycle_seed = keras.models.clone_model(seed_model)  # run_cycles trains it
-  cycle_seed.set_weights(seed_model.get_weights())
-  records, models = cycles_lib.run_cycles(
-      cycle_seed, fit_and_eval, evaluate=lambda m: accuracy(m, data),
-      num_cycles=n_cycles, shrink_to=0.5, budget=seed_flops,
-      log_dir=os.path.join(work, 'cycles'), return_models=True)
+  n_cycles = cfg['cycles'] if 'cycles' in parts else 0
+  records, models = [], []
+  if n_cycles:
+    cycle_seed = keras.models.clone_model(seed_model)  # run_cycles trains it
+    cycle_seed.set_weights(seed_model.get_weights())
+    records, models = cycles_lib.run_cycles(
+        cycle_seed, fit_and_eval, evaluate=lambda m: accuracy(m, data),
+        num_cycles=n_cycles, shrink_to=0.5, budget=seed_flops,
+        log_dir=os.path.join(work, 'cycles'), return_models=True)
   for record, model in zip(records, models):
     # run_cycles retrained once (seed 1); retrain again with the seeds.
     accs, cost = retrain(model, record['expanded'], data, cfg)
@@ -298,7 +309,8 @@ def main(argv=None):
   targeted = {}
   for name, make in (('FLOPs', flop_regularizer.GammaFlopsRegularizer),
                      ('ModelSize',
-                      model_size_regularizer.GammaModelSizeRegularizer)):
+                      model_size_regularizer.GammaModelSizeRegularizer)
+                    ) if 'targeted' in parts else ():
     learned, _, met, _ = shrink(seed_model, lambda m, make=make: make(
         m, THRESHOLD), 0.5, cfg, data, os.path.join(work, 'targeted_' + name),
                             cost='flops' if name == 'FLOPs' else 'model_size')
@@ -320,6 +332,26 @@ def main(argv=None):
   plot(result, args.out_dir)
   print(table(result), flush=True)
   stamp('done')
+  return result
+
+
+def merge(paths, out_dir):
+  """Joins the rows/targeted parts of several runs; writes table, plots."""
+  result = dict(rows=[], targeted={}, parts=[])
+  for path in paths:
+    with open(path) as f:
+      part = json.load(f)
+    result['rows'] += part.get('rows', [])
+    result['targeted'].update(part.get('targeted', {}))
+    result['parts'].append(dict(path=path, seed_flops=part.get('seed_flops'),
+                                partial=part.get('partial', False),
+                                wall_s=part.get('wall_s')))
+    result.setdefault('seed_flops', part.get('seed_flops'))
+  os.makedirs(out_dir, exist_ok=True)
+  cycles_lib.save_json_atomically(result, os.path.join(
+      out_dir, 'pareto_results.json'))
+  plot(result, out_dir)
+  print(table(result), flush=True)
   return result
 
 
@@ -360,6 +392,8 @@ def plot(result, out_dir):
   plt.close(fig)
 
   targeted = result['targeted']
+  if not targeted:
+    return
   fig, ax = plt.subplots(figsize=(6, 3.5))
   names = ['conv%d' % i for i in range(len(SEED_WIDTHS))]
   x = np.arange(len(names))
