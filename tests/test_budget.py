@@ -121,7 +121,11 @@ def test_controller_never_drives_strength_negative_or_zero():
   strength = tf.Variable(1e-3)
   control = budget.StrengthController(target_cost=10.0, min_ratio=1e-2)
   control.build(1e-3)
-  step = tf.function(lambda: control.update(strength, tf.constant(1.0)))
+
+  @tf.function
+  def step():
+    control.update(strength, tf.constant(1.0))
+
   for _ in range(500):  # always far under the target: strength falls
     step()
   assert float(strength.numpy()) == pytest.approx(1e-5, rel=1e-3)

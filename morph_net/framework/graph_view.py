@@ -51,6 +51,7 @@ class GraphView:
     self._inlined = {}
     self._body_args = {}
     self._bodies = set()  # ids of the body graphs in _body_args
+    self.at_batch_one = None  # see from_model
 
   # ---------------------------------------------------------------- builders
   @classmethod
@@ -70,18 +71,23 @@ class GraphView:
     return cls(graph, ops, inputs, eager=False)
 
   @classmethod
-  def from_model(cls, model, input_signature=None):
+  def from_model(cls, model, input_signature=None, fixed_batch=False):
     """A view over the inference-mode trace of a Keras model or function.
 
     Args:
       model: a Keras 3 model (functional, sequential or subclassed), a
         `tf.function` concrete function, or a `tf.function` together with
         `input_signature`.
-      input_signature: optional list of `tf.TensorSpec`, needed when the
-        model's input shape cannot be inferred (e.g. an unbuilt subclassed
-        model or a polymorphic `tf.function`).
+      input_signature: optional `tf.TensorSpec`s in the model's input
+        structure, needed when the model's input shape cannot be inferred
+        (e.g. an unbuilt subclassed model or a polymorphic `tf.function`).
+      fixed_batch: the signature already has a fixed batch (no retrace).
+
+    `at_batch_one` is then a function returning the same view traced at a
+    batch of 1 (when only the batch dim is unknown), else None.
     """
-    concrete, variables, (owner, layers) = keras_trace.trace(model, input_signature)
+    concrete, variables, (owner, layers), batch_one = keras_trace.trace(
+        model, input_signature, fixed_batch=fixed_batch)
     by_handle = {}
     for v in variables:
       var = tf_variable(v)
@@ -95,8 +101,12 @@ class GraphView:
     outputs = [t.op for t in concrete.outputs]
     inputs = [t.op for t in concrete.inputs
               if t.dtype != tf.resource]
-    return cls(concrete.graph, outputs, inputs, captures=captures,
+    view = cls(concrete.graph, outputs, inputs, captures=captures,
                variable_owner=owner, layers=layers, eager=True)
+    if batch_one is not None:
+      view.at_batch_one = lambda: cls.from_model(model, batch_one,
+                                                 fixed_batch=True)
+    return view
 
   # ----------------------------------------------------------- graph facts
   def is_input_boundary(self, op):

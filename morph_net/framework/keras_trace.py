@@ -141,34 +141,28 @@ def _at_batch_one(specs):
           for s in specs]
 
 
-def _needs_fixed_batch(concrete, flat_specs):
-  """True if only the batch dim of the inputs is unknown, yet some float
-  tensor of the trace has an unknown non-batch dim: the model computes a
-  shape from the dynamic batch size (e.g. `ops.shape(x)[0]` in a Reshape),
-  so a trace at a fixed batch gives the static shapes costs need."""
+def _only_batch_unknown(flat_specs):
+  """True if every input's dims but the batch are known and the batch is not
+  (then a trace at batch 1 may have static shapes the batch-None one has
+  not)."""
   for s in flat_specs:
     dims = s.shape.as_list() if s.shape.rank is not None else None
-    if dims is None or not dims or dims[0] is not None or None in dims[1:]:
+    if not dims or dims[0] is not None or None in dims[1:]:
       return False
-  for op in concrete.graph.get_operations():
-    for t in op.outputs:
-      if (t.dtype.is_floating and t.shape.rank is not None
-          and t.shape.rank >= 2 and None in t.shape.as_list()[1:]):
-        return True
-  return False
+  return True
 
 
-def trace(model, input_signature):
+def trace(model, input_signature, fixed_batch=False):
   """Traces a model in inference mode.
 
   Returns:
-    (concrete function, variables, (variable owner keys, key -> layer)).
-    A model whose trace has unknown shapes only because it computes them
-    from the dynamic batch size is traced at a batch of 1 (costs are per
-    example either way).
+    (concrete function, variables, (variable owner keys, key -> layer),
+    batch-1 signature or None). The batch-1 signature (the same structure at
+    batch 1) is given when only the batch dim is unknown: the analysis
+    retraces with it if the batch-None trace leaves shapes it needs unknown.
   """
   if isinstance(model, tf.types.experimental.ConcreteFunction):
-    return model, list(model.variables), ({}, {})
+    return model, list(model.variables), ({}, {}), None
   is_keras = hasattr(model, 'layers') and hasattr(model, 'variables')
   if input_signature is None and is_keras:
     input_signature = input_specs(model)
@@ -186,17 +180,15 @@ def trace(model, input_signature):
       inputs = tf.nest.pack_sequence_as(structure, list(args))
       return model(inputs[0] if single else inputs, training=False)
 
-    def concrete_at(specs):  # a fresh tf.function: no relaxed retrace
-      return tf.function(call).get_concrete_function(*specs)
-
+    function = tf.function(call)
     owners = _layer_variables(model)
   else:
     function = model if hasattr(model, 'get_concrete_function') else (
         tf.function(model))
-    concrete_at = lambda specs: function.get_concrete_function(*specs)
     owners = ({}, {})
-  concrete = concrete_at(flat)
-  if _needs_fixed_batch(concrete, flat):
-    concrete = concrete_at(_at_batch_one(flat))
+  concrete = function.get_concrete_function(*flat)
+  batch_one = None
+  if not fixed_batch and _only_batch_unknown(flat):
+    batch_one = tf.nest.pack_sequence_as(structure, _at_batch_one(flat))
   variables = model.variables if is_keras else concrete.variables
-  return concrete, list(variables), owners
+  return concrete, list(variables), owners, batch_one

@@ -142,6 +142,30 @@ class OpRegularizerManager:
     self._grouping = (create_grouping_regularizer
                       or (family.grouping if family is not None else None)
                       or grouping_regularizers.MaxGroupingRegularizer)
+    try:
+      builder = self._analyze()
+      if self._view.at_batch_one is not None and any(
+          None in (c.positions, c.in_positions, c.out_positions)
+          for c in builder.computes):
+        raise errors.UnknownShapeError('positions unknown')
+    except errors.UnknownShapeError:
+      # A model that computes shapes from its dynamic batch size (e.g. a
+      # Reshape by ops.shape(x)[0]) has static shapes only at a fixed
+      # batch; costs are per example, so trace it at a batch of 1.
+      if self._view.at_batch_one is None:
+        raise
+      self._view = self._view.at_batch_one()
+      builder = self._analyze()
+    self._apply_force_group(builder, force_group)
+    self._sources = self._filter_blacklist(builder.sources,
+                                           regularizer_blacklist)
+    self._computes = builder.computes
+    self._solve(builder)
+    self._cached = None
+
+  def _analyze(self):
+    """Walks the view, runs the pattern pass and the handlers, declares the
+    family's sources; returns the channel-graph builder."""
     self._parents = {}
     self._facts = patterns.Facts(self._view)
     self._data_inputs = {}
@@ -156,14 +180,9 @@ class OpRegularizerManager:
         raise type(e)('%s\nWhile analyzing op %r (type %s); path from the '
                       'output: %s' % (e, op.name, op.type,
                                       self.path_to(op))) from None
-    if family is not None:
-      family.find_sources(builder, self._ops)
-    self._apply_force_group(builder, force_group)
-    self._sources = self._filter_blacklist(builder.sources,
-                                           regularizer_blacklist)
-    self._computes = builder.computes
-    self._solve(builder)
-    self._cached = None
+    if self._family is not None:
+      self._family.find_sources(builder, self._ops)
+    return builder
 
   # ---------------------------------------------------------------- walk
   def _follow(self, op):
