@@ -226,6 +226,27 @@ def test_warns_when_term_dominates(digits):
   assert len(dominating) == 1 and 'Lower the strength' in dominating[0]
 
 
+def test_the_recommended_strength_is_not_called_dominating(digits):
+  """strength = 1 / initial cost (the README's recipe) never gets the
+  'lower the strength' advice, even where its penalty exceeds the task loss;
+  ten times that does."""
+  def dominating(scale):
+    model = build_model()
+    reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+    trainer = mk.add_regularizer(model, reg, strength=scale / SEED_FLOPS,
+                                 monitor=False)
+    _compile(trainer, keras.optimizers.SGD(1e-4))
+    monitor = budget.BudgetMonitor(reg, 'FLOPs', 'regularization_term',
+                                   dominance=0.01)
+    messages = _warnings_of(lambda: trainer.fit(
+        digits[0][:64], digits[1][:64], batch_size=32, epochs=1, verbose=0,
+        callbacks=[monitor]))
+    return [m for m in messages if '(dominating)' in m]
+
+  assert not dominating(1.0)
+  assert len(dominating(10.0)) == 1
+
+
 def test_warns_when_sources_hover(digits):
   """Adam at lr ~ threshold: dead gammas hover at +-lr (the issue's case)."""
   model = build_model()

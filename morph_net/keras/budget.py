@@ -339,7 +339,8 @@ class BudgetMonitor(keras.callbacks.Callback):
     the alive threshold (under plain gradients an L1 source oscillates
     around 0 with amplitude ~ learning rate x strength x cost weight, so the
     count is set by noise, not by the data);
-  * dominating: strength x term exceeds `dominance` x the task loss (the
+  * dominating: strength x term exceeds `dominance` x the task loss, with
+    a fixed strength above the recommended 1 / initial cost (the
     larger of the current one and the one at the first step);
   * stalled: the cost has not moved after `patience` steps.
 
@@ -402,7 +403,13 @@ class BudgetMonitor(keras.callbacks.Callback):
       # Under a target the penalty is large by design while shrinking; it
       # is a problem only if it still dominates once the target is met.
       holding = self.target_cost is None or cost <= 1.05 * self.target_cost
-      if holding and penalty > self.dominance * max(task, 1e-12):
+      # The recommended scale (strength <= 1 / initial cost) is no mistake:
+      # starting from a well-trained network its penalty dwarfs the task
+      # loss by design, and advising "1 / initial cost" would be circular.
+      recommended = (self.target_cost is None and
+                     strength * self._first_cost <= 1.01)
+      if (holding and not recommended
+          and penalty > self.dominance * max(task, 1e-12)):
         self._warn('dominating', (
             'strength x regularization term (%.4g) is more than %g x the '
             'task loss (%.4g): the regularizer, not the data, is training '
