@@ -439,50 +439,22 @@ class OpRegularizerManager:
     return _OpRegularizer(self, classes)
 
   # ----------------------------------------------------- slices, groups
-  def _slices_and_groups(self):
-    """Contiguous runs of channels, keyed by where their classes first
-    appear; slices with the same key form one OpGroup."""
-    first = {}
-    runs = collections.OrderedDict()
-    tensors = [op.outputs[0] for op in self._ops
-               if op.outputs and op.outputs[0].name in self._tensor_nodes]
-    for t_index, t in enumerate(tensors):
-      labels = self._labels[self._tensor_nodes[t.name]]
-      keys = []
-      for pos, lab in enumerate(labels):
-        keys.append(first.setdefault(int(lab), (t_index, pos)))
-      op_runs, start = [], 0
-      for pos in range(1, len(keys) + 1):
-        if (pos == len(keys) or keys[pos][0] != keys[pos - 1][0]
-            or keys[pos][1] != keys[pos - 1][1] + 1):
-          op_runs.append((start, pos - start, keys[start]))
-          start = pos
-      runs[t.op] = op_runs
-    groups = collections.OrderedDict()
-    slices = {}
-    for op, op_runs in runs.items():
-      slices[op.name] = []
-      for start, size, key in op_runs:
-        s = op_slice.OpSlice(op, op_slice.Slice(start, size))
-        slices[op.name].append(s)
-        groups.setdefault((key, size), []).append(s)
-    sources = {s.op.name for s in self._sources}
-    group_of = {}
-    for members in groups.values():
-      g = op_slice.OpGroup(tuple(members), tuple(
-          m for m in members if m.op.name in sources))
-      for m in members:
-        group_of[m] = g
-    return slices, group_of
-
   def get_op_slices(self, op):
     if not hasattr(self, '_slice_cache'):
-      self._slice_cache = self._slices_and_groups()
+      self._slice_cache = op_slice.slices_and_groups(
+          [op for op in self._ops if op.outputs
+           and op.outputs[0].name in self._tensor_nodes],
+          lambda t: self._labels[self._tensor_nodes[t.name]],
+          {s.op.name for s in self._sources})
     return list(self._slice_cache[0].get(op.name, []))
 
   def get_op_group(self, op_slice_):
     if not hasattr(self, '_slice_cache'):
-      self._slice_cache = self._slices_and_groups()
+      self._slice_cache = op_slice.slices_and_groups(
+          [op for op in self._ops if op.outputs
+           and op.outputs[0].name in self._tensor_nodes],
+          lambda t: self._labels[self._tensor_nodes[t.name]],
+          {s.op.name for s in self._sources})
     return self._slice_cache[1].get(op_slice_)
 
   # ---------------------------------------------------------- validate

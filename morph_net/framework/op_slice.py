@@ -46,3 +46,44 @@ class OpGroup:
 
   def __str__(self):
     return 'OpGroup[%s]' % ', '.join(str(s) for s in self.op_slices)
+
+
+def slices_and_groups(ops, labels_of, source_names):
+  """({op name: [OpSlice]}, {OpSlice: OpGroup}) from channel labels.
+
+  Contiguous runs of an op's output channels are keyed by where their
+  classes first appear; slices with the same key form one OpGroup.
+
+  Args:
+    ops: analyzed ops with channels, producers first.
+    labels_of: tensor -> channel label per channel.
+    source_names: names of the ops that carry regularizers.
+  """
+  first = {}
+  runs = {}
+  for t_index, op in enumerate(ops):
+    t = op.outputs[0]
+    keys = [first.setdefault(int(lab), (t_index, pos))
+            for pos, lab in enumerate(labels_of(t))]
+    op_runs, start = [], 0
+    for pos in range(1, len(keys) + 1):
+      if (pos == len(keys) or keys[pos][0] != keys[pos - 1][0]
+          or keys[pos][1] != keys[pos - 1][1] + 1):
+        op_runs.append((start, pos - start, keys[start]))
+        start = pos
+    runs[t.op] = op_runs
+  groups = {}
+  slices = {}
+  for op, op_runs in runs.items():
+    slices[op.name] = []
+    for start, size, key in op_runs:
+      s = OpSlice(op, Slice(start, size))
+      slices[op.name].append(s)
+      groups.setdefault((key, size), []).append(s)
+  group_of = {}
+  for members in groups.values():
+    g = OpGroup(tuple(members), tuple(
+        m for m in members if m.op.name in source_names))
+    for m in members:
+      group_of[m] = g
+  return slices, group_of
