@@ -1,26 +1,35 @@
 """How well does a latency model predict the real latency of slim models?
 
-1. Fit a HardwareSpec for this machine with `morph_net.tools.profile`: two
-   models, each timed at uniform widths 0.25, 0.5, 0.75 and 1.0 (8 samples).
-2. Draw `--variants` random slim variants of each model that the fit never
-   saw. Each channel group keeps a fraction drawn uniformly from [0.2, 1.0],
-   seeded. Time each variant at batch 1 (a `tf.function`, median of
-   `--repeats` calls).
-3. Predict each variant's latency with the fitted spec, with the fitted
-   roofline alone (what the latency regularizer's cost uses, op_overhead
-   ignored), and with the data-sheet roofline presets. Report the Spearman
-   rank correlation with the measured latency (per model) and the median
-   relative error. The presets predict a GPU/TPU in its own units, so only
-   their rank correlation means anything here.
+1. Build each model at uniform widths 0.25, 0.5, 0.75 and 1.0 (the fit
+   samples of `morph_net.tools.profile`), and `--variants` random slim
+   variants of it that the fit never sees: each channel group keeps a
+   fraction drawn uniformly from [0.2, 1.0], seeded.
+2. Time all of them at batch 1 in one interleaved run (`tf.function`,
+   `--repeats` rounds, each round in a shuffled order, medians kept), so a
+   slow spell of the shared machine hits fit samples and variants alike.
+   TensorFlow runs on `--threads` threads (default 1: on a machine shared
+   with other jobs one thread is what we can count on).
+3. Fit HardwareSpecs on the width samples only: 'fitted' (dense peak,
+   depthwise rate, bandwidth, per-op overhead), 'fitted_one_rate' (depthwise
+   at the dense peak, as before depthwise_compute existed) and
+   'fitted_roofline' (no overhead: the bare roofline). Predict every
+   variant with them and with the data-sheet roofline presets, and report
+   per model the Spearman rank correlation with the measured latency and
+   the median relative error. The presets predict a GPU/TPU in its own
+   units, so only their rank correlation means anything here.
 
-Goal: rank correlation >= 0.9 and median relative error <= 20% for the
-fitted spec.
+Inputs are small to keep the run bounded: MobileNetV2 at 128x128, ResNet50
+at 96x96 (batch 1).
 
-  python benchmarks/latency_model.py                 # ~6-10 min on 2 cores
+Goal: rank correlation >= 0.9 per model and median relative error <= 20%
+for the fitted spec.
+
+  python benchmarks/latency_model.py                 # ~5-10 min on 2 cores
   python benchmarks/latency_model.py --quick         # 2 tiny CNNs, < 1 min
 
-It also checks that a latency regularizer loads the saved JSON by path and
-prices a variant as the fitted roofline does. Always exits 0.
+It also prices one variant with a latency regularizer that loads the saved
+JSON by path and reports whether it agrees with the fitted spec. Always
+exits 0.
 """
 
 import argparse
@@ -37,6 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from morph_net.keras import slim_model  # pylint: disable=g-import-not-at-top
 from morph_net.network_regularizers import hardware  # pylint: disable=g-import-not-at-top
@@ -94,6 +104,44 @@ def spearman(a, b):
   return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _fits(width_rows, seconds):
+  """{predictor: HardwareSpec} fitted on the uniform-width samples."""
+  samples = [(parts, s) for (_, _, parts), s in zip(width_rows, seconds)]
+  fitted, _ = profile.fit_hardware(samples, 'this-machine')
+  one_rate, _ = profile.fit_hardware(samples, 'one-rate',
+                                     with_depthwise=False)
+  roofline, _ = profile.fit_hardware(samples, 'roofline',
+                                     with_overhead=False)
+  return {'fitted': fitted, 'fitted_one_rate': one_rate,
+          'fitted_roofline': roofline}
+
+
+def _regularizer_check(variant, parts, spec, spec_path):
+  """The regularizer's cost (s) of `variant` loading the JSON by path."""
+  reg = latency_regularizer.GroupLassoLatencyRegularizer(variant, 0.0,
+                                                         spec_path)
+  cost = 1e-9 * float(reg.get_cost())
+  return {'regularizer_cost_s': cost,
+          'regularizer_matches_fitted': bool(abs(
+              cost / profile.predict_latency(parts, spec) - 1) < 1e-6)}
+
+
+def _summary(rows, models, predictors):
+  summary = {}
+  for p in predictors:
+    rhos = []
+    for m in models:
+      mine = [r for r in rows if r['model'] == m.name]
+      rhos.append(spearman([r[p] for r in mine],
+                           [r['measured_s'] for r in mine]))
+    err = [statistics.median(abs(r[p] / r['measured_s'] - 1) for r in rows
+                             if r['model'] == m.name) for m in models]
+    summary[p] = {'rho': rhos, 'median_relative_error': err,
+                  'median_relative_error_all': statistics.median(
+                      abs(r[p] / r['measured_s'] - 1) for r in rows)}
+  return summary
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true',
@@ -102,85 +150,108 @@ def main(argv=None):
                       help='random slim variants per model (default 12; '
                       '--quick: 3)')
   parser.add_argument('--repeats', type=int, default=None,
-                      help='timed calls per variant (default 15; --quick 3)')
+                      help='timed rounds (default 25; --quick 3)')
+  parser.add_argument('--threads', type=int, default=1,
+                      help='TensorFlow intra- and inter-op threads (0: TF '
+                      'default)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--json', help='also write the results here')
   args = parser.parse_args(argv)
+  if args.threads:
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
   variants = args.variants or (3 if args.quick else 12)
-  repeats = args.repeats or (3 if args.quick else 15)
+  repeats = args.repeats or (3 if args.quick else 25)
   multipliers = (0.5, 1.0) if args.quick else profile.DEFAULT_MULTIPLIERS
   keras.utils.set_random_seed(args.seed)
   t_start = time.perf_counter()
+  load_start = os.getloadavg()
   models = _models(args.quick)
 
-  # 1. Fit.
-  spec, fit = profile.profile_hardware(
-      models, 'this-machine', multipliers=multipliers, repeats=repeats,
-      log=lambda line: print('  fit sample ' + line, flush=True))
-  print('fitted: peak %.4g GFLOP/s, bandwidth %.4g GB/s, %.4g us per op; '
-        'on its own samples: median error %.1f%%'
-        % (spec.peak_compute, spec.memory_bandwidth, spec.op_overhead / 1e3,
-           100 * fit['median_relative_error']), flush=True)
-
-  # 2. Random variants, timed.
+  # 1. Fit samples and random variants.
+  width_rows = profile.width_variants(models, multipliers)
   rng = np.random.default_rng(args.seed)
-  rows = []
-  spec_path = os.path.join(tempfile.mkdtemp(), 'this-machine.json')
-  hardware.save_hardware(spec, spec_path, fit=fit)
+  built = []
   for model in models:
-    built = []
     for i in range(variants):
       variant = slim_model(model, random_structure(model, rng))
-      built.append((variant, profile.roofline_parts(variant)))
-    # Round-robin timing: noise of the shared machine hits every variant.
-    measured = profile.measure_latencies([v for v, _ in built], 1, repeats)
-    for i, ((variant, parts), seconds) in enumerate(zip(built, measured)):
-      row = {'model': model.name, 'variant': i, 'measured_s': seconds,
-             'flops': float(parts[0].sum()), 'ops': len(parts[0]),
-             'fitted': profile.predict_latency(parts, spec),
-             'fitted_roofline': profile.predict_latency(
-                 parts, spec._replace(op_overhead=0.0))}
-      for name in PRESETS:
-        row[name] = profile.predict_latency(parts, name)
-      if i == 0:
-        # The regularizer loads the JSON by path and prices the roofline.
-        reg = latency_regularizer.GroupLassoLatencyRegularizer(
-            variant, 0.0, spec_path)
-        row['regularizer_cost_s'] = 1e-9 * float(reg.get_cost())
-        assert abs(row['regularizer_cost_s'] / row['fitted_roofline'] - 1
-                   ) < 1e-6, row
-      rows.append(row)
-      print('  %s variant %2d: measured %.3f ms, fitted %.3f ms, %.4g FLOPs'
-            % (model.name, i, 1e3 * seconds, 1e3 * row['fitted'],
-               row['flops']), flush=True)
+      built.append((model.name, i, variant, profile.roofline_parts(variant)))
+  print('built %d fit samples and %d variants in %.0f s'
+        % (len(width_rows), len(built), time.perf_counter() - t_start),
+        flush=True)
 
-  # 3. Report.
-  predictors = ['fitted', 'fitted_roofline'] + list(PRESETS)
+  # 2. One interleaved timing run over all of them.
+  seconds = profile.measure_latencies(
+      [v for _, v, _ in width_rows] + [b[2] for b in built], 1, repeats)
+  fit_seconds, variant_seconds = (seconds[:len(width_rows)],
+                                  seconds[len(width_rows):])
+  for (row, _, parts), s in zip(width_rows, fit_seconds):
+    print('  fit sample %s x%.2f: %.3f ms, %.4g FLOPs'
+          % (row['model'], row['multiplier'], 1e3 * s, parts[0].sum()),
+          flush=True)
+
+  # 3. Fit, predict, report.
+  specs = _fits(width_rows, fit_seconds)
+  spec = specs['fitted']
+  print('fitted: dense %.4g GFLOP/s, depthwise %s GFLOP/s, bandwidth %.4g '
+        'GB/s, %.4g us per op'
+        % (spec.peak_compute, '%.4g' % spec.depthwise_compute
+           if spec.depthwise_compute else 'n/a', spec.memory_bandwidth,
+           spec.op_overhead / 1e3), flush=True)
+  spec_path = os.path.join(tempfile.mkdtemp(), 'this-machine.json')
+  hardware.save_hardware(spec, spec_path)
+  rows = []
+  for (name, i, variant, parts), measured in zip(built, variant_seconds):
+    row = {'model': name, 'variant': i, 'measured_s': measured,
+           'flops': float(parts[0].sum()), 'ops': int(parts[3].sum())}
+    for key, s in specs.items():
+      row[key] = profile.predict_latency(parts, s)
+    for key in PRESETS:
+      row[key] = profile.predict_latency(parts, key)
+    if i == 0:
+      row.update(_regularizer_check(variant, parts, spec, spec_path))
+    rows.append(row)
+    print('  %s variant %2d: measured %.3f ms, fitted %.3f ms, %.4g FLOPs'
+          % (name, i, 1e3 * measured, 1e3 * row['fitted'], row['flops']),
+          flush=True)
+  predictors = list(specs) + list(PRESETS)
+  summary = _summary(rows, models, predictors)
   print('\n| predictor | ' + ' | '.join(
-      'rho %s' % m.name for m in models) + ' | median rel. error |')
-  print('|---|' + '---|' * (len(models) + 1))
-  summary = {}
+      'rho %s | median error %s' % (m.name, m.name) for m in models) + ' |')
+  print('|---|' + '---|---|' * len(models))
   for p in predictors:
-    rhos = []
-    for m in models:
-      mine = [r for r in rows if r['model'] == m.name]
-      rhos.append(spearman([r[p] for r in mine],
-                           [r['measured_s'] for r in mine]))
-    err = statistics.median(abs(r[p] / r['measured_s'] - 1) for r in rows)
-    summary[p] = {'rho': rhos, 'median_relative_error': err}
     unit = '' if p.startswith('fitted') else ' (other units)'
-    print('| %s | %s | %.1f%%%s |' % (p, ' | '.join('%.3f' % r for r in rhos),
-                                      100 * err, unit))
+    print('| %s | %s |' % (p, ' | '.join(
+        '%.3f | %.1f%%%s' % (r, 100 * e, unit) for r, e in zip(
+            summary[p]['rho'], summary[p]['median_relative_error']))))
   best = summary['fitted']
-  print('goal rho >= %.1f and median error <= %d%%: %s (%.0f s in all)'
-        % (GOAL_RHO, 100 * GOAL_ERROR,
-           'MET' if min(best['rho']) >= GOAL_RHO and
-           best['median_relative_error'] <= GOAL_ERROR else 'NOT MET',
-           time.perf_counter() - t_start))
+  met = (min(best['rho']) >= GOAL_RHO and
+         max(best['median_relative_error']) <= GOAL_ERROR)
+  checks = [r for r in rows if 'regularizer_matches_fitted' in r]
+  print('regularizer loading the JSON prices variant 0 as the fitted spec: '
+        '%s' % ', '.join(str(r['regularizer_matches_fitted'])
+                         for r in checks))
+  load_end = os.getloadavg()
+  print('goal rho >= %.1f and median error <= %d%% per model: %s (%.0f s in '
+        'all; load average %.1f at the start, %.1f at the end)'
+        % (GOAL_RHO, 100 * GOAL_ERROR, 'MET' if met else 'NOT MET',
+           time.perf_counter() - t_start, load_start[0], load_end[0]))
   if args.json:
+    # The per-op parts too, so a model can be refitted without timing.
+    np.savez_compressed(
+        os.path.splitext(args.json)[0] + '_parts.npz',
+        **{'fit_%d_%d' % (i, k): np.asarray(a) for i, (_, _, parts) in
+           enumerate(width_rows) for k, a in enumerate(parts)},
+        **{'variant_%d_%d' % (i, k): np.asarray(a) for i, b in
+           enumerate(built) for k, a in enumerate(b[3])})
     with open(args.json, 'w') as f:
-      json.dump({'spec': spec._asdict(), 'fit': fit, 'rows': rows,
-                 'summary': summary}, f, indent=1)
+      json.dump({'specs': {k: v._asdict() for k, v in specs.items()},
+                 'fit_samples': [dict(r, measured_s=s) for (r, _, _), s in
+                                 zip(width_rows, fit_seconds)],
+                 'rows': rows, 'summary': summary, 'threads': args.threads,
+                 'repeats': repeats, 'load_average': [load_start[0],
+                                                      load_end[0]]},
+                f, indent=1)
   return 0
 
 

@@ -94,6 +94,62 @@ def _fit(tf, keras, strategy):
           'eager_cost': float(reg.get_cost())}
 
 
+# Gammas that the proximal step zeroes within the 3 steps (threshold 1e-2),
+# so the cost moves and the controller has something to follow.
+BUDGET_GAMMAS = (0.011, 0.015, 0.02, 0.03, 0.8, 1.0, 1.2, 0.9)
+
+
+def _fit_budget(tf, keras, strategy, mode):
+  """A target_cost or exact_zeros fit; its trajectory, step by step.
+
+  'target': the controller at full rate from the first step (patience 0)
+  toward a quarter of the initial cost, so the strength changes every step;
+  the proximal step is on (the default with target_cost). 'exact_zeros': a
+  fixed strength, proximal step only.
+  """
+  import morph_net.keras  # pylint: disable=g-import-not-at-top
+  from morph_net.keras import budget  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
+  try:
+    with strategy.scope() if strategy else _null():
+      model = _build(keras)
+      gamma = model.get_layer('bn').gamma
+      gamma.assign(np.asarray(BUDGET_GAMMAS, np.float32))
+      reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+      if mode == 'target':
+        control = budget.StrengthController(0.25 * float(reg.get_cost()),
+                                            rate=0.2, patience=0)
+        trainer = morph_net.keras.add_regularizer(
+            model, reg, target_cost=control, monitor=False)
+      else:
+        trainer = morph_net.keras.add_regularizer(
+            model, reg, strength=5e-4, exact_zeros=True, monitor=False)
+      trainer.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE),
+                      loss=keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True))
+  except Exception as e:  # pylint: disable=broad-except
+    return {'error': '%s: %s' % (type(e).__name__, e)}
+  steps = []
+
+  class Record(keras.callbacks.Callback):
+
+    def on_train_batch_end(self, batch, logs=None):
+      steps.append({'strength': trainer.strength,
+                    'logged_strength': float(logs.get('strength', -1.0)),
+                    'cost': float(logs['FLOPs']),
+                    'gamma': np.asarray(gamma.numpy()).tolist()})
+
+  x, y = _data()
+  try:
+    trainer.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False,
+                verbose=0, callbacks=[Record()])
+  except Exception as e:  # pylint: disable=broad-except
+    return {'error': '%s: %s' % (type(e).__name__, e)}
+  del tf
+  return {'steps': steps, 'weights': _weights(model),
+          'eager_cost': float(reg.get_cost())}
+
+
 def _custom_loop(tf, keras, strategy, strength=STRENGTH):
   """The README recipe: `strategy.run` over per-replica slices."""
   from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
@@ -169,6 +225,9 @@ def _main(argv):
            'loop_1': _custom_loop(tf, keras, None),
            'loop_2': _custom_loop(tf, keras, mirrored),
            'loop_1_no_term': _custom_loop(tf, keras, None, strength=0.0)}
+    for mode in ('target', 'exact_zeros'):
+      out['%s_1' % mode] = _fit_budget(tf, keras, None, mode)
+      out['%s_2' % mode] = _fit_budget(tf, keras, mirrored, mode)
   elif mode == 'worker':
     # TF_CONFIG is set by the parent.
     tf, keras = _import_tf()
@@ -278,6 +337,44 @@ def test_custom_loop_with_two_mirrored_replicas_matches_one_device(runs):
                        mirrored['loop_1']['weights'], 'fit vs custom loop')
 
 
+_BUDGET_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    'budget.ProximalStep.build runs in the cross-replica context, where '
+    'tape.watch(MirroredVariable) raises ("DistributedVariable.handle is not '
+    'available outside the replica context"); add_regularizer fails under '
+    'MirroredStrategy with target_cost or exact_zeros. Fix in budget.py '
+    '(NOTE_from_scale_helper.md); remove this mark then.'))
+
+
+@_BUDGET_XFAIL
+@pytest.mark.parametrize('mode', ['target', 'exact_zeros'])
+def test_budget_trajectory_with_two_mirrored_replicas_matches_one_device(
+    runs, mode):
+  one, two = runs['mirrored']['%s_1' % mode], runs['mirrored']['%s_2' % mode]
+  assert 'error' not in one, one
+  assert 'error' not in two, two
+  assert len(one['steps']) == len(two['steps']) == STEPS
+  for step, (a, b) in enumerate(zip(one['steps'], two['steps'])):
+    what = '%s, step %d' % (mode, step + 1)
+    assert b['strength'] == pytest.approx(a['strength'], rel=1e-6), what
+    assert b['cost'] == a['cost'], what
+    np.testing.assert_allclose(b['gamma'], a['gamma'], err_msg=what,
+                               **TOLERANCE)
+  _assert_same_weights(two['weights'], one['weights'], mode)
+  assert two['eager_cost'] == one['eager_cost']
+
+
+def test_budget_trajectory_on_one_device_is_not_trivial(runs):
+  """What the comparison above compares: the strength moves every step
+  under target_cost, and gammas reach exactly 0 (the cost falls)."""
+  target = runs['mirrored']['target_1']
+  strengths = [s['strength'] for s in target['steps']]
+  assert all(b > a for a, b in zip(strengths, strengths[1:])), strengths
+  for mode in ('target', 'exact_zeros'):
+    steps = runs['mirrored']['%s_1' % mode]['steps']
+    assert steps[-1]['cost'] < steps[0]['cost'], mode
+    assert sum(g == 0.0 for g in steps[-1]['gamma']) >= 3, mode
+
+
 def test_two_multi_worker_workers_agree_with_each_other_and_one_device(runs):
   workers = [runs['worker0'], runs['worker1']]
   assert [w['replicas'] for w in workers] == [2, 2]
@@ -366,6 +463,57 @@ def test_fit_step_adds_exactly_lr_strength_term_gradient(policy, jit_compile):
   np.testing.assert_allclose(gammas[0] - gammas[1],
                              -LEARNING_RATE * strength * expected,
                              rtol=2e-3, atol=1e-7)
+
+
+def _budget_fit_here(keras, mode, jit_compile, policy):
+  """(strength, cost, gammas) after a budget fit in this process."""
+  import morph_net.keras  # pylint: disable=g-import-not-at-top
+  from morph_net.keras import budget  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy(policy)
+  try:
+    model = _build(keras)
+    gamma = model.get_layer('bn').gamma
+    gamma.assign(np.asarray(BUDGET_GAMMAS, np.float32))
+    reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+    if mode == 'target':
+      trainer = morph_net.keras.add_regularizer(
+          model, reg, monitor=False, target_cost=budget.StrengthController(
+              0.25 * float(reg.get_cost()), rate=0.2, patience=0))
+    else:
+      trainer = morph_net.keras.add_regularizer(
+          model, reg, strength=5e-4, exact_zeros=True, monitor=False)
+    trainer.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE),
+                    jit_compile=jit_compile,
+                    loss=keras.losses.SparseCategoricalCrossentropy(
+                        from_logits=True))
+    x, y = _data()
+    history = trainer.fit(x, y, batch_size=GLOBAL_BATCH, shuffle=False,
+                          verbose=0)
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+  assert history.history['FLOPs'][-1] == float(reg.get_cost())
+  return trainer.strength, float(reg.get_cost()), gamma.numpy()
+
+
+@pytest.mark.parametrize('mode', ['target', 'exact_zeros'])
+@pytest.mark.parametrize('policy,jit_compile', [
+    ('float32', True), ('mixed_float16', False),
+    pytest.param('mixed_float16', True, marks=pytest.mark.slow)])
+def test_budget_step_under_xla_and_mixed_precision_matches_float32(
+    mode, policy, jit_compile):
+  """The controller and the proximal step give the float32 eager-step
+  trajectory: same strength, cost and exact zeros; gammas within float16
+  noise of the task gradient."""
+  _, keras = _import_tf()
+  strength, cost, gammas = _budget_fit_here(keras, mode, False, 'float32')
+  got = _budget_fit_here(keras, mode, jit_compile, policy)
+  assert got[0] == pytest.approx(strength, rel=1e-6)
+  assert got[1] == cost
+  np.testing.assert_array_equal(got[2] == 0.0, gammas == 0.0)
+  assert (gammas == 0.0).sum() >= 3
+  np.testing.assert_allclose(got[2], gammas, atol=1e-4 if
+                             policy == 'mixed_float16' else 1e-6)
 
 
 if __name__ == '__main__':

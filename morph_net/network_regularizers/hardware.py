@@ -14,6 +14,9 @@ A spec measured on your own machine (`morph_net.tools.profile`, or
 or by name from the directories in $MORPHNET_HARDWARE_PATH (os.pathsep
 separated; `<name>.json`). `op_overhead` is the fitted fixed time per op (ns,
 0 for data-sheet rows): what one op costs on top of its roofline time.
+`depthwise_compute` (GFLOP/s, optional; None: `peak_compute`) is the rate of
+depthwise convs, which do few FLOPs per byte and run far below a CPU's
+dense peak.
 """
 
 import collections
@@ -23,7 +26,8 @@ import os
 
 HardwareSpec = collections.namedtuple(
     'HardwareSpec', ['name', 'peak_compute', 'memory_bandwidth',
-                     'op_overhead'], defaults=[0.0])
+                     'op_overhead', 'depthwise_compute'],
+    defaults=[0.0, None])
 HARDWARE_PATH_ENV = 'MORPHNET_HARDWARE_PATH'
 
 _TABLE = (
@@ -64,7 +68,8 @@ def get_hardware(hardware):
       raise ValueError(
           'A custom hardware dict needs the keys name, peak_compute '
           '(GFLOP/s) and memory_bandwidth (GB/s), optionally op_overhead '
-          '(ns); got %s.' % sorted(hardware)) from None
+          '(ns) and depthwise_compute (GFLOP/s); got %s.'
+          % sorted(hardware)) from None
   elif isinstance(hardware, str) and hardware in HARDWARE:
     return HARDWARE[hardware]
   elif isinstance(hardware, (str, os.PathLike)) and _find_file(hardware):
@@ -76,9 +81,11 @@ def get_hardware(hardware):
         '(morphnet profile writes one), or the name of one in $%s.'
         % (hardware, ', '.join(sorted(HARDWARE)), HARDWARE_PATH_ENV))
   if not (spec.peak_compute > 0 and spec.memory_bandwidth > 0 and
-          spec.op_overhead >= 0 and math.isfinite(spec.op_overhead)):
+          spec.op_overhead >= 0 and math.isfinite(spec.op_overhead) and
+          (spec.depthwise_compute is None or spec.depthwise_compute > 0)):
     raise ValueError('Hardware %r needs positive peak_compute and '
-                     'memory_bandwidth and a finite op_overhead >= 0.'
+                     'memory_bandwidth, a finite op_overhead >= 0 and a '
+                     'depthwise_compute that is None or > 0.'
                      % (spec.name,))
   return spec
 

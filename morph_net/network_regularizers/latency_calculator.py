@@ -14,6 +14,15 @@ single activation input (a bias or scale vector on the other side) is part of
 a layer's arithmetic and is not counted, except the unfused BatchNorm scale
 that Keras 3 traces, which stands for the BatchNorm: so a Keras model and the
 same network built with FusedBatchNorm cost the same.
+
+Two refinements for specs measured on a device (`morph_net.tools.profile`):
+depthwise (linear) convs compute at `depthwise_compute` GFLOP/s instead of
+`peak_compute` (a CPU runs them far below its dense peak), and every op whose
+output keeps at least one alive channel costs `op_overhead` ns more (launch
+and dispatch time). The overhead is piecewise constant in the alive counts:
+the term leaves it out (it has no gradient), and the cost drops by it only
+when an op's output loses its last channel, i.e. when the op disappears
+from the slim network (a branch removed, a residual block collapsed).
 """
 
 import numpy as np
@@ -37,10 +46,24 @@ class LatencyCalculator:
     peak_compute: GFLOP/s of the target hardware.
     memory_bandwidth: GB/s of the target hardware.
     batch_size: examples per inference.
+    op_overhead: ns per op whose output has an alive channel (cost only).
+    depthwise_compute: GFLOP/s of depthwise convs; None: `peak_compute`.
   """
 
-  def __init__(self, manager, peak_compute, memory_bandwidth, batch_size=1):
+  @classmethod
+  def from_spec(cls, manager, spec, batch_size=1):
+    """The calculator of a `hardware.HardwareSpec` (all of its fields)."""
+    return cls(manager, spec.peak_compute, spec.memory_bandwidth, batch_size,
+               op_overhead=spec.op_overhead,
+               depthwise_compute=spec.depthwise_compute)
+
+  def __init__(self, manager, peak_compute, memory_bandwidth, batch_size=1,
+               op_overhead=0.0, depthwise_compute=None):
     self._manager = manager
+    self._op_overhead = float(op_overhead)
+    depthwise_compute = depthwise_compute or peak_compute
+    self._rates = (float(peak_compute), float(depthwise_compute),
+                   float(memory_bandwidth))
     computes = {c.op.name: c for c in manager.compute_ops}
     ops = [op for op in manager.ops
            if op.name in computes or _moves_activations(op, manager)]
@@ -54,6 +77,7 @@ class LatencyCalculator:
     weight_lin = np.zeros(n)
     # Linear memory terms: (op index, tensor, bytes per alive channel).
     terms = []
+    out_term = np.zeros(n, np.int32)  # each op's output tensor's term
     for i, op in enumerate(ops):
       c = computes.get(op.name)
       out = op.outputs[0]
@@ -81,7 +105,9 @@ class LatencyCalculator:
               'output: %s' % (t.name, t.shape, op.name, manager.path_to(op)))
         per_channel = positions * t.dtype.size * batch_size
         terms.append((i, manager.class_indices(t), per_channel))
-    self._flop = (flop_bi / peak_compute, flop_lin / peak_compute)
+      out_term[i] = len(terms) - 1  # the output comes last
+    self._out_term = out_term
+    self._flop = (flop_bi / peak_compute, flop_lin / depthwise_compute)
     self._weight = (weight_bi / memory_bandwidth,
                     weight_lin / memory_bandwidth)
     self._pairs = cost_calculator.PairSums(
@@ -118,6 +144,13 @@ class LatencyCalculator:
                    + w_lin * (r_in + r_out))
     return compute, memory, compute_term, memory_term
 
+  def _overheads(self, alive, dtype):
+    """op_overhead per op whose output has an alive channel, else 0."""
+    a_t = self._sum(alive, self._term_idx, self._term_seg, self._num_terms)
+    out_alive = tf.gather(tf.cast(a_t, dtype), self._out_term)
+    return tf.where(out_alive > 0, tf.cast(self._op_overhead, dtype),
+                    tf.zeros([], dtype))
+
   def _in_graph(self, fn):
     view = self._manager.view
     if view.eager:
@@ -140,6 +173,8 @@ class LatencyCalculator:
       reg, alive = self._manager.class_vectors()
       compute, memory, _, _ = self._times(reg, alive, tf.float64)
       per_op = tf.maximum(compute, memory)
+      if self._op_overhead:
+        per_op += self._overheads(alive, tf.float64)
       return tf.reduce_sum(per_op if mask is None else per_op * mask)
 
     return self._in_graph(build)
@@ -158,11 +193,27 @@ class LatencyCalculator:
     return self._in_graph(build)
 
   def per_op_costs(self):
+    """{op name: roofline time + op_overhead if alive} (ns)."""
     reg, alive = self._manager.class_vectors()
     compute, memory, _, _ = self._times(reg, alive, tf.float64)
-    return dict(zip(self._names,
-                    np.maximum(np.asarray(compute), np.asarray(memory))
-                    .tolist()))
+    per_op = (np.maximum(np.asarray(compute), np.asarray(memory))
+              + np.asarray(self._overheads(alive, tf.float64)))
+    return dict(zip(self._names, per_op.tolist()))
+
+  def roofline_parts(self):
+    """(FLOPs, bytes, is depthwise, output alive) per op, numpy arrays.
+
+    With the current alive channels, in the calculator's op order: what a
+    latency model is fitted on (`morph_net.tools.profile`).
+    """
+    reg, alive = self._manager.class_vectors()
+    compute, memory, _, _ = self._times(reg, alive, tf.float64)
+    peak, depthwise, bandwidth = self._rates
+    linear = self._flop[1] > 0
+    flops = np.asarray(compute) * np.where(linear, depthwise, peak)
+    a_t = self._sum(alive, self._term_idx, self._term_seg, self._num_terms)
+    out_alive = np.asarray(tf.gather(a_t, self._out_term)) > 0
+    return flops, np.asarray(memory) * bandwidth, linear, out_alive
 
 
 _ELEMENTWISE = frozenset(['Add', 'AddV2', 'Mul', 'Sub'])
