@@ -6,6 +6,14 @@ the channel classes that live or die together. Building is one pass over the
 ops and solving is one call to a linear-time connected-components routine, so
 analysis time grows linearly with the graph: no fixed-point iteration and no
 membership tests on queues.
+
+A tensor's channels are its last axis, unless a handler declared several
+channel axes (`set_channel_axes`): attention's [B, T, H, d] query has the
+H*d channels (h, j), flattened row-major, so that a head can be tied as a
+whole; the scores [B, H, T, S] have the H channels of axis -3. Passthrough
+ops hand such axes on (`tie`), and ops that relate different axes (an
+einsum, a transpose, a reduction, a broadcast) call `tie_axes`, which ties
+the channels that agree on the axes both sides share.
 """
 
 import dataclasses
@@ -16,6 +24,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from morph_net.framework import errors
+
+DEFAULT_AXES = (-1,)  # channels on the last axis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +72,7 @@ class ChannelGraphBuilder:
     self._blocks = {}  # tensor name -> first node id; size in _sizes
     self._sizes = {}
     self._override = {}  # tensor name -> channel count known by a handler
+    self._axes = {}  # tensor name -> channel axes (negative), if not (-1,)
     self._num_nodes = 0
     self._edges = []  # pairs of equal-length node-id arrays
     self.sources = []
@@ -71,7 +82,11 @@ class ChannelGraphBuilder:
   def channels(self, tensor):
     if tensor.name in self._override:
       return self._override[tensor.name]
-    return self.view.channels(tensor)
+    axes = self.channel_axes(tensor)
+    if axes == DEFAULT_AXES:
+      return self.view.channels(tensor)
+    dims = [self.view.shape(tensor)[a] for a in axes]
+    return None if None in dims else int(np.prod(dims, dtype=np.int64))
 
   def set_channels(self, tensor, count):
     if tensor.name in self._blocks and self._sizes[tensor.name] != count:
@@ -79,6 +94,69 @@ class ChannelGraphBuilder:
           '%r already has %d channels, cannot set %d.'
           % (tensor.name, self._sizes[tensor.name], count))
     self._override[tensor.name] = int(count)
+
+  def channel_axes(self, tensor):
+    """The axes (negative, ascending) holding `tensor`'s channels."""
+    return self._axes.get(tensor.name, DEFAULT_AXES)
+
+  def set_channel_axes(self, tensor, axes):
+    """Declares that `tensor`'s channels are `axes` flattened row-major."""
+    rank = tensor.shape.rank
+    axes = tuple(sorted({int(a) - rank if int(a) >= 0 else int(a)
+                         for a in axes}))
+    if not axes or rank is None or axes[0] < -rank + 1:
+      raise errors.ChannelMismatchError(
+          'Channel axes %s do not fit %r (shape %s): the batch axis cannot '
+          'hold channels.' % (axes, tensor.name, tensor.shape))
+    if axes == self.channel_axes(tensor):
+      return
+    if tensor.name in self._blocks:
+      raise errors.ChannelMismatchError(
+          '%r already has channels on axes %s, cannot use axes %s.'
+          % (tensor.name, self.channel_axes(tensor), axes))
+    if axes == DEFAULT_AXES:
+      self._axes.pop(tensor.name, None)
+    else:
+      self._axes[tensor.name] = axes
+
+  def has_channel_axes(self, tensor):
+    """True if `tensor`'s channels are not (only) its last axis."""
+    return self.channel_axes(tensor) != DEFAULT_AXES
+
+  def positions(self, tensor):
+    """Product of the dims that are neither the batch nor channel axes."""
+    return positions(self.view, tensor, self.channel_axes(tensor))
+
+  def check_channel_axes(self, op, handler):
+    """Refuses a tensor whose channels span several axes (attention heads,
+    a transposed or split channel axis) to a handler that reads them from
+    the last axis only."""
+    if getattr(handler, 'handles_channel_axes', False):
+      return
+    for i in self.data_inputs(op, handler):
+      t = op.inputs[i]
+      if self.has_channel_axes(t):
+        raise errors.UnsupportedOpError(
+            'Op %r (type %s) reads input %r, whose channels are on axes %s '
+            '(e.g. attention heads or a transposed channel axis, from op '
+            '%r), but its handler %r reads channels from the last axis '
+            'only. Transpose/reshape the channels back to the last axis '
+            'before it, stop the analysis before it with input_boundary, or '
+            'register a handler with handles_channel_axes = True in '
+            'op_handler_dict.' % (op.name, op.type, t.name,
+                                  self.channel_axes(t), t.op.name, handler))
+
+  def _inherit_axes(self, new, old):
+    """A passthrough's output keeps its input's channel axes, if its dims
+    there are the same."""
+    axes = self.channel_axes(old)
+    if (axes == DEFAULT_AXES or new.name in self._blocks
+        or new.name in self._axes or new.shape.rank is None
+        or new.shape.rank < -axes[0] + 1):
+      return
+    old_shape, new_shape = self.view.shape(old), self.view.shape(new)
+    if all(old_shape[a] == new_shape[a] for a in axes):
+      self._axes[new.name] = axes
 
   def data_inputs(self, op, handler):
     """The input indices of `op` that carry activations: those the walk
@@ -109,12 +187,60 @@ class ChannelGraphBuilder:
 
   # ----------------------------------------------------------------- ties
   def tie(self, a, b):
+    """Channel i of a is channel i of b (a passthrough: a inherits b's
+    channel axes, or b a's, when a is new)."""
+    self._inherit_axes(a, b)
+    self._inherit_axes(b, a)
     na, nb = self.nodes(a), self.nodes(b)
     if len(na) != len(nb):
       raise errors.ChannelMismatchError(
           'Channels of %r (%d) and %r (%d) must be tied but differ in count.'
           % (a.name, len(na), b.name, len(nb)))
     self._edges.append((na, nb))
+
+  def tie_axes(self, a, a_names, b, b_names):
+    """Ties the channels of a and b that agree on their shared axes.
+
+    `a_names` names each channel axis of a (in axis order), `b_names` each
+    of b's; equal names are the same axis (an einsum letter, an aligned
+    broadcast axis). Channel x of a and channel y of b are tied when their
+    coordinates on every shared name are equal; with no shared name, all
+    are tied. Equal name sets in another order are a permutation (a
+    transpose); a subset is a projection (head (h, j) -> head h).
+    """
+    dims_a = self._axis_dims(a, a_names)
+    dims_b = self._axis_dims(b, b_names)
+    for name in set(a_names) & set(b_names):
+      if dims_a[a_names.index(name)] != dims_b[b_names.index(name)]:
+        raise errors.ChannelMismatchError(
+            'Channel axis %r of %r (%d) and of %r (%d) must be tied but '
+            'differ in size.' % (name, a.name, dims_a[a_names.index(name)],
+                                 b.name, dims_b[b_names.index(name)]))
+    na, nb = self.nodes(a), self.nodes(b)
+    for (n_from, names_from, dims_from), (n_to, names_to, dims_to) in (
+        ((na, a_names, dims_a), (nb, b_names, dims_b)),
+        ((nb, b_names, dims_b), (na, a_names, dims_a))):
+      coords = np.indices(dims_from).reshape(len(dims_from), -1)
+      target = [coords[names_from.index(n)] if n in names_from
+                else np.zeros(coords.shape[1], np.int64) for n in names_to]
+      self._edges.append((n_from, n_to[np.ravel_multi_index(target,
+                                                            dims_to)]))
+
+  def _axis_dims(self, tensor, names):
+    axes = self.channel_axes(tensor)
+    if len(names) != len(axes) or len(set(names)) != len(names):
+      raise errors.ChannelMismatchError(
+          '%r has channel axes %s; got axis names %s.'
+          % (tensor.name, axes, list(names)))
+    if tensor.name in self._override and len(axes) == 1:
+      return [self._override[tensor.name]]
+    shape = self.view.shape(tensor)
+    dims = [shape[ax] for ax in axes]
+    if None in dims:
+      raise errors.UnknownShapeError(
+          'Channel axes %s of %r (shape %s) are not all known statically.'
+          % (axes, tensor.name, tensor.shape))
+    return dims
 
   def tie_map(self, out, inp, mapping):
     n_out, n_in = self.nodes(out), self.nodes(inp)
@@ -158,9 +284,9 @@ class ChannelGraphBuilder:
           '%r with %d groups needs input (%d) and output (%d) channel counts '
           'divisible by the group count.' % (op.name, groups, n_in, n_out))
     if in_positions is None:
-      in_positions = self.view.positions(inp)
+      in_positions = self.positions(inp)
     if out_positions is None:
-      out_positions = self.view.positions(out)
+      out_positions = self.positions(out)
     self.computes.append(Compute(op, inp, out, positions, int(kernel_size),
                                  linear, weight_index, int(groups), out_axis,
                                  in_positions, out_positions))
@@ -177,10 +303,26 @@ class ChannelGraphBuilder:
     _, labels = connected_components(graph, directed=False)
     return labels.astype(np.int64)
 
+  def axes_of_tensors(self):
+    """{tensor name: channel axes} for tensors not on the last axis only."""
+    return dict(self._axes)
+
   def tensor_nodes(self):
     """(tensor name, node ids) for every allocated tensor."""
     return {name: np.arange(s, s + self._sizes[name], dtype=np.int64)
             for name, s in self._blocks.items()}
+
+
+def positions(view, tensor, axes):
+  """Per-example positions of `tensor` whose channels are on `axes`."""
+  if axes == DEFAULT_AXES:
+    return view.positions(tensor)
+  shape = view.shape(tensor)
+  rank = len(shape)
+  dims = [d for i, d in enumerate(shape[1:], 1) if i - rank not in axes]
+  if None in dims:
+    return None
+  return int(np.prod(dims, dtype=np.int64))
 
 
 def compile_patterns(patterns, what):

@@ -6,17 +6,18 @@ both op types share one analysis:
 * With a weight operand (Keras EinsumDense, Dense on an N-D input): new
   output channels and a bilinear cost,
   FLOPs = 2 x output positions x kernel_size x C_in x C_out,
-  when the kernel has one axis contracted with the activation's channel
-  (last) axis and one that is the output's channel axis; any other kernel
-  axis is contracted with another activation axis (it counts in
-  kernel_size, e.g. MHA's output projection 'bthd,hde->bte') or is a new
-  output axis (a position, e.g. a Q projection 'btc,chd->bthd'). Any other
-  equation with a weight is an `UnsupportedOpError` that names it.
-* With two activation operands (attention's QK^T and AV), both are walked.
-  Channel axes contracted together (QK^T) are tied; an operand whose channel
-  axis is the output's (AV) is tied to the output. The cost is linear in the
-  alive channels of that tied tensor: FLOPs = 2 x the product of every index
-  size but the batch (a weight-free compute entry, `weight_index=None`).
+  when the kernel contracts the activation's channel axes (C_in: the last
+  axis, or a head split's (h, j)) and its axes new in the output are the
+  output's channel axes (C_out: a Q projection 'btc,chd->bthd' has the H*d
+  channels (h, j)); any other kernel axis is contracted with another
+  activation axis and counts in kernel_size. Any other equation with a
+  weight is an `UnsupportedOpError` that names it.
+* With two activation operands (attention's QK^T and AV), both are walked
+  and tensors sharing channel letters are tied on them, which makes a head
+  one channel group across Q, K, V and the output projection's input. The
+  cost is linear in the alive channels of the tensor holding every shared
+  letter: FLOPs = 2 x the product of every index size but the batch (a
+  weight-free compute entry, `weight_index=None`).
 """
 
 import string
@@ -121,6 +122,8 @@ def _variable_out_axis(view, weight, axis, c_out):
 class EinsumOpHandler(op_handler.OpHandler):
   """Einsum and BatchMatMul*: EinsumDense layers and attention products."""
 
+  handles_channel_axes = True
+
   def _terms(self, op):
     if op.type == 'Einsum':
       return parse_equation(op.get_attr('equation'),
@@ -164,74 +167,96 @@ class EinsumOpHandler(op_handler.OpHandler):
   def _analyze_weighted(self, op, ctx, terms, out_term, act_i, w_i):
     """y = x . W: FLOPs = 2 x positions x kernel_size x C_in x C_out.
 
-    Kernel axes besides the input- and output-channel axes are contracted
-    with other activation axes (an MHA output projection's head axis) or
-    new output axes (a Q/K/V projection's head axis); both multiply
-    kernel_size, like a conv's spatial axes (weights = kernel_size x C_in x
-    C_out), and the new ones are taken out of the output positions.
+    The activation's channel axes (its last, or a head split's (h, j)) are
+    contracted with kernel axes: C_in is their product. Kernel axes new in
+    the output are its channel axes (a Q projection 'btc,chd->bthd' makes
+    the H*d channels (h, j)): C_out is their product. Kernel axes
+    contracted with other activation axes multiply kernel_size, like a
+    conv's spatial axes (weights = kernel_size x C_in x C_out).
     """
     a, w = terms[act_i], terms[w_i]
     act, weight, out = op.inputs[act_i], op.inputs[w_i], op.outputs[0]
-    c_in_letter, c_out_letter = a[-1], out_term[-1]
+    rank_a = len(a)
+    c_in_letters = [a[ax % rank_a] for ax in ctx.channel_axes(act)]
     w_shape = weight.shape.as_list()
     # Unit batch axes of the weight broadcast over the activation's.
     kernel = [l for l, d in zip(w, w_shape)
               if not (d == 1 and l in a and l in out_term)]
-    extra_in = [l for l in kernel if l != c_in_letter and l in a
-                and l not in out_term]
-    extra_out = [l for l in kernel if l != c_out_letter and l in out_term
-                 and l not in a]
-    kept = (set(a) - set(extra_in) - {c_in_letter}) | set(extra_out)
-    if (c_in_letter not in kernel or c_out_letter not in kernel
-        or c_in_letter in out_term or c_out_letter in a
-        or len(set(w)) != len(w) or len(set(kernel)) != 2 + len(extra_in)
-        + len(extra_out) or set(out_term) != kept | {c_out_letter}
+    c_out_letters = [l for l in out_term if l in kernel and l not in a]
+    extra_in = [l for l in kernel if l in a and l not in out_term
+                and l not in c_in_letters]
+    kept = (set(a) - set(extra_in) - set(c_in_letters)) | set(c_out_letters)
+    if (not c_out_letters or any(l not in kernel or l in out_term
+                                 for l in c_in_letters)
+        or len(set(w)) != len(w)
+        or len(kernel) != len(c_in_letters) + len(c_out_letters)
+        + len(extra_in) or set(out_term) != kept
         or len(out_term) != len(set(out_term)) or out_term[0] != a[0]):
       raise self._error(
-          op, 'the kernel (operand %d, %r) is not one input-channel axis '
-          'contracted with the activation\'s channel axis, one output-channel '
-          'axis and only contracted or new output axes besides' % (w_i, w))
-    k_in = w_shape[w.index(c_in_letter)]
-    c_out = w_shape[w.index(c_out_letter)]
-    # New output axes count in kernel_size (the weights have them) and are
-    # taken out of the output's positions, so FLOPs count them once.
-    kernel_size = [w_shape[w.index(l)] for l in extra_in + extra_out]
-    if None in kernel_size:
+          op, 'the kernel (operand %d, %r) does not contract the '
+          "activation's channel axes (%s) and add new output-channel axes, "
+          'with only other contracted axes besides'
+          % (w_i, w, ''.join(c_in_letters)))
+    dims = lambda letters: [w_shape[w.index(l)] for l in letters]
+    if None in dims(kernel):
       raise self._error(op, 'a kernel axis has no static size')
-    if ctx.view.channels(act) is None and k_in is not None:
+    k_in = int(np.prod(dims(c_in_letters), dtype=np.int64))
+    c_out = int(np.prod(dims(c_out_letters), dtype=np.int64))
+    if ctx.channels(act) is None and len(c_in_letters) == 1:
       ctx.set_channels(act, k_in)
-    out_positions = ctx.view.positions(out)
-    positions = (None if out_positions is None else out_positions // int(
-        np.prod([w_shape[w.index(l)] for l in extra_out], dtype=np.int64)))
-    out_axis = _variable_out_axis(ctx.view, weight,
-                                  w.index(c_out_letter) - len(w), c_out)
-    ctx.add_compute(op, act, out, positions=positions,
-                    kernel_size=int(np.prod(kernel_size, dtype=np.int64)),
-                    weight_index=w_i, out_axis=out_axis,
-                    in_positions=ctx.view.positions(act),
-                    out_positions=out_positions)
+    if c_out_letters != [out_term[-1]]:
+      ctx.set_channel_axes(out, [out_term.index(l) - len(out_term)
+                                 for l in c_out_letters])
+    axes = [w.index(l) - len(w) for l in c_out_letters]
+    out_axis = (_variable_out_axis(ctx.view, weight, axes[0], c_out)
+                if len(axes) == 1 else tuple(axes))
+    ctx.add_compute(op, act, out, positions=ctx.positions(out),
+                    kernel_size=int(np.prod(dims(extra_in), dtype=np.int64)),
+                    weight_index=w_i, out_axis=out_axis)
 
   def _analyze_product(self, op, ctx, terms, out_term):
-    """x . y of two activations: ties, and a weight-free linear cost."""
+    """x . y of two activations: ties, and a weight-free linear cost.
+
+    Each tensor's channel axes are named by their letters. Tensors sharing
+    channel letters are tied on them (`tie_axes`): QK^T with heads
+    'BTNH,BSNH->BNTS' ties query and key channel (n, j) and makes the
+    scores' channels their heads n (axis -3); AV 'BNTS,BSNH->BTNH' ties the
+    scores' head n to value and output channels (n, j). So a head lives or
+    dies as a whole. The cost is linear in the alive channels of the tensor
+    holding every shared channel letter (query/key, or value/output):
+    FLOPs = 2 x the product of every index size but the batch.
+    """
     (tx, ty), (x, y), out = terms, op.inputs[:2], op.outputs[0]
     sizes = _sizes(terms + [out_term], [x, y, out])
     batch = out_term[0] if tx[0] == ty[0] == out_term[0] else None
+    letters_of = lambda t, term: [term[ax % len(term)]
+                                  for ax in ctx.channel_axes(t)]
+    lx, ly = letters_of(x, tx), letters_of(y, ty)
+    lo = [l for l in out_term if (l in lx or l in ly) and l != batch]
+    if lo and lo != [out_term[-1]]:
+      ctx.set_channel_axes(out, [out_term.index(l) - len(out_term)
+                                 for l in lo])
+    lo = lo or [out_term[-1]]
+    named = [(x, lx), (y, ly), (out, lo)]
+    for i, (t1, l1) in enumerate(named):
+      for t2, l2 in named[i + 1:]:
+        if set(l1) & set(l2):
+          ctx.tie_axes(t1, l1, t2, l2)
+    shared = {l for l in lx + ly + lo
+              if sum(l in names for _, names in named) > 1}
+    holders = [(t, names) for t, names in named if shared <= set(names)]
+    if not holders:
+      raise self._error(op, 'no operand holds all the channel axes that '
+                        'the operands share (%s)' % ''.join(sorted(shared)))
+    bearer, names = max(holders, key=lambda h: len(h[1]))
+    other = next(t for t, _ in named[:2] if t is not bearer)
     letters = [l for l in sorted(set(tx + ty + out_term)) if l != batch]
     dims = [sizes.get(l) for l in letters]
-    total = None if None in dims else int(np.prod(dims, dtype=np.int64))
-    if tx[-1] == ty[-1] and tx[-1] not in out_term:
-      # QK^T: channel j of x meets channel j of y.
-      ctx.tie(x, y)
-      bearer, other, letter = x, y, tx[-1]
-    else:
-      bearer, other, letter = out, x, out_term[-1]
-      for t, term in ((x, tx), (y, ty)):
-        if term[-1] == out_term[-1]:  # AV: the output carries y's channels
-          ctx.tie(out, t)
-          other = t
-    size = sizes.get(letter)
-    positions = None if total is None or not size else total // size
+    size = [sizes.get(l) for l in names]
+    positions = (None if None in dims or None in size else
+                 int(np.prod(dims, dtype=np.int64))
+                 // int(np.prod(size, dtype=np.int64)))
     ctx.add_compute(op, other, bearer, positions=positions, kernel_size=1,
                     linear=True, weight_index=None,
-                    in_positions=ctx.view.positions(other),
-                    out_positions=ctx.view.positions(out))
+                    in_positions=ctx.positions(other),
+                    out_positions=ctx.positions(out))

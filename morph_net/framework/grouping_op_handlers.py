@@ -4,6 +4,10 @@ Activations, BiasAdd, pooling, casts and identities pass channels through;
 elementwise binary ops tie every same-rank input whose channel axis is not
 broadcast; reductions, pads, squeezes and transposes pass channels through
 when they leave the channel axis alone and are leaves otherwise.
+
+Channels on several axes (attention heads) pass through activations and
+elementwise ops, move with a transpose, and lose the axes a reduction
+removes (a mean over a head's dims keeps the head axis).
 """
 
 from morph_net.framework import op_handler
@@ -11,6 +15,8 @@ from morph_net.framework import op_handler
 
 class GroupingOpHandler(op_handler.OpHandler):
   """Output i is input 0's channel i (Relu, BiasAdd, MaxPool, Cast, ...)."""
+
+  handles_channel_axes = True
 
   def data_inputs(self, op, view):
     del view
@@ -22,6 +28,8 @@ class GroupingOpHandler(op_handler.OpHandler):
 
 class IdentityNOpHandler(op_handler.OpHandler):
   """IdentityN (e.g. a custom-gradient swish): output i is input i."""
+
+  handles_channel_axes = True
 
   def analyze(self, op, ctx):
     for inp, out in zip(op.inputs, op.outputs):
@@ -45,14 +53,34 @@ class ElementwiseOpHandler(op_handler.OpHandler):
             if op_handler.is_float(t) and out_rank is not None
             and op_handler.rank(t) == out_rank and not _is_parameter(t, out)]
 
+  handles_channel_axes = True
+
   def analyze(self, op, ctx):
     out = op.outputs[0]
-    channels = ctx.view.channels(out)
-    if channels is None:
+    inputs = [op.inputs[i] for i in ctx.data_inputs(op, self)]
+    out_shape = ctx.view.shape(out)
+    if out_shape is None:
+      return
+    rank = len(out_shape)
+    full = [t for t in inputs if ctx.view.shape(t) == out_shape]
+    axes = sorted({a for t in full for a in ctx.channel_axes(t)})
+    if axes and axes != [-1]:
+      ctx.set_channel_axes(out, axes)
+    if ctx.channels(out) is None:
       return  # unknown width: a leaf
-    for i in ctx.data_inputs(op, self):
-      if ctx.view.channels(op.inputs[i]) == channels:
-        ctx.tie(out, op.inputs[i])
+    out_axes = ctx.channel_axes(out)
+    for t in inputs:
+      shape = ctx.view.shape(t)
+      if shape is None or len(shape) != rank:
+        continue
+      if all(shape[a] == 1 and out_shape[a] != 1 for a in out_axes):
+        continue  # broadcast over every channel axis: a gate, a mask
+      t_axes = ctx.channel_axes(t)
+      if t_axes == out_axes:
+        if ctx.channels(t) == ctx.channels(out):
+          ctx.tie(out, t)
+      elif all(shape[a] in (1, out_shape[a]) for a in out_axes):
+        ctx.tie_axes(out, list(out_axes), t, list(t_axes))
 
 
 def _is_parameter(tensor, out):
@@ -72,47 +100,88 @@ def _keeps_last_axis(axes, rank):
 
 
 class ReductionOpHandler(op_handler.OpHandler):
-  """Mean/Max/Sum: passthrough over spatial axes, a leaf over channels."""
+  """Mean/Max/Sum: passthrough over spatial axes, a leaf over channels.
+
+  With channels on several axes, the output keeps the channel axes that
+  are not reduced, and each channel is tied to its projection on them.
+  """
+
+  handles_channel_axes = True
 
   def data_inputs(self, op, view):
     del view
     return [0]
 
   def analyze(self, op, ctx):
+    inp, out = op.inputs[0], op.outputs[0]
     axes = ctx.view.static_value(op.inputs[1])
-    rank = op_handler.rank(op.inputs[0])
-    if axes is None:
+    rank = op_handler.rank(inp)
+    if axes is None or rank is None:
       return
     axes = [axes] if getattr(axes, 'ndim', 0) == 0 else list(axes)
-    if _keeps_last_axis(axes, rank) and (
-        ctx.view.channels(op.outputs[0]) == ctx.view.channels(op.inputs[0])):
-      ctx.tie(op.outputs[0], op.inputs[0])
+    reduced = {int(a) % rank for a in axes}
+    channel_axes = [a % rank for a in ctx.channel_axes(inp)]
+    if not ctx.has_channel_axes(inp):
+      if _keeps_last_axis(axes, rank) and (
+          ctx.view.channels(out) == ctx.view.channels(inp)):
+        ctx.tie(out, inp)
+      return
+    kept = [a for a in channel_axes if a not in reduced]
+    if not kept:
+      return  # every channel axis reduced: a leaf
+    keep_dims = op.get_attr('keep_dims')
+    out_rank = op_handler.rank(out)
+    position = {a: (a if keep_dims else a - sum(r < a for r in reduced))
+                for a in kept}
+    ctx.set_channel_axes(out, [position[a] - out_rank for a in kept])
+    ctx.tie_axes(out, kept, inp, channel_axes)
 
 
 class PadOpHandler(op_handler.OpHandler):
   """Pad/MirrorPad: passthrough unless the channel axis is padded."""
 
+  handles_channel_axes = True
+
   def data_inputs(self, op, view):
     del view
     return [0]
 
   def analyze(self, op, ctx):
-    if ctx.view.channels(op.outputs[0]) == ctx.view.channels(op.inputs[0]):
-      ctx.tie(op.outputs[0], op.inputs[0])
+    inp, out = op.inputs[0], op.outputs[0]
+    in_shape, out_shape = ctx.view.shape(inp), ctx.view.shape(out)
+    if in_shape is None or out_shape is None:
+      return
+    if all(in_shape[a] == out_shape[a] for a in ctx.channel_axes(inp)):
+      ctx.tie(out, inp)
 
 
 class TransposeOpHandler(op_handler.OpHandler):
-  """Transpose: passthrough when the channel axis stays last."""
+  """Transpose: the channel axes move with the permutation.
+
+  Channels go wherever the permutation puts them (NHWC -> NCHW puts them on
+  axis -3; attention's [B, T, H, d] -> [B, H, T, d] keeps heads (h, j)); a
+  reorder of the channel axes themselves is a channel permutation (a
+  channel shuffle). Ops after it that read channels only from the last
+  axis refuse such a tensor (see `OpHandler.handles_channel_axes`).
+  """
+
+  handles_channel_axes = True
 
   def data_inputs(self, op, view):
     del view
     return [0]
 
   def analyze(self, op, ctx):
+    inp, out = op.inputs[0], op.outputs[0]
     perm = ctx.view.static_value(op.inputs[1])
-    rank = op_handler.rank(op.inputs[0])
-    if perm is not None and rank and int(perm[-1]) == rank - 1:
-      ctx.tie(op.outputs[0], op.inputs[0])
+    rank = op_handler.rank(inp)
+    if perm is None or not rank:
+      return
+    perm = [int(p) % rank for p in perm]
+    in_axes = [a % rank for a in ctx.channel_axes(inp)]
+    out_axes = sorted(perm.index(a) for a in in_axes)
+    ctx.set_channel_axes(out, [a - rank for a in out_axes])
+    ctx.tie_axes(out, [perm[a] for a in out_axes], inp, in_axes)
 
 
 def _int_list(value):
@@ -156,13 +225,26 @@ class SameChannelsOpHandler(op_handler.OpHandler):
 
   Dropping or adding a unit axis before the channel axis keeps channels in
   place; an op that changes the last axis' size is treated as a leaf.
+  Channels on several axes pass when those axes are unchanged (counted
+  from the end).
   """
+
+  handles_channel_axes = True
 
   def data_inputs(self, op, view):
     del view
     return [0]
 
   def analyze(self, op, ctx):
-    c_out = ctx.view.channels(op.outputs[0])
-    if c_out is not None and c_out == ctx.view.channels(op.inputs[0]):
-      ctx.tie(op.outputs[0], op.inputs[0])
+    inp, out = op.inputs[0], op.outputs[0]
+    if ctx.has_channel_axes(inp):
+      in_shape, out_shape = ctx.view.shape(inp), ctx.view.shape(out)
+      axes = ctx.channel_axes(inp)
+      if (in_shape is not None and out_shape is not None
+          and len(out_shape) >= -axes[0] + 1
+          and all(in_shape[a] == out_shape[a] for a in axes)):
+        ctx.tie(out, inp)
+      return
+    c_out = ctx.view.channels(out)
+    if c_out is not None and c_out == ctx.view.channels(inp):
+      ctx.tie(out, inp)

@@ -21,6 +21,12 @@ data path once and calls two methods:
     its input and output channel counts.
 
 Settings (a threshold) may live on a handler instance; mutable state may not.
+
+Channels live on a tensor's last axis unless a handler declares several
+channel axes (attention heads, see `channel_graph`). A handler that reads
+channels only as the last axis leaves `handles_channel_axes` False; the
+manager then refuses to give it such a tensor, with an error naming the op,
+rather than let it pair up the wrong channels.
 """
 
 import tensorflow as tf
@@ -36,6 +42,8 @@ def rank(tensor):
 
 class OpHandler:
   """Base handler: follows float inputs, declares nothing (a leaf)."""
+
+  handles_channel_axes = False  # True: understands ctx.channel_axes
 
   def data_inputs(self, op, view):
     del view
@@ -62,6 +70,8 @@ class LeafOpHandler(OpHandler):
   Examples: a Reshape that mixes channels, Mean over the channel axis,
   SpaceToDepth. Input and output are analyzed but never tied.
   """
+
+  handles_channel_axes = True  # nothing is tied, whatever the axes
 
   def data_inputs(self, op, view):
     del view

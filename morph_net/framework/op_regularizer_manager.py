@@ -175,6 +175,7 @@ class OpRegularizerManager:
     for op in self._ops:
       handler = self._handlers[op.type]
       try:
+        builder.check_channel_axes(op, handler)
         handler.analyze(op, builder)
       except errors.AnalysisError as e:
         raise type(e)('%s\nWhile analyzing op %r (type %s); path from the '
@@ -278,6 +279,7 @@ class OpRegularizerManager:
   def _solve(self, builder):
     labels = builder.solve()
     self._tensor_nodes = builder.tensor_nodes()
+    self._channel_axes = builder.axes_of_tensors()
     self._labels = labels
     src_nodes = [self._tensor_nodes[s.tensor.name] for s in self._sources]
     # Order sources by regularizer kind, so each kind is one batch.
@@ -361,6 +363,17 @@ class OpRegularizerManager:
         (k, e) for k, e in self._layer_cache.items()
         if include_depthwise or e.outputs)
 
+  def channel_axes(self, tensor):
+    """The axes holding `tensor`'s channels: (-1,) unless a handler put
+    them on several axes (attention heads: (-2, -1) on [B, T, H, d])."""
+    return self._channel_axes.get(tensor.name, channel_graph.DEFAULT_AXES)
+
+  def positions(self, tensor):
+    """Per-example positions of `tensor`: its size over the batch and its
+    channels (which may span several axes)."""
+    return channel_graph.positions(self._view, tensor,
+                                   self.channel_axes(tensor))
+
   def has_channels(self, tensor):
     return tensor.name in self._tensor_nodes
 
@@ -439,23 +452,20 @@ class OpRegularizerManager:
     return _OpRegularizer(self, classes)
 
   # ----------------------------------------------------- slices, groups
-  def get_op_slices(self, op):
+  def _slices(self):
     if not hasattr(self, '_slice_cache'):
       self._slice_cache = op_slice.slices_and_groups(
           [op for op in self._ops if op.outputs
            and op.outputs[0].name in self._tensor_nodes],
           lambda t: self._labels[self._tensor_nodes[t.name]],
           {s.op.name for s in self._sources})
-    return list(self._slice_cache[0].get(op.name, []))
+    return self._slice_cache
+
+  def get_op_slices(self, op):
+    return list(self._slices()[0].get(op.name, []))
 
   def get_op_group(self, op_slice_):
-    if not hasattr(self, '_slice_cache'):
-      self._slice_cache = op_slice.slices_and_groups(
-          [op for op in self._ops if op.outputs
-           and op.outputs[0].name in self._tensor_nodes],
-          lambda t: self._labels[self._tensor_nodes[t.name]],
-          {s.op.name for s in self._sources})
-    return self._slice_cache[1].get(op_slice_)
+    return self._slices()[1].get(op_slice_)
 
   # ---------------------------------------------------------- validate
   def validate(self, require_sources=True):

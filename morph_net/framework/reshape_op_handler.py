@@ -1,14 +1,17 @@
-"""Reshape: passthrough, splitting/merging the channel axis, or a leaf.
+"""Reshape: passthrough, splitting/merging channel axes, or a leaf.
 
-* Same channel count, only axes before the channel axis merged or split
-  ([N, 1, 1, C] -> [N, C]): passthrough.
-* Trailing axes merged into the channel axis, or the channel axis split
-  into trailing axes, with the axes before them unchanged: Flatten
-  ([N, H, W, C] -> [N, H*W*C]) and attention's head split
-  ([N, T, H*d] <-> [N, T, H, d]). In row-major order merged feature j is
-  channel j % C of the split side, so every copy of a channel shares its
-  group and a Dense after Flatten costs H*W*alive_C inputs.
-* Anything else mixes channels: a leaf.
+* Only axes before the channel axes merged or split ([N, 1, 1, C] -> [N, C]):
+  passthrough.
+* The trailing axes merged into one ([N, H, W, C] -> [N, H*W*C], Flatten;
+  attention's [N, T, H, d] -> [N, T, H*d]): merged feature m is the channel
+  its row-major coordinates fall on. With channels on the last axis only,
+  that is channel m % C, so every copy of a channel shares its group and a
+  Dense after Flatten costs H*W*alive_C inputs; with channels (h, j) on the
+  last two axes it is the same channel, one to one.
+* The channel axis split into trailing axes ([N, T, H*d] -> [N, T, H, d]):
+  the new axes all hold channels, one to one with the merged ones (so a
+  head split keeps heads whole for the attention that follows).
+* Anything else mixes channels across axes: a leaf.
 """
 
 import numpy as np
@@ -18,52 +21,70 @@ from morph_net.framework import op_handler
 
 class ReshapeOpHandler(op_handler.OpHandler):
 
+  handles_channel_axes = True
+
   def data_inputs(self, op, view):
     del view
     return [0]
 
   def analyze(self, op, ctx):
     inp, out = op.inputs[0], op.outputs[0]
-    c_in, c_out = ctx.view.channels(inp), ctx.view.channels(out)
-    if c_in is None or c_out is None:
-      return
     in_shape, out_shape = ctx.view.shape(inp), ctx.view.shape(out)
-    if c_in == c_out and _same_trailing(in_shape, out_shape):
+    if not in_shape or not out_shape or ctx.channels(inp) is None:
+      return
+    in_axes = [a % len(in_shape) for a in ctx.channel_axes(inp)]
+    first = in_axes[0]
+    # Only axes before the channel axes change: the same channel axes.
+    tail = len(in_shape) - first
+    if (len(out_shape) >= tail and in_shape[first:] == out_shape[-tail:]
+        and None not in in_shape[first:]):
+      ctx.set_channel_axes(out, [a - len(in_shape) for a in in_axes])
       ctx.tie(out, inp)
       return
-    merged = _merged_side(in_shape, out_shape)
-    if merged == 'out':
-      ctx.tie_map(out, inp, np.arange(c_out) % c_in)
-    elif merged == 'in':
-      ctx.tie_map(inp, out, np.arange(c_in) % c_out)
+    prefix = _common_prefix(in_shape, out_shape)
+    if prefix < 1:
+      return  # the batch axis takes part: channels mix across examples
+    in_tail, out_tail = in_shape[prefix:], out_shape[prefix:]
+    if None in in_tail or None in out_tail:
+      return
+    kept = [a for a in in_axes if a < prefix]
+    moved = [a for a in in_axes if a >= prefix]
+    if not moved:  # only position axes after them are reshaped
+      ctx.set_channel_axes(out, [a - len(out_shape) for a in kept])
+      ctx.tie(out, inp)
+      return
+    if len(out_tail) == 1 and len(in_tail) > 1:  # merge
+      ctx.set_channel_axes(out, [a - len(out_shape) for a in kept] + [-1])
+      self._tie_merge(ctx, out, inp, in_shape, in_axes, prefix)
+    elif len(in_tail) == 1 and len(out_tail) > 1:  # split a channel axis
+      ctx.set_channel_axes(
+          out, [a - len(out_shape) for a in kept]
+          + list(range(-len(out_tail), 0)))
+      ctx.tie(out, inp)
+
+  @staticmethod
+  def _tie_merge(ctx, out, inp, in_shape, in_axes, prefix):
+    """Merged feature m of the output <- the input channel it came from."""
+    out_dims = [in_shape[a] for a in in_axes if a < prefix] + [
+        int(np.prod(in_shape[prefix:], dtype=np.int64))]
+    coords = np.indices(out_dims).reshape(len(out_dims), -1)
+    tail_coords = np.unravel_index(coords[-1], in_shape[prefix:])
+    in_coords = []
+    k = 0
+    for a in in_axes:
+      if a < prefix:
+        in_coords.append(coords[k])
+        k += 1
+      else:
+        in_coords.append(tail_coords[a - prefix])
+    mapping = np.ravel_multi_index(in_coords, [in_shape[a] for a in in_axes])
+    ctx.tie_map(out, inp, mapping)
 
 
-def _same_trailing(in_shape, out_shape):
-  """True if the reshape only merges/splits axes before the channel axis."""
-  if in_shape is None or out_shape is None:
-    return False
-  return in_shape[-1] == out_shape[-1]
-
-
-def _merged_side(in_shape, out_shape):
-  """'out' if the output's channel axis is the input's trailing axes
-  merged, 'in' for the converse, else None.
-
-  The axes before them must match one to one (the batch axis may be
-  unknown on both sides); the split side's dims must all be known.
-  """
-  if not in_shape or not out_shape:
-    return None
+def _common_prefix(in_shape, out_shape):
+  """How many leading axes match one to one (the batch may be unknown)."""
   prefix = 0
   while (prefix < min(len(in_shape), len(out_shape)) - 1
          and in_shape[prefix] == out_shape[prefix]):
     prefix += 1
-  if prefix < 1:
-    return None  # the batch axis takes part: channels mix across examples
-  for merged, split, side in ((out_shape, in_shape, 'out'),
-                              (in_shape, out_shape, 'in')):
-    tail = split[prefix:]
-    if (len(merged) == prefix + 1 and len(tail) > 1 and None not in tail
-        and merged[-1] == int(np.prod(tail))):
-      return side
-  return None
+  return prefix

@@ -96,7 +96,7 @@ class LatencyCalculator:
       else:
         inputs = ([out] if op.type == 'ConcatV2' else
                   [t for t in op.inputs if manager.has_channels(t)])
-        tensors = [(t, manager.view.positions(t)) for t in inputs + [out]]
+        tensors = [(t, manager.positions(t)) for t in inputs + [out]]
       for t, positions in tensors:
         if positions is None:
           raise errors.UnknownShapeError(
