@@ -11,6 +11,7 @@ mask with a core `Rescaling` layer) and loads without morph_net. Private to
 import keras
 import numpy as np
 
+from morph_net.keras import _blocks
 from morph_net.keras import _slim_plan as plan_lib
 from morph_net.keras import _width_rules as rules
 from morph_net.probabilistic_gating import activation_gating
@@ -56,6 +57,10 @@ def _build_functional(plan, functional, name, new_layers, models, fold_gates,
             plan, plan_lib.as_functional(op), op.name, new_layers, models,
             fold_gates, transfer)
       new_op = models[id(op)]
+    elif id(op) in plan.blocks:
+      if id(op) not in new_layers:
+        new_layers[id(op)] = (op, _new_block(plan, op))
+      new_op = new_layers[id(op)][1]
     elif isinstance(op, keras.layers.Layer):
       if id(op) not in new_layers:
         new_layers[id(op)] = (op, _clone(op, plan.layer_width.get(id(op))))
@@ -78,6 +83,17 @@ def _build_functional(plan, functional, name, new_layers, models, fold_gates,
       keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
       keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
       name=name)
+
+
+def _new_block(plan, block):
+  """A layer with prunable sublayers, rebuilt by its width rule."""
+  made = {}
+  new = _blocks.rebuild(
+      block, lambda sub: plan.leaf_width.get(id(sub)),
+      lambda sub: plan.block_input.get(id(sub)),
+      lambda leaf: _clone(leaf, plan.leaf_width.get(id(leaf))), made)
+  plan.block_layers[id(block)] = made
+  return new
 
 
 def _new_split(op, sizes):
@@ -123,7 +139,7 @@ def _clone(layer, width):
   if isinstance(layer, keras.layers.Reshape) and width is not None:
     config['target_shape'] = tuple(config['target_shape'][:-1]) + (
         int(width),)
-  return type(layer).from_config(config)
+  return _blocks.from_config(layer, config)
 
 
 # ------------------------------------------------------- weight transfer

@@ -12,6 +12,7 @@ import warnings
 import keras
 import numpy as np
 
+from morph_net.keras import _blocks
 from morph_net.keras import _width_rules as rules
 from morph_net.keras._structure import check_round_to
 from morph_net.keras._structure import round_count
@@ -28,13 +29,16 @@ class Channels:
   __slots__ = ('width', 'kept', 'origin')
 
   def __init__(self, width, kept=None, origin=()):
-    self.width = int(width)
+    self.width = None if width is None else int(width)
     self.kept = kept  # None: the first `width` old channels (all if equal).
     self.origin = tuple(origin)  # keys of the prunable layers that set it
 
 
 def width(tensor):
-  return int(tensor.shape[-1])
+  """The last axis' size; None where it is unknown (e.g. the token ids of
+  a text backbone, shape (batch, None)), which no layer prunes."""
+  last = tensor.shape[-1] if len(tensor.shape) else 1
+  return None if last is None else int(last)
 
 
 def expand_multiplier(indices, multiplier):
@@ -95,6 +99,10 @@ class Plan:
     sections: id(node) -> new split sizes of a channel split.
     removed: keys of prunable layers that disappear.
     forced: keys of zero-width layers kept at `round_to` channels.
+    blocks: ids of the layers with prunable sublayers (see `_blocks`) that
+      are rebuilt by their width rule.
+    leaf_width: id(sublayer of such a block) -> its new width.
+    block_input: id(block or sub-block) -> its new input width.
   """
 
   def __init__(self, model):
@@ -108,6 +116,12 @@ class Plan:
     self.removed = set()
     self.seen = set()  # ids of the layers reached as call nodes
     self.forced = ()
+    self.blocks = set()
+    self.leaf_width = {}
+    self.block_input = {}
+    self.leaf_input = {}  # id(sublayer) -> its new input width
+    self.block_layers = {}  # id(block) -> {id(old): (old, new)} (rebuild)
+    self.label_values = None  # per-label widths, for layers inside blocks
 
   def is_removed(self, tensor):
     return self.info[id(tensor)] is REMOVED
@@ -249,7 +263,10 @@ def _nested(plan, node, ctx):
         'nested model once. Call it once, or slim it separately.' % sub.name)
   inner = as_functional(sub)
   for outer, x in zip(node.input_tensors, inner.inputs):
-    plan.info[id(x)] = plan.info[id(outer)]
+    # A full input stays full where the inner shape is less static (a
+    # backbone's token ids (None, None) fed from (None, 8)).
+    plan.info[id(x)] = (Channels(width(x)) if _full(plan, outer)
+                        else plan.info[id(outer)])
   _walk(plan, inner, ctx)
   for outer, y in zip(node.outputs, inner.outputs):
     plan.info[id(outer)] = plan.info[id(y)]
@@ -274,6 +291,8 @@ def _node_channels(plan, node, live, ctx):
   key = analysis.key_of.get(id(op))
   if key is not None:
     return _prunable(plan, node, key, ctx)
+  if _blocks.is_block(op):
+    return _block(plan, node, live, ctx)
   if rules.is_depthwise(op):
     _check_channels_last(op, not _full(plan, live[0]))
     mult = rules.depth_multiplier(op)
@@ -365,6 +384,82 @@ def _prunable(plan, node, key, ctx):
         % (key, type(op).__name__, type(op).__name__))
   _check_channels_last(op, changed)
   plan.layer_width[id(op)] = new
+  return Channels(new, kept, (key,))
+
+
+def _block(plan, node, live, ctx):
+  """A layer with prunable sublayers: rebuilt by its width rule when its
+  input or a sublayer's width changes."""
+  analysis, widths, alive, round_to, forced, _ = ctx
+  op = node.operation
+  subs = _blocks.leaves(op)
+  plan.seen.update(id(s) for s in subs)
+  keys = {id(s): analysis.key_of[id(s)] for s in subs
+          if id(s) in analysis.key_of}
+
+  def new_width(key):
+    if key in forced:
+      return round_count(1, analysis.width(key), round_to)
+    return widths.get(key, analysis.width(key))
+
+  changed = [k for k in keys.values() if new_width(k) != analysis.width(k)]
+  out_w = width(node.outputs[0])
+  if not changed and all(_full(plan, t) for t in live):
+    return Channels(out_w)
+  rule = rules.block_rule(op)
+  if rule is None:
+    raise _blocks.no_rule_error(op, changed)
+  zero = [k for k in keys.values() if new_width(k) == 0]
+  if zero:
+    raise NotImplementedError(
+        'Layer(s) %s inside %r (%s) would have no channels; slim_model does '
+        'not remove sublayers of a custom layer. Keep at least one channel '
+        '(or one head).' % (', '.join(map(repr, zero)), op.name,
+                            type(op).__name__))
+  plan.blocks.add(id(op))
+  if plan.label_values is None:
+    plan.label_values = analysis.assign(widths, fix=True)[0]
+  order = {}
+  for s in subs:
+    key = analysis.any_key_of.get(id(s))
+    if key is None:
+      continue
+    order[id(s)] = analysis.order_of(key)
+    w_in, w_out = analysis.label_widths(key, plan.label_values)
+    plan.leaf_width[id(s)] = new_width(key) if key in analysis.entries \
+        else w_out
+    plan.leaf_input[id(s)] = w_in
+  for b in [op] + [s for s in subs if _blocks.is_block(s)]:
+    firsts = sorted((order[id(s)], id(s)) for s in _blocks.leaves(b)
+                    if id(s) in order)
+    if firsts:
+      plan.block_input[id(b)] = plan.leaf_input[firsts[0][1]]
+  if live and live[0] is node.input_tensors[0]:
+    plan.block_input[id(op)] = plan.info[id(live[0])].width
+  if rule.output == 'input':
+    if width(live[0]) != out_w:
+      raise NotImplementedError(
+          'The width rule of %s says its output channels are its input\'s, '
+          'but layer %r maps %s channels to %s.'
+          % (type(op).__name__, op.name, width(live[0]), out_w))
+    return plan.info[id(live[0])]
+  found = _blocks.find(rule.output, op)
+  if not found:
+    raise ValueError('The width rule of %s names output sublayer %r, which '
+                     'layer %r does not have.' % (type(op).__name__,
+                                                  rule.output, op.name))
+  sub = found[0][0]
+  key = keys.get(id(sub))
+  if key is None:
+    if id(sub) in plan.leaf_width:
+      return Channels(plan.leaf_width[id(sub)])
+    return Channels(out_w)
+  new = new_width(key)
+  kept = None if alive is None else alive.get(key)
+  if kept is not None and len(kept) != new:
+    extra = np.setdiff1d(np.arange(analysis.width(key)), kept)
+    kept = np.sort(np.concatenate([kept, extra[:new - len(kept)]])).astype(
+        np.int64)
   return Channels(new, kept, (key,))
 
 

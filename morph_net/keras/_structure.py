@@ -53,6 +53,10 @@ class Analysis:
     self.key_of = {id(e.layer): k for k, e in self.entries.items()
                    if e.layer is not None}
     self._order = {k: i for i, k in enumerate(self.entries)}
+    # Depthwise layers too (their width follows their input).
+    self.any_key_of = {id(e.layer): k for k, e in self._all_entries.items()
+                       if e.layer is not None}
+    self._any_order = {k: i for i, k in enumerate(self._all_entries)}
     # Label arrays of each output a layer's width sets (one per call).
     self.out_labels = {k: [self.manager.channel_labels(t) for t in e.outputs]
                        for k, e in self.entries.items()}
@@ -78,6 +82,22 @@ class Analysis:
 
   def layer(self, key):
     return self.entries[key].layer
+
+  def order_of(self, key):
+    """Network order of an analyzed layer (depthwise ones included)."""
+    return self._any_order[key]
+
+  def label_widths(self, key, values):
+    """(input, output) widths of an analyzed layer's first compute op
+    under per-label widths `values` (see `assign`); None where unknown."""
+    compute = self._all_entries[key].computes[0]
+
+    def total(tensor):
+      if tensor is None or not self.manager.has_channels(tensor):
+        return None
+      return int(round(values[self.manager.channel_labels(tensor)].sum()))
+
+    return total(compute.input), total(compute.output)
 
   # ------------------------------------------------------------ resolve
   def resolve(self, structure):
@@ -193,10 +213,12 @@ class Analysis:
     fixed = dict(counts)
     for key in sorted(counts, key=lambda k: (self.width(k), self._order[k])):
       for labels in self.out_labels[key]:
-        labels = np.unique(labels)
+        # Per channel: a label may stand for several channels of one layer
+        # (a whole attention head), and a count is of channels.
         known = setter[labels] >= 0
         total = value[labels[known]].sum()
-        free = labels[~known]
+        free_channels = labels[~known]
+        free = np.unique(free_channels)
         rest = fixed[key] - total
         if (not len(free) and abs(rest) > 1e-6) or rest < -1e-6:
           if not fix:
@@ -211,7 +233,7 @@ class Analysis:
               fixed[key], int(round(total)))
           rest = max(fixed[key] - total, 0.0)
         if len(free):
-          value[free] = rest / len(free)
+          value[free] = rest / len(free_channels)
           setter[free] = index[key]
     widths = {}
     for key in keys:

@@ -1,0 +1,326 @@
+"""Slimming layers that hold prunable sublayers (blocks), by their rules.
+
+A block is a (non-functional) Keras layer with weighted sublayers: Keras's
+`MultiHeadAttention`, a keras-hub transformer encoder, an inverted residual
+block. `slim_model` cannot walk its `call`, so a `BlockRule`
+(`register_width_rule(cls, sublayers=..., output=...)`) says which config
+fields its sublayers' widths set and where its output channels come from.
+The block is rebuilt from its updated config; with `rebuild_sublayers`,
+each weighted sublayer is then replaced by a fresh copy with its own width
+(built on first call from the shapes it receives), for configs that cannot
+say everything (keras-hub blocks derive the head size from the hidden size
+and the head count, so a block that lost heads keeps its head size only
+this way).
+
+Built-in rules (below): `keras.layers.MultiHeadAttention` (num_heads from
+the query/key/value widths, whole heads), keras-hub's TransformerEncoder /
+TransformerDecoder, ViT's MLP / ViTEncoderBlock / ViTEncoder, MobileNet's
+DepthwiseConvBlock / InvertedResidualBlock / SqueezeAndExcite2D, DeepLabV3's
+SpatialPyramidPooling and MiT's OverlappingPatchingAndEmbedding /
+HierarchicalTransformerEncoder. Private to `morph_net.keras`.
+"""
+
+import functools
+import inspect
+
+import keras
+
+from morph_net.keras import _width_rules as rules
+
+
+def sublayer_paths(layer):
+  """{id(sublayer): attribute path inside `layer`} ('mlp.dense_1')."""
+  paths = {}
+
+  def visit(obj, prefix, depth):
+    for attr, index, child in children(obj):
+      path = prefix + attr.lstrip('_') + ('' if index is None
+                                          else '.%d' % index)
+      if id(child) not in paths:
+        paths[id(child)] = path
+        if depth < 8:
+          visit(child, path + '.', depth + 1)
+
+  visit(layer, '', 0)
+  return paths
+
+
+def children(layer):
+  """(attribute, list index or None, sublayer) of a layer's direct
+  sublayers held in attributes (Keras's own bookkeeping left out)."""
+  out = []
+  for attr, value in vars(layer).items():
+    if attr in ('_layers', '_tracker', '_inbound_nodes', '_outbound_nodes'):
+      continue
+    if isinstance(value, keras.layers.Layer):
+      out.append((attr, None, value))
+    elif isinstance(value, list):
+      for i, v in enumerate(value):
+        if isinstance(v, keras.layers.Layer):
+          out.append((attr, i, v))
+  return out
+
+
+def is_block(layer):
+  """A non-model layer with weighted sublayers."""
+  if isinstance(layer, keras.Model) or not isinstance(layer,
+                                                      keras.layers.Layer):
+    return False
+  return any(sub.weights for sub in layer._flatten_layers(  # pylint: disable=protected-access
+      include_self=False, recursive=True))
+
+
+def leaves(layer):
+  return list(layer._flatten_layers(include_self=False, recursive=True))  # pylint: disable=protected-access
+
+
+def find(rule_pattern, layer):
+  """The sublayers of `layer` matching a rule pattern, with their paths."""
+  paths = sublayer_paths(layer)
+  return [(sub, paths.get(id(sub), sub.name)) for sub in leaves(layer)
+          if rules.BlockRule.matches(rule_pattern, sub.name,
+                                     paths.get(id(sub), ''))]
+
+
+def no_rule_error(layer, changed):
+  """The error for a block without a rule; `changed`: keys of the
+  sublayers whose widths change."""
+  cls = type(layer)
+  paths = {s.name: p for s, p in find('*', layer)}
+  changed = ['%s (%s.%s)' % (k, layer.name, paths[k.rsplit('/', 1)[-1]])
+             if k.rsplit('/', 1)[-1] in paths else k for k in changed]
+  return NotImplementedError(
+      'slim_model: layer %r (%s.%s) holds prunable sublayers whose widths '
+      'change (%s) but has no width rule, so slim_model cannot rebuild it. '
+      'Register one, e.g. morph_net.keras.register_width_rule(%s, '
+      "sublayers={'<sublayer name or attribute path>': '<config field>'}, "
+      "input_field='<field of the input width>', output='input' or "
+      "'<output sublayer>'), write the block as a functional model, or leave "
+      'its sublayers out of the structure.'
+      % (layer.name, cls.__module__, cls.__qualname__,
+         ', '.join(changed) or 'its input',
+         cls.__name__))
+
+
+def config_updates(layer, rule, width_of, input_width):
+  """{config field: value} for a block, from its sublayers' new widths.
+
+  Args:
+    width_of: id(sublayer) -> its new width (None: unchanged).
+    input_width: the block's new input width (None: unknown/unchanged).
+  """
+  updates, setter = {}, {}
+  paths = sublayer_paths(layer)
+
+  def put(field, value, who):
+    if field in updates and updates[field] != value:
+      raise ValueError(
+          'slim_model: layer %r (%s) sets config field %r from %s (%r) and '
+          '%s (%r), which disagree; its config builds them with one value. '
+          'Give them consistent counts.' % (layer.name, type(layer).__name__,
+                                            field, setter[field],
+                                            updates[field], who, value))
+    updates[field], setter[field] = value, who
+
+  for pattern, field in rule.sublayers.items():
+    for sub in leaves(layer):
+      path = paths.get(id(sub), '')
+      if not rule.matches(pattern, sub.name, path):
+        continue
+      width = width_of(sub)
+      if width is None:
+        continue
+      values = field(width, layer) if callable(field) else {field: width}
+      for f, v in values.items():
+        put(f, v, repr(sub.name))
+  if input_width is not None:
+    for field in rule.input_field:
+      put(field, int(input_width), 'the input width')
+  return updates
+
+
+def from_config(layer, config):
+  """`type(layer).from_config(config)`; a config holding derived entries
+  that its own __init__ rejects (keras-hub's ViTPatchingAndEmbedding:
+  num_patches) is retried with only the arguments __init__ names."""
+  cls = type(layer)
+  try:
+    return cls.from_config(config)
+  except TypeError as e:
+    if 'keyword argument' not in str(e):
+      raise
+    params = inspect.signature(cls.__init__).parameters
+    accepted = set(params)
+    if _takes_base_arguments(params):
+      accepted |= {'name', 'trainable', 'dtype'}
+    return cls.from_config({k: v for k, v in config.items()
+                            if k in accepted})
+
+
+def _takes_base_arguments(params):
+  return any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def layer_config(layer, known=()):
+  """`layer.get_config()`, or for a layer without one (keras-hub's ViT MLP)
+  its __init__ arguments read back from the attributes of the same name
+  (`known`: arguments the width rule sets)."""
+  try:
+    return layer.get_config()
+  except NotImplementedError:
+    pass
+  params = inspect.signature(type(layer).__init__).parameters
+  config = {}
+  if _takes_base_arguments(params):
+    config = {'name': layer.name, 'dtype': layer.dtype_policy}
+  missing = []
+  for name, param in params.items():
+    if name == 'self' or param.kind in (param.VAR_POSITIONAL,
+                                        param.VAR_KEYWORD) or name in config:
+      continue
+    if hasattr(layer, name):
+      config[name] = getattr(layer, name)
+    elif param.default is param.empty and name not in known:
+      missing.append(name)
+  if missing:
+    raise NotImplementedError(
+        'slim_model: layer %r (%s) has no get_config() and keeps no '
+        'attribute for its argument(s) %s, so it cannot be rebuilt with new '
+        'widths. Give the class a get_config().'
+        % (layer.name, type(layer).__name__, ', '.join(missing)))
+  return config
+
+
+def rebuild(layer, width_of, input_width_of, clone_leaf, made):
+  """A fresh copy of `layer` (a block or a leaf) with its planned widths.
+
+  Args:
+    layer: a layer of the old model.
+    width_of: old sublayer -> its new width, or None (unchanged/follows).
+    input_width_of: old block -> its new input width, or None.
+    clone_leaf: old leaf -> a fresh (unbuilt) copy.
+    made: {id(old layer): (old, new)}, filled with every layer made here.
+  """
+  if not is_block(layer):
+    new = clone_leaf(layer)
+    made[id(layer)] = (layer, new)
+    return new
+  rule = rules.block_rule(layer)
+  if rule is None:
+    raise no_rule_error(layer, [s.name for s in leaves(layer)
+                                if width_of(s) is not None])
+  updates = config_updates(layer, rule, width_of, input_width_of(layer))
+  config = layer_config(layer, updates)
+  config.update(updates)
+  new = from_config(layer, config)
+  if new.name != layer.name:  # some blocks suffix the name they are given
+    new.name = layer.name
+  made[id(layer)] = (layer, new)
+  if rule.rebuild_sublayers:
+    _replace_after_build(new, layer, width_of, input_width_of, clone_leaf,
+                         made)
+  return new
+
+
+def _replace_after_build(new, old, width_of, input_width_of, clone_leaf,
+                         made):
+  """After `new` builds from its config, swap its weighted sublayers for
+  fresh copies with their own widths (they build on first call)."""
+  original = new.build
+
+  @functools.wraps(original)  # Keras maps input shapes by its signature
+  def build(*args, **kwargs):
+    original(*args, **kwargs)
+    for attr, index, old_child in children(old):
+      if not old_child.weights:
+        continue
+      fresh = rebuild(old_child, width_of, input_width_of, clone_leaf, made)
+      holder = getattr(new, attr)
+      current = holder if index is None else holder[index]
+      try:  # pylint: disable=protected-access
+        new._tracker.replace_tracked_value('layers', current, fresh)
+      except ValueError:
+        pass  # not tracked by Keras: the attribute is all there is
+      if index is None:
+        object.__setattr__(new, attr, fresh)
+      else:
+        list.__setitem__(holder, index, fresh)
+
+  object.__setattr__(new, 'build', build)
+
+
+# --------------------------------------------------------- built-in rules
+def _heads(dim_field):
+  def heads(width, layer):
+    dim = getattr(layer, dim_field, None) or layer.key_dim
+    if width % dim:
+      raise ValueError(
+          'slim_model: MultiHeadAttention %r keeps whole heads of %d '
+          'channels, so its query/key/value widths must be multiples of %d; '
+          'got %d.' % (layer.name, dim, dim, width))
+    if width == 0:
+      raise ValueError('slim_model: MultiHeadAttention %r would keep no head;'
+                       ' keep at least one (%d channels).' % (layer.name, dim))
+    return {'num_heads': width // dim}
+  return heads
+
+
+def _register_builtins():
+  reg = rules.register_width_rule
+  # Query/key widths are alive_heads x key_dim, value's alive_heads x
+  # value_dim; the output projection keeps the residual width.
+  reg(keras.layers.MultiHeadAttention,
+      sublayers={'query': _heads('key_dim'), 'key': _heads('key_dim'),
+                 'value': _heads('value_dim')},
+      output='attention_output')
+  hub = 'keras_hub.src.'
+  for name in ('layers.modeling.transformer_encoder.TransformerEncoder',
+               'layers.modeling.transformer_decoder.TransformerDecoder'):
+    # The head size is hidden // num_heads in build(): heads are kept by
+    # rebuilding the attention sublayers.
+    reg(hub + name, sublayers={'feedforward_intermediate_dense':
+                               'intermediate_dim'},
+        output='input', rebuild_sublayers=True)
+  vit = hub + 'models.vit.vit_layers.'
+  reg(vit + 'MLP', sublayers={'dense_1': 'mlp_dim', 'dense_2': 'hidden_dim'},
+      output='dense_2')
+  reg(vit + 'ViTEncoderBlock', sublayers={'mlp.dense_1': 'mlp_dim'},
+      input_field='hidden_dim', output='input', rebuild_sublayers=True)
+  # One num_heads / mlp_dim for all blocks: each block is rebuilt.
+  reg(vit + 'ViTEncoder', input_field='hidden_dim', output='input',
+      rebuild_sublayers=True)
+  mobilenet = hub + 'models.mobilenet.mobilenet_backbone.'
+  reg(mobilenet + 'SqueezeAndExcite2D',
+      sublayers={'conv_reduce': 'bottleneck_filters',
+                 'conv_expand': 'filters'},
+      input_field='filters', output='input')
+  # The squeeze-excite bottleneck is rounded from the input width in
+  # __init__, and the expansion to a multiple of 8: sublayers are rebuilt.
+  reg(mobilenet + 'DepthwiseConvBlock', sublayers={'conv2': 'filters'},
+      input_field='infilters', output='conv2', rebuild_sublayers=True)
+  reg(mobilenet + 'InvertedResidualBlock',
+      sublayers={'conv1': 'expansion', 'conv3': 'filters'},
+      input_field='infilters', output='conv3', rebuild_sublayers=True)
+  reg(mobilenet + 'ConvBnActBlock', sublayers={'conv': 'filter'},
+      output='conv')
+  reg(hub + 'models.deeplab_v3.deeplab_v3_layers.SpatialPyramidPooling',
+      sublayers={'aspp_conv_*': 'num_channels',
+                 'conv_pooling': 'num_channels',
+                 'conv_projection': 'num_channels'},
+      output='conv_projection')
+  mit = hub + 'models.mit.mit_layers.'
+  reg(mit + 'OverlappingPatchingAndEmbedding',
+      sublayers={'proj': 'project_dim'}, output='proj')
+  reg(mit + 'HierarchicalTransformerEncoder', input_field='project_dim',
+      output='input', rebuild_sublayers=True)
+  # Its call splits q/k/v into heads by the *input* width (C // heads), so
+  # q, k, v, the output projection and the input must keep one width.
+  reg(mit + 'SegFormerMultiheadAttention',
+      sublayers={'q': 'project_dim', 'k': 'project_dim', 'v': 'project_dim',
+                 'proj': 'project_dim', 'sr': 'project_dim'},
+      input_field='project_dim', output='proj')
+  reg(mit + 'MixFFN', sublayers={'fc1': 'mid_channels', 'fc2': 'channels'},
+      output='fc2')
+
+
+_register_builtins()
