@@ -308,12 +308,23 @@ def independent_counts(model, inputs):
 
 # ------------------------------------------------------------- the checks
 def half_structure(model, input_signature=None):
-  """Every exported alive count halved (at least 1)."""
+  """Every exported alive count halved (at least 1); an attention
+  projection's count (alive heads x head size) by whole heads: half the
+  heads, at least one."""
   reg = flop_regularizer.GroupLassoFlopsRegularizer(
       model, 1e-4, input_signature=input_signature)
-  counts = structure_exporter.StructureExporter(
-      reg.op_regularizer_manager).get_alive_counts()
-  return {k: max(1, v // 2) for k, v in counts.items()}
+  manager = reg.op_regularizer_manager
+  counts = structure_exporter.StructureExporter(manager).get_alive_counts()
+  half = {}
+  for key, count in counts.items():
+    layer = manager.view.layer(key)
+    kernel = getattr(layer, 'kernel', None)
+    if isinstance(layer, keras.layers.EinsumDense) and len(kernel.shape) == 3:
+      head = int(kernel.shape[-1])  # kernel [C, heads, head size]
+      half[key] = max(1, count // head // 2) * head
+    else:
+      half[key] = max(1, count // 2)
+  return half
 
 
 def rel(a, b):

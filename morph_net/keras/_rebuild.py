@@ -148,6 +148,9 @@ def transfer(plan, new_layers):
   for old, new in new_layers.values():
     if not old.weights:
       continue
+    if id(old) in plan.blocks:
+      _transfer_block(plan, old)
+      continue
     node = plan.first_node[id(old)]
     in_idx = plan.kept_of(node.input_tensors[0]) if node.input_tensors else None
     out_idx = plan.kept_of(node.outputs[0])
@@ -155,17 +158,102 @@ def transfer(plan, new_layers):
                 else None)
     values = [np.asarray(w) for w in old.get_weights()]
     names = [w.path.split('/')[-1] for w in old.weights]
-    new_values = [
-        _slice_weight(old, name, value, in_idx, out_idx, in_width)
-        for name, value in zip(names, values)]
-    shapes = [tuple(w.shape) for w in new.weights]
-    for name, value, shape in zip(names, new_values, shapes):
-      if tuple(value.shape) != shape:
-        raise NotImplementedError(
-            'Cannot transfer weight %r of layer %r (%s): sliced shape %s, '
-            'slim layer expects %s.' % (name, old.name, type(old).__name__,
-                                        value.shape, shape))
-    new.set_weights(new_values)
+    _set_sliced(old, new, in_idx, out_idx, in_width)
+
+
+def _set_sliced(old, new, in_idx, out_idx, in_width):
+  values = [np.asarray(w) for w in old.get_weights()]
+  names = [w.path.split('/')[-1] for w in old.weights]
+  shapes = [tuple(w.shape) for w in new.weights]
+  new_values = [
+      _slice_weight(old, name, value, in_idx, out_idx, in_width, shape)
+      for name, value, shape in zip(names, values, shapes)]
+  for name, value, shape in zip(names, new_values, shapes):
+    if tuple(value.shape) != shape:
+      raise NotImplementedError(
+          'Cannot transfer weight %r of layer %r (%s): sliced shape %s, '
+          'slim layer expects %s.' % (name, old.name, type(old).__name__,
+                                      value.shape, shape))
+  new.set_weights(new_values)
+
+
+def _transfer_block(plan, block):
+  """Weights of a block rebuilt by its rule: each sublayer's surviving
+  channels, read from the analysis (its input and output channel labels,
+  or for a norm the activation its weights scale)."""
+  analysis = plan.analysis
+  if plan.alive_values is None:
+    plan.alive_values = analysis.assign_alive(plan.alive or {})
+  values = plan.alive_values
+
+  def kept(labels):
+    if labels is None:
+      return None
+    idx = np.flatnonzero(values[labels] > 0.5)
+    return None if len(idx) == len(labels) else idx
+
+  for old, new in _leaf_pairs(plan.block_layers[id(block)]):
+    if not old.weights:
+      continue
+    key = analysis.any_key_of.get(id(old))
+    if key is not None:
+      compute = analysis.compute_of(key)
+      in_labels = analysis.labels_or_none(compute.input)
+      out_labels = analysis.labels_or_none(compute.output)
+    else:
+      in_labels = out_labels = analysis.weight_labels(old)
+    _set_sliced(old, new, kept(in_labels), kept(out_labels),
+                None if in_labels is None else len(in_labels))
+  for old, _ in plan.block_layers[id(block)].values():
+    own = _blocks.is_block(old) and (
+        old._trainable_variables or old._non_trainable_variables)  # pylint: disable=protected-access
+    if own:
+      raise NotImplementedError(
+          'Cannot transfer the weights of %r (%s): the layer holds weights '
+          'of its own (not in sublayers) whose channels slim_model does not '
+          'know. Slim without transfer and retrain.'
+          % (old.name, type(old).__name__))
+
+
+def _leaf_pairs(made):
+  """(old, new) of every rebuilt leaf; a block rebuilt from its config
+  alone pairs its sublayers by attribute path."""
+  for old, new in made.values():
+    if not _blocks.is_block(old):
+      yield old, new
+      continue
+    if rules.block_rule(old).rebuild_sublayers:
+      continue  # its sublayers are in `made` themselves
+    new_at = _by_path(new)
+    for path, sub in _by_path(old).items():
+      if not _blocks.is_block(sub) and path in new_at:
+        yield sub, new_at[path]
+
+
+def _by_path(layer):
+  paths = _blocks.sublayer_paths(layer)
+  return {paths[id(s)]: s for s in _blocks.leaves(layer) if id(s) in paths}
+
+
+def _slice_einsum(layer, name, value, in_idx, out_idx, shape):
+  """An EinsumDense weight whose channels span several axes (attention:
+  kernel [C, heads, head size], bias [heads, head size], output kernel
+  [heads, head size, E]): the channels are those axes flattened row-major,
+  so whole heads are whole blocks of rows or columns."""
+  lhs, out = layer.equation.split('->')
+  x_spec, kernel_spec = lhs.split(',')
+  if name != 'kernel':  # the bias: over the output channel axes
+    flat = value.reshape(-1)
+    return _take(flat, out_idx, 0).reshape(shape)
+  n_in = sum(1 for c in kernel_spec if c in x_spec and c not in out)
+  if any(c in out for c in kernel_spec[:n_in]) or shape is None:
+    raise NotImplementedError(
+        'Cannot transfer the kernel of EinsumDense %r (%s): its input '
+        'channel axes do not lead the kernel.' % (layer.name, layer.equation))
+  rows = int(np.prod(value.shape[:n_in]))
+  matrix = value.reshape(rows, -1)
+  matrix = _take(_take(matrix, in_idx, 0), out_idx, 1)
+  return matrix.reshape(shape)
 
 
 def _take(array, indices, axis):
@@ -174,8 +262,9 @@ def _take(array, indices, axis):
   return np.take(array, indices, axis=axis)
 
 
-def _slice_weight(layer, name, value, in_idx, out_idx, in_width):
-  """The surviving part of one weight of `layer`."""
+def _slice_weight(layer, name, value, in_idx, out_idx, in_width, shape=None):
+  """The surviving part of one weight of `layer` (`shape`: the slim
+  layer's, for kernels whose channels span several axes)."""
   if isinstance(layer, rules.DEPTHWISE):
     if name in ('depthwise_kernel', 'kernel'):
       return _take(value, in_idx, -2)
@@ -191,12 +280,10 @@ def _slice_weight(layer, name, value, in_idx, out_idx, in_width):
                                                                    mult)
       return _take(_take(value, mid, -2), out_idx, -1)
     return _take(value, out_idx, 0)
-  if isinstance(layer, keras.layers.EinsumDense) and name == 'kernel' and (
-      value.ndim != 2) and (in_idx is not None or out_idx is not None):
-    raise NotImplementedError(
-        'Cannot transfer the %d-D kernel of EinsumDense %r (%s); weight '
-        'transfer supports [in, out] kernels.' % (value.ndim, layer.name,
-                                                 layer.equation))
+  if isinstance(layer, keras.layers.EinsumDense) and len(
+      layer.kernel.shape) != 2 and (in_idx is not None or
+                                    out_idx is not None):
+    return _slice_einsum(layer, name, value, in_idx, out_idx, shape)
   if rules.width_field(layer) is not None:
     in_axis, out_axis = (-1, -2) if isinstance(layer, rules.CONV_TRANSPOSE) \
         else (-2, -1)

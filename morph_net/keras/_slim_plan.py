@@ -54,10 +54,17 @@ def is_model(layer):
 def as_functional(model):
   """The functional graph of a functional or Sequential Keras 3 model."""
   if not isinstance(model, keras.Model):
+    if type(model).__module__.startswith('tf_keras'):
+      raise NotImplementedError(
+          'slimming supports Keras 3 models; %r is a tf_keras (Keras 2) %s, '
+          'which can be analyzed but not slimmed. Convert it: save it from '
+          "tf_keras with model.save('model.h5'), load it with Keras 3's "
+          "keras.models.load_model('model.h5', compile=False) (built-in "
+          'layers convert with their weights; custom layers need Keras 3 '
+          'versions) and slim that model.'
+          % (getattr(model, 'name', '?'), type(model).__name__))
     raise NotImplementedError(
-        'slim_model supports Keras 3 models (keras.Model); got %s from %s. '
-        'A tf_keras model can be analyzed but not slimmed: rebuild it with '
-        'Keras 3 layers (keras.layers) and load its weights.'
+        'slimming supports Keras 3 models (keras.Model); got %s from %s.'
         % (type(model).__name__, type(model).__module__))
   if isinstance(model, keras.Sequential):
     functional = getattr(model, '_functional', None)
@@ -122,6 +129,9 @@ class Plan:
     self.leaf_input = {}  # id(sublayer) -> its new input width
     self.block_layers = {}  # id(block) -> {id(old): (old, new)} (rebuild)
     self.label_values = None  # per-label widths, for layers inside blocks
+    self.alive_values = None  # per-label 0/1 (transfer through blocks)
+    self.analysis = None
+    self.alive = None
 
   def is_removed(self, tensor):
     return self.info[id(tensor)] is REMOVED
@@ -178,6 +188,7 @@ def make_plan(analysis, widths, alive, round_to=1, warn=False):
 
 def _propagate(analysis, model, widths, alive, round_to, forced):
   plan = Plan(model)
+  plan.analysis, plan.alive = analysis, alive
   for x in model.inputs:
     plan.info[id(x)] = Channels(width(x))
   ctx = (analysis, widths, alive, round_to, forced, alive is not None)

@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 
+from morph_net.framework import keras_trace
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.network_regularizers import cost_model
 from morph_net.tools import structure_exporter
@@ -66,6 +67,7 @@ class Analysis:
         t for op in self.manager.ops if op.type == 'Placeholder'
         for t in op.outputs)
     self._costs = {}
+    self._var_ops = None  # id(tf.Variable) -> an analyzed op reading it
 
   def _labels_of(self, tensors):
     found = [self.manager.channel_labels(t) for t in tensors
@@ -83,9 +85,50 @@ class Analysis:
   def layer(self, key):
     return self.entries[key].layer
 
+  def weight_labels(self, layer):
+    """Channel labels of the activation a channel-wise layer (a norm)
+    scales: the output of the first analyzed op reading one of its
+    weights; None if no such op."""
+    if self._var_ops is None:
+      self._var_ops = self._ops_scaled_by_variables()
+    for w in layer.weights:
+      op = self._var_ops.get(id(keras_trace.tf_variable(w)))
+      if op is not None:
+        return self.manager.channel_labels(op.outputs[0])
+    return None
+
+  def _ops_scaled_by_variables(self):
+    """id(variable) -> the analyzed op with channels whose parameter input
+    is computed from it (a BatchNorm's gamma reaches its Mul through
+    gamma * rsqrt(variance + eps))."""
+    view = self.manager.view
+    found = {}
+    for op in self.manager.ops:
+      if not op.outputs or not self.manager.has_channels(op.outputs[0]):
+        continue
+      stack, seen = [t for t in op.inputs], 0
+      while stack and seen < 16:
+        t = stack.pop()
+        seen += 1
+        var = view.variable(t)
+        if var is not None:
+          found.setdefault(id(var), op)
+        elif not self.manager.has_channels(t):
+          stack.extend(t.op.inputs)
+    return found
+
   def order_of(self, key):
     """Network order of an analyzed layer (depthwise ones included)."""
     return self._any_order[key]
+
+  def compute_of(self, key):
+    """The first compute op of an analyzed layer (depthwise included)."""
+    return self._all_entries[key].computes[0]
+
+  def labels_or_none(self, tensor):
+    if tensor is None or not self.manager.has_channels(tensor):
+      return None
+    return self.manager.channel_labels(tensor)
 
   def label_widths(self, key, values):
     """(input, output) widths of an analyzed layer's first compute op

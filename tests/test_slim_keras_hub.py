@@ -1,0 +1,211 @@
+"""slim_model through layers with prunable sublayers (blocks, issue 10).
+
+Width rules (`register_width_rule(cls, sublayers=..., output=...)`) say how a
+block's config sets its sublayers' widths; attention keeps whole heads, and
+weight transfer copies the surviving heads / units / channels of every
+sublayer. A transferred slim model computes the same function as the full
+one when the removed parts contributed nothing (their value projection or
+first MLP layer is zero), which is what the tests check.
+"""
+
+import importlib.util
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from morph_net import keras as morph_keras
+from morph_net.keras import _structure
+from morph_net.keras import _width_rules
+
+
+def _zoo():
+  path = os.path.join(os.path.dirname(__file__), os.pardir, 'benchmarks',
+                      'keras_hub_zoo.py')
+  spec = importlib.util.spec_from_file_location('keras_hub_zoo', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _heads_alive(width, head_size, heads):
+  alive = np.zeros(width, bool)
+  for h in heads:
+    alive[h * head_size:(h + 1) * head_size] = True
+  return alive
+
+
+def _zero_dead_value_heads(mha, alive):
+  """A head whose value projection is zero adds nothing to the output."""
+  kernel, bias = mha.value_dense.get_weights()
+  dead = ~alive.reshape(kernel.shape[1:])
+  kernel[:, dead] = 0.0
+  bias[dead] = 0.0
+  mha.value_dense.set_weights([kernel, bias])
+
+
+def _attention_model():
+  inputs = keras.Input((5, 16))
+  mha = keras.layers.MultiHeadAttention(num_heads=4, key_dim=4, name='mha')
+  x = keras.layers.Add()([inputs, mha(inputs, inputs)])
+  outputs = keras.layers.Dense(3, name='head')(
+      keras.layers.GlobalAveragePooling1D()(x))
+  return keras.Model(inputs, outputs), mha
+
+
+def test_multi_head_attention_keeps_whole_heads_and_their_weights():
+  keras.utils.set_random_seed(0)
+  model, mha = _attention_model()
+  keys = [k for k in _structure.Analysis(model).entries
+          if k.split('/')[-1] in ('query', 'key', 'value')]
+  assert len(keys) == 3
+  alive = _heads_alive(16, 4, [0, 2])
+  _zero_dead_value_heads(mha, alive)
+  slim = morph_keras.slim_model(model, {k: alive for k in keys},
+                                transfer_weights=True)
+  new = slim.get_layer('mha')
+  assert (new.num_heads, new.key_dim) == (2, 4)
+  x = np.random.RandomState(1).normal(size=(2, 5, 16)).astype('float32')
+  np.testing.assert_allclose(slim(x), model(x), rtol=1e-5, atol=1e-5)
+  assert morph_keras.structure_cost(model, {k: 8 for k in keys}) < (
+      morph_keras.structure_cost(model, {}))
+
+
+def test_multi_head_attention_counts_must_be_whole_heads():
+  model, _ = _attention_model()
+  keys = [k for k in _structure.Analysis(model).entries
+          if k.split('/')[-1] in ('query', 'key', 'value')]
+  with pytest.raises(ValueError, match='whole heads|multiple'):
+    morph_keras.slim_model(model, {k: 6 for k in keys})
+
+
+class _Mlp(keras.layers.Layer):
+  """A custom block: Dense up, Dense down, residual."""
+
+  def __init__(self, hidden, width, **kwargs):
+    super().__init__(**kwargs)
+    self.hidden, self.width = hidden, width
+    self.up = keras.layers.Dense(hidden, activation='relu', name='up')
+    self.down = keras.layers.Dense(width, name='down')
+
+  def call(self, x):
+    return x + self.down(self.up(x))
+
+  def get_config(self):
+    return dict(super().get_config(), hidden=self.hidden, width=self.width)
+
+
+def _mlp_model():
+  inputs = keras.Input((6,))
+  x = _Mlp(8, 6, name='mlp')(inputs)
+  return keras.Model(inputs, keras.layers.Dense(2, name='head')(x))
+
+
+def test_a_block_without_a_rule_names_its_class_sublayer_and_the_fix():
+  model = _mlp_model()
+  with pytest.raises(NotImplementedError) as info:
+    morph_keras.slim_model(model, {'up': 3})
+  message = str(info.value)
+  assert '_Mlp' in message and 'mlp.up' in message
+  assert 'register_width_rule' in message
+
+
+def test_a_registered_block_rule_slims_and_transfers():
+  model = _mlp_model()
+  try:
+    _width_rules.register_width_rule(_Mlp, sublayers={'up': 'hidden'},
+                                     output='input')
+    alive = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
+    slim = morph_keras.slim_model(model, {'up': alive},
+                                  transfer_weights=True)
+  finally:
+    _width_rules._BLOCKS.pop(_Mlp)  # pylint: disable=protected-access
+  block = slim.get_layer('mlp')
+  assert block.hidden == 4 and block.up.units == 4
+  x = np.random.RandomState(0).normal(size=(3, 6)).astype('float32')
+  kernel, bias = model.get_layer('mlp').up.get_weights()
+  np.testing.assert_allclose(block.up.get_weights()[0], kernel[:, alive])
+  np.testing.assert_allclose(block.up.get_weights()[1], bias[alive])
+  assert slim(x).shape == (3, 2)
+
+
+def test_einsum_channels_over_several_axes_shrink_by_whole_blocks():
+  layer = keras.layers.EinsumDense('abc,cde->abde', output_shape=(None, 4, 2))
+  config = layer.get_config()
+  _width_rules.set_width(config, layer, 4)
+  assert tuple(config['output_shape']) == (None, 2, 2)
+  with pytest.raises(ValueError, match='multiple of 2'):
+    _width_rules.set_width(layer.get_config(), layer, 3)
+
+
+def test_tf_keras_models_get_a_plain_message_with_the_conversion():
+  tf_keras = pytest.importorskip('tf_keras')
+  model = tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,),
+                                                     name='d')])
+  with pytest.raises(NotImplementedError,
+                     match='slimming supports Keras 3 models.*load_model'):
+    morph_keras.slim_model(model, {})
+
+
+def test_vit_transfer_keeps_surviving_heads_and_mlp_units():
+  """A keras-hub ViT (nested custom layers, four levels deep) slimmed with
+  transfer computes what the full model computes when the dropped heads'
+  value projections and MLP units are zero."""
+  pytest.importorskip('keras_hub')
+  zoo = _zoo()
+  keras.utils.set_random_seed(0)
+  model, data, _ = zoo.vit()
+  analysis = _structure.Analysis(model)
+  vectors = {}
+  for key in zoo.half_structure(model):
+    layer = analysis.layer(key)
+    width = analysis.width(key)
+    if key.split('/')[-1] in ('query', 'key', 'value'):
+      vectors[key] = _heads_alive(width, layer.kernel.shape[-1], [1])
+    else:  # the MLP's first Dense: keep the even units
+      vectors[key] = np.arange(width) % 2 == 0
+      kernel, bias = layer.get_weights()
+      kernel[:, ~vectors[key]] = 0.0
+      bias[~vectors[key]] = 0.0
+      layer.set_weights([kernel, bias])
+  for key, alive in vectors.items():
+    if key.endswith('/value'):
+      mha = analysis.layer(key.rsplit('/', 1)[0] + '/query')
+      kernel, bias = analysis.layer(key).get_weights()
+      dead = ~alive.reshape(kernel.shape[1:])
+      kernel[:, dead] = 0.0
+      bias[dead] = 0.0
+      analysis.layer(key).set_weights([kernel, bias])
+      assert mha is not None
+  slim = morph_keras.slim_model(model, vectors, transfer_weights=True)
+  np.testing.assert_allclose(slim(data, training=False),
+                             model(data, training=False), rtol=1e-4,
+                             atol=1e-5)
+  flops = zoo.independent_counts(slim, data)[0]
+  counts = {k: int(v.sum()) for k, v in vectors.items()}
+  assert flops == pytest.approx(morph_keras.structure_cost(model, counts),
+                                rel=zoo.TOLERANCE)
+
+
+@pytest.mark.parametrize('name', ['bert', 'mobilenetv3'])
+def test_keras_hub_backbones_slim_with_transfer(name):
+  """Alive vectors that respect the analysis' ties (one random choice per
+  channel label, so whole heads) transfer through every nested layer."""
+  pytest.importorskip('keras_hub')
+  zoo = _zoo()
+  keras.utils.set_random_seed(0)
+  model, data, _ = zoo.BUILDERS[name]()
+  analysis = _structure.Analysis(model)
+  keys = zoo.half_structure(model)
+  chosen = np.random.RandomState(1).rand(analysis.num_labels) < 0.5
+  for key in keys:
+    labels = analysis.out_labels[key][0]
+    if not chosen[labels].any():
+      chosen[labels[0]] = True
+  vectors = {k: chosen[analysis.out_labels[k][0]] for k in keys}
+  slim = morph_keras.slim_model(model, vectors, transfer_weights=True)
+  slim(data, training=False)  # it runs
+  counts = {k: int(v.sum()) for k, v in vectors.items()}
+  assert zoo.independent_counts(slim, data)[0] == pytest.approx(
+      morph_keras.structure_cost(model, counts), rel=zoo.TOLERANCE)
