@@ -102,6 +102,37 @@ def no_rule_error(layer, changed):
          cls.__name__))
 
 
+def check_no_zero(layer, zero):
+  if zero:
+    raise NotImplementedError(
+        'Layer(s) %s inside %r (%s) would have no channels; slim_model does '
+        'not remove sublayers of a custom layer. Keep at least one channel '
+        '(or one head).' % (', '.join(map(repr, zero)), layer.name,
+                            type(layer).__name__))
+
+
+def input_widths(layer, order, leaf_input):
+  """{id(block): new input width} for `layer` and its sub-blocks: the input
+  width of each one's first analyzed sublayer (`order`: id -> position)."""
+  widths = {}
+  for block in [layer] + [s for s in leaves(layer) if is_block(s)]:
+    firsts = sorted((order[id(s)], id(s)) for s in leaves(block)
+                    if id(s) in order)
+    if firsts:
+      widths[id(block)] = leaf_input[firsts[0][1]]
+  return widths
+
+
+def output_sublayer(layer, rule):
+  """The sublayer whose channels a block's output has (by its rule)."""
+  found = find(rule.output, layer)
+  if not found:
+    raise ValueError('The width rule of %s names output sublayer %r, which '
+                     'layer %r does not have.' % (type(layer).__name__,
+                                                  rule.output, layer.name))
+  return found[0][0]
+
+
 def config_updates(layer, rule, width_of, input_width):
   """{config field: value} for a block, from its sublayers' new widths.
 

@@ -420,13 +420,7 @@ def _block(plan, node, live, ctx):
   rule = rules.block_rule(op)
   if rule is None:
     raise _blocks.no_rule_error(op, changed)
-  zero = [k for k in keys.values() if new_width(k) == 0]
-  if zero:
-    raise NotImplementedError(
-        'Layer(s) %s inside %r (%s) would have no channels; slim_model does '
-        'not remove sublayers of a custom layer. Keep at least one channel '
-        '(or one head).' % (', '.join(map(repr, zero)), op.name,
-                            type(op).__name__))
+  _blocks.check_no_zero(op, [k for k in keys.values() if new_width(k) == 0])
   plan.blocks.add(id(op))
   if plan.label_values is None:
     plan.label_values = analysis.assign(widths, fix=True)[0]
@@ -440,11 +434,7 @@ def _block(plan, node, live, ctx):
     plan.leaf_width[id(s)] = new_width(key) if key in analysis.entries \
         else w_out
     plan.leaf_input[id(s)] = w_in
-  for b in [op] + [s for s in subs if _blocks.is_block(s)]:
-    firsts = sorted((order[id(s)], id(s)) for s in _blocks.leaves(b)
-                    if id(s) in order)
-    if firsts:
-      plan.block_input[id(b)] = plan.leaf_input[firsts[0][1]]
+  plan.block_input.update(_blocks.input_widths(op, order, plan.leaf_input))
   if live and live[0] is node.input_tensors[0]:
     plan.block_input[id(op)] = plan.info[id(live[0])].width
   if rule.output == 'input':
@@ -454,12 +444,7 @@ def _block(plan, node, live, ctx):
           'but layer %r maps %s channels to %s.'
           % (type(op).__name__, op.name, width(live[0]), out_w))
     return plan.info[id(live[0])]
-  found = _blocks.find(rule.output, op)
-  if not found:
-    raise ValueError('The width rule of %s names output sublayer %r, which '
-                     'layer %r does not have.' % (type(op).__name__,
-                                                  rule.output, op.name))
-  sub = found[0][0]
+  sub = _blocks.output_sublayer(op, rule)
   key = keys.get(id(sub))
   if key is None:
     if id(sub) in plan.leaf_width:

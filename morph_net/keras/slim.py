@@ -30,9 +30,16 @@ layers a structure may name and which widths are tied:
   fixed mask), so the slim model holds only core Keras layers and loads
   without morph_net.
 
+- layers with prunable sublayers (MultiHeadAttention, keras-hub's
+  transformer and MobileNet blocks, ...) are rebuilt from their config by
+  a width rule (`register_width_rule(cls, sublayers=..., output=...)`,
+  see `_blocks` for the built-in ones); attention keeps whole heads, and
+  weights are transferred through them sublayer by sublayer.
+
 Layer names are kept, so a structure's keys stay valid on the slim model.
-Channels are assumed on the last axis (`channels_last`). Subclassed models,
-and layers pruned inside custom (non-functional) layers, are not supported.
+Channels are assumed on the last axis (`channels_last`). Subclassed models
+and tf_keras models are not supported (the error says how to convert a
+tf_keras model).
 
 Example:
 
@@ -98,8 +105,8 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
       counts only.
     NotImplementedError: a subclassed or tf_keras model; a pruned tensor
       reaches a layer whose channel mapping is unknown (e.g. a Reshape that
-      splits channels); a grouped or channels_first conv; a layer pruned
-      inside a custom layer.
+      splits channels); a channels_first conv; a layer pruned inside a
+      custom layer that has no width rule.
   """
   _slim_plan.as_functional(model)
   analysis = _structure.Analysis(model)
