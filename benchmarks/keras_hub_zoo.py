@@ -83,6 +83,23 @@ def bert(seq=8, layers=2, heads=2, hidden=16, intermediate=32, vocab=50):
   return model, data, None
 
 
+def gpt2(seq=8, layers=2, heads=2, hidden=16, intermediate=32, vocab=50):
+  """GPT-2 (keras-hub TransformerDecoder blocks, causal self-attention),
+  its dict inputs fixed to a sequence length like `bert`."""
+  from keras_hub.src.models.gpt2.gpt2_backbone import GPT2Backbone  # pylint: disable=g-import-not-at-top
+  backbone = GPT2Backbone(vocabulary_size=vocab, num_layers=layers,
+                          num_heads=heads, hidden_dim=hidden,
+                          intermediate_dim=intermediate,
+                          max_sequence_length=max(16, seq), dropout=0.0)
+  inputs = {n: keras.Input((seq,), dtype='int32', name=n)
+            for n in ('token_ids', 'padding_mask')}
+  model = keras.Model(inputs, backbone(inputs), name='gpt2')
+  data = {'token_ids': np.random.RandomState(0).randint(
+      0, vocab, (1, seq)).astype('int32'),
+          'padding_mask': np.ones((1, seq), 'int32')}
+  return model, data, None
+
+
 def bert_backbone(seq=8, layers=2, heads=2, hidden=16, intermediate=32,
                   vocab=50):
   """The bare BertBackbone (sequence length unknown): analyzed with an
@@ -175,12 +192,13 @@ def mit(size=32):
 
 
 BUILDERS = {
-    'vit': vit, 'bert': bert, 'bert_backbone': bert_backbone,
+    'vit': vit, 'bert': bert, 'bert_backbone': bert_backbone, 'gpt2': gpt2,
     'cspdarknet': cspdarknet, 'darknet': darknet, 'cspnet': cspnet,
     'cs3net': cs3net, 'deeplabv3': deeplabv3, 'mobilenetv3': mobilenetv3,
     'mit': mit,
 }
-CI_SET = ('vit', 'bert', 'cspdarknet', 'deeplabv3', 'mobilenetv3', 'mit')
+CI_SET = ('vit', 'bert', 'gpt2', 'cspdarknet', 'deeplabv3', 'mobilenetv3',
+          'mit')
 LARGER = {
     'vit_base_like': lambda: vit(size=64, layers=4, heads=4, hidden=64,
                                  mlp=128, patch=16),

@@ -54,7 +54,7 @@ def _xfail(reason):
 
 
 @pytest.mark.parametrize('name', [
-    'vit', 'bert', 'cspdarknet', 'deeplabv3', 'mobilenetv3',
+    'vit', 'bert', 'gpt2', 'cspdarknet', 'deeplabv3', 'mobilenetv3',
     'mit',
 ])
 def test_full_width_costs_match_a_forward_pass(name):
@@ -100,6 +100,7 @@ def test_mit_analyzes_exactly_at_batch_one():
     'darknet',
     'vit',
     'bert',
+    'gpt2',  # TransformerDecoder blocks, built in __init__ from config
     'cspdarknet',
     'deeplabv3',
     'mobilenetv3',

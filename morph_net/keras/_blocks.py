@@ -257,11 +257,7 @@ def _replace_after_build(new, old, width_of, input_width_of, clone_leaf,
                          made):
   """After `new` builds from its config, swap its weighted sublayers for
   fresh copies with their own widths (they build on first call)."""
-  original = new.build
-
-  @functools.wraps(original)  # Keras maps input shapes by its signature
-  def build(*args, **kwargs):
-    original(*args, **kwargs)
+  def swap():
     for attr, index, old_child in children(old):
       if not old_child.weights:
         continue
@@ -276,6 +272,16 @@ def _replace_after_build(new, old, width_of, input_width_of, clone_leaf,
         object.__setattr__(new, attr, fresh)
       else:
         list.__setitem__(holder, index, fresh)
+
+  if new.built:  # built in __init__ (keras-hub's TransformerDecoder)
+    swap()
+    return
+  original = new.build
+
+  @functools.wraps(original)  # Keras maps input shapes by its signature
+  def build(*args, **kwargs):
+    original(*args, **kwargs)
+    swap()
 
   object.__setattr__(new, 'build', build)
 
