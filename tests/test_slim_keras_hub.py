@@ -80,6 +80,20 @@ def test_multi_head_attention_counts_must_be_whole_heads():
     morph_keras.slim_model(model, {k: 6 for k in keys})
 
 
+def test_expansion_keeps_attention_counts_in_whole_heads():
+  model, _ = _attention_model()
+  keys = [k for k in _structure.Analysis(model).entries
+          if k.split('/')[-1] in ('query', 'key', 'value')]
+  full = morph_keras.structure_cost(model, {})
+  small = {k: 4 for k in keys}  # one head of 4
+  for target in (0.6 * full, 0.8 * full):
+    grown = morph_keras.expand_structure(model, small, target_cost=target)
+    assert all(grown[k] % 4 == 0 for k in keys), grown
+    assert morph_keras.structure_cost(model, grown) <= target
+    slim = morph_keras.slim_model(model, grown)
+    assert slim.get_layer('mha').num_heads == grown[keys[0]] // 4
+
+
 class _Mlp(keras.layers.Layer):
   """A custom block: Dense up, Dense down, residual."""
 

@@ -123,6 +123,16 @@ def input_widths(layer, order, leaf_input):
   return widths
 
 
+def check_rules(layer, width_of):
+  """Raises now what rebuilding `layer` and its sub-blocks would raise
+  later (inside Keras's call, under its wrapper): counts that are not
+  whole heads, sublayers that set one field differently."""
+  for block in [layer] + [s for s in leaves(layer) if is_block(s)]:
+    rule = rules.block_rule(block)
+    if rule is not None:
+      config_updates(block, rule, width_of, None)
+
+
 def output_sublayer(layer, rule):
   """The sublayer whose channels a block's output has (by its rule)."""
   found = find(rule.output, layer)

@@ -422,6 +422,8 @@ def _block(plan, node, live, ctx):
     raise _blocks.no_rule_error(op, changed)
   _blocks.check_no_zero(op, [k for k in keys.values() if new_width(k) == 0])
   plan.blocks.add(id(op))
+  _blocks.check_rules(op, lambda s: new_width(keys[id(s)]) if id(s) in keys
+                      else None)  # whole heads, agreeing fields: fail here
   if plan.label_values is None:
     plan.label_values = analysis.assign(widths, fix=True)[0]
   order = {}

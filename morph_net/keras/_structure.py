@@ -117,6 +117,13 @@ class Analysis:
           stack.extend(t.op.inputs)
     return found
 
+  def group_size(self, key):
+    """Channels per channel group of a layer: a label standing for several
+    of its channels (an attention head: head-size channels) lives or dies
+    as a whole, so its counts come in multiples of this; 1 otherwise."""
+    _, sizes = np.unique(self.out_labels[key][0], return_counts=True)
+    return int(sizes[0]) if len(set(sizes.tolist())) == 1 else 1
+
   def order_of(self, key):
     """Network order of an analyzed layer (depthwise ones included)."""
     return self._any_order[key]

@@ -113,10 +113,13 @@ def expand_structure(model, structure, target_cost, cost='flops',
   analysis = _structure.Analysis(model)
   counts, _ = analysis.resolve(structure)
 
+  groups = {k: analysis.group_size(k) for k in counts}
+
   def scale(w):
-    scaled = {k: _structure.round_count(max(1, int(round(c * w))) if c else 0,
-                                        analysis.width(k), round_to)
-              for k, c in counts.items()}
+    # Whole channel groups (attention heads): multiples of their size.
+    scaled = {k: _structure.round_count(
+        max(1, int(round(c * w / groups[k]))) * groups[k] if c else 0,
+        analysis.width(k), round_to) for k, c in counts.items()}
     # Re-tie counts that rounding split, e.g. Add(Concat(a, b), c):
     # round(a w) + round(b w) may differ from round((a + b) w); the layers
     # set first (the narrower, here a and b) win.
