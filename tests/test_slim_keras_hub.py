@@ -54,7 +54,7 @@ def _attention_model():
   return keras.Model(inputs, outputs), mha
 
 
-def test_multi_head_attention_keeps_whole_heads_and_their_weights():
+def test_multi_head_attention_keeps_whole_heads_and_their_weights(tmp_path):
   keras.utils.set_random_seed(0)
   model, mha = _attention_model()
   keys = [k for k in _structure.Analysis(model).entries
@@ -68,6 +68,10 @@ def test_multi_head_attention_keeps_whole_heads_and_their_weights():
   assert (new.num_heads, new.key_dim) == (2, 4)
   x = np.random.RandomState(1).normal(size=(2, 5, 16)).astype('float32')
   np.testing.assert_allclose(slim(x), model(x), rtol=1e-5, atol=1e-5)
+  # Its config says 2 heads, so the slim model saves and loads as it is.
+  slim.save(str(tmp_path / 'slim.keras'))
+  loaded = keras.models.load_model(str(tmp_path / 'slim.keras'))
+  np.testing.assert_allclose(loaded(x), slim(x), rtol=1e-6, atol=1e-6)
   assert morph_keras.structure_cost(model, {k: 8 for k in keys}) < (
       morph_keras.structure_cost(model, {}))
 
