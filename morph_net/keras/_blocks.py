@@ -123,6 +123,13 @@ def input_widths(layer, order, leaf_input):
   return widths
 
 
+def _width(layer):
+  for field in ('units', 'filters'):
+    if isinstance(getattr(layer, field, None), int):
+      return getattr(layer, field)
+  return None
+
+
 def check_rules(layer, width_of):
   """Raises now what rebuilding `layer` and its sub-blocks would raise
   later (inside Keras's call, under its wrapper): counts that are not
@@ -242,6 +249,16 @@ def rebuild(layer, width_of, input_width_of, clone_leaf, made):
     clone_leaf: old leaf -> a fresh (unbuilt) copy.
     made: {id(old layer): (old, new)}, filled with every layer made here.
   """
+  if isinstance(layer, keras.Model):
+    changed = [s.name for s in leaves(layer)
+               if width_of(s) is not None and width_of(s) != _width(s)]
+    if changed:
+      raise NotImplementedError(
+          'slim_model: model %r sits inside a custom layer and its layers %s '
+          'change width; slim_model rebuilds nested models only where they '
+          'are called in a functional graph. Give the custom layer a width '
+          'rule that sets them through its config.'
+          % (layer.name, ', '.join(map(repr, changed))))
   if not is_block(layer):
     new = clone_leaf(layer)
     made[id(layer)] = (layer, new)
