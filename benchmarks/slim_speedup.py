@@ -177,6 +177,20 @@ def learned_like_structure(report, seed, keep_full=()):
   return structure
 
 
+def whole_heads(model, structure):
+  """Rounds MultiHeadAttention widths to whole heads (multiples of key_dim,
+  at least one head): slim_model prunes attention by heads."""
+  head = {layer.name: layer.key_dim for layer in model.layers
+          if isinstance(layer, keras.layers.MultiHeadAttention)}
+  out = dict(structure)
+  for key, count in structure.items():
+    # Keys of the projections: '<attention layer>/query' etc.
+    size = head.get(key.split('/')[0]) if '/' in key else None
+    if size and key.split('/')[-1] in ('query', 'key', 'value'):
+      out[key] = max(1, int(round(count / size))) * size
+  return out
+
+
 def _inference_fn(model, jit_compile):
   return tf.function(lambda x: model(x, training=False),
                      jit_compile=jit_compile, reduce_retracing=True)
@@ -210,8 +224,8 @@ def run_model(name, args):
   t0 = time.perf_counter()
   seed_model = builder(size, args.quick)
   seed_flops, report = _flops(seed_model)
-  structure = learned_like_structure(report, args.seed,
-                                     KEEP_FULL.get(name, ()))
+  structure = whole_heads(seed_model, learned_like_structure(
+      report, args.seed, KEEP_FULL.get(name, ())))
   variants = {'seed': (seed_model, seed_flops)}
   for round_to in args.round_to:
     slim = slim_model(seed_model, structure, round_to=round_to)

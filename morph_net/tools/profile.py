@@ -25,7 +25,6 @@ against random slim variants it was not fitted on.
 so it steers nothing while channels shrink; it counts when a whole op goes.
 """
 
-import statistics
 import time
 
 import numpy as np
@@ -38,7 +37,7 @@ from morph_net.network_regularizers import latency_regularizer
 from morph_net.tools import analyze
 
 __all__ = ['fit_hardware', 'fit_timed_variants', 'measure_latencies',
-           'measure_latency', 'predict_latency', 'profile_hardware', 'roofline_parts',
+           'measure_latency', 'measure_times', 'predict_latency', 'profile_hardware', 'roofline_parts',
            'uniform_structure', 'width_variants']
 
 DEFAULT_MULTIPLIERS = (0.25, 0.5, 0.75, 1.0)
@@ -80,13 +79,23 @@ def measure_latency(model, batch_size=1, repeats=20, warmup=3, calls=1):
 
 
 def measure_latencies(models, batch_size=1, repeats=20, warmup=3, calls=1,
-                      seed=0):
-  """Median seconds per inference call of each model, timed interleaved.
+                      seed=0, quantile=0.5):
+  """Seconds per inference call of each model, timed interleaved.
 
   Each round times every model once (`calls` calls), in an order shuffled
   per round, so a slow spell of a shared machine hits all of them alike
-  instead of one, and no model always follows the same other one.
+  instead of one, and no model always follows the same other one. Returns
+  the `quantile` of each model's rounds (0.5: the median). Other jobs only
+  ever add time, so a low quantile (e.g. 0.2) estimates the unloaded
+  latency with less noise than the median on a shared machine.
   """
+  times = measure_times(models, batch_size, repeats, warmup, calls, seed)
+  return [float(np.quantile(t, quantile)) for t in times]
+
+
+def measure_times(models, batch_size=1, repeats=20, warmup=3, calls=1,
+                  seed=0):
+  """[[seconds per call, one per round]] per model (see measure_latencies)."""
   fns, inputs = [], []
   for model in models:
     shape = [batch_size] + list(model.inputs[0].shape[1:])
@@ -103,7 +112,7 @@ def measure_latencies(models, batch_size=1, repeats=20, warmup=3, calls=1,
         out = fns[i](inputs[i])
       np.asarray(out)
       times[i].append((time.perf_counter() - t0) / calls)
-  return [statistics.median(t) for t in times]
+  return times
 
 
 def _unpack(parts):
