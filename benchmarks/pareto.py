@@ -82,13 +82,18 @@ def parse_args(argv=None):
 
 def config(quick):
   if quick:
-    return dict(variants=1, digits=300, epochs=1, shrink_epochs=2, seeds=1,
-                widths=(0.25, 1.0), targets=(0.5,), batch=64, cycles=1)
+    # A smoke test that still shrinks: 210 canvases, batch 16 (14 steps an
+    # epoch), 8 shrink epochs, and a 5x faster controller (rate 0.1,
+    # patience 5) so the targets are reached in ~110 steps, not ~300.
+    return dict(variants=1, digits=300, epochs=2, shrink_epochs=8, seeds=1,
+                widths=(0.25, 1.0), targets=(0.5,), batch=16, cycles=1,
+                rate=0.1, patience=5)
   # Sized for ~30 min on 2 shared cores. Two earlier starts were stopped:
   # 3 variants x 15 epochs (~60-85 s per retrain there: too long), and
   # 2 variants x 8 epochs (the seed reached only 27% held-out accuracy).
   return dict(variants=3, digits=None, epochs=12, shrink_epochs=6, seeds=3,
-              widths=WIDTHS, targets=TARGET_WIDTHS, batch=64, cycles=2)
+              widths=WIDTHS, targets=TARGET_WIDTHS, batch=64, cycles=2,
+              rate=0.02, patience=20)
 
 
 def make_data(cfg, seed=0):
@@ -203,7 +208,9 @@ def shrink(seed_model, make_reg, target_fraction_or_cost, cfg, data, log_dir,
   reg = make_reg(model)
   target = (target_fraction_or_cost if absolute else
             target_fraction_or_cost * float(reg.get_cost()))
-  trainer = mk.add_regularizer(model, reg, target_cost=target)
+  trainer = mk.add_regularizer(model, reg, target_cost=(
+      budget.StrengthController(target, rate=cfg['rate'],
+                                patience=cfg['patience'])))
   exporter = budget.only_at_or_under(mk.StructureExporterCallback(
       reg, log_dir, 10, summary_subdir=None), target)
   shrink_fit(cfg, data)(trainer, 'shrink', [exporter])
@@ -214,6 +221,31 @@ def shrink(seed_model, make_reg, target_fraction_or_cost, cfg, data, log_dir,
     structure = {k: int(v) for k, v in mk.slim.resolve_structure(
         mk.slim.as_functional(model), reg)[0].items()}
   return structure, float(reg.get_cost()), met, target
+
+
+def match_flops(seed_model, structure, target, tol=0.02):
+  """Adds channels one at a time until FLOPs are within `tol` under target.
+
+  `expand_structure` scales every layer by one factor; with integer widths
+  over 3 layers that can land 6% under the target. Each step adds one
+  channel to the kept layer whose increase is largest without exceeding
+  the target (removed layers stay removed).
+  """
+  structure = {k: int(v) for k, v in structure.items()}
+  cost = float(mk.structure_cost(seed_model, structure))
+  while cost < (1.0 - tol / 2) * target:
+    best = None
+    for name, width in structure.items():
+      if width <= 0:
+        continue
+      trial = dict(structure, **{name: width + 1})
+      trial_cost = float(mk.structure_cost(seed_model, trial))
+      if trial_cost <= target and (best is None or trial_cost > best[0]):
+        best = (trial_cost, trial)
+    if best is None:
+      break
+    cost, structure = best
+  return structure
 
 
 def mean_ci(values):
@@ -279,7 +311,8 @@ def main(argv=None):
             m, THRESHOLD), target, cfg, data,
         os.path.join(work, 'target_%g' % w), absolute=True)
     learned_cost = float(mk.structure_cost(seed_model, learned))
-    matched = mk.expand_structure(seed_model, learned, target)
+    matched = match_flops(seed_model, mk.expand_structure(
+        seed_model, learned, target), target)
     accs, cost = retrain(seed_model, matched, data, cfg)
     add('morphnet', 'at FLOPs(w=%g)' % w, cost, accs, dict(
         learned=learned, learned_flops=learned_cost, matched=matched,
@@ -299,9 +332,10 @@ def main(argv=None):
         log_dir=os.path.join(work, 'cycles'), return_models=True)
   for record, model in zip(records, models):
     # run_cycles retrained once (seed 1); retrain again with the seeds.
-    accs, cost = retrain(model, record['expanded'], data, cfg)
+    matched = match_flops(model, record['expanded'], seed_flops)
+    accs, cost = retrain(model, matched, data, cfg)
     add('cycles', 'x%d %s' % (record['cycle'], sorted(
-        record['expanded'].items())), cost, accs, dict(
+        matched.items())), cost, accs, dict(
             exported=record['exported'],
             exported_flops_fraction=record['exported_cost'] / seed_flops,
             match_error=cost / seed_flops - 1.0))

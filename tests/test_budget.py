@@ -62,17 +62,32 @@ def _fit_to_target(digits, optimizer, log_dir, epochs=15):
   return model, reg, trainer, target, history.history
 
 
+_MOMENTUM_GAP = ('under momentum the controller is still relaxing at the '
+                 'end (cost 0.85-0.94 x T) and reviving channels pass '
+                 'through (0, 1e-2): some dead-by-threshold gammas are '
+                 '5e-4..9e-3, not 0.0')
+
+
 @pytest.mark.parametrize('optimizer', [
     lambda: keras.optimizers.SGD(0.05),
     pytest.param(lambda: keras.optimizers.Adam(1e-2), marks=pytest.mark.slow),
-    # Known gap (issue 11 stays open): under momentum the cost reaches the
-    # band, but some gammas end below the alive threshold and above the
-    # proximal threshold, so they are small, not exactly 0.0.
+    # Heavy ball: the cost reaches and holds the band and the exported
+    # structure slims under 1.05 x T, but at the end of the 15 epochs 2-4
+    # gammas under the alive threshold are not 0.0 (measured: 5e-4..9e-3).
+    # They are not stuck near 0: the cost sits at 0.85-0.94 x T, so the
+    # controller keeps lowering the strength (x0.3 over the last 5 epochs)
+    # and channels the task wants are coming back through (0, 1e-2) - one
+    # left 0 and climbs, one drifts from -3e-4 to -2e-3, one sits at the
+    # threshold. With a fixed strength the zeros are exact
+    # (test_exact_zeros_make_dead_gammas_exactly_zero).
     pytest.param(lambda: keras.optimizers.SGD(0.05, momentum=0.9),
                  marks=[pytest.mark.slow, pytest.mark.xfail(
-                     reason='exact zeros do not hold under momentum yet: '
-                     'dead gammas end at ~1e-4..3e-3, not 0.0')]),
-], ids=['sgd', 'adam', 'momentum'])
+                     strict=True, reason=_MOMENTUM_GAP)]),
+    pytest.param(lambda: keras.optimizers.SGD(0.05, momentum=0.9,
+                                              nesterov=True),
+                 marks=[pytest.mark.slow, pytest.mark.xfail(
+                     strict=True, reason=_MOMENTUM_GAP)]),
+], ids=['sgd', 'adam', 'momentum', 'nesterov'])
 def test_target_cost_is_reached_and_held(digits, optimizer, tmp_path):
   """The issue's acceptance: 15 epochs end within [0.85, 1.05] x target."""
   model, reg, _, target, logs = _fit_to_target(digits, optimizer(),
@@ -136,12 +151,24 @@ def test_controller_never_drives_strength_negative_or_zero():
   assert float(strength.numpy()) == pytest.approx(1e-5, rel=1e-3)
 
 
-def test_exact_zeros_under_sgd_make_dead_gammas_exactly_zero(digits):
+@pytest.mark.parametrize('optimizer,scale', [
+    (lambda: keras.optimizers.SGD(0.05), 20.0),
+    # Momentum 0.9 steps 10x further per gradient (lr / (1 - m)): the same
+    # product strength x effective step as SGD(0.05) at 20 / seed FLOPs.
+    # With the decoupled step lr x strength (no momentum gain) this kills
+    # no channel in 3 epochs (measured: cost stays 1.0 x seed).
+    (lambda: keras.optimizers.SGD(0.05, momentum=0.9), 2.0),
+    (lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), 2.0),
+], ids=['sgd', 'momentum', 'nesterov'])
+def test_exact_zeros_make_dead_gammas_exactly_zero(digits, optimizer, scale):
+  """With a fixed strength (nothing relaxes it), under plain SGD and under
+  heavy-ball momentum, the penalty kills channels and every gamma under the
+  alive threshold is 0.0."""
   model = build_model()
   reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
-  trainer = mk.add_regularizer(model, reg, strength=20.0 / SEED_FLOPS,
+  trainer = mk.add_regularizer(model, reg, strength=scale / SEED_FLOPS,
                                exact_zeros=True, monitor=False)
-  _compile(trainer, keras.optimizers.SGD(0.05))
+  _compile(trainer, optimizer())
   trainer.fit(digits[0][:512], digits[1][:512], batch_size=32, epochs=3,
               verbose=0)
   gammas = np.concatenate([model.get_layer(n).gamma.numpy()

@@ -3,37 +3,28 @@
 Three pieces, wired in by `add_regularizer(model, reg, target_cost=T)` (or
 `exact_zeros=True`); each is usable on its own in a custom training loop.
 
-* `StrengthController` adapts the strength. After every optimizer step it
-  reads the cost c and moves log(strength) by `rate * clip(c / T - 1, -1,
-  1)`: up while c > T, down while c < T. So the strength changes by at most
-  a factor exp(rate) per step (default rate 0.02: x10 in ~115 steps at full
-  error); once the cost has first reached T the rate drops to
-  `rate * hold_factor` (default 1/4), so the approach is fast and the hold
-  gentle. Going down is `down_factor` (default 2) times faster than going up,
-  so an undershoot is cut short. The strength is multiplied, never
-  incremented, and clipped to [min, max] (by default 1e-3 and 1e6 times the
-  initial strength): it is never negative nor zero.
-  What it guarantees: the strength grows without bound (up to the clip) while
-  the cost stays above T, so a cost that can reach T does; after that the
-  cost oscillates around T with an amplitude set by how many channels one
-  step of the hold rate kills or revives (a few percent of T on the tests'
-  networks). It does not guarantee that every step is at or under T: export
-  with `StructureExporterCallback.max_cost = T` (see `only_at_or_under`) to
-  keep only structures that are.
-* `ProximalStep` makes dead channels exactly zero under any optimizer. The
-  term is taken out of the optimizer's gradient (the loss value still
-  includes it) and applied after each update as a proximal step of size
-  eta * strength, eta the optimizer's current learning rate: per channel,
-  source <- source * max(0, 1 - eta * strength * w_c / r_c), with r_c the
-  channel's regularization (|gamma|, or the RMS norm of a filter) and w_c
-  its weight in the term (d term / d r_c). For BatchNorm gammas this is the
-  soft threshold sign(g) max(|g| - eta strength w, 0): under plain SGD the
-  update is ISTA (the exact proximal gradient method); under momentum and
-  Adam it is decoupled, like AdamW's weight decay. A dead channel stays at
-  exactly 0 until the task gradient outweighs the penalty, so alive counts
-  no longer depend on how much the sources oscillate. Supported sources:
-  BatchNorm gammas (Gamma regularizers) and group lasso with l1_fraction=0;
-  LogisticSigmoid gates have no zero to snap to.
+* `StrengthController` adapts the strength multiplicatively (never
+  negative nor zero): it raises it only while the cost is above T and has
+  made no new low for `patience` steps, holds it while the cost is still
+  falling, and lowers it while the cost is under T; see its docstring for
+  the rates and what it guarantees. It does not guarantee that every step
+  is at or under T: export with `StructureExporterCallback.max_cost = T`
+  (see `only_at_or_under`) to keep only structures that are.
+* `ProximalStep` makes dead channels exactly zero. The term is taken out of
+  the optimizer's gradient (the loss value still includes it) and applied
+  after each update as a proximal step of size eta * strength, eta the
+  optimizer's current learning rate: per channel, source <- source *
+  max(0, 1 - eta * strength * w_c / r_c), with r_c the channel's
+  regularization (|gamma|, or the RMS norm of a filter) and w_c its weight
+  in the term (d term / d r_c). For BatchNorm gammas this is the soft
+  threshold sign(g) max(|g| - eta strength w, 0): under plain SGD the
+  update is ISTA (the exact proximal gradient method); under heavy-ball
+  momentum eta is the optimizer's effective step lr (1 - m^t) / (1 - m);
+  under Adam it is decoupled, like AdamW's weight decay. A dead channel
+  stays at exactly 0 until the task gradient outweighs the penalty, so
+  alive counts no longer depend on how much the sources oscillate.
+  Supported sources: BatchNorm gammas (Gamma regularizers) and group lasso
+  with l1_fraction=0; LogisticSigmoid gates have no zero to snap to.
 * `BudgetMonitor` (a callback, added by `RegularizedModel.fit`) warns, once
   per kind, when sources hover within a factor 2 of the alive threshold,
   when strength x term dominates the task loss, or when the cost has not
@@ -261,10 +252,32 @@ class ProximalStep:
     self._weights = [tf.Variable(w, trainable=False, name='morph_net_w_%d' % i)
                      for i, w in enumerate(initial)]
 
-  def apply(self, step):
-    """Shrinks the sources by `step` (= learning rate x strength)."""
+  def apply(self, step, optimizer=None):
+    """Shrinks the sources by `step` (= learning rate x strength).
+
+    With a Keras optimizer that keeps a heavy-ball velocity v <- m v - lr g
+    (SGD with momentum or Nesterov, RMSprop with momentum), the step is
+    `step x (1 - m^t) / (1 - m)`, t the optimizer's iterations: the
+    displacement the velocity gives a unit gradient held for t updates
+    (1 / (1 - m) in steady state), i.e. the penalty gets the momentum the
+    task gradient gets. The velocity holds only task gradients (the term is
+    not in the loss's gradient), so:
+
+    * a channel at rest away from 0 satisfies mean task gradient =
+      -strength x w_c, the optimality condition of task + strength x term;
+    * a channel at 0 stays there exactly while |v| <= the step, i.e. while
+      the velocity's average of the task gradient is <= strength x w_c:
+      ISTA's condition, on the averaged gradient instead of one batch's.
+
+    With `step` alone (the decoupled step of plain SGD), alive channels get
+    (1 - m) x the penalty and a dead one leaves 0 as soon as its averaged
+    gradient exceeds (1 - m) x strength x w_c: at m = 0.9 dead gammas sat
+    at 1e-4..3e-3 instead of 0. Zeroing the velocity of zeroed entries was
+    tried and measured worse: each restart from rest follows one batch's
+    gradient, so noisy batches keep pushing dead channels off 0.
+    """
     self.build()
-    step = tf.cast(step, tf.float32)
+    step = tf.cast(step, tf.float32) * _momentum_gain(optimizer)
     ops = []
     for p, cache, w, kind, axis in zip(self.variables, self._weights,
                                        self._term_weights(), self._kinds,
@@ -280,6 +293,32 @@ class ProximalStep:
         scale = _broadcast(scale, value, axis)
       ops.append(p.assign(tf.cast(value * scale, p.dtype)))
     return tf.group(*ops)
+
+
+def _momentum_gain(optimizer):
+  """(1 - m^t) / (1 - m) for a heavy-ball optimizer at iteration t, else 1."""
+  momentum = _momentum_of(optimizer)
+  if not momentum:
+    return tf.constant(1.0)
+  inner = getattr(optimizer, 'inner_optimizer', optimizer)
+  t = tf.cast(inner.iterations, tf.float32)
+  return (1.0 - tf.pow(momentum, tf.maximum(t, 1.0))) / (1.0 - momentum)
+
+
+def _momentum_of(optimizer):
+  """The momentum m of a heavy-ball Keras optimizer (SGD, RMSprop), else 0.
+
+  Adam-family first moments are averages of gradients, not displacements,
+  and Adam's step is bounded by ~ learning rate whatever the gradient's
+  size: the decoupled step (gain 1, like AdamW's weight decay) returns a
+  gamma to 0 once strength x w_c >= ~1, which the controller reaches.
+  """
+  inner = getattr(optimizer, 'inner_optimizer', optimizer)  # loss scaling
+  if inner is None or not any(k.__name__ in ('SGD', 'RMSprop')
+                              for k in type(inner).__mro__):
+    return 0.0
+  momentum = float(getattr(inner, 'momentum', 0.0) or 0.0)
+  return momentum if 0.0 < momentum < 1.0 else 0.0
 
 
 def only_at_or_under(callback, max_cost):
@@ -305,11 +344,11 @@ class BudgetStep:
     if self.controller is not None:
       self.controller.build(float(strength.numpy()))
 
-  def after_update(self, strength, learning_rate):
+  def after_update(self, strength, learning_rate, optimizer=None):
     """Proximal step, then strength update from the new cost."""
     if self.proximal is not None:
       self.proximal.apply(tf.cast(learning_rate, tf.float32) *
-                          tf.cast(strength, tf.float32))
+                          tf.cast(strength, tf.float32), optimizer)
     if self.controller is not None:
       self.controller.update(strength, self.regularizer.get_cost())
 

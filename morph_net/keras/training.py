@@ -226,7 +226,8 @@ class RegularizedModel(keras.Model):
     if self._budget_step is None:
       return logs
     self._budget_step.after_update(self._strength,
-                                   self.optimizer.learning_rate)
+                                   self.optimizer.learning_rate,
+                                   self.optimizer)
     logs = dict(logs)
     logs['strength'] = tf.identity(self._strength)
     if self._budget_step.controller is not None:  # the cost after the step
