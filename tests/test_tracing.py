@@ -86,3 +86,29 @@ def test_gather_of_channels_with_unknown_indices_is_an_error():
 
   with pytest.raises(framework.UnsupportedOpError, match='not a constant'):
     framework.OpRegularizerManager(net.get_concrete_function())
+
+
+def test_batch_one_trace_of_one_by_one_residuals_counts_every_block():
+  """At batch 1 and 1x1 resolution Keras traces a residual add of two
+  [1, 1, 1, C] activations as BiasAdd(x, Squeeze(y)), and an activation has
+  the shape of a reshaped parameter: the branch must still be walked
+  (ConvNeXt's last stage at 32 px lost 16% of its FLOPs before)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from morph_net import framework  # pylint: disable=g-import-not-at-top
+  from morph_net.framework import graph_view  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import cost_model  # pylint: disable=g-import-not-at-top
+  x = keras.Input((4, 4, 3))
+  h = keras.layers.Conv2D(8, 4, name='stem')(x)  # -> 1x1
+  for i in range(2):
+    branch = keras.layers.Dense(16, activation='relu', name='up%d' % i)(h)
+    branch = keras.layers.Dense(8, name='down%d' % i)(branch)
+    h = keras.layers.Add()([h, branch])
+  model = keras.Model(x, keras.layers.Dense(3, name='logits')(
+      keras.layers.Flatten()(h)))
+  view = graph_view.GraphView.from_model(model)
+  costs = []
+  for v in (view, view.at_batch_one()):
+    costs.append(cost_model.CostModel(framework.OpRegularizerManager(v),
+                                      'flops').full_cost())
+  expected = 2 * (4 * 4 * 3 * 8 + 2 * (8 * 16 + 16 * 8) + 8 * 3)
+  assert costs == [expected, expected]

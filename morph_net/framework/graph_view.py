@@ -26,6 +26,10 @@ _FORWARDING_OPS = frozenset(['Identity', 'Cast', 'ReadVariableOp', 'Enter',
                              'Reshape', 'Squeeze'])
 
 
+_INPUT_OP_TYPES = ('Placeholder', 'PlaceholderWithDefault')
+_SHAPE_ONLY_OPS = ('Shape', 'ShapeN', 'Size', 'Rank')
+
+
 class GraphView:
   """Read-only questions about the ops between an output and input boundary.
 
@@ -52,6 +56,7 @@ class GraphView:
     self._body_args = {}
     self._bodies = set()  # ids of the body graphs in _body_args
     self.at_batch_one = None  # see from_model
+    self._data_memo = {}  # (id(graph), op name) -> depends on the data
 
   # ---------------------------------------------------------------- builders
   @classmethod
@@ -222,6 +227,47 @@ class GraphView:
         tensor = self._body_args[(id(op.graph), op.name)]
       else:
         return tensor
+
+  def depends_on_input(self, tensor):
+    """True if `tensor`'s value varies with the data fed to the network.
+
+    A parameter ([1, 1, 1, C] LayerScale, a reshaped BatchNorm statistic)
+    and an activation at batch 1 and 1x1 resolution can have the same
+    static shape; this tells them apart by where the value comes from: a
+    data placeholder (not a captured variable) or an input-boundary op,
+    through anything but shape-only ops (Shape, Size, Rank).
+    """
+    memo = self._data_memo
+    key = lambda op: (id(op.graph), op.name)
+    visiting = set()
+    stack = [tensor.op]
+    while stack:
+      op = stack[-1]
+      k = key(op)
+      if k in memo:
+        stack.pop()
+        continue
+      if k in self._body_args:
+        parents = [self._body_args[k].op]
+      elif op.name in self.input_ops or (
+          op.type in _INPUT_OP_TYPES and op.name not in self._captures):
+        memo[k] = True
+        stack.pop()
+        continue
+      elif op.type in _SHAPE_ONLY_OPS:
+        parents = []
+      else:
+        parents = [t.op for t in op.inputs]
+      pending = [p for p in parents
+                 if key(p) not in memo and key(p) not in visiting]
+      if pending:
+        visiting.add(k)
+        stack.extend(pending)
+        continue
+      memo[k] = any(memo.get(key(p), False) for p in parents)
+      visiting.discard(k)
+      stack.pop()
+    return memo[key(tensor.op)]
 
   # -------------------------------------------------------- function calls
   def resolve(self, op):

@@ -26,6 +26,25 @@ class GroupingOpHandler(op_handler.OpHandler):
     ctx.tie(op.outputs[0], op.inputs[0])
 
 
+class BiasAddOpHandler(GroupingOpHandler):
+  """BiasAdd: output = input 0's channels; the bias is a parameter unless
+  it depends on the data. Keras traces `x + y` of two [1, 1, 1, C]
+  activations (batch 1, 1x1 resolution) as BiasAdd(x, Squeeze(y)): then
+  y is a residual branch, walked and tied."""
+
+  def data_inputs(self, op, view):
+    inputs = super().data_inputs(op, view)
+    if (inputs and len(op.inputs) > 1 and op_handler.is_float(op.inputs[1])
+        and view.depends_on_input(op.inputs[1])):
+      inputs.append(1)
+    return inputs
+
+  def analyze(self, op, ctx):
+    ctx.tie(op.outputs[0], op.inputs[0])
+    if 1 in ctx.data_inputs(op, self):
+      ctx.tie(op.outputs[0], op.inputs[1])
+
+
 class IdentityNOpHandler(op_handler.OpHandler):
   """IdentityN (e.g. a custom-gradient swish): output i is input i."""
 
@@ -46,12 +65,12 @@ class ElementwiseOpHandler(op_handler.OpHandler):
   """
 
   def data_inputs(self, op, view):
-    del view
     out = op.outputs[0]
     out_rank = op_handler.rank(out)
     return [i for i, t in enumerate(op.inputs)
             if op_handler.is_float(t) and out_rank is not None
-            and op_handler.rank(t) == out_rank and not _is_parameter(t, out)]
+            and op_handler.rank(t) == out_rank
+            and not _is_parameter(t, out, view)]
 
   handles_channel_axes = True
 
@@ -83,15 +102,19 @@ class ElementwiseOpHandler(op_handler.OpHandler):
         ctx.tie_axes(out, list(out_axes), t, list(t_axes))
 
 
-def _is_parameter(tensor, out):
+def _is_parameter(tensor, out, view):
   """A [1, ..., 1, C] operand of a batched output: a reshaped parameter.
 
   Keras reshapes BatchNorm statistics to [1, 1, 1, C] when the axis is
   explicit. An activation has the output's batch dim (unknown in traced
   models), so a static batch of 1 against a larger/unknown one is a weight.
+  At a batch of 1 both have batch 1: then a parameter is what does not
+  depend on the data (`view.depends_on_input`).
   """
   t_batch = tensor.shape[0] if tensor.shape.rank else None
   o_batch = out.shape[0] if out.shape.rank else None
+  if t_batch == 1 and o_batch == 1:
+    return not view.depends_on_input(tensor)
   return t_batch == 1 and o_batch != 1
 
 

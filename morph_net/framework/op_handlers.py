@@ -28,13 +28,14 @@ _FAMILIES = (
         'Relu', 'Relu6', 'Elu', 'Selu', 'LeakyRelu', 'Sigmoid', 'Tanh',
         'Softplus', 'Softsign', 'Softmax', 'LogSoftmax', 'Identity',
         'Snapshot', 'StopGradient', 'PreventGradient', 'EnsureShape',
-        'CheckNumerics', 'Cast', 'BiasAdd', 'MaxPool', 'AvgPool',
+        'CheckNumerics', 'Cast', 'MaxPool', 'AvgPool',
         'MaxPool3D', 'AvgPool3D', 'Neg', 'Abs', 'Square', 'Sqrt', 'Rsqrt',
         'Exp', 'Expm1', 'Log', 'Log1p', 'Erf', 'Erfc', 'Reciprocal',
         'ClipByValue', 'Round', 'Floor', 'Ceil', 'Sign', 'ResizeBilinear',
         'ResizeNearestNeighbor', 'ResizeBicubic', 'ResizeArea',
         # Around a dilated conv (patterns.SpaceToBatch gives its positions).
         'SpaceToBatchND', 'BatchToSpaceND')),
+    (grouping.BiasAddOpHandler(), ('BiasAdd',)),
     (grouping.IdentityNOpHandler(), ('IdentityN',)),
     (grouping.ElementwiseOpHandler(), (
         'Add', 'AddV2', 'Sub', 'Mul', 'Maximum', 'Minimum', 'RealDiv', 'Div',

@@ -97,6 +97,13 @@ def is_channel_vector(tensor, channels=None):
   return all(d == 1 for d in dims[:-1])
 
 
+def is_parameter_vector(tensor, view, channels=None):
+  """A channel vector (by shape) that does not depend on the data: at a
+  batch of 1 and 1x1 resolution an activation has the same shape."""
+  return (is_channel_vector(tensor, channels)
+          and not view.depends_on_input(tensor))
+
+
 def _batch_norm_fused(op, view):
   """FusedBatchNorm*: gamma is input 1."""
   del view
@@ -118,11 +125,12 @@ def _batch_norm_unfused(op, view):
   if len(op.inputs) != 2:
     return None
   out = op.outputs[0]
-  if not op_handler.rank(out) or is_channel_vector(out):
+  if not op_handler.rank(out) or is_parameter_vector(out, view):
     return None
   for i in (0, 1):
     scale, other = op.inputs[i], op.inputs[1 - i]
-    if not is_channel_vector(scale) or other.shape.rank != out.shape.rank:
+    if (not is_parameter_vector(scale, view)
+        or other.shape.rank != out.shape.rank):
       continue
     scale_op = _see_through(scale).op
     if scale_op.type != 'Mul':
@@ -177,7 +185,7 @@ def _gate(op, view):
     act, mask = op.inputs[i], op.inputs[1 - i]
     if (op_handler.rank(act) != rank or view.channels(act) != channels
         or not is_channel_vector(mask, channels)
-        or is_channel_vector(act, channels)):
+        or is_parameter_vector(act, view, channels)):
       continue
     logits = _find_logits(mask, view, channels)
     if logits is not None:
