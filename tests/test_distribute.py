@@ -337,15 +337,6 @@ def test_custom_loop_with_two_mirrored_replicas_matches_one_device(runs):
                        mirrored['loop_1']['weights'], 'fit vs custom loop')
 
 
-_BUDGET_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    'budget.ProximalStep.build runs in the cross-replica context, where '
-    'tape.watch(MirroredVariable) raises ("DistributedVariable.handle is not '
-    'available outside the replica context"); add_regularizer fails under '
-    'MirroredStrategy with target_cost or exact_zeros. Fix in budget.py '
-    '(NOTE_from_scale_helper.md); remove this mark then.'))
-
-
-@_BUDGET_XFAIL
 @pytest.mark.parametrize('mode', ['target', 'exact_zeros'])
 def test_budget_trajectory_with_two_mirrored_replicas_matches_one_device(
     runs, mode):

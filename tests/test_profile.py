@@ -188,11 +188,6 @@ def test_fit_recovers_a_separate_depthwise_rate():
   assert one_rate.depthwise_compute is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'latency_regularizer (lead) still builds LatencyCalculator(manager, '
-    'peak, bandwidth, batch): op_overhead and depthwise_compute are ignored '
-    'until its factory calls LatencyCalculator.from_spec(manager, spec, '
-    'batch_size). Remove this mark then.'))
 def test_latency_regularizer_prices_the_whole_spec():
   model = _two_convs()
   spec = hardware.HardwareSpec('hand', 1.0, 1.0, op_overhead=1000.0)

@@ -39,6 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from morph_net.keras import _distribute
 from morph_net.op_regularizers import gamma_l1_regularizer
 from morph_net.op_regularizers import group_lasso_regularizer
 
@@ -248,7 +249,7 @@ class ProximalStep:
     """Creates the weight cache (eagerly, once)."""
     if self._weights is not None:
       return
-    initial = self._term_weights()
+    initial = _distribute.in_replica_context(self._term_weights)
     self._weights = [tf.Variable(w, trainable=False, name='morph_net_w_%d' % i)
                      for i, w in enumerate(initial)]
 
@@ -493,3 +494,4 @@ class BudgetMonitor(keras.callbacks.Callback):
     else:
       self._flips = np.zeros(len(alive), np.int64)
     self._last_alive = alive
+

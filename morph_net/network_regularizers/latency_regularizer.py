@@ -24,8 +24,8 @@ class _LatencyRegularizer(gnr.NetworkRegularizer):
                        % (batch_size,))
 
     def factory(manager):
-      return latency_calculator.LatencyCalculator(
-          manager, spec.peak_compute, spec.memory_bandwidth, int(batch_size))
+      return latency_calculator.LatencyCalculator.from_spec(
+          manager, spec, int(batch_size))
 
     super().__init__(output_boundary, family, None, name,
                      '%s Latency' % spec.name, calculator_factory=factory,
