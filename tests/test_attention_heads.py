@@ -11,9 +11,12 @@ import pytest
 import tensorflow as tf
 
 from morph_net import framework
+import morph_net.keras as mk
 from morph_net.framework import errors
 from morph_net.network_regularizers import cost_model
 from morph_net.network_regularizers import families
+from morph_net.network_regularizers import flop_regularizer
+from morph_net.tools import structure_exporter
 
 T, C = 6, 16
 
@@ -207,9 +210,6 @@ def test_vit_trained_with_group_lasso_loses_whole_heads():
   with no head (a custom layer keeps its sublayers), and the strength here
   leaves some in each block.
   """
-  from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
-  from morph_net.tools import structure_exporter  # pylint: disable=g-import-not-at-top
-  import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
   keras.utils.set_random_seed(0)
   x, y = _digits()
   model = _vit_classifier()

@@ -7,6 +7,8 @@ import pytest
 import tensorflow as tf
 
 from morph_net import framework
+from morph_net.framework import graph_view
+from morph_net.network_regularizers import cost_model
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.tools import analyze
 
@@ -93,10 +95,6 @@ def test_batch_one_trace_of_one_by_one_residuals_counts_every_block():
   [1, 1, 1, C] activations as BiasAdd(x, Squeeze(y)), and an activation has
   the shape of a reshaped parameter: the branch must still be walked
   (ConvNeXt's last stage at 32 px lost 16% of its FLOPs before)."""
-  import keras  # pylint: disable=g-import-not-at-top
-  from morph_net import framework  # pylint: disable=g-import-not-at-top
-  from morph_net.framework import graph_view  # pylint: disable=g-import-not-at-top
-  from morph_net.network_regularizers import cost_model  # pylint: disable=g-import-not-at-top
   x = keras.Input((4, 4, 3))
   h = keras.layers.Conv2D(8, 4, name='stem')(x)  # -> 1x1
   for i in range(2):
