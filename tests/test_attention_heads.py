@@ -249,3 +249,27 @@ def test_vit_trained_with_group_lasso_loses_whole_heads():
   first = slim.evaluate(x[:1400], y[:1400], verbose=0)
   slim.fit(x[:1400], y[:1400], batch_size=32, epochs=3, verbose=0)
   assert slim.evaluate(x[:1400], y[:1400], verbose=0) < 0.5 * first
+
+
+def test_a_kernel_that_keras_transposes_for_its_matmul_is_a_weight():
+  """Keras lowers EinsumDense 'btd,ndh->btnh' (Gemma's projections, kernel
+  [heads, C, head_dim]) to a matmul with the kernel transposed and
+  reshaped. It is a weight (counted in the model size), and group lasso
+  reads channel (n, j) from kernel[n, :, j]."""
+  inputs = keras.Input((8, 16))
+  proj = keras.layers.EinsumDense('btd,ndh->btnh', output_shape=(8, 4, 4),
+                                  name='proj')
+  x = keras.layers.Reshape((8, 16))(proj(inputs))
+  model = keras.Model(inputs, keras.layers.Dense(2, name='out')(x))
+  kernel = np.random.default_rng(0).normal(size=(4, 16, 4)).astype('float32')
+  kernel[1] = 0.0  # head 1
+  kernel[0, :, 3] = 0.0  # dim 3 of head 0
+  proj.kernel.assign(kernel)
+  manager = _manager(model)
+  assert 'Transpose' in {op.type for op in manager.view.graph.get_operations()}
+  assert cost_model.CostModel(manager, 'model_size').full_cost() == (
+      16 * 16 + 16 * 2)
+  reg = flop_regularizer.GroupLassoFlopsRegularizer(model, threshold=1e-3)
+  alive = structure_exporter.StructureExporter(
+      reg.op_regularizer_manager).get_alive_counts()
+  assert alive['proj'] == 16 - 4 - 1

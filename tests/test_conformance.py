@@ -278,6 +278,57 @@ def _split_v(a, n):
   return tf.split(a, [3, 5], axis=-1, name=n)
 
 
+def _rotate_half(p):
+  """Rotary embeddings' rotate-half: split the channels, stack the halves
+  swapped on a new channel axis, reshape back: channel j is (j + 4) % 8."""
+  left, right = tf.split(p, 2, axis=-1)
+  stacked = tf.stack([right, left], axis=-2)
+  return tf.reshape(stacked, tf.concat([tf.shape(p)[:-1], [8]], 0),
+                    name='op')
+
+
+def _shared_conv():
+  """One 1x1 kernel applied twice (a layer called twice): FLOPs at each
+  call, the weights once; both uses' inputs and outputs tied."""
+  weights = []
+
+  def body(p):
+    if not weights:
+      weights.append(_weight([1, 1, 8, 8], 6))
+    w = weights[0]
+    y = tf.nn.convolution(tf.nn.relu(_conv(p, w, 'op')), w, name='again')
+    if tf.executing_eagerly():  # the second use: FLOPs, no new weights
+      _COUNT['flops'] += 2 * 16 * 64
+    return y
+
+  return body
+
+
+def _head_dims_slice(p):
+  """A [.., 8] tensor split into 2 heads of 4, then the last 2 dims of
+  every head (a partial rotary embedding's pass-through half)."""
+  heads = tf.reshape(p, tf.concat([tf.shape(p)[:-1], [2, 4]], 0))
+  kept = tf.identity(heads[..., 2:], name='op')
+  return tf.reshape(kept, tf.concat([tf.shape(p)[:-1], [4]], 0))
+
+
+def _heads(p):
+  """[B, H, W, 8] -> [B, H, W, 2 heads, 4]: channels on axes (-2, -1)."""
+  return tf.reshape(p, tf.concat([tf.shape(p)[:-1], [2, 4]], 0))
+
+
+def _gather_head_dims(p):
+  """Dims 3 and 0 of every head: a gather along a channel axis of two."""
+  picked = tf.gather(_heads(p), [3, 0], axis=-1, name='op')
+  return tf.reshape(picked, tf.concat([tf.shape(p)[:-1], [4]], 0))
+
+
+def _gather_tokens_of_heads(p):
+  """Rows 2, 0, 1 of a headed tensor: the heads' channels pass through."""
+  picked = tf.gather(_heads(p), [2, 0, 1], axis=1, name='op')
+  return tf.reshape(picked, tf.concat([tf.shape(picked)[:-2], [8]], 0))
+
+
 def _csp(split):
   """A CSP block: split the channels, convolve one part, concat back."""
   weights = []  # created on the first (eager) call only
@@ -409,6 +460,13 @@ ROWS = (
         Row('GatherV2-channels', ('GatherV2',),
             _raw(lambda p: tf.gather(p, [1, 3, 5], axis=3, name='op')),
             ties=(('op', 'pre', np.array([1, 3, 5])),)),
+        Row('GatherV2-head-dims', ('GatherV2', 'Reshape'),
+            _raw(_gather_head_dims),
+            ties=(('op', 'pre', np.arange(8).reshape(2, 4)[:, [3, 0]].ravel()),
+                  )),
+        Row('GatherV2-tokens-of-heads', ('GatherV2', 'Reshape'),
+            _raw(_gather_tokens_of_heads),
+            ties=(('op', 'pre', None),)),
         Row('GatherV2-Embedding', ('GatherV2',), _keras(_keras_embedding)),
         Row('ResourceGather', ('ResourceGather',), _resource_gather),
         Row('Mean-over-channels', ('Mean',),
@@ -431,6 +489,34 @@ ROWS = (
         Row('Split-spatial', ('Split',),
             _raw(lambda p: tf.concat(tf.split(p, 2, axis=1, name='op'), 1)),
             ties=(('op#0', 'pre', None), ('op#1', 'pre', None))),
+        Row('Pack-tokens', ('Pack',),
+            _raw(lambda a, b: tf.stack([a, b], axis=1, name='op'),
+                 pre_channels=(8, 8)),
+            ties=(('op', 'pre', None), ('op', 'pre2', None))),
+        Row('Pack-channels', ('Pack', 'Split'), _raw(_rotate_half),
+            ties=(('op', 'pre', (np.arange(8) + 4) % 8),)),
+        Row('Unpack', ('Unpack', 'Pack'),
+            _raw(lambda p: tf.stack(tf.unstack(p, axis=1, name='op')[::-1],
+                                    axis=1)),
+            ties=(('op#0', 'pre', None), ('op#3', 'pre', None))),
+        Row('Roll-space', ('Roll',),
+            _raw(lambda p: tf.roll(p, shift=1, axis=1, name='op')),
+            ties=(('op', 'pre', None),)),
+        Row('Roll-channels', ('Roll',),
+            _raw(lambda p: tf.roll(p, shift=2, axis=-1, name='op')),
+            ties=(('op', 'pre', np.roll(np.arange(8), 2)),)),
+        Row('Conv2D-shared-weight', ('Conv2D',), _raw(_shared_conv()),
+            ties=(('op', 'again', None), ('op', 'pre', None))),
+        Row('StridedSlice-channels', ('StridedSlice',),
+            _raw(lambda p: tf.identity(p[..., 1::3], name='op')),
+            ties=(('op', 'pre', np.array([1, 4, 7])),)),
+        Row('StridedSlice-class-token', ('StridedSlice',),
+            _raw(lambda p: p[:, 0], in_shape=(4, 8)),
+            ties=(('StridedSlice:', 'pre', None),)),
+        Row('StridedSlice-head-dims', ('StridedSlice', 'Reshape'),
+            _raw(_head_dims_slice),
+            ties=(('op', 'pre', (np.arange(8).reshape(2, 4)[:, 2:]).ravel()),
+                  )),
         Row('SpaceToDepth', ('SpaceToDepth',),
             _raw(lambda p: tf.nn.space_to_depth(p, 2, name='op')),
             apart=(('op', 'pre'),)),
@@ -569,6 +655,24 @@ def test_einsum_with_per_position_weights_names_equation_and_the_rule():
   message = str(e.value)
   assert 'Einsum' in message and 'btc,tcd->btd' in message
   assert 'Supported' in message and "'op/Einsum'" in message
+
+
+def test_a_weight_read_transposed_by_a_second_op_is_an_error():
+  """x @ w and h @ w^T read one weight with its axes swapped: their
+  channels cannot be tied use to use, so the analysis names both ops."""
+  w = _weight([8, 4])
+  w0 = _weight([6, 8], 1)
+
+  def body(x):
+    h = tf.nn.relu(tf.matmul(tf.matmul(x, w0), w, name='op'))
+    return tf.matmul(h, w, transpose_b=True, name='again')
+
+  with pytest.raises(errors.UnsupportedOpError) as e:
+    orm.OpRegularizerManager(tf.function(body).get_concrete_function(
+        tf.TensorSpec([None, 6], tf.float32)))
+  message = str(e.value)
+  assert "'op'" in message and "'again'" in message
+  assert 'own weight' in message
 
 
 def test_batch_matmul_with_adjoint_activation_and_weight_is_an_error():

@@ -56,6 +56,11 @@ def _xfail(reason):
 @pytest.mark.parametrize('name', [
     'vit', 'bert', 'gpt2', 'cspdarknet', 'deeplabv3', 'mobilenetv3',
     'mit',
+    # The wider sweep's representatives: rotary embeddings and grouped-query
+    # attention (llama), one block shared by every layer (albert), shifted
+    # windows folded into the batch (swin), a learned pooling probe tiled
+    # to the batch (siglip), register tokens and LayerScale (dinov2).
+    'llama', 'albert', 'swin', 'siglip', 'dinov2',
 ])
 def test_full_width_costs_match_a_forward_pass(name):
   model, data, signature = zoo.BUILDERS[name]()
@@ -69,13 +74,26 @@ def test_full_width_costs_match_a_forward_pass(name):
 def test_attention_matmuls_are_part_of_the_vit_count():
   """The weight-free QK^T and AV matmuls are in analyze's FLOPs."""
   model, data, _ = zoo.vit()
-  _, _, calls = zoo.independent_counts(model, data)
-  attention = sum(zoo._layer_cost(*c)[0] for c in calls  # pylint: disable=protected-access
-                  if type(c[0]).__name__ == 'MultiHeadAttention')
+  flops, _, recorder = zoo.independent_counts(model, data)
+  attention = sum(f for _, f in recorder.products)
   # 2 blocks x 2 matmuls x 2*T*S*H*d, T = S = 16 patches + class token.
   assert attention == 2 * 2 * 2 * 17 * 17 * 2 * 8
-  assert analyze_lib.analyze(model).flops == pytest.approx(
-      zoo.independent_counts(model, data)[0], rel=TOL)
+  assert analyze_lib.analyze(model).flops == pytest.approx(flops, rel=TOL)
+
+
+def test_a_shared_block_counts_flops_per_call_and_weights_once():
+  """ALBERT runs one transformer block num_layers times."""
+  reports = [analyze_lib.analyze(zoo.text(
+      'albert.albert_backbone.AlbertBackbone', num_heads=2, embedding_dim=8,
+      max_sequence_length=16, num_layers=n, hidden_dim=16,
+      intermediate_dim=32)[0]) for n in (1, 3)]
+  assert reports[1].weights == reports[0].weights
+  # Outside the block: the embedding projection (8 tokens x 8 -> 16) and
+  # the pooler (the first token, 16 -> 16).
+  outside = 2 * 8 * 8 * 16 + 2 * 16 * 16
+  per_block = reports[0].flops - outside
+  assert per_block > 0
+  assert reports[1].flops == outside + 3 * per_block
 
 
 def test_dict_input_backbone_analyzes_with_its_input_structure():
@@ -104,6 +122,8 @@ def test_mit_analyzes_exactly_at_batch_one():
     'cspdarknet',
     'deeplabv3',
     'mobilenetv3',
+    'albert',  # one shared block: its widths are set once
+    'densenet',
     pytest.param('mit', marks=_xfail(_MIT_ATTENTION)),
 ])
 def test_halved_structure_slims_to_its_cost(name):

@@ -110,3 +110,34 @@ def test_batch_one_trace_of_one_by_one_residuals_counts_every_block():
                                       'flops').full_cost())
   expected = 2 * (4 * 4 * 3 * 8 + 2 * (8 * 16 + 16 * 8) + 8 * 3)
   assert costs == [expected, expected]
+
+
+class _RowWindowAttention(keras.layers.Layer):
+  """Self-attention within windows (here: the rows of a 4x4 map) that are
+  folded into the batch axis, as Swin and ViTDet do."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.query = keras.layers.Dense(8, use_bias=False)
+
+  def call(self, x):
+    windows = keras.ops.reshape(x, (-1, 4, 8))  # [B * 4 rows, 4, C]
+    q = self.query(windows)
+    scores = keras.ops.softmax(keras.ops.einsum('bqc,bkc->bqk', q, windows))
+    out = keras.ops.einsum('bqk,bkc->bqc', scores, windows)
+    return keras.ops.reshape(out, (-1, 4, 4, 8))
+
+
+def test_windows_folded_into_the_batch_count_per_example():
+  """The reshape into the batch axis makes the tracer analyze one example,
+  so the attention of all 4 windows counts (not one window's)."""
+  inputs = keras.Input((4, 4, 3))
+  x = keras.layers.Conv2D(8, 1, use_bias=False)(inputs)
+  x = _RowWindowAttention()(x)
+  model = keras.Model(inputs, keras.layers.Conv2D(2, 1, use_bias=False)(x))
+  conv = 2 * 16 * 3 * 8 + 2 * 16 * 8 * 2
+  dense = 2 * 16 * 8 * 8  # 4 windows x 4 tokens
+  attention = 2 * (4 * 2 * 4 * 4 * 8)  # QK^T and AV in each of 4 windows
+  report = analyze.analyze(model)
+  assert report.flops == conv + dense + attention
+  assert report.weights == 3 * 8 + 8 * 2 + 8 * 8

@@ -1,6 +1,7 @@
 """The op-handler framework: graph view, handlers, and the manager."""
 
-from morph_net.framework.concat_op_handler import ConcatOpHandler
+from morph_net.framework.axis_op_handlers import ConcatOpHandler
+from morph_net.framework.axis_op_handlers import SliceOpHandler
 from morph_net.framework.conv_op_handlers import DepthwiseConvOpHandler
 from morph_net.framework.conv_op_handlers import MatMulOpHandler
 from morph_net.framework.conv_op_handlers import OutputNonPassthroughOpHandler
@@ -14,7 +15,6 @@ from morph_net.framework.graph_view import GraphView
 from morph_net.framework.grouping_op_handlers import ElementwiseOpHandler
 from morph_net.framework.grouping_op_handlers import GroupingOpHandler
 from morph_net.framework.grouping_op_handlers import IdentityNOpHandler
-from morph_net.framework.grouping_op_handlers import SliceOpHandler
 from morph_net.framework.grouping_op_handlers import PadOpHandler
 from morph_net.framework.grouping_op_handlers import ReductionOpHandler
 from morph_net.framework.grouping_op_handlers import SameChannelsOpHandler

@@ -60,6 +60,10 @@ class Compute:
   # static shapes, which count space-to-batch sub-images.
   in_positions: object = None
   out_positions: object = None
+  # A later use of a weight that an earlier compute reads too (a shared
+  # layer called twice, ALBERT's repeated block): it costs FLOPs at each
+  # use, but its weights are counted once, at the first.
+  shared: bool = False
 
 
 class ChannelGraphBuilder:
@@ -104,7 +108,8 @@ class ChannelGraphBuilder:
     rank = tensor.shape.rank
     axes = tuple(sorted({int(a) - rank if int(a) >= 0 else int(a)
                          for a in axes}))
-    if not axes or rank is None or axes[0] < -rank + 1:
+    if not axes or rank is None or axes[0] < -rank + (
+        0 if self.view.one_example else 1):
       raise errors.ChannelMismatchError(
           'Channel axes %s do not fit %r (shape %s): the batch axis cannot '
           'hold channels.' % (axes, tensor.name, tensor.shape))
@@ -264,6 +269,60 @@ class ChannelGraphBuilder:
     for t in tensors[1:]:
       self.tie(tensors[0], t)
 
+  def tie_blocks(self, whole, whole_names, parts, part_names, axis, offsets):
+    """`whole` is `parts` laid end to end along its channel axis `axis`.
+
+    Names label channel axes as in `tie_axes`; `axis` is one of
+    `whole_names`. Part k starts at `offsets[k]` on that axis; a part that
+    lacks the axis (a stacked slice: `axis` not in `part_names`) is the
+    single coordinate `offsets[k]`. The other axes are matched by name.
+    A concat/split along a channel axis, a stack/unstack along one.
+    """
+    dims_w = self._axis_dims(whole, whole_names)
+    n_whole = self.nodes(whole)
+    for part, offset in zip(parts, offsets):
+      dims_p = self._axis_dims(part, part_names)
+      coords = np.indices(dims_p).reshape(len(dims_p), -1)
+      target = [(coords[part_names.index(n)] if n in part_names
+                 else np.zeros(coords.shape[1], np.int64))
+                + (offset if n == axis else 0) for n in whole_names]
+      try:
+        index = np.ravel_multi_index(target, dims_w)
+      except ValueError:
+        raise errors.ChannelMismatchError(
+            'Channels of %r (axes %s, %s) do not fit into %r (axes %s, %s) '
+            'at offset %d.' % (part.name, part_names, dims_p, whole.name,
+                               whole_names, dims_w, offset)) from None
+      self._edges.append((self.nodes(part), n_whole[index]))
+
+  def tie_shared_weights(self):
+    """Compute ops that read one weight (a shared layer called twice)
+    have the same input and output channels: pruning a filter removes it
+    from every use. Every use after the first is marked `shared`, so the
+    weights are counted once."""
+    first = {}
+    for i, c in enumerate(self.computes):
+      if c.weight_index is None:
+        continue
+      weight = c.op.inputs[c.weight_index]
+      var = self.view.variable(weight)
+      key = id(var) if var is not None else self.view.source_of(weight).name
+      if key not in first:
+        first[key] = c
+        continue
+      f = first[key]
+      if (_weight_use(f, self.view) != _weight_use(c, self.view)
+          or self.channels(f.input) != self.channels(c.input)
+          or self.channels(f.output) != self.channels(c.output)):
+        raise errors.UnsupportedOpError(
+            'Ops %r and %r read the same weight in different ways (e.g. a '
+            'kernel and its transpose), so their channels cannot be pruned '
+            'together. Give the second use its own weight.'
+            % (f.op.name, c.op.name))
+      self.tie(f.input, c.input)
+      self.tie(f.output, c.output)
+      self.computes[i] = dataclasses.replace(c, shared=True)
+
   # ------------------------------------------------------ sources, costs
   def add_source(self, op, tensor, regularizer_cls, param, setting):
     count = len(self.nodes(tensor))
@@ -313,13 +372,33 @@ class ChannelGraphBuilder:
             for name, s in self._blocks.items()}
 
 
+# Attributes that decide which weight axis meets which input/output channel.
+_LAYOUT_ATTRS = ('transpose_a', 'transpose_b', 'adj_x', 'adj_y', 'equation')
+
+
+def _weight_use(compute, view):
+  """How a compute reads its weight: two uses with the same answer map
+  the weight's axes to the same input and output channels."""
+  attrs = []
+  for name in _LAYOUT_ATTRS:
+    try:
+      attrs.append((name, compute.op.get_attr(name)))
+    except (ValueError, TypeError):
+      pass
+  weight = compute.op.inputs[compute.weight_index]
+  return (compute.op.type, compute.weight_index, compute.groups,
+          view.shape(weight), tuple(attrs))
+
+
 def positions(view, tensor, axes):
   """Per-example positions of `tensor` whose channels are on `axes`."""
   if axes == DEFAULT_AXES:
     return view.positions(tensor)
   shape = view.shape(tensor)
   rank = len(shape)
-  dims = [d for i, d in enumerate(shape[1:], 1) if i - rank not in axes]
+  first = 0 if view.one_example else 1
+  dims = [d for i, d in enumerate(shape[first:], first)
+          if i - rank not in axes]
   if None in dims:
     return None
   return int(np.prod(dims, dtype=np.int64))

@@ -100,23 +100,59 @@ def _sizes(terms, tensors):
   return sizes
 
 
-def _variable_out_axis(view, weight, axis, c_out):
-  """The output-channel axis (from the end) of the variable behind `weight`.
+def _kernel_index(view, weight):
+  """An int array of `weight`'s shape: per element, the flat index of the
+  variable element it is (`weight` re-lays out a variable through
+  reshapes and transposes). None if a shape or perm is not static."""
+  path = view.forward_path(weight, layout=True)
+  var = view.variable(weight)
+  if var is None or None in var.shape.as_list():
+    return None
+  index = np.arange(var.shape.num_elements()).reshape(var.shape.as_list())
+  for t in reversed(path[:-1]):
+    if t.op.type == 'Transpose':
+      perm = view.static_value(t.op.inputs[1])
+      if perm is None:
+        return None
+      index = np.transpose(index, [int(p) for p in np.ravel(perm)])
+    else:
+      shape = view.shape(t)
+      if shape is None or None in shape:
+        return None
+      index = index.reshape(shape)
+  return index
 
+
+def _variable_out_axis(view, weight, axes, c_out):
+  """The output channels of the variable behind `weight`, for GroupLasso.
+
+  `axes`: the weight's output-channel axes (from the end). When the
+  variable is the weight itself, they are the answer (one axis as an int).
   Keras traces EinsumDense 'abc,cde->abde' as a Reshape of its [C, H, d]
   kernel to [C, H*d]: the output channels are then the variable's trailing
-  axes flattened, given as a tuple of axes. None if they are not.
+  axes flattened, given as a tuple of axes. Other re-layouts (Keras lowers
+  'abc,dce->abde' to a matmul with the kernel transposed and reshaped):
+  an int array [C_out, K], row c the flat variable indices of channel c's
+  weights. None if the layout is unknown.
   """
+  plain = axes[0] if len(axes) == 1 else tuple(axes)
   var = view.variable(weight) if view.eager else None
   if var is None or var.shape.as_list() == weight.shape.as_list():
-    return axis
-  shape = var.shape.as_list()
-  if axis != -1:
+    return plain
+  index = _kernel_index(view, weight)
+  if index is None:
     return None
-  for k in range(1, len(shape)):
+  rank = index.ndim
+  front = [a % rank for a in axes]
+  rows = np.moveaxis(index, front, list(range(len(front)))).reshape(
+      c_out, -1)
+  shape = var.shape.as_list()
+  for k in range(1, len(shape)):  # the variable's trailing axes, in order
     if int(np.prod(shape[-k:])) == c_out:
-      return -1 if k == 1 else tuple(range(-k, 0))
-  return None
+      trailing = np.arange(rows.size).reshape(-1, c_out).T
+      if np.array_equal(rows, trailing):
+        return -1 if k == 1 else tuple(range(-k, 0))
+  return rows
 
 
 class EinsumOpHandler(op_handler.OpHandler):
@@ -208,8 +244,7 @@ class EinsumOpHandler(op_handler.OpHandler):
       ctx.set_channel_axes(out, [out_term.index(l) - len(out_term)
                                  for l in c_out_letters])
     axes = [w.index(l) - len(w) for l in c_out_letters]
-    out_axis = (_variable_out_axis(ctx.view, weight, axes[0], c_out)
-                if len(axes) == 1 else tuple(axes))
+    out_axis = _variable_out_axis(ctx.view, weight, axes, c_out)
     ctx.add_compute(op, act, out, positions=ctx.positions(out),
                     kernel_size=int(np.prod(dims(extra_in), dtype=np.int64)),
                     weight_index=w_i, out_axis=out_axis)
@@ -250,7 +285,9 @@ class EinsumOpHandler(op_handler.OpHandler):
                         'the operands share (%s)' % ''.join(sorted(shared)))
     bearer, names = max(holders, key=lambda h: len(h[1]))
     other = next(t for t, _ in named[:2] if t is not bearer)
-    letters = [l for l in sorted(set(tx + ty + out_term)) if l != batch]
+    # One example traced: the batch letter counts windows/heads moved there.
+    letters = [l for l in sorted(set(tx + ty + out_term))
+               if l != batch or ctx.view.one_example]
     dims = [sizes.get(l) for l in letters]
     size = [sizes.get(l) for l in names]
     positions = (None if None in dims or None in size else

@@ -27,7 +27,7 @@ _FORWARDING_OPS = frozenset(['Identity', 'Cast', 'ReadVariableOp', 'Enter',
 
 
 _INPUT_OP_TYPES = ('Placeholder', 'PlaceholderWithDefault')
-_SHAPE_ONLY_OPS = ('Shape', 'ShapeN', 'Size', 'Rank')
+_SHAPE_ONLY_OPS = ('Shape', 'ShapeN', 'Size', 'Rank', 'ZerosLike', 'OnesLike')
 
 
 class GraphView:
@@ -56,6 +56,10 @@ class GraphView:
     self._body_args = {}
     self._bodies = set()  # ids of the body graphs in _body_args
     self.at_batch_one = None  # see from_model
+    # The batch-1 retrace holds one example: axis 0 is then no batch axis,
+    # and per-example positions include it (windows or heads that a reshape
+    # moved into the batch axis).
+    self.one_example = False
     self._data_memo = {}  # (id(graph), op name) -> depends on the data
 
   # ---------------------------------------------------------------- builders
@@ -109,8 +113,13 @@ class GraphView:
     view = cls(concrete.graph, outputs, inputs, captures=captures,
                variable_owner=owner, layers=layers, eager=True)
     if batch_one is not None:
-      view.at_batch_one = lambda: cls.from_model(model, batch_one,
-                                                 fixed_batch=True)
+      view.at_batch_one = lambda: cls._one_example(model, batch_one)
+    return view
+
+  @classmethod
+  def _one_example(cls, model, signature):
+    view = cls.from_model(model, signature, fixed_batch=True)
+    view.one_example = True
     return view
 
   # ----------------------------------------------------------- graph facts
@@ -201,8 +210,10 @@ class GraphView:
     except (TypeError, ValueError, NotImplementedError):
       return None
 
-  def positions(self, tensor, first=1):
-    """Product of the dims between the batch and the channel axis."""
+  def positions(self, tensor):
+    """Product of the dims between the batch and the channel axis (per
+    example: from axis 0 in a one-example trace)."""
+    first = 0 if self.one_example else 1
     shape = self.shape(tensor)
     if shape is None or any(d is None for d in shape[first:-1]):
       return None
@@ -217,27 +228,35 @@ class GraphView:
     """
     return self._outer(tensor).op
 
-  def _outer(self, tensor):
-    """The tensor after following forwarding ops and call arguments."""
-    while True:
-      op = tensor.op
-      if op.type in _FORWARDING_OPS and op.inputs:
-        tensor = op.inputs[0]
-      elif (id(op.graph), op.name) in self._body_args:
-        tensor = self._body_args[(id(op.graph), op.name)]
-      else:
-        return tensor
+  def _outer(self, tensor, layout=False):
+    return self.forward_path(tensor, layout)[-1]
 
-  def depends_on_input(self, tensor):
+  def forward_path(self, tensor, layout=False):
+    """[tensor, ..., source]: up through forwarding ops and call arguments
+    (with `layout`, also transposes: a kernel re-laid out for a matmul)."""
+    path = [tensor]
+    while True:
+      op = path[-1].op
+      if (op.type in _FORWARDING_OPS or layout and op.type == 'Transpose'
+         ) and op.inputs:
+        path.append(op.inputs[0])
+      elif (id(op.graph), op.name) in self._body_args:
+        path.append(self._body_args[(id(op.graph), op.name)])
+      else:
+        return path
+
+  def depends_on_input(self, tensor, shapes=False):
     """True if `tensor`'s value varies with the data fed to the network.
 
     A parameter ([1, 1, 1, C] LayerScale, a reshaped BatchNorm statistic)
     and an activation at batch 1 and 1x1 resolution can have the same
     static shape; this tells them apart by where the value comes from: a
     data placeholder (not a captured variable) or an input-boundary op,
-    through anything but shape-only ops (Shape, Size, Rank).
+    through anything but shape-only ops (Shape, Size, Rank). With
+    `shapes`, also through those: a learned query tiled to the batch size
+    (SigLIP's pooling probe) then counts as an activation.
     """
-    memo = self._data_memo
+    memo = self._data_memo.setdefault(bool(shapes), {})
     key = lambda op: (id(op.graph), op.name)
     visiting = set()
     stack = [tensor.op]
@@ -254,7 +273,7 @@ class GraphView:
         memo[k] = True
         stack.pop()
         continue
-      elif op.type in _SHAPE_ONLY_OPS:
+      elif op.type in _SHAPE_ONLY_OPS and not shapes:
         parents = []
       else:
         parents = [t.op for t in op.inputs]
@@ -332,9 +351,10 @@ class GraphView:
     return InlinedOp(op, core, inputs, out_map)
 
   def variable(self, tensor):
-    """The `tf.Variable` whose value this tensor is, or None."""
-    op = self.source_of(tensor)
-    return self._captures.get(op.name)
+    """The `tf.Variable` whose value this tensor is (possibly reshaped or
+    transposed: Keras lowers some EinsumDense equations to a matmul with a
+    transposed kernel), or None."""
+    return self._captures.get(self._outer(tensor, layout=True).op.name)
 
   def param(self, tensor):
     """What to read a parameter from: a variable (eager) or the tensor.
@@ -456,3 +476,17 @@ def _handles(var):
     except (AttributeError, TypeError):
       pass
   return [var.handle]
+
+
+def make_view(output_boundary, input_boundary=None, input_signature=None):
+  """A GraphView for a list of ops/tensors, a Keras model or a function."""
+  if isinstance(output_boundary, GraphView):
+    return output_boundary
+  if isinstance(output_boundary, (list, tuple)):
+    return GraphView.from_ops(output_boundary, input_boundary)
+  if isinstance(output_boundary, (tf.Operation, tf.Tensor)):
+    return GraphView.from_ops([output_boundary], input_boundary)
+  if input_boundary:
+    raise ValueError('input_boundary is only supported with a list of graph '
+                     'ops; a traced model stops at its own inputs.')
+  return GraphView.from_model(output_boundary, input_signature)

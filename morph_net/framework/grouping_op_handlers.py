@@ -108,13 +108,13 @@ def _is_parameter(tensor, out, view):
   Keras reshapes BatchNorm statistics to [1, 1, 1, C] when the axis is
   explicit. An activation has the output's batch dim (unknown in traced
   models), so a static batch of 1 against a larger/unknown one is a weight.
-  At a batch of 1 both have batch 1: then a parameter is what does not
-  depend on the data (`view.depends_on_input`).
+  At a batch of 1 both have batch 1: then a parameter is what depends
+  neither on the data nor on the batch size (`view.depends_on_input`).
   """
   t_batch = tensor.shape[0] if tensor.shape.rank else None
   o_batch = out.shape[0] if out.shape.rank else None
   if t_batch == 1 and o_batch == 1:
-    return not view.depends_on_input(tensor)
+    return not view.depends_on_input(tensor, shapes=True)
   return t_batch == 1 and o_batch != 1
 
 
@@ -201,46 +201,13 @@ class TransposeOpHandler(op_handler.OpHandler):
     if perm is None or not rank:
       return
     perm = [int(p) % rank for p in perm]
+    if perm[0] != 0:
+      op_handler.moves_examples(op, ctx, 'moves the batch axis (perm %s)'
+                                % perm)
     in_axes = [a % rank for a in ctx.channel_axes(inp)]
     out_axes = sorted(perm.index(a) for a in in_axes)
     ctx.set_channel_axes(out, [a - rank for a in out_axes])
     ctx.tie_axes(out, [perm[a] for a in out_axes], inp, in_axes)
-
-
-def _int_list(value):
-  return None if value is None else [int(v) for v in list(value)]
-
-
-class SliceOpHandler(op_handler.OpHandler):
-  """StridedSlice / Slice (Cropping2D, spatial crops): passthrough when the
-  channel axis is taken whole, a leaf otherwise."""
-
-  def data_inputs(self, op, view):
-    del view
-    return [0]
-
-  def analyze(self, op, ctx):
-    inp, out = op.inputs[0], op.outputs[0]
-    rank = op_handler.rank(inp)
-    c_in = ctx.view.channels(inp)
-    if (not rank or rank != op_handler.rank(out) or c_in is None
-        or ctx.view.channels(out) != c_in):
-      return
-    begin = _int_list(ctx.view.static_value(op.inputs[1]))
-    if op.type == 'Slice':
-      size = _int_list(ctx.view.static_value(op.inputs[2]))
-      whole = (begin is not None and size is not None and len(begin) == rank
-               and begin[-1] == 0 and size[-1] in (-1, c_in))
-    else:
-      strides = _int_list(ctx.view.static_value(op.inputs[3]))
-      masks = [op.get_attr(m) for m in ('ellipsis_mask', 'new_axis_mask',
-                                        'shrink_axis_mask')]
-      whole = (begin is not None and strides is not None and not any(masks)
-               and len(begin) == rank and strides[-1] == 1
-               and (begin[-1] == 0 or op.get_attr('begin_mask') >> (rank - 1)
-                    & 1))
-    if whole:
-      ctx.tie(out, inp)
 
 
 class SameChannelsOpHandler(op_handler.OpHandler):

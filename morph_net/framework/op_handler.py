@@ -31,6 +31,8 @@ rather than let it pair up the wrong channels.
 
 import tensorflow as tf
 
+from morph_net.framework import errors
+
 
 def is_float(tensor):
   return tensor.dtype.is_floating or tensor.dtype == tf.bfloat16
@@ -38,6 +40,18 @@ def is_float(tensor):
 
 def rank(tensor):
   return tensor.shape.rank
+
+
+def moves_examples(op, ctx, how):
+  """Called when `op` moves data off the batch axis (windows or heads
+  merged into it, a transpose of it). A traced model is then analyzed at a
+  batch of 1 (one example: every axis counts positions), which the manager
+  does on this error; a graph is left as it is."""
+  if ctx.view.eager and not ctx.view.one_example:
+    raise errors.UnknownShapeError(
+        'Op %r (%s) %s, so per-example positions are not axis 0 onwards. '
+        'Trace the model at a batch of 1: pass input_signature with batch '
+        'size 1.' % (op.name, op.type, how))
 
 
 class OpHandler:

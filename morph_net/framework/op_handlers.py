@@ -8,14 +8,13 @@ regularizer family: which ops carry regularizers is decided by the family
 from the pattern pass (`patterns.py`), not by swapping handlers.
 """
 
-from morph_net.framework import concat_op_handler
+from morph_net.framework import axis_op_handlers as axis_ops
 from morph_net.framework import conv_op_handlers
 from morph_net.framework import einsum_op_handler
 from morph_net.framework import gather_op_handler
 from morph_net.framework import grouping_op_handlers as grouping
 from morph_net.framework import op_handler
 from morph_net.framework import reshape_op_handler
-from morph_net.framework import split_op_handler
 
 _BATCH_NORMS = ('FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3')
 
@@ -44,18 +43,21 @@ _FAMILIES = (
     (grouping.ReductionOpHandler(), ('Mean', 'Max', 'Min', 'Sum', 'Prod')),
     (grouping.PadOpHandler(), ('Pad', 'PadV2', 'MirrorPad')),
     (grouping.TransposeOpHandler(), ('Transpose',)),
-    (grouping.SliceOpHandler(), ('StridedSlice', 'Slice')),
+    (axis_ops.SliceOpHandler(), ('StridedSlice', 'Slice')),
     (grouping.SameChannelsOpHandler(), (
         'Squeeze', 'ExpandDims', 'Tile', 'BroadcastTo')),
     (reshape_op_handler.ReshapeOpHandler(), ('Reshape',)),
-    (concat_op_handler.ConcatOpHandler(), ('ConcatV2',)),
+    (axis_ops.ConcatOpHandler(), ('ConcatV2',)),
     (conv_op_handlers.OutputNonPassthroughOpHandler(), (
         'Conv2D', 'Conv3D', 'Conv2DBackpropInput', 'Conv3DBackpropInputV2')),
     (conv_op_handlers.DepthwiseConvOpHandler(), ('DepthwiseConv2dNative',)),
     (conv_op_handlers.MatMulOpHandler(), ('MatMul',)),
     (einsum_op_handler.EinsumOpHandler(), (
         'Einsum', 'BatchMatMulV2', 'BatchMatMulV3', 'BatchMatMul')),
-    (split_op_handler.SplitOpHandler(), ('Split', 'SplitV')),
+    (axis_ops.SplitOpHandler(), ('Split', 'SplitV')),
+    (axis_ops.PackOpHandler(), ('Pack',)),
+    (axis_ops.UnpackOpHandler(), ('Unpack',)),
+    (axis_ops.RollOpHandler(), ('Roll',)),
     (gather_op_handler.GatherOpHandler(), ('GatherV2', 'ResourceGather')),
     (op_handler.LeafOpHandler(), ('SpaceToDepth', 'DepthToSpace')),
 )

@@ -17,6 +17,7 @@ from morph_net.framework import channel_graph
 from morph_net.framework import errors
 from morph_net.framework import graph_view as graph_view_lib
 from morph_net.framework import grouping_regularizers
+from morph_net.framework import op_handler
 from morph_net.framework import op_handlers
 from morph_net.framework import op_slice
 from morph_net.framework import patterns
@@ -25,20 +26,10 @@ from morph_net.framework import suggest
 
 # Ops that bring the data in (a traced model's inputs, graph placeholders).
 _INPUT_OPS = ('Placeholder', 'PlaceholderWithDefault')
+_CONSTANT = op_handler.TerminalOpHandler()  # see _handler_inputs
 
 
-def make_view(output_boundary, input_boundary=None, input_signature=None):
-  """A GraphView for a list of ops/tensors, a Keras model or a function."""
-  if isinstance(output_boundary, graph_view_lib.GraphView):
-    return output_boundary
-  if isinstance(output_boundary, (list, tuple)):
-    return graph_view_lib.GraphView.from_ops(output_boundary, input_boundary)
-  if isinstance(output_boundary, (tf.Operation, tf.Tensor)):
-    return graph_view_lib.GraphView.from_ops([output_boundary], input_boundary)
-  if input_boundary:
-    raise ValueError('input_boundary is only supported with a list of graph '
-                     'ops; a traced model stops at its own inputs.')
-  return graph_view_lib.GraphView.from_model(output_boundary, input_signature)
+make_view = graph_view_lib.make_view
 
 
 class _OpRegularizer:
@@ -173,7 +164,7 @@ class OpRegularizerManager:
     builder = channel_graph.ChannelGraphBuilder(self._view, self._facts,
                                                 self._data_inputs)
     for op in self._ops:
-      handler = self._handlers[op.type]
+      handler = self._handlers.get(op.type, _CONSTANT)
       try:
         builder.check_channel_axes(op, handler)
         handler.analyze(op, builder)
@@ -181,6 +172,7 @@ class OpRegularizerManager:
         raise type(e)('%s\nWhile analyzing op %r (type %s); path from the '
                       'output: %s' % (e, op.name, op.type,
                                       self.path_to(op))) from None
+    builder.tie_shared_weights()
     if self._family is not None:
       self._family.find_sources(builder, self._ops)
     return builder
@@ -206,6 +198,9 @@ class OpRegularizerManager:
           'register a handler for %r in op_handler_dict.'
           % (op.name, op.type, self._view.function_body_types(op),
              self.path_to(op), op.type))
+    if handler is None and op.outputs and self._fed_by_data() and (
+        not self._view.depends_on_input(op.outputs[0])):
+      return []  # computed from constants only (positions): a parameter
     if handler is None:
       raise errors.UnsupportedOpError(
           'Op %r of type %r has no handler, so its channels cannot be '
@@ -214,6 +209,11 @@ class OpRegularizerManager:
           % (op.name, op.type, self.path_to(op),
              suggest.suggest_handler(op, self._view)))
     return handler.data_inputs(op, self._view)
+
+  def _fed_by_data(self):
+    """True if the outputs depend on data inputs (not all constants)."""
+    return any(self._view.depends_on_input(t)
+               for op in self._view.output_ops for t in op.outputs)
 
   @property
   def facts(self):

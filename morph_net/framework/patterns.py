@@ -101,7 +101,7 @@ def is_parameter_vector(tensor, view, channels=None):
   """A channel vector (by shape) that does not depend on the data: at a
   batch of 1 and 1x1 resolution an activation has the same shape."""
   return (is_channel_vector(tensor, channels)
-          and not view.depends_on_input(tensor))
+          and not view.depends_on_input(tensor, shapes=True))
 
 
 def _batch_norm_fused(op, view):

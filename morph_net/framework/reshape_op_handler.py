@@ -32,6 +32,13 @@ class ReshapeOpHandler(op_handler.OpHandler):
     in_shape, out_shape = ctx.view.shape(inp), ctx.view.shape(out)
     if not in_shape or not out_shape or ctx.channels(inp) is None:
       return
+    per_row = [None if None in shape[1:] else int(np.prod(shape[1:]))
+               for shape in (in_shape, out_shape)]
+    dense = (min(len(in_shape), len(out_shape)) == 2  # Dense on N-D input
+             and in_shape[-1] == out_shape[-1])
+    if None not in per_row and per_row[0] != per_row[1] and not dense:
+      op_handler.moves_examples(op, ctx, 'reshapes into or out of the batch '
+                                'axis (%s -> %s)' % (in_shape, out_shape))
     in_axes = [a % len(in_shape) for a in ctx.channel_axes(inp)]
     first = in_axes[0]
     # Only axes before the channel axes change: the same channel axes.

@@ -44,8 +44,8 @@ _NOTHING = Coefficients(0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def model_size_function(compute):
-  if compute.weight_index is None:
-    return _NOTHING  # a product of two activations has no weights
+  if compute.weight_index is None or compute.shared:
+    return _NOTHING  # activations' product; a weight counted at first use
   return _bilinear_or_depthwise(compute, num_weights_coeff(compute))
 
 

@@ -29,11 +29,18 @@ def out_axes(rank, out_axis):
 
 def num_out_channels(shape, out_axis):
   """Output channels of a kernel of static `shape`."""
+  if isinstance(out_axis, np.ndarray):
+    return int(out_axis.shape[0])
   return int(np.prod([shape[a] for a in out_axes(len(shape), out_axis)]))
 
 
 def _norms(weight, out_axis, l1_fraction):
   w = gamma_l1_regularizer.read(weight)
+  if isinstance(out_axis, np.ndarray):
+    # Row c: the flat indices of channel c's weights (a kernel that the
+    # op reads transposed: see einsum_op_handler._variable_out_axis).
+    w = tf.gather(tf.reshape(w, [-1]), out_axis)
+    out_axis = 0
   rank = w.shape.rank
   keep = out_axes(rank, out_axis)
   axes = [a for a in range(rank) if a not in keep]
@@ -55,8 +62,9 @@ class GroupLassoRegularizer:
       >= 0.
     l1_fraction: mix of mean |w| into the RMS norm, in [0, 1].
     out_axis: the kernel axis of output channels (-1 for Conv2D/MatMul,
-      -2 for transposed convs), or a tuple of trailing axes flattened into
-      the output's channels (see `out_axes`).
+      -2 for transposed convs), a tuple of trailing axes flattened into
+      the output's channels (see `out_axes`), or an int array [C_out, K]
+      whose row c holds the flat kernel indices of channel c's weights.
 
   Raises:
     ValueError: `threshold` is negative, NaN or infinite, or `l1_fraction`
