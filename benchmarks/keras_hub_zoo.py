@@ -502,8 +502,11 @@ def half_structure(model, input_signature=None):
   for key, count in counts.items():
     layer = manager.view.layer(key)
     kernel = getattr(layer, 'kernel', None)
-    if isinstance(layer, keras.layers.EinsumDense) and len(kernel.shape) == 3:
-      head = int(kernel.shape[-1])  # kernel [C, heads, head size]
+    heads = (isinstance(layer, keras.layers.EinsumDense)
+             and len(kernel.shape) == 3 and tuple(kernel.shape[-2:])
+             == tuple(layer.partial_output_shape[-2:]))
+    if heads:  # a projection into heads: kernel [C, heads, head size]
+      head = int(kernel.shape[-1])
       half[key] = max(1, count // head // 2) * head
     else:
       half[key] = max(1, count // 2)

@@ -53,7 +53,9 @@ class Compute:
   # so the bilinear cost is a sum over blocks.
   groups: int = 1
   # Axis of the weight that holds the output channels (a GroupLasso source
-  # reads it), counted from the end; None for no prunable weight.
+  # reads it), counted from the end; None for no prunable weight. A tuple
+  # of axes flattened row-major, or an index array (see
+  # group_lasso_regularizer.GroupLassoRegularizer).
   out_axis: object = None
   # Positions per example of the input and output activations (memory
   # traffic); None: unknown. A dilated conv's differ from its tensors'

@@ -20,6 +20,7 @@ both op types share one analysis:
   weight-free compute entry, `weight_index=None`).
 """
 
+import itertools
 import string
 
 import numpy as np
@@ -124,34 +125,47 @@ def _kernel_index(view, weight):
 
 
 def _variable_out_axis(view, weight, axes, c_out):
-  """The output channels of the variable behind `weight`, for GroupLasso.
+  """Channel axes of the variable behind `weight`, for GroupLasso.
 
-  `axes`: the weight's output-channel axes (from the end). When the
-  variable is the weight itself, they are the answer (one axis as an int).
-  Keras traces EinsumDense 'abc,cde->abde' as a Reshape of its [C, H, d]
-  kernel to [C, H*d]: the output channels are then the variable's trailing
-  axes flattened, given as a tuple of axes. Other re-layouts (Keras lowers
-  'abc,dce->abde' to a matmul with the kernel transposed and reshaped):
-  an int array [C_out, K], row c the flat variable indices of channel c's
-  weights. None if the layout is unknown.
+  `axes`: the weight's output-channel axes (from the end), `c_out` their
+  channel count. When the variable is the weight itself and the axes are
+  in the kernel's order, they are the answer (one axis as an int). Keras
+  traces some
+  EinsumDense equations with the kernel reshaped (a [C, H, d] kernel as
+  [C, H*d]) or transposed and reshaped ('abc,dce->abde'): the channels are
+  then the variable axes that hold them, in order (an int or a tuple), or,
+  if no set of axes does, an int array [C, K] whose row c holds the flat
+  variable indices of channel c's weights. None if the layout is unknown.
   """
   plain = axes[0] if len(axes) == 1 else tuple(axes)
   var = view.variable(weight) if view.eager else None
-  if var is None or var.shape.as_list() == weight.shape.as_list():
+  same = var is None or var.shape.as_list() == weight.shape.as_list()
+  if same and list(axes) == sorted(axes):
     return plain
-  index = _kernel_index(view, weight)
+  if same:  # output channels in another order than the kernel's axes
+    if None in weight.shape.as_list():
+      return None
+    index = np.arange(weight.shape.num_elements()).reshape(
+        weight.shape.as_list())
+  else:
+    index = _kernel_index(view, weight)
   if index is None:
     return None
-  rank = index.ndim
-  front = [a % rank for a in axes]
+  front = [a % index.ndim for a in axes]
   rows = np.moveaxis(index, front, list(range(len(front)))).reshape(
       c_out, -1)
-  shape = var.shape.as_list()
-  for k in range(1, len(shape)):  # the variable's trailing axes, in order
-    if int(np.prod(shape[-k:])) == c_out:
-      trailing = np.arange(rows.size).reshape(-1, c_out).T
-      if np.array_equal(rows, trailing):
-        return -1 if k == 1 else tuple(range(-k, 0))
+  shape = list(index.shape) if same else var.shape.as_list()
+  flat = np.arange(rows.size).reshape(shape)
+  for keep in itertools.chain.from_iterable(
+      itertools.combinations(range(len(shape)), k)
+      for k in range(1, len(shape))):
+    if int(np.prod([shape[a] for a in keep])) != c_out:
+      continue
+    pattern = np.moveaxis(flat, keep, list(range(len(keep)))).reshape(
+        c_out, -1)
+    if np.array_equal(np.sort(pattern, 1), np.sort(rows, 1)):
+      named = tuple(a - len(shape) for a in keep)
+      return named[0] if len(named) == 1 else named
   return rows
 
 

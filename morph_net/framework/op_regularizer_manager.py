@@ -21,6 +21,7 @@ from morph_net.framework import op_handler
 from morph_net.framework import op_handlers
 from morph_net.framework import op_slice
 from morph_net.framework import patterns
+from morph_net.framework import sources as sources_lib
 from morph_net.framework import suggest
 
 
@@ -148,8 +149,8 @@ class OpRegularizerManager:
       self._view = self._view.at_batch_one()
       builder = self._analyze()
     self._apply_force_group(builder, force_group)
-    self._sources = self._filter_blacklist(builder.sources,
-                                           regularizer_blacklist)
+    self._sources = sources_lib.filter_blacklist(
+        builder.sources, regularizer_blacklist, self._view)
     self._computes = builder.computes
     self._solve(builder)
     self._cached = None
@@ -253,28 +254,6 @@ class OpRegularizerManager:
       if layer:
         names.append(layer)
     return names
-
-  def _filter_blacklist(self, sources, blacklist):
-    patterns = channel_graph.compile_patterns(blacklist,
-                                              'regularizer_blacklist')
-    if not patterns:
-      return list(sources)
-    kept, used = [], set()
-    for s in sources:
-      names = [s.op.name]
-      layer = self._view.owner_of_variable(s.param)
-      if layer:
-        names.append(layer)
-      hits = [p.pattern for p in patterns if any(p.search(n) for n in names)]
-      used.update(hits)
-      if not hits:
-        kept.append(s)
-    unused = [p.pattern for p in patterns if p.pattern not in used]
-    if unused:
-      raise ValueError(
-          'regularizer_blacklist patterns %s match no regularizer source. '
-          'Sources are: %s' % (unused, sorted(s.op.name for s in sources)))
-    return kept
 
   def _solve(self, builder):
     labels = builder.solve()
@@ -498,3 +477,4 @@ class OpRegularizerManager:
             'Source %r: parameter size differs from channel count.'
             % s.op.name)
     return True
+

@@ -143,7 +143,8 @@ def _kind(source):
     return 'gamma'
   if issubclass(cls, group_lasso_regularizer.GroupLassoRegularizer):
     setting = source.setting
-    if isinstance(setting, tuple) and len(setting) == 3 and not setting[1]:
+    if (isinstance(setting, tuple) and len(setting) == 3 and not setting[1]
+        and not isinstance(setting[2], np.ndarray)):  # not an index map
       return 'group_lasso'
   return None
 
@@ -167,6 +168,8 @@ def _channel_norms(kind, value, axis):
   """r_c: |gamma|, or the RMS over the other axes of a kernel."""
   if kind == 'gamma':
     return tf.abs(value)
+  if isinstance(axis, np.ndarray):  # an index map: row c, channel c
+    value, axis = tf.gather(tf.reshape(value, [-1]), axis), 0
   keep = group_lasso_regularizer.out_axes(value.shape.rank, axis)
   axes = [a for a in range(value.shape.rank) if a not in keep]
   norms = tf.sqrt(tf.reduce_mean(tf.square(value), axis=axes))
@@ -199,9 +202,9 @@ class ProximalStep:
           regularizer.op_regularizer_manager, 'sources', [])})
       raise ValueError(
           'exact_zeros needs every source to be a BatchNorm gamma (Gamma '
-          'regularizers) or a group lasso kernel with l1_fraction=0; this '
-          'regularizer has %s. Use exact_zeros=False (plain gradient on the '
-          'term).' % (', '.join(kinds) or 'no sources'))
+          'regularizers) or a group lasso kernel (l1_fraction=0, channels '
+          'on kernel axes); this regularizer has %s. Use exact_zeros=False '
+          '(plain gradient on the term).' % (', '.join(kinds) or 'no sources'))
     self._regularizer = regularizer
     self._sources = list(regularizer.op_regularizer_manager.sources)
     self._kinds = [_kind(s) for s in self._sources]
