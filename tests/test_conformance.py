@@ -317,6 +317,14 @@ def _heads(p):
   return tf.reshape(p, tf.concat([tf.shape(p)[:-1], [2, 4]], 0))
 
 
+def _group_heads(p):
+  """[.., 2 heads, 4] -> [.., 1 key/value head, 2 query heads, 4]: channel
+  axes reshaped among themselves keep their row-major order."""
+  grouped = tf.reshape(_heads(p), tf.concat([tf.shape(p)[:-1], [1, 2, 4]],
+                                            0), name='op')
+  return tf.reshape(grouped, tf.concat([tf.shape(p)[:-1], [8]], 0))
+
+
 def _gather_head_dims(p):
   """Dims 3 and 0 of every head: a gather along a channel axis of two."""
   picked = tf.gather(_heads(p), [3, 0], axis=-1, name='op')
@@ -466,6 +474,8 @@ ROWS = (
                   )),
         Row('GatherV2-tokens-of-heads', ('GatherV2', 'Reshape'),
             _raw(_gather_tokens_of_heads),
+            ties=(('op', 'pre', None),)),
+        Row('Reshape-group-heads', ('Reshape',), _raw(_group_heads),
             ties=(('op', 'pre', None),)),
         Row('GatherV2-Embedding', ('GatherV2',), _keras(_keras_embedding)),
         Row('ResourceGather', ('ResourceGather',), _resource_gather),

@@ -49,6 +49,13 @@ _MIT_ATTENTION = (
     '... which disagree"')
 
 
+_GEMMA_PRODUCTS = (
+    "structure_cost over-counts Gemma's pruned attention products: Keras "
+    "lowers 'btkgh,bskh->bkgts' to a matmul over a reshape that merges the "
+    'query-group axis with the tokens, which the analysis takes as a leaf '
+    '(exact at full width; slim 28,672 vs cost 32,768 halved)')
+
+
 def _xfail(reason):
   return pytest.mark.xfail(strict=True, reason=reason)
 
@@ -124,6 +131,10 @@ def test_mit_analyzes_exactly_at_batch_one():
     'mobilenetv3',
     'albert',  # one shared block: its widths are set once
     'densenet',
+    'siglip',  # vision tower + attention-pooling head, by width rules
+    'dinov2',  # class/register tokens and LayerScale follow hidden_dim
+    'mistral',  # grouped-query heads, the head size kept explicitly
+    pytest.param('gemma', marks=_xfail(_GEMMA_PRODUCTS)),
     pytest.param('mit', marks=_xfail(_MIT_ATTENTION)),
 ])
 def test_halved_structure_slims_to_its_cost(name):

@@ -8,9 +8,10 @@
   that is channel m % C, so every copy of a channel shares its group and a
   Dense after Flatten costs H*W*alive_C inputs; with channels (h, j) on the
   last two axes it is the same channel, one to one.
-* The channel axis split into trailing axes ([N, T, H*d] -> [N, T, H, d]):
-  the new axes all hold channels, one to one with the merged ones (so a
-  head split keeps heads whole for the attention that follows).
+* Channel axes reshaped among themselves ([N, T, H*d] -> [N, T, H, d], a
+  head split; [N, T, H, d] -> [N, T, K, G, d], query heads grouped by
+  key/value head): the new axes all hold channels, one to one in row-major
+  order (so a head split keeps heads whole for the attention that follows).
 * Anything else mixes channels across axes: a leaf.
 """
 
@@ -63,7 +64,10 @@ class ReshapeOpHandler(op_handler.OpHandler):
     if len(out_tail) == 1 and len(in_tail) > 1:  # merge
       ctx.set_channel_axes(out, [a - len(out_shape) for a in kept] + [-1])
       self._tie_merge(ctx, out, inp, in_shape, in_axes, prefix)
-    elif len(in_tail) == 1 and len(out_tail) > 1:  # split a channel axis
+    elif moved == list(range(prefix, len(in_shape))):
+      # Only channel axes are reshaped (a head split [T, H*d] -> [T, H, d],
+      # grouped-query heads [T, H, d] -> [T, K, G, d]): the row-major order
+      # of the channels is unchanged, one to one.
       ctx.set_channel_axes(
           out, [a - len(out_shape) for a in kept]
           + list(range(-len(out_tail), 0)))

@@ -210,12 +210,13 @@ def _takes_base_arguments(params):
 
 
 def layer_config(layer, known=()):
-  """`layer.get_config()`, or for a layer without one (keras-hub's ViT MLP)
-  its __init__ arguments read back from the attributes of the same name
+  """`layer.get_config()`, or for a layer without a working one (keras-hub's
+  ViT MLP has none; DeiTEncoder's reads an attribute it never sets) its
+  __init__ arguments read back from the attributes of the same name
   (`known`: arguments the width rule sets)."""
   try:
     return layer.get_config()
-  except NotImplementedError:
+  except (NotImplementedError, AttributeError):
     pass
   params = inspect.signature(type(layer).__init__).parameters
   config = {}
@@ -329,6 +330,45 @@ def _heads(dim_field):
   return heads
 
 
+def _kv_heads(pattern, count_field):
+  """Heads of an LLM attention sublayer (EinsumDense [C, heads, head size])
+  from its width: {count_field: heads, 'head_dim': head size}."""
+  def heads(width, layer):
+    found = find(pattern, layer)
+    dim = int(found[0][0].kernel.shape[-1]) if found else 0
+    if not dim or width % dim or not width:
+      raise ValueError(
+          'slim_model: %r (%s) keeps whole heads of %d channels in %s, so '
+          'its width must be a positive multiple of %d; got %d.'
+          % (layer.name, type(layer).__name__, dim, pattern, dim, width))
+    return {count_field: width // dim, 'head_dim': dim}
+  return heads
+
+
+def _register_llm_decoders(reg, hub):
+  """Decoders that build their attention from (num_query_heads,
+  num_key_value_heads, head_dim): the head size is kept explicitly."""
+  def attention(prefix):
+    return {prefix + 'query_dense': _kv_heads(prefix + 'query_dense',
+                                              'num_query_heads'),
+            prefix + 'key_dense': _kv_heads(prefix + 'key_dense',
+                                            'num_key_value_heads'),
+            prefix + 'value_dense': _kv_heads(prefix + 'value_dense',
+                                              'num_key_value_heads')}
+  reg(hub + 'models.mistral.mistral_transformer_decoder.'
+      'MistralTransformerDecoder',
+      sublayers=dict(attention('self_attention_layer.'),
+                     feedforward_intermediate_dense='intermediate_dim',
+                     feedforward_gate_dense='intermediate_dim'),
+      output='input')
+  # Gemma's gating layers are intermediate_dim // 2 wide.
+  double = lambda width, layer: {'intermediate_dim': 2 * width}
+  reg(hub + 'models.gemma.gemma_decoder_block.GemmaDecoderBlock',
+      sublayers=dict(attention('attention.'), gating_ffw=double,
+                     gating_ffw_2=double),
+      input_field='hidden_dim', output='input')
+
+
 def _register_builtins():
   reg = rules.register_width_rule
   # Query/key widths are alive_heads x key_dim, value's alive_heads x
@@ -385,6 +425,51 @@ def _register_builtins():
       input_field='project_dim', output='proj')
   reg(mit + 'MixFFN', sublayers={'fc1': 'mid_channels', 'fc2': 'channels'},
       output='fc2')
+  # CLIP / SigLIP vision towers: the patch conv sets hidden_dim (the class
+  # token and position embedding follow it); encoder layers build their
+  # attention with key_dim = hidden_dim // num_heads, so it is rebuilt.
+  for tower in ('clip.clip_layers.CLIP', 'siglip.siglip_layers.SigLIP'):
+    reg(hub + 'models.' + tower + 'VisionEmbedding',
+        sublayers={'patch_embedding': 'hidden_dim'}, output='patch_embedding')
+  reg(hub + 'models.clip.clip_layers.CLIPEncoderLayer',
+      sublayers={'dense_1': 'intermediate_dim'}, input_field='hidden_dim',
+      output='input', rebuild_sublayers=True)
+  siglip = hub + 'models.siglip.siglip_layers.'
+  reg(siglip + 'SigLIPMLP', sublayers={'fc1': 'intermediate_dim',
+                                       'fc2': 'hidden_dim'}, output='fc2')
+  dino = hub + 'models.dinov2.dinov2_layers.DINOV2'
+  reg(dino + 'PatchEmbedding', sublayers={'projection': 'hidden_dim'},
+      output='projection')
+  # Class, register and position embeddings are built from hidden_dim.
+  reg(dino + 'Embedding',
+      sublayers={'patch_embeddings.projection': 'hidden_dim'},
+      output='patch_embeddings.projection')
+  reg(dino + 'MLP', sublayers={'fc1': 'intermediate_dim', 'fc2': 'hidden_dim'},
+      output='fc2')
+  reg(dino + 'Attention', input_field='hidden_dim', output='input',
+      rebuild_sublayers=True)
+  reg(dino + 'Layer', sublayers={'mlp.fc1': 'intermediate_dim'},
+      input_field='hidden_dim', output='input', rebuild_sublayers=True)
+  reg(dino + 'Encoder', input_field='hidden_dim', output='input',
+      rebuild_sublayers=True)
+  deit = hub + 'models.deit.deit_layers.DeiT'
+  reg(deit + 'Embeddings', sublayers={'patch_embedding': 'hidden_dim'},
+      output='patch_embedding')
+  reg(deit + 'Intermediate', sublayers={'dense': 'intermediate_dim'},
+      output='dense')
+  reg(deit + 'Output', sublayers={'dense': 'hidden_dim'}, output='dense')
+  reg(deit + 'EncoderBlock', sublayers={'mlp.dense': 'intermediate_dim'},
+      input_field='hidden_dim', output='input', rebuild_sublayers=True)
+  reg(deit + 'Encoder', input_field='hidden_dim', output='input',
+      rebuild_sublayers=True)
+  _register_llm_decoders(reg, hub)
+  reg(siglip + 'SigLIPEncoderLayer', sublayers={'mlp.fc1': 'intermediate_dim'},
+      input_field='hidden_dim', output='input', rebuild_sublayers=True)
+  # The pooling head's hidden_dim is its probe's (query's) and output width;
+  # its attention reads the input (keys, values) at whatever width it has.
+  reg(siglip + 'SigLIPMultiHeadAttentionPooling',
+      sublayers={'mlp.fc1': 'intermediate_dim', 'mlp.fc2': 'hidden_dim'},
+      output='mlp.fc2', rebuild_sublayers=True)
 
 
 _register_builtins()
