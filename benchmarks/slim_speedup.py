@@ -104,17 +104,18 @@ MODELS = {
     'EfficientNetB0': (_efficientnet_b0, 160),
     'ViT': (_vit, 96),
 }
-# Groups kept at full width: the ViT's residual stream feeds every
-# MultiHeadAttention, which slim_model does not narrow; its MLPs are pruned.
-KEEP_FULL = {'ViT': ('patch_embed',)}
+# Groups kept at full width, by model (none: the ViT's residual stream,
+# heads and MLPs are all pruned; slim_model narrows a MultiHeadAttention's
+# input and keeps whole heads).
+KEEP_FULL = {}
 QUICK_SIZE = 32
 
 
 def attention_flops(model):
   """FLOPs per example of MultiHeadAttention layers, from their shapes.
 
-  The analysis counts convs and matmuls; the attention's einsums are not
-  among them, so they are counted here: 2 x tokens x d_in x d_proj for
+  Used only when the analysis reports no Einsum op (a library version that
+  did not count attention); then they are counted here: 2 x tokens x d_in x d_proj for
   each of the query, key and value projections (d_proj x d_out for the
   output one), plus
   2 x tokens^2 x d_proj for the scores and again for the weighted sum.

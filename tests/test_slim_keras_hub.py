@@ -148,6 +148,34 @@ def test_a_registered_block_rule_slims_and_transfers():
   assert slim(x).shape == (3, 2)
 
 
+class _BrokenConfigMlp(_Mlp):
+  """get_config reads an attribute that is never set (as keras-hub 0.32's
+  DeiTEncoder does), and `scale` is kept under another name."""
+
+  def __init__(self, hidden, width, scale=1.0, **kwargs):
+    super().__init__(hidden, width, **kwargs)
+    self._scale = scale
+
+  def get_config(self):
+    return dict(super().get_config(), scale=self.scale)
+
+
+def test_a_block_whose_get_config_raises_is_rebuilt_with_a_warning():
+  inputs = keras.Input((6,))
+  x = _BrokenConfigMlp(8, 6, scale=2.0, name='mlp')(inputs)
+  model = keras.Model(inputs, keras.layers.Dense(2, name='head')(x))
+  try:
+    _width_rules.register_width_rule(_BrokenConfigMlp,
+                                     sublayers={'up': 'hidden'},
+                                     output='input')
+    with pytest.warns(RuntimeWarning, match=r'scale.*defaults'):
+      slim = morph_keras.slim_model(model, {'up': 3})
+  finally:
+    _width_rules._BLOCKS.pop(_BrokenConfigMlp)  # pylint: disable=protected-access
+  assert slim.get_layer('mlp').up.units == 3
+  assert slim(np.zeros((1, 6), np.float32)).shape == (1, 2)
+
+
 def test_einsum_channels_over_several_axes_shrink_by_whole_blocks():
   layer = keras.layers.EinsumDense('abc,cde->abde', output_shape=(None, 4, 2))
   config = layer.get_config()

@@ -16,12 +16,14 @@ Built-in rules (below): `keras.layers.MultiHeadAttention` (num_heads from
 the query/key/value widths, whole heads), keras-hub's TransformerEncoder /
 TransformerDecoder, ViT's MLP / ViTEncoderBlock / ViTEncoder, MobileNet's
 DepthwiseConvBlock / InvertedResidualBlock / SqueezeAndExcite2D, DeepLabV3's
-SpatialPyramidPooling and MiT's OverlappingPatchingAndEmbedding /
-HierarchicalTransformerEncoder. Private to `morph_net.keras`.
+SpatialPyramidPooling, MiT's OverlappingPatchingAndEmbedding /
+HierarchicalTransformerEncoder, the CLIP / SigLIP vision towers, DINOv2,
+DeiT, and the Mistral and Gemma decoders. Private to `morph_net.keras`.
 """
 
 import functools
 import inspect
+import warnings
 
 import keras
 
@@ -222,21 +224,33 @@ def layer_config(layer, known=()):
   config = {}
   if _takes_base_arguments(params):
     config = {'name': layer.name, 'dtype': layer.dtype_policy}
-  missing = []
+  missing, defaulted = [], []
   for name, param in params.items():
     if name == 'self' or param.kind in (param.VAR_POSITIONAL,
                                         param.VAR_KEYWORD) or name in config:
       continue
     if hasattr(layer, name):
       config[name] = getattr(layer, name)
-    elif param.default is param.empty and name not in known:
+    elif name in known:
+      continue
+    elif param.default is param.empty:
       missing.append(name)
+    else:
+      defaulted.append(name)
   if missing:
     raise NotImplementedError(
-        'slim_model: layer %r (%s) has no get_config() and keeps no '
+        'slim_model: layer %r (%s) has no working get_config() and keeps no '
         'attribute for its argument(s) %s, so it cannot be rebuilt with new '
         'widths. Give the class a get_config().'
         % (layer.name, type(layer).__name__, ', '.join(missing)))
+  if defaulted:
+    warnings.warn(
+        'slim_model: layer %r (%s) has no working get_config(); it is '
+        'rebuilt from its attributes, and argument(s) %s, kept under other '
+        'names if at all, take their defaults. Check the slim layer, or give '
+        'the class a get_config().' % (layer.name, type(layer).__name__,
+                                       ', '.join(defaulted)),
+        RuntimeWarning, stacklevel=2)
   return config
 
 
