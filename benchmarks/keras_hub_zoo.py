@@ -537,14 +537,13 @@ def check(name, builder=None, do_slim=True):
              weights_ref=weights)
   row['analysis_ok'] = (rel(report.flops, flops) <= TOLERANCE
                         and rel(report.weights, weights) <= TOLERANCE)
-  # slim_model / structure_cost take no input_signature: models that need
-  # one are checked for the analysis only.
-  if do_slim and signature is None:
+  if do_slim:
     try:
-      half = half_structure(model)
-      slim = morph_keras.slim_model(model, half)
+      half = half_structure(model, signature)
+      slim = morph_keras.slim_model(model, half, input_signature=signature)
       slim(data, training=False)  # it runs
-      row['cost'] = morph_keras.structure_cost(model, half)
+      row['cost'] = morph_keras.structure_cost(model, half,
+                                               input_signature=signature)
       row['slim_flops'] = independent_counts(slim, data)[0]
       row['slim'] = ('ok' if rel(row['slim_flops'], row['cost']) <= TOLERANCE
                      else 'wrong')

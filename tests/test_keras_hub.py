@@ -30,6 +30,7 @@ pytest.importorskip('keras_hub')
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from morph_net import keras as morph_keras  # pylint: disable=g-import-not-at-top
+from morph_net.framework import errors  # pylint: disable=g-import-not-at-top
 from morph_net.tools import analyze as analyze_lib  # pylint: disable=g-import-not-at-top
 
 _ZOO_PATH = os.path.join(os.path.dirname(__file__), os.pardir, 'benchmarks',
@@ -110,6 +111,22 @@ def test_dict_input_backbone_analyzes_with_its_input_structure():
   flops, weights, _ = zoo.independent_counts(model, data)
   assert report.flops == pytest.approx(flops, rel=TOL)
   assert report.weights == pytest.approx(weights, rel=TOL)
+
+
+def test_dict_input_backbone_slims_with_its_input_structure():
+  """The bare BertBackbone (sequence length None) slims, and its
+  structure_cost equals the slim model's count, with the dict signature."""
+  model, data, signature = zoo.bert_backbone()
+  half = zoo.half_structure(model, signature)
+  slim = morph_keras.slim_model(model, half, input_signature=signature)
+  slim(data, training=False)
+  cost = morph_keras.structure_cost(model, half, input_signature=signature)
+  slim_flops = zoo.independent_counts(slim, data)[0]
+  assert slim_flops < zoo.independent_counts(model, data)[0]
+  assert slim_flops == pytest.approx(cost, rel=TOL)
+  # Without it the sequence length is None: the error says what to pass.
+  with pytest.raises(errors.UnknownShapeError, match='input_signa'):
+    morph_keras.structure_cost(model, half)
 
 
 def test_mit_analyzes_exactly_at_batch_one():

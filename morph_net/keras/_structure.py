@@ -42,13 +42,16 @@ class Analysis:
 
   Attributes:
     model: the Keras model.
-    manager: its `OpRegularizerManager` (default table, no sources).
+    manager: its `OpRegularizerManager` (default table, no sources),
+      traced with `input_signature` if given (a model whose inputs have
+      unknown non-batch dims, e.g. a text backbone's sequence length).
     entries: {key: LayerEntry} of the layers whose width a structure sets.
   """
 
-  def __init__(self, model):
+  def __init__(self, model, input_signature=None):
     self.model = model
-    self.manager = orm.OpRegularizerManager(model)
+    self.manager = orm.OpRegularizerManager(model,
+                                            input_signature=input_signature)
     self.entries = self.manager.layers()
     self._all_entries = self.manager.layers(include_depthwise=True)
     self.key_of = {id(e.layer): k for k, e in self.entries.items()

@@ -35,7 +35,8 @@ _COSTS = {'flops': 'flops', 'model_size': 'model_size',
           'modelsize': 'model_size', 'activations': 'activations'}
 
 
-def structure_cost(model, structure, cost='flops', round_to=1):
+def structure_cost(model, structure, cost='flops', round_to=1,
+                   input_signature=None):
   """The cost of `slim_model(model, structure, round_to=round_to)`.
 
   Args:
@@ -43,13 +44,15 @@ def structure_cost(model, structure, cost='flops', round_to=1):
     structure: counts, alive vectors or a regularizer (see `slim_model`).
     cost: 'flops', 'model_size' or 'activations'.
     round_to: as in `slim_model`.
+    input_signature: as in `slim_model` (the cost is per example at the
+      traced shapes).
 
   Returns:
     The cost per example (float): the network's `CostModel` evaluated at
     the slim model's widths (the regularizers' own cost definition).
   """
   kind = _cost_kind(cost)
-  analysis = _structure.Analysis(model)
+  analysis = _structure.Analysis(model, input_signature)
   counts, _ = analysis.resolve(structure)
   return _cost(analysis, counts, kind, round_to)
 
@@ -73,7 +76,7 @@ def _cost(analysis, counts, kind, round_to=1, fix=False):
 
 
 def expand_structure(model, structure, target_cost, cost='flops',
-                     round_to=1):
+                     round_to=1, input_signature=None):
   """Scales all counts by one factor to fit `target_cost` from below.
 
   Args:
@@ -84,6 +87,7 @@ def expand_structure(model, structure, target_cost, cost='flops',
     cost: 'flops', 'model_size', 'activations', or a callable keras.Model -> float applied
       to `slim_model(model, counts)` (slower: builds a model per step).
     round_to: counts are rounded up to multiples of it.
+    input_signature: as in `slim_model`.
 
   Returns:
     {layer name: count} for the names in `structure`. Counts may exceed the
@@ -110,7 +114,7 @@ def expand_structure(model, structure, target_cost, cost='flops',
     raise ValueError('target_cost must be a positive finite number, got %r.'
                      % (target_cost,))
   kind = None if callable(cost) else _cost_kind(cost)
-  analysis = _structure.Analysis(model)
+  analysis = _structure.Analysis(model, input_signature)
   counts, _ = analysis.resolve(structure)
 
   groups = {k: analysis.group_size(k) for k in counts}
@@ -127,7 +131,8 @@ def expand_structure(model, structure, target_cost, cost='flops',
 
   if kind is None:
     def evaluate(scaled):
-      return float(cost(slim_lib.slim_model(model, scaled)))
+      return float(cost(slim_lib.slim_model(
+          model, scaled, input_signature=input_signature)))
   else:
     def evaluate(scaled):
       return _cost(analysis, scaled, kind, fix=True)

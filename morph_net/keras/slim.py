@@ -65,7 +65,7 @@ as_functional = _slim_plan.as_functional
 
 
 def slim_model(model, structure, transfer_weights=False, round_to=1,
-               fold_gates=True):
+               fold_gates=True, input_signature=None):
   """Builds the model with the channel counts of `structure`.
 
   Args:
@@ -86,6 +86,10 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
     fold_gates: drop `LogisticSigmoidGating` layers (with transfer, a gate
       whose kept channels' mask is not all 1 becomes a core `Rescaling`).
       False keeps them, e.g. for another shrink cycle with gates.
+    input_signature: how to trace `model` for the analysis, as for the
+      regularizers (e.g. `{'token_ids': tf.TensorSpec([None, 128],
+      tf.int32), ...}` for a text backbone whose sequence length is None).
+      The slim model keeps the model's own input shapes.
 
   Returns:
     A new functional `keras.Model` with the same layer names.
@@ -109,7 +113,7 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
       custom layer that has no width rule.
   """
   _slim_plan.as_functional(model)
-  analysis = _structure.Analysis(model)
+  analysis = _structure.Analysis(model, input_signature)
   counts, alive = analysis.resolve(structure)
   if transfer_weights and alive is None and counts:
     raise ValueError(
@@ -125,17 +129,18 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
   return new_model
 
 
-def resolve_structure(model, structure):
+def resolve_structure(model, structure, input_signature=None):
   """Checks a structure against `model`'s analysis.
 
   Args:
     model: a Keras model.
     structure: see `slim_model`.
+    input_signature: see `slim_model`.
 
   Returns:
     ({key: count}, {key: alive channel indices} or None for counts only).
   """
-  return _structure.Analysis(model).resolve(structure)
+  return _structure.Analysis(model, input_signature).resolve(structure)
 
 
 def plan_structure(analysis, counts, alive, round_to=1, warn=False,
