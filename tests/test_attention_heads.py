@@ -199,6 +199,28 @@ def _vit_classifier(heads=4, hidden=16, mlp=32):
   return keras.Model(inputs, keras.layers.Dense(10, name='logits')(pooled))
 
 
+def _train_vit(mlp, strength):
+  """Trains `_vit_classifier(mlp=mlp)` on digits for 8 epochs (~350 Adam
+  steps) under GroupLasso FLOPs with exact zeros at `strength` / initial
+  cost, the residual stream's producers blacklisted. Returns the data, the
+  model, the regularizer, the initial cost and the alive counts."""
+  keras.utils.set_random_seed(0)
+  x, y = _digits()
+  model = _vit_classifier(mlp=mlp)
+  reg = flop_regularizer.GroupLassoFlopsRegularizer(
+      model, threshold=1e-2,
+      regularizer_blacklist=['attention_output', 'dense_2', 'patch_embedding'])
+  full = float(reg.get_cost())
+  trainer = mk.add_regularizer(model, reg, strength=strength / full,
+                               exact_zeros=True, monitor=False)
+  trainer.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  trainer.fit(x[:1400], y[:1400], batch_size=32, epochs=8, verbose=0)
+  counts = structure_exporter.StructureExporter(
+      reg.op_regularizer_manager).get_alive_counts()
+  return x, y, model, reg, full, counts
+
+
 def test_vit_trained_with_group_lasso_loses_whole_heads():
   """A keras-hub ViT on sklearn digits (17 tokens, 2 blocks of 4 heads of
   4 dims), GroupLasso FLOPs with exact zeros, 8 epochs (~350 steps).
@@ -211,21 +233,7 @@ def test_vit_trained_with_group_lasso_loses_whole_heads():
   with no head (a custom layer keeps its sublayers), and the strength here
   leaves some in each block.
   """
-  keras.utils.set_random_seed(0)
-  x, y = _digits()
-  model = _vit_classifier()
-  reg = flop_regularizer.GroupLassoFlopsRegularizer(
-      model, threshold=1e-2,
-      regularizer_blacklist=['attention_output', 'dense_2', 'patch_embedding'])
-  full = float(reg.get_cost())
-  trainer = mk.add_regularizer(model, reg, strength=5.0 / full,
-                               exact_zeros=True, monitor=False)
-  trainer.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=['accuracy'])
-  trainer.fit(x[:1400], y[:1400], batch_size=32, epochs=8, verbose=0)
-  counts = structure_exporter.StructureExporter(
-      reg.op_regularizer_manager).get_alive_counts()
+  x, y, model, reg, full, counts = _train_vit(mlp=32, strength=5.0)
   queries = {k: v for k, v in counts.items() if k.endswith('mha/query')}
   assert len(queries) == 2
   for key, n in queries.items():
@@ -260,20 +268,7 @@ def test_vit_mlp_units_die_under_a_stronger_term():
   [2.5, 60] / cost, MLP width 32-128 or patch size 2 and 4 left a head
   alive in each block while MLP units died, under Adam. So heads and
   units are checked in two runs; both keep whole heads."""
-  keras.utils.set_random_seed(0)
-  x, y = _digits()
-  model = _vit_classifier(mlp=64)
-  reg = flop_regularizer.GroupLassoFlopsRegularizer(
-      model, threshold=1e-2,
-      regularizer_blacklist=['attention_output', 'dense_2', 'patch_embedding'])
-  full = float(reg.get_cost())
-  trainer = mk.add_regularizer(model, reg, strength=40.0 / full,
-                               exact_zeros=True, monitor=False)
-  trainer.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  trainer.fit(x[:1400], y[:1400], batch_size=32, epochs=8, verbose=0)
-  counts = structure_exporter.StructureExporter(
-      reg.op_regularizer_manager).get_alive_counts()
+  x, y, model, reg, full, counts = _train_vit(mlp=64, strength=40.0)
   units = [v for k, v in counts.items() if k.endswith('mlp/dense_1')]
   assert len(units) == 2 and sum(units) < 0.9 * 128, counts
   assert all(v % 4 == 0 for k, v in counts.items()

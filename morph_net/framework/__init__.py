@@ -25,6 +25,7 @@ from morph_net.framework.grouping_regularizers import ProbabilisticGroupingRegul
 from morph_net.framework.op_handler import LeafOpHandler
 from morph_net.framework.op_handler import OpHandler
 from morph_net.framework.op_handler import TerminalOpHandler
+from morph_net.framework.op_handler import ValueOpHandler
 from morph_net.framework.op_handlers import default_op_handler_dict
 from morph_net.framework.op_regularizer_manager import OpRegularizerManager
 from morph_net.framework.op_slice import OpGroup
@@ -44,5 +45,5 @@ __all__ = [
     'ProbabilisticGroupingRegularizer', 'ReductionOpHandler',
     'ReshapeOpHandler', 'SameChannelsOpHandler', 'Slice', 'SliceOpHandler',
     'TerminalOpHandler', 'TransposeOpHandler', 'UnknownShapeError',
-    'UnsupportedOpError', 'default_op_handler_dict',
+    'UnsupportedOpError', 'ValueOpHandler', 'default_op_handler_dict',
 ]

@@ -155,14 +155,10 @@ class PackOpHandler(op_handler.OpHandler):
       ctx.tie_axes(out, names, t, names)
 
 
-class UnpackOpHandler(op_handler.OpHandler):
+class UnpackOpHandler(op_handler.ValueOpHandler):
   """Unpack (`ops.unstack`): output k is slice k of an axis of the input."""
 
   handles_channel_axes = True
-
-  def data_inputs(self, op, view):
-    del view
-    return [0]
 
   def analyze(self, op, ctx):
     inp = op.inputs[0]
@@ -183,15 +179,11 @@ class UnpackOpHandler(op_handler.OpHandler):
         ctx.tie_axes(out, names, inp, names)
 
 
-class RollOpHandler(op_handler.OpHandler):
+class RollOpHandler(op_handler.ValueOpHandler):
   """Roll (Swin's shifted windows): a passthrough along space; rolling a
   channel axis by a constant shift permutes the channels."""
 
   handles_channel_axes = True
-
-  def data_inputs(self, op, view):
-    del view
-    return [0]
 
   def analyze(self, op, ctx):
     inp, out = op.inputs[0], op.outputs[0]
@@ -221,7 +213,7 @@ def _int_list(value):
   return None if value is None else [int(v) for v in np.ravel(value)]
 
 
-class SliceOpHandler(op_handler.OpHandler):
+class SliceOpHandler(op_handler.ValueOpHandler):
   """Slice / StridedSlice: along axes without channels a passthrough (a
   crop, the class token `x[:, 0]`); along a channel axis the output's
   channels are the selected ones (GPT-NeoX's q/k/v thirds of a fused
@@ -230,10 +222,6 @@ class SliceOpHandler(op_handler.OpHandler):
   new axis inserted, the output is a leaf."""
 
   handles_channel_axes = True
-
-  def data_inputs(self, op, view):
-    del view
-    return [0]
 
   def analyze(self, op, ctx):
     inp, out = op.inputs[0], op.outputs[0]

@@ -119,16 +119,12 @@ class OutputNonPassthroughOpHandler(op_handler.OpHandler):
                     in_positions=in_pos, out_positions=out_pos)
 
 
-class DepthwiseConvOpHandler(op_handler.OpHandler):
+class DepthwiseConvOpHandler(op_handler.ValueOpHandler):
   """DepthwiseConv2dNative: output channel j comes from input j // mult.
 
   With a depth multiplier > 1 each input channel feeds `mult` output
   channels; they share the input channel's group.
   """
-
-  def data_inputs(self, op, view):
-    del view
-    return [0]
 
   def analyze(self, op, ctx):
     _analyze_depthwise(op, ctx, op.inputs[1].shape.as_list()[-1])

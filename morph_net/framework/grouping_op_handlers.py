@@ -122,7 +122,7 @@ def _keeps_last_axis(axes, rank):
   return rank is not None and all(int(a) % rank != rank - 1 for a in axes)
 
 
-class ReductionOpHandler(op_handler.OpHandler):
+class ReductionOpHandler(op_handler.ValueOpHandler):
   """Mean/Max/Sum: passthrough over spatial axes, a leaf over channels.
 
   With channels on several axes, the output keeps the channel axes that
@@ -130,10 +130,6 @@ class ReductionOpHandler(op_handler.OpHandler):
   """
 
   handles_channel_axes = True
-
-  def data_inputs(self, op, view):
-    del view
-    return [0]
 
   def analyze(self, op, ctx):
     inp, out = op.inputs[0], op.outputs[0]
@@ -160,14 +156,10 @@ class ReductionOpHandler(op_handler.OpHandler):
     ctx.tie_axes(out, kept, inp, channel_axes)
 
 
-class PadOpHandler(op_handler.OpHandler):
+class PadOpHandler(op_handler.ValueOpHandler):
   """Pad/MirrorPad: passthrough unless the channel axis is padded."""
 
   handles_channel_axes = True
-
-  def data_inputs(self, op, view):
-    del view
-    return [0]
 
   def analyze(self, op, ctx):
     inp, out = op.inputs[0], op.outputs[0]
@@ -178,7 +170,7 @@ class PadOpHandler(op_handler.OpHandler):
       ctx.tie(out, inp)
 
 
-class TransposeOpHandler(op_handler.OpHandler):
+class TransposeOpHandler(op_handler.ValueOpHandler):
   """Transpose: the channel axes move with the permutation.
 
   Channels go wherever the permutation puts them (NHWC -> NCHW puts them on
@@ -189,10 +181,6 @@ class TransposeOpHandler(op_handler.OpHandler):
   """
 
   handles_channel_axes = True
-
-  def data_inputs(self, op, view):
-    del view
-    return [0]
 
   def analyze(self, op, ctx):
     inp, out = op.inputs[0], op.outputs[0]
@@ -210,7 +198,7 @@ class TransposeOpHandler(op_handler.OpHandler):
     ctx.tie_axes(out, [perm[a] for a in out_axes], inp, in_axes)
 
 
-class SameChannelsOpHandler(op_handler.OpHandler):
+class SameChannelsOpHandler(op_handler.ValueOpHandler):
   """Squeeze, ExpandDims, resizes: passthrough if the channel count holds.
 
   Dropping or adding a unit axis before the channel axis keeps channels in
@@ -220,10 +208,6 @@ class SameChannelsOpHandler(op_handler.OpHandler):
   """
 
   handles_channel_axes = True
-
-  def data_inputs(self, op, view):
-    del view
-    return [0]
 
   def analyze(self, op, ctx):
     inp, out = op.inputs[0], op.outputs[0]

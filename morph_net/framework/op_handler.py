@@ -78,6 +78,15 @@ class TerminalOpHandler(OpHandler):
     return []
 
 
+class ValueOpHandler(OpHandler):
+  """Base for ops whose input 0 is the only activation (the value); the
+  other inputs are axes, shapes, shifts or bounds."""
+
+  def data_inputs(self, op, view):
+    del op, view
+    return [0]
+
+
 class LeafOpHandler(OpHandler):
   """An op whose output channels are unrelated to its input channels.
 

@@ -20,13 +20,9 @@ import numpy as np
 from morph_net.framework import op_handler
 
 
-class ReshapeOpHandler(op_handler.OpHandler):
+class ReshapeOpHandler(op_handler.ValueOpHandler):
 
   handles_channel_axes = True
-
-  def data_inputs(self, op, view):
-    del view
-    return [0]
 
   def analyze(self, op, ctx):
     inp, out = op.inputs[0], op.outputs[0]

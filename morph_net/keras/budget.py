@@ -168,8 +168,7 @@ def _channel_norms(kind, value, axis):
   """r_c: |gamma|, or the RMS over the other axes of a kernel."""
   if kind == 'gamma':
     return tf.abs(value)
-  if isinstance(axis, np.ndarray):  # an index map: row c, channel c
-    value, axis = tf.gather(tf.reshape(value, [-1]), axis), 0
+  value, axis = group_lasso_regularizer.by_channel(value, axis)
   keep = group_lasso_regularizer.out_axes(value.shape.rank, axis)
   axes = [a for a in range(value.shape.rank) if a not in keep]
   norms = tf.sqrt(tf.reduce_mean(tf.square(value), axis=axes))

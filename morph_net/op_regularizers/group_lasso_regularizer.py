@@ -34,13 +34,18 @@ def num_out_channels(shape, out_axis):
   return int(np.prod([shape[a] for a in out_axes(len(shape), out_axis)]))
 
 
-def _norms(weight, out_axis, l1_fraction):
-  w = gamma_l1_regularizer.read(weight)
+def by_channel(w, out_axis):
+  """(w, out_axis) with an index-map `out_axis` applied: row c of the
+  int array holds the flat indices of channel c's weights (a kernel that
+  the op reads transposed: see einsum_op_handler._variable_out_axis), so
+  the result is [C, K] with channels on axis 0. Other axes pass as given."""
   if isinstance(out_axis, np.ndarray):
-    # Row c: the flat indices of channel c's weights (a kernel that the
-    # op reads transposed: see einsum_op_handler._variable_out_axis).
-    w = tf.gather(tf.reshape(w, [-1]), out_axis)
-    out_axis = 0
+    return tf.gather(tf.reshape(w, [-1]), out_axis), 0
+  return w, out_axis
+
+
+def _norms(weight, out_axis, l1_fraction):
+  w, out_axis = by_channel(gamma_l1_regularizer.read(weight), out_axis)
   rank = w.shape.rank
   keep = out_axes(rank, out_axis)
   axes = [a for a in range(rank) if a not in keep]
