@@ -325,6 +325,25 @@ def _group_heads(p):
   return tf.reshape(grouped, tf.concat([tf.shape(p)[:-1], [8]], 0))
 
 
+def _grouped_query_attention(q, kv):
+  """Keras's TF lowering of 'btkgh,bskh->bkgts' and 'bkgts,bskh->btkgh'
+  (Gemma's grouped-query attention): the query groups are merged with the
+  tokens for a matmul, then split back. 2 key/value heads (K) x 2 query
+  heads each (G) x head size 2; the zeros of a masking `where` tie
+  nothing."""
+  q = tf.transpose(tf.reshape(q, [-1, 16, 2, 2, 2]), [0, 2, 3, 1, 4])
+  q = tf.reshape(q, [-1, 2, 32, 2])  # [B, K, G*T, d]
+  kv = tf.transpose(tf.reshape(kv, [-1, 16, 2, 2]), [0, 2, 1, 3])
+  scores = tf.matmul(q, kv, transpose_b=True)  # [B, K, G*T, S]
+  scores = tf.nn.softmax(tf.reshape(scores, [-1, 2, 2, 16, 16]))
+  out = tf.matmul(tf.reshape(scores, [-1, 2, 32, 16]), kv)
+  out = tf.transpose(tf.reshape(out, [-1, 2, 2, 16, 2]), [0, 3, 1, 2, 4])
+  out = tf.where(out > 0.0, out, tf.zeros_like(out))
+  if tf.executing_eagerly():  # 2 x T x S x (K G d), twice
+    _COUNT['flops'] += 2 * 2 * 16 * 16 * 8
+  return tf.reshape(out, [-1, 4, 4, 8], name='op')
+
+
 def _gather_head_dims(p):
   """Dims 3 and 0 of every head: a gather along a channel axis of two."""
   picked = tf.gather(_heads(p), [3, 0], axis=-1, name='op')
@@ -477,6 +496,11 @@ ROWS = (
             ties=(('op', 'pre', None),)),
         Row('Reshape-group-heads', ('Reshape',), _raw(_group_heads),
             ties=(('op', 'pre', None),)),
+        # Query channel (k, g, j) meets key/value channel (k, j).
+        Row('Reshape-query-groups-with-tokens', ('Reshape', 'BatchMatMulV2'),
+            _raw(_grouped_query_attention, pre_channels=(8, 4)),
+            ties=(('op', 'pre', None),
+                  ('pre', 'pre2', np.array([0, 1, 0, 1, 2, 3, 2, 3])))),
         Row('GatherV2-Embedding', ('GatherV2',), _keras(_keras_embedding)),
         Row('ResourceGather', ('ResourceGather',), _resource_gather),
         Row('Mean-over-channels', ('Mean',),
@@ -520,6 +544,11 @@ ROWS = (
         Row('StridedSlice-channels', ('StridedSlice',),
             _raw(lambda p: tf.identity(p[..., 1::3], name='op')),
             ties=(('op', 'pre', np.array([1, 4, 7])),)),
+        # x[..., None, 1:]: a new unit axis holds no channel (ViTDet's
+        # relative-position terms broadcast onto the scores this way).
+        Row('StridedSlice-new-axis', ('StridedSlice', 'Sum'),
+            _raw(lambda p: tf.reduce_sum(p[..., None, 1:], 3, name='op')),
+            ties=(('op', 'pre', np.arange(1, 8)),)),
         Row('StridedSlice-class-token', ('StridedSlice',),
             _raw(lambda p: p[:, 0], in_shape=(4, 8)),
             ties=(('StridedSlice:', 'pre', None),)),
@@ -636,6 +665,18 @@ def test_handler_conformance(row):
       expected['flops'], rel=1e-9)
   size = cost_model.CostModel(manager, 'model_size').full_cost()
   assert size == pytest.approx(expected['weights'], rel=1e-9)
+
+
+def test_grouped_query_heads_live_per_key_value_head():
+  """Gemma's lowering: a key/value head and its query heads are one class,
+  and the two key/value heads are two."""
+  row = next(r for r in ROWS if r.name == 'Reshape-query-groups-with-tokens')
+  boundary, expected = row.build()  # `expected` keeps the weights alive
+  manager = orm.OpRegularizerManager(boundary)
+  labels = _labels(manager, 'pre')
+  assert len(set(labels[:4])) == 1 and len(set(labels[4:])) == 1
+  assert labels[0] != labels[4]
+  del expected
 
 
 def test_every_table_op_type_has_a_row():

@@ -23,6 +23,7 @@ finding, so the test flips (XPASS fails) when the cause is fixed.
 import importlib.util
 import os
 
+import numpy as np
 import pytest
 
 pytest.importorskip('keras_hub')
@@ -31,6 +32,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from morph_net import keras as morph_keras  # pylint: disable=g-import-not-at-top
 from morph_net.framework import errors  # pylint: disable=g-import-not-at-top
+from morph_net.framework import op_regularizer_manager as orm  # pylint: disable=g-import-not-at-top
 from morph_net.tools import analyze as analyze_lib  # pylint: disable=g-import-not-at-top
 
 _ZOO_PATH = os.path.join(os.path.dirname(__file__), os.pardir, 'benchmarks',
@@ -48,13 +50,6 @@ _MIT_ATTENTION = (
     'on their own (stage 2: halved while the residual, tied to the output, '
     'stays); its width rule then raises "sets config field \'project_dim\' '
     '... which disagree"')
-
-
-_GEMMA_PRODUCTS = (
-    "structure_cost over-counts Gemma's pruned attention products: Keras "
-    "lowers 'btkgh,bskh->bkgts' to a matmul over a reshape that merges the "
-    'query-group axis with the tokens, which the analysis takes as a leaf '
-    '(exact at full width; slim 28,672 vs cost 32,768 halved)')
 
 
 def _xfail(reason):
@@ -129,6 +124,55 @@ def test_dict_input_backbone_slims_with_its_input_structure():
     morph_keras.structure_cost(model, half)
 
 
+def _output_labels(manager, part):
+  """Channel classes of the output of the first MatMul whose name has
+  `part` (a projection in the first attention block)."""
+  op = next(o for o in manager.ops
+            if o.type in ('MatMul', 'BatchMatMulV2') and part in o.name)
+  return np.asarray(manager.channel_labels(op.outputs[0]))
+
+
+def _assert_whole_heads(labels):
+  """labels [..., heads, head size]: one class per head, all distinct."""
+  per_head = labels.reshape(-1, labels.shape[-2], labels.shape[-1])
+  for h in range(per_head.shape[1]):
+    assert len(set(per_head[:, h].ravel())) == 1, labels
+  assert len(set(per_head[0, :, 0])) == per_head.shape[1], labels
+
+
+@pytest.mark.parametrize('name,part,shape', [
+    # heads folded into the batch axis (traced at one example), a relative
+    # position table gathered from a parameter on the scores
+    ('vitdet', 'relative_pe_1/dense_1/', (3, 2, 8)),
+    # windows folded into the batch axis; stage 2 has two heads
+    ('swin', 'stage_1_1/blocks_0_1/attn_1/attention_qkv_1/', (3, 2, 8)),
+])
+def test_fused_qkv_heads_are_whole_channel_groups(name, part, shape):
+  model, _, _ = zoo.BUILDERS[name]()
+  labels = _output_labels(orm.OpRegularizerManager(model), part)
+  _assert_whole_heads(labels.reshape(shape))
+
+
+def test_grouped_query_heads_live_with_their_key_value_head():
+  """Gemma (4 query heads in 2 groups; Keras merges the groups with the
+  tokens for its matmul): a key/value head, its query heads and their
+  rows of the output projection are one channel class."""
+  model, _, _ = zoo.BUILDERS['gemma']()
+  manager = orm.OpRegularizerManager(model)
+  block = 'decoder_block_0_1/attention_1/'
+  query = _output_labels(manager, block + 'query_1/').reshape(2, 2, 4)
+  key = _output_labels(manager, block + 'key_1/').reshape(2, 4)
+  value = _output_labels(manager, block + 'value_1/').reshape(2, 4)
+  _assert_whole_heads(np.stack([np.repeat(key[:, None], 2, 1), query,
+                                np.repeat(value[:, None], 2, 1)]).reshape(
+                                    3, 2, 8))
+  op = next(o for o in manager.ops
+            if o.type == 'BatchMatMulV2' and block + 'attention_output_1/'
+            in o.name)
+  rows = np.asarray(manager.channel_labels(op.inputs[0])).reshape(2, 2, 4)
+  np.testing.assert_array_equal(rows, query)
+
+
 def test_mit_analyzes_exactly_at_batch_one():
   model, data, _ = zoo.mit()
   report = analyze_lib.analyze(
@@ -151,7 +195,7 @@ def test_mit_analyzes_exactly_at_batch_one():
     'siglip',  # vision tower + attention-pooling head, by width rules
     'dinov2',  # class/register tokens and LayerScale follow hidden_dim
     'mistral',  # grouped-query heads, the head size kept explicitly
-    pytest.param('gemma', marks=_xfail(_GEMMA_PRODUCTS)),
+    'gemma',  # query groups merged with tokens by Keras's einsum lowering
     pytest.param('mit', marks=_xfail(_MIT_ATTENTION)),
 ])
 def test_halved_structure_slims_to_its_cost(name):

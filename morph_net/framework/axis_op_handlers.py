@@ -218,8 +218,8 @@ class SliceOpHandler(op_handler.ValueOpHandler):
   crop, the class token `x[:, 0]`); along a channel axis the output's
   channels are the selected ones (GPT-NeoX's q/k/v thirds of a fused
   projection, a rotary embedding's even and odd dims). A channel axis
-  reduced to one index disappears; with every channel axis reduced, or a
-  new axis inserted, the output is a leaf."""
+  reduced to one index disappears, a new unit axis (`x[..., None]`) holds
+  none; with every channel axis reduced the output is a leaf."""
 
   handles_channel_axes = True
 
@@ -229,16 +229,25 @@ class SliceOpHandler(op_handler.ValueOpHandler):
     picks = _selection(op, ctx.view, shape)
     if picks is None or len(ctx.view.shape(out) or ()) != sum(
         not isinstance(p, int) for p in picks):
-      return  # unknown bounds or a new axis: a leaf
+      return  # unknown bounds: a leaf
     rank = len(shape)
     axes = [a + rank for a in ctx.channel_axes(inp)]
     if any(shape[a] is None for a in axes):
       return
-    kept = [a for a in range(rank) if not isinstance(picks[a], int)]
-    out_axes = [kept.index(a) - len(kept) for a in axes if a in kept]
+    position, axis, k = {}, 0, 0  # input axis -> output axis
+    for pick in picks:
+      if pick is None:  # a new unit axis
+        k += 1
+        continue
+      if not isinstance(pick, int):
+        position[axis] = k
+        k += 1
+      axis += 1
+    out_axes = [position[a] - k for a in axes if a in position]
     if not out_axes:
       return  # one channel picked from each channel axis: a leaf
     ctx.set_channel_axes(out, out_axes)
+    picks = [p for p in picks if p is not None]
     index = np.arange(ctx.channels(inp)).reshape([shape[a] for a in axes])
     for k in reversed(range(len(axes))):
       pick = picks[axes[k]]
@@ -248,8 +257,9 @@ class SliceOpHandler(op_handler.ValueOpHandler):
 
 
 def _selection(op, view, shape):
-  """Per input axis: a `slice` (kept) or an int index (reduced), or None
-  when the bounds are unknown or the op inserts an axis."""
+  """Per index of the spec: a `slice` (an input axis kept), an int (an
+  input axis reduced) or None (a new unit axis); None instead of the list
+  when the bounds are unknown."""
   if shape is None:
     return None
   rank = len(shape)
@@ -267,16 +277,18 @@ def _selection(op, view, shape):
     return None
   mask = {m: op.get_attr(m + '_mask') for m in (
       'begin', 'end', 'ellipsis', 'new_axis', 'shrink_axis')}
-  if mask['new_axis']:
-    return None
+  new = [mask['new_axis'] >> i & 1 for i in range(len(begin))]
   picks = []
   for i, (b, e, s) in enumerate(zip(begin, end, strides)):
     if mask['ellipsis'] >> i & 1:
-      picks += [slice(None)] * (rank - (len(begin) - 1))
+      picks += [slice(None)] * (rank - (len(begin) - 1 - sum(new)))
+    elif new[i]:
+      picks.append(None)
     elif mask['shrink_axis'] >> i & 1:
       picks.append(b)  # negative: from the end (np.take on channel axes)
     else:
       picks.append(slice(None if mask['begin'] >> i & 1 else b,
                          None if mask['end'] >> i & 1 else e, s))
-  picks += [slice(None)] * (rank - len(picks))
-  return picks if len(picks) == rank else None
+  consumed = sum(p is not None for p in picks)
+  picks += [slice(None)] * (rank - consumed)
+  return picks if consumed <= rank else None

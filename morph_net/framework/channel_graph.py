@@ -79,6 +79,7 @@ class ChannelGraphBuilder:
     self._sizes = {}
     self._override = {}  # tensor name -> channel count known by a handler
     self._axes = {}  # tensor name -> channel axes (negative), if not (-1,)
+    self._factors = {}  # tensor name -> {channel axis: factors}, see below
     self._num_nodes = 0
     self._edges = []  # pairs of equal-length node-id arrays
     self.sources = []
@@ -126,6 +127,35 @@ class ChannelGraphBuilder:
     else:
       self._axes[tensor.name] = axes
 
+  def axis_factors(self, tensor):
+    """{channel axis: factors} for the channel axes of `tensor` that merge
+    channels with positions (a reshape merged query groups with tokens).
+
+    Factors are (size, holds_channels) pairs in row-major order; the axis
+    keeps one node per coordinate, and coordinates that differ only in
+    factors without channels are always one channel class (they copy one
+    channel), so a reshape that splits the axis again can make those
+    factors positions. Handlers need not care: `tie` and `tie_axes` hand
+    the factors on, and ties only merge classes, which keeps them true.
+    """
+    return dict(self._factors.get(tensor.name, {}))
+
+  def set_axis_factors(self, tensor, axis, factors):
+    self._factors.setdefault(tensor.name, {})[int(axis)] = tuple(
+        (int(size), bool(holds)) for size, holds in factors)
+
+  def _share_factors(self, a, a_axes, b, b_axes):
+    """Axis a_axes[i] of a is tied coordinate by coordinate to axis
+    b_axes[i] of b (equal sizes): each has the other's factors."""
+    fa, fb = self._factors.get(a.name, {}), self._factors.get(b.name, {})
+    if not fa and not fb:
+      return
+    for x, y in zip(a_axes, b_axes):
+      if x in fa and y not in fb:
+        self.set_axis_factors(b, y, fa[x])
+      elif y in fb and x not in fa:
+        self.set_axis_factors(a, x, fb[y])
+
   def has_channel_axes(self, tensor):
     """True if `tensor`'s channels are not (only) its last axis."""
     return self.channel_axes(tensor) != DEFAULT_AXES
@@ -159,7 +189,7 @@ class ChannelGraphBuilder:
     axes = self.channel_axes(old)
     if (axes == DEFAULT_AXES or new.name in self._blocks
         or new.name in self._axes or new.shape.rank is None
-        or new.shape.rank < -axes[0] + 1):
+        or new.shape.rank < -axes[0] + (0 if self.view.one_example else 1)):
       return
     old_shape, new_shape = self.view.shape(old), self.view.shape(new)
     if all(old_shape[a] == new_shape[a] for a in axes):
@@ -204,6 +234,12 @@ class ChannelGraphBuilder:
           'Channels of %r (%d) and %r (%d) must be tied but differ in count.'
           % (a.name, len(na), b.name, len(nb)))
     self._edges.append((na, nb))
+    if a.name in self._factors or b.name in self._factors:
+      axes_a, axes_b = self.channel_axes(a), self.channel_axes(b)
+      shape_a, shape_b = self.view.shape(a), self.view.shape(b)
+      if (len(axes_a) == len(axes_b) and shape_a and shape_b
+          and [shape_a[x] for x in axes_a] == [shape_b[x] for x in axes_b]):
+        self._share_factors(a, axes_a, b, axes_b)
 
   def tie_axes(self, a, a_names, b, b_names):
     """Ties the channels of a and b that agree on their shared axes.
@@ -223,6 +259,10 @@ class ChannelGraphBuilder:
             'Channel axis %r of %r (%d) and of %r (%d) must be tied but '
             'differ in size.' % (name, a.name, dims_a[a_names.index(name)],
                                  b.name, dims_b[b_names.index(name)]))
+    shared = [n for n in a_names if n in b_names]
+    self._share_factors(
+        a, [self.channel_axes(a)[a_names.index(n)] for n in shared],
+        b, [self.channel_axes(b)[b_names.index(n)] for n in shared])
     na, nb = self.nodes(a), self.nodes(b)
     for (n_from, names_from, dims_from), (n_to, names_to, dims_to) in (
         ((na, a_names, dims_a), (nb, b_names, dims_b)),
@@ -257,6 +297,18 @@ class ChannelGraphBuilder:
           'Channel map from %r (%d) to %r (%d) does not fit.'
           % (inp.name, len(n_in), out.name, len(n_out)))
     self._edges.append((n_out, n_in[mapping]))
+
+  def tie_index(self, a, index_a, b, index_b):
+    """Channel index_a[i] of a is channel index_b[i] of b."""
+    na, nb = self.nodes(a), self.nodes(b)
+    index_a = np.asarray(index_a, dtype=np.int64)
+    index_b = np.asarray(index_b, dtype=np.int64)
+    if (index_a.shape != index_b.shape or index_a.max(initial=0) >= len(na)
+        or index_b.max(initial=0) >= len(nb)):
+      raise errors.ChannelMismatchError(
+          'Channel pairs of %r (%d) and %r (%d) do not fit.'
+          % (a.name, len(na), b.name, len(nb)))
+    self._edges.append((na[index_a], nb[index_b]))
 
   def tie_concat(self, out, inputs):
     n_out = self.nodes(out)

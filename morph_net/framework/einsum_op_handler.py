@@ -45,6 +45,12 @@ def is_weight(tensor, view):
           or view.source_of(tensor).type in _WEIGHT_SOURCES)
 
 
+def _is_constant(tensor, view):
+  """Computed from parameters only, in a model fed by data."""
+  return not view.depends_on_input(tensor, shapes=True) and any(
+      view.depends_on_input(t) for op in view.output_ops for t in op.outputs)
+
+
 def parse_equation(equation, ranks):
   """(operand terms, output term) with '...' expanded, or None.
 
@@ -280,8 +286,12 @@ class EinsumOpHandler(op_handler.OpHandler):
     batch = out_term[0] if tx[0] == ty[0] == out_term[0] else None
     letters_of = lambda t, term: [term[ax % len(term)]
                                   for ax in ctx.channel_axes(t)]
-    lx, ly = letters_of(x, tx), letters_of(y, ty)
-    lo = [l for l in out_term if (l in lx or l in ly) and l != batch]
+    # A parameter table (ViTDet's gathered relative positions) ties nothing.
+    lx, ly = [[] if _is_constant(t, ctx.view) else letters_of(t, term)
+              for t, term in ((x, tx), (y, ty))]
+    # One example traced: the batch axis may hold heads or windows.
+    lo = [l for l in out_term if (l in lx or l in ly)
+          and (l != batch or ctx.view.one_example)]
     if lo and lo != [out_term[-1]]:
       ctx.set_channel_axes(out, [out_term.index(l) - len(out_term)
                                  for l in lo])

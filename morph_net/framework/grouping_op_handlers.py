@@ -56,12 +56,18 @@ class IdentityNOpHandler(op_handler.OpHandler):
         ctx.tie(out, inp)
 
 
+_CONSTANT_LIKE = ('ZerosLike', 'OnesLike')
+
+
 class ElementwiseOpHandler(op_handler.OpHandler):
   """Add, Mul, Maximum, ... with broadcasting.
 
   Inputs of the output's rank are activations and are followed; those with
   the output's channel count are tied to it (a residual add, an SE block's
-  [N, 1, 1, C] gate). Lower-rank inputs ([C] biases, scalars) are parameters.
+  [N, 1, 1, C] gate). Lower-rank inputs ([C] biases, scalars) are parameters,
+  and so are ZerosLike/OnesLike outputs (constants shaped like an
+  activation: `where(mask, x, zeros_like(x))` must not tie x's channels
+  through the zeros' last axis).
   """
 
   def data_inputs(self, op, view):
@@ -70,6 +76,7 @@ class ElementwiseOpHandler(op_handler.OpHandler):
     return [i for i, t in enumerate(op.inputs)
             if op_handler.is_float(t) and out_rank is not None
             and op_handler.rank(t) == out_rank
+            and t.op.type not in _CONSTANT_LIKE
             and not _is_parameter(t, out, view)]
 
   handles_channel_axes = True
