@@ -223,6 +223,20 @@ def _train_vit(mlp, strength, num_layers=2, optimizer=None):
   return x, y, model, reg, full, counts
 
 
+def _assert_slim_vit_retrains(model, counts, x, y):
+  """The slim ViT costs what the structure costs and retrains from
+  scratch (its training loss halves in 3 epochs)."""
+  slim = mk.slim_model(model, counts, transfer_weights=False)
+  assert float(mk.structure_cost(model, counts)) == pytest.approx(
+      float(cost_model.CostModel(framework.OpRegularizerManager(slim),
+                                 'flops').full_cost()))
+  slim.compile(keras.optimizers.Adam(3e-3),
+               keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  first = slim.evaluate(x[:1400], y[:1400], verbose=0)
+  slim.fit(x[:1400], y[:1400], batch_size=32, epochs=3, verbose=0)
+  assert slim.evaluate(x[:1400], y[:1400], verbose=0) < 0.5 * first
+
+
 def test_vit_trained_with_group_lasso_loses_whole_heads():
   """A keras-hub ViT on sklearn digits (17 tokens, 2 blocks of 4 heads of
   4 dims), GroupLasso FLOPs with exact zeros, 8 epochs (~350 steps).
@@ -251,15 +265,7 @@ def test_vit_trained_with_group_lasso_loses_whole_heads():
   assert (logits.argmax(-1) == y[1400:]).mean() > 0.5
   # The slim ViT keeps the alive heads, costs what the structure costs,
   # and retrains from scratch.
-  slim = mk.slim_model(model, counts, transfer_weights=False)
-  assert float(mk.structure_cost(model, counts)) == pytest.approx(
-      float(cost_model.CostModel(framework.OpRegularizerManager(slim),
-                                 'flops').full_cost()))
-  slim.compile(keras.optimizers.Adam(3e-3),
-               keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  first = slim.evaluate(x[:1400], y[:1400], verbose=0)
-  slim.fit(x[:1400], y[:1400], batch_size=32, epochs=3, verbose=0)
-  assert slim.evaluate(x[:1400], y[:1400], verbose=0) < 0.5 * first
+  _assert_slim_vit_retrains(model, counts, x, y)
 
 
 def test_vit_loses_whole_heads_and_mlp_units_in_one_run():
@@ -281,23 +287,15 @@ def test_vit_loses_whole_heads_and_mlp_units_in_one_run():
       mlp=128, strength=0.1, num_layers=1,
       optimizer=keras.optimizers.SGD(0.05, momentum=0.9, clipnorm=1.0))
   leaf = {k.split('/')[-1]: v for k, v in counts.items()}  # unique here
-  query, units = [leaf.get('query')], [leaf.get('dense_1')]
-  assert None not in query + units, counts
-  assert query[0] % 4 == 0 and 0 < query[0] < 16, counts  # whole heads
-  assert 0 < units[0] < 128, counts
-  assert leaf['key'] == leaf['value'] == query[0], counts
+  query, units = leaf.get('query'), leaf.get('dense_1')
+  assert None not in (query, units), counts
+  assert query % 4 == 0 and 0 < query < 16, counts  # whole heads
+  assert 0 < units < 128, counts
+  assert leaf['key'] == leaf['value'] == query, counts
   assert float(reg.get_cost()) < 0.95 * full
   logits = model.predict(x[1400:], verbose=0)
   assert (logits.argmax(-1) == y[1400:]).mean() > 0.3  # chance: 0.1
-  slim = mk.slim_model(model, counts, transfer_weights=False)
-  assert float(mk.structure_cost(model, counts)) == pytest.approx(
-      float(cost_model.CostModel(framework.OpRegularizerManager(slim),
-                                 'flops').full_cost()))
-  slim.compile(keras.optimizers.Adam(3e-3),
-               keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  first = slim.evaluate(x[:1400], y[:1400], verbose=0)
-  slim.fit(x[:1400], y[:1400], batch_size=32, epochs=3, verbose=0)
-  assert slim.evaluate(x[:1400], y[:1400], verbose=0) < 0.5 * first
+  _assert_slim_vit_retrains(model, counts, x, y)
 
 
 def test_a_kernel_that_keras_transposes_for_its_matmul_is_a_weight():

@@ -47,8 +47,7 @@ def is_weight(tensor, view):
 
 def _is_constant(tensor, view):
   """Computed from parameters only, in a model fed by data."""
-  return not view.depends_on_input(tensor, shapes=True) and any(
-      view.depends_on_input(t) for op in view.output_ops for t in op.outputs)
+  return not view.depends_on_input(tensor, shapes=True) and view.fed_by_data()
 
 
 def parse_equation(equation, ranks):

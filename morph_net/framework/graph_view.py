@@ -245,6 +245,11 @@ class GraphView:
       else:
         return path
 
+  def fed_by_data(self):
+    """True if the outputs depend on data inputs (not all constants)."""
+    return any(self.depends_on_input(t)
+               for op in self.output_ops for t in op.outputs)
+
   def depends_on_input(self, tensor, shapes=False):
     """True if `tensor`'s value varies with the data fed to the network.
 

@@ -199,7 +199,7 @@ class OpRegularizerManager:
           'register a handler for %r in op_handler_dict.'
           % (op.name, op.type, self._view.function_body_types(op),
              self.path_to(op), op.type))
-    if handler is None and op.outputs and self._fed_by_data() and (
+    if handler is None and op.outputs and self._view.fed_by_data() and (
         not self._view.depends_on_input(op.outputs[0])):
       return []  # computed from constants only (positions): a parameter
     if handler is None:
@@ -210,11 +210,6 @@ class OpRegularizerManager:
           % (op.name, op.type, self.path_to(op),
              suggest.suggest_handler(op, self._view)))
     return handler.data_inputs(op, self._view)
-
-  def _fed_by_data(self):
-    """True if the outputs depend on data inputs (not all constants)."""
-    return any(self._view.depends_on_input(t)
-               for op in self._view.output_ops for t in op.outputs)
 
   @property
   def facts(self):
