@@ -121,6 +121,46 @@ def test_custom_attention_ties_heads_and_counts_products():
   assert flops == dense + products
 
 
+def _grouped_query_model(query_heads=4, kv_heads=2, head_dim=4):
+  """Grouped-query attention written as Llama writes it: key/value heads
+  repeated with ops.repeat (ExpandDims + Tile + Reshape) to the query
+  heads."""
+  x = keras.Input((T, C))
+  groups = query_heads // kv_heads
+
+  def split(t, heads):
+    return keras.ops.reshape(t, (-1, T, heads, head_dim))
+
+  q = keras.layers.Lambda(lambda t: split(t, query_heads))(
+      keras.layers.Dense(query_heads * head_dim, name='q')(x))
+  k, v = (keras.layers.Lambda(lambda t: keras.ops.repeat(
+      split(t, kv_heads), groups, axis=2))(
+          keras.layers.Dense(kv_heads * head_dim, name=n)(x))
+          for n in ('k', 'v'))
+  mixed = keras.layers.Lambda(lambda t: keras.ops.reshape(keras.ops.einsum(
+      'bhqk,bkhd->bqhd', keras.ops.softmax(keras.ops.einsum(
+          'bqhd,bkhd->bhqk', t[0], t[1]), axis=-1), t[2]),
+      (-1, T, query_heads * head_dim)))([q, k, v])
+  y = keras.layers.Dense(C, name='proj')(mixed)
+  return keras.Model(x, keras.layers.Dense(8, name='out')(y))
+
+
+def test_repeated_key_value_heads_live_with_their_query_heads():
+  """A key/value head, the query heads it serves and their projection rows
+  are one channel class (the ExpandDims before the repeat used to drop the
+  head axes: key/value channels were untied per dim)."""
+  manager = _manager(_grouped_query_model())
+  q = _labels(manager, 'q').reshape(4, 4)
+  k = _labels(manager, 'k').reshape(2, 4)
+  assert (k == k[:, :1]).all() and k[0, 0] != k[1, 0]
+  np.testing.assert_array_equal(q, np.repeat(k, 2, axis=0))
+  np.testing.assert_array_equal(_labels(manager, 'v').reshape(2, 4), k)
+  flops = cost_model.CostModel(manager, 'flops').full_cost()
+  dense = 2 * T * (C * 16 + 2 * C * 8 + 16 * C + C * 8)
+  products = 2 * (2 * T * T * 4 * 4)
+  assert flops == dense + products
+
+
 def test_channel_shuffle_is_a_permutation():
   """[N,H,W,g,c] -> swap -> merge: conv2 input channel i is conv1's
   channel perm[i], and nothing else is tied."""

@@ -255,3 +255,55 @@ def test_keras_hub_backbones_slim_with_transfer(name):
   counts = {k: int(v.sum()) for k, v in vectors.items()}
   assert zoo.independent_counts(slim, data)[0] == pytest.approx(
       morph_keras.structure_cost(model, counts), rel=zoo.TOLERANCE)
+
+
+def _zero_dead_outputs(layer, alive):
+  """Zeroes the kernel columns and bias entries of a Dense / EinsumDense
+  whose (flattened) output channels are dead."""
+  weights = layer.get_weights()
+  kernel = weights[0].reshape(weights[0].shape[0], -1)
+  kernel[:, ~alive] = 0.0
+  weights[0] = kernel.reshape(weights[0].shape)
+  for i in range(1, len(weights)):
+    bias = weights[i].reshape(-1)
+    bias[~alive] = 0.0
+    weights[i] = bias.reshape(weights[i].shape)
+  layer.set_weights(weights)
+
+
+@pytest.mark.parametrize('name', ['qwen3', 'mistral'])
+def test_grouped_query_decoders_slim_by_whole_heads_with_transfer(name):
+  """Grouped-query decoders (grouped-query attention, rotary embeddings, a
+  gated MLP): alive vectors chosen per channel label (a key/value head and
+  its query heads are one label set) slim to a model that computes the full
+  model's outputs when the dropped heads and units were zero, and whose
+  FLOPs equal structure_cost."""
+  pytest.importorskip('keras_hub')
+  zoo = _zoo()
+  keras.utils.set_random_seed(0)
+  model, data, _ = zoo.MORE[name]()
+  analysis = _structure.Analysis(model)
+  keys = zoo.half_structure(model)
+  chosen = np.random.RandomState(3).rand(analysis.num_labels) < 0.5
+  for key in keys:
+    labels = analysis.out_labels[key][0]
+    if not chosen[labels].any():
+      chosen[labels[0]] = True
+  vectors = {k: chosen[analysis.out_labels[k][0]] for k in keys}
+  for key, alive in vectors.items():
+    _zero_dead_outputs(analysis.layer(key), alive)
+  slim = morph_keras.slim_model(model, vectors, transfer_weights=True)
+  # The query heads per key/value head stay whole.
+  queries = {k: int(v.sum()) for k, v in vectors.items()
+             if k.endswith('query')}
+  values = {k: int(v.sum()) for k, v in vectors.items()
+            if k.endswith('value')}
+  assert len(queries) == len(values) == 2
+  assert all(q == 2 * v for q, v in zip(queries.values(), values.values()))
+  assert sum(queries.values()) < 2 * 16
+  np.testing.assert_allclose(slim(data, training=False),
+                             model(data, training=False), rtol=1e-4,
+                             atol=1e-5)
+  counts = {k: int(v.sum()) for k, v in vectors.items()}
+  assert zoo.independent_counts(slim, data)[0] == pytest.approx(
+      morph_keras.structure_cost(model, counts), rel=zoo.TOLERANCE)

@@ -10,6 +10,8 @@ elementwise ops, move with a transpose, and lose the axes a reduction
 removes (a mean over a head's dims keeps the head axis).
 """
 
+import numpy as np
+
 from morph_net.framework import op_handler
 
 
@@ -206,26 +208,52 @@ class TransposeOpHandler(op_handler.ValueOpHandler):
 
 
 class SameChannelsOpHandler(op_handler.ValueOpHandler):
-  """Squeeze, ExpandDims, resizes: passthrough if the channel count holds.
+  """Squeeze, ExpandDims, Tile, BroadcastTo: the channel axes carry over.
 
-  Dropping or adding a unit axis before the channel axis keeps channels in
-  place; an op that changes the last axis' size is treated as a leaf.
-  Channels on several axes pass when those axes are unchanged (counted
-  from the end).
+  An added or dropped unit axis moves the channel axes it precedes (the
+  key/value heads that `ops.repeat` expands as [B, T, H, 1, d] keep heads
+  on axes (-3, -1)); Tile and BroadcastTo keep their rank's axes, counted
+  from the end. A channel axis whose size changes is a leaf (the op copies
+  channels).
   """
 
   handles_channel_axes = True
 
   def analyze(self, op, ctx):
     inp, out = op.inputs[0], op.outputs[0]
-    if ctx.has_channel_axes(inp):
-      in_shape, out_shape = ctx.view.shape(inp), ctx.view.shape(out)
-      axes = ctx.channel_axes(inp)
-      if (in_shape is not None and out_shape is not None
-          and len(out_shape) >= -axes[0] + 1
-          and all(in_shape[a] == out_shape[a] for a in axes)):
-        ctx.tie(out, inp)
+    in_shape, out_shape = ctx.view.shape(inp), ctx.view.shape(out)
+    if in_shape is None or out_shape is None:
       return
-    c_out = ctx.view.channels(out)
-    if c_out is not None and c_out == ctx.view.channels(inp):
+    mapping = _axis_map(op, ctx, len(in_shape), len(out_shape))
+    axes = [a % len(in_shape) for a in ctx.channel_axes(inp)]
+    if mapping is None or any(mapping.get(a) is None for a in axes):
+      return
+    out_axes = [mapping[a] for a in axes]
+    if any(in_shape[a] != out_shape[b] for a, b in zip(axes, out_axes)):
+      return
+    if not ctx.has_channel_axes(inp) and out_axes == [len(out_shape) - 1]:
       ctx.tie(out, inp)
+      return
+    ctx.set_channel_axes(out, [b - len(out_shape) for b in out_axes])
+    names = list(range(len(axes)))
+    ctx.tie_axes(out, names, inp, names)
+
+
+def _axis_map(op, ctx, in_rank, out_rank):
+  """{input axis: output axis} (non-negative) of a reshape-free op, or
+  None when it cannot be read statically."""
+  if op.type == 'ExpandDims':
+    dim = ctx.view.static_value(op.inputs[1])
+    if dim is None:
+      return None
+    dim = int(np.asarray(dim).reshape(-1)[0]) % out_rank
+    return {a: a + (a >= dim) for a in range(in_rank)}
+  if op.type == 'Squeeze':
+    dims = [int(d) % in_rank for d in op.get_attr('squeeze_dims')]
+    if not dims:
+      shape = ctx.view.shape(op.inputs[0])
+      dims = [a for a in range(in_rank) if shape[a] == 1]
+    kept = [a for a in range(in_rank) if a not in dims]
+    return {a: i for i, a in enumerate(kept)}
+  # Tile, BroadcastTo: axes aligned from the end.
+  return {a: a + out_rank - in_rank for a in range(in_rank)}

@@ -20,6 +20,7 @@ from morph_net.keras.training import REGULARIZATION_TERM_NAME
 from morph_net.keras.training import RegularizedModel
 from morph_net.keras.callbacks import StructureExporterCallback
 from morph_net.keras.cycles import run_cycles
+from morph_net.keras import _builtin_rules  # registers the built-in width rules  # pylint: disable=unused-import
 
 __all__ = [
     'REGULARIZATION_TERM_NAME',
