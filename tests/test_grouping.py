@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 import keras
 
+import morph_net.keras as mk
 from morph_net.framework import grouping_regularizers
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.network_regularizers import families
@@ -182,6 +183,29 @@ def test_flatten_dense_counts_positions_times_alive_channels():
   assert alive_counts(reg) == {'conv': 3}
   # conv: 2*16*1*3*3; dense: 2 * (4*4*3 alive inputs) * 7.
   assert float(reg.get_cost()) == 2 * 16 * 3 * 3 + 2 * (16 * 3) * 7
+
+
+def _tiled_model():
+  """conv (4) -> tile channels x2 -> conv (3), on 6x6 positions."""
+  inputs = keras.Input((6, 6, 2))
+  x = conv_bn(inputs, 4, 'conv1')
+  x = L.Lambda(lambda t: tf.tile(t, [1, 1, 1, 2]), name='tile')(x)
+  return keras.Model(inputs, conv_bn(x, 3, 'conv2'))
+
+
+def test_tile_along_channels_repeats_the_producers_channels():
+  """Copy j of a tiled channel is that channel: conv2 reads 2 copies of
+  each alive conv1 channel (was: a leaf, conv2 costed at 8 inputs)."""
+  model = _tiled_model()
+  set_gamma(model, 'conv1_bn', [1.0, 0.0, 0.0, 1.0])
+  reg = flop_regularizer.GammaFlopsRegularizer(model, THRESHOLD)
+  assert float(reg.get_cost()) == 2 * 36 * (2 * 2 + (2 * 2) * 3)
+  counts = alive_counts(reg)
+  assert counts['conv1'] == 2
+  assert mk.structure_cost(model, counts) == float(reg.get_cost())
+  # slim_model cannot see inside a Lambda and says so, naming it.
+  with pytest.raises(NotImplementedError, match="'tile' \\(Lambda\\)"):
+    mk.slim_model(model, reg)
 
 
 # --------------------------------------------------------------------- SE

@@ -213,8 +213,9 @@ class SameChannelsOpHandler(op_handler.ValueOpHandler):
   An added or dropped unit axis moves the channel axes it precedes (the
   key/value heads that `ops.repeat` expands as [B, T, H, 1, d] keep heads
   on axes (-3, -1)); Tile and BroadcastTo keep their rank's axes, counted
-  from the end. A channel axis whose size changes is a leaf (the op copies
-  channels).
+  from the end. A Tile along a channel axis repeats the channels (k copies
+  of each channel are that channel); any other change of a channel axis's
+  size is a leaf.
   """
 
   handles_channel_axes = True
@@ -229,7 +230,10 @@ class SameChannelsOpHandler(op_handler.ValueOpHandler):
     if mapping is None or any(mapping.get(a) is None for a in axes):
       return
     out_axes = [mapping[a] for a in axes]
-    if any(in_shape[a] != out_shape[b] for a, b in zip(axes, out_axes)):
+    grown = [(a, b) for a, b in zip(axes, out_axes)
+             if in_shape[a] != out_shape[b]]
+    if grown:
+      _tile_along(op, ctx, grown, out_axes)
       return
     if not ctx.has_channel_axes(inp) and out_axes == [len(out_shape) - 1]:
       ctx.tie(out, inp)
@@ -237,6 +241,24 @@ class SameChannelsOpHandler(op_handler.ValueOpHandler):
     ctx.set_channel_axes(out, [b - len(out_shape) for b in out_axes])
     names = list(range(len(axes)))
     ctx.tie_axes(out, names, inp, names)
+
+
+def _tile_along(op, ctx, grown, out_axes):
+  """A Tile that repeats the channels along one channel axis k times: the
+  output is k copies of the input laid end to end on that axis (copy j of
+  a channel is that channel). Other changes of a channel axis: a leaf."""
+  inp, out = op.inputs[0], op.outputs[0]
+  if op.type != 'Tile' or len(grown) != 1:
+    return
+  (a, b), size = grown[0], ctx.view.shape(inp)[grown[0][0]]
+  if not size or ctx.view.shape(out)[b] % size:
+    return
+  rank = len(ctx.view.shape(out))
+  names = [c - rank for c in out_axes]
+  ctx.set_channel_axes(out, names)
+  copies = ctx.view.shape(out)[b] // size
+  ctx.tie_blocks(out, names, [inp] * copies, names, b - rank,
+                 [j * size for j in range(copies)])
 
 
 def _axis_map(op, ctx, in_rank, out_rank):
