@@ -194,6 +194,27 @@ def test_tf_keras_models_get_a_plain_message_with_the_conversion():
     morph_keras.slim_model(model, {})
 
 
+def _label_vectors(zoo, model, seed):
+  """Alive vectors for the halved structure's layers that respect the
+  analysis' ties: one random choice per channel label (so whole heads),
+  at least one channel alive per layer."""
+  analysis = _structure.Analysis(model)
+  keys = zoo.half_structure(model)
+  chosen = np.random.RandomState(seed).rand(analysis.num_labels) < 0.5
+  for key in keys:
+    labels = analysis.out_labels[key][0]
+    if not chosen[labels].any():
+      chosen[labels[0]] = True
+  return analysis, {k: chosen[analysis.out_labels[k][0]] for k in keys}
+
+
+def _assert_slim_costs_structure(zoo, slim, model, vectors, data):
+  """The slim model's independently counted FLOPs = structure_cost."""
+  counts = {k: int(v.sum()) for k, v in vectors.items()}
+  assert zoo.independent_counts(slim, data)[0] == pytest.approx(
+      morph_keras.structure_cost(model, counts), rel=zoo.TOLERANCE)
+
+
 def test_vit_transfer_keeps_surviving_heads_and_mlp_units():
   """A keras-hub ViT (nested custom layers, four levels deep) slimmed with
   transfer computes what the full model computes when the dropped heads'
@@ -228,10 +249,7 @@ def test_vit_transfer_keeps_surviving_heads_and_mlp_units():
   np.testing.assert_allclose(slim(data, training=False),
                              model(data, training=False), rtol=1e-4,
                              atol=1e-5)
-  flops = zoo.independent_counts(slim, data)[0]
-  counts = {k: int(v.sum()) for k, v in vectors.items()}
-  assert flops == pytest.approx(morph_keras.structure_cost(model, counts),
-                                rel=zoo.TOLERANCE)
+  _assert_slim_costs_structure(zoo, slim, model, vectors, data)
 
 
 @pytest.mark.parametrize('name', ['bert', 'mobilenetv3'])
@@ -242,19 +260,10 @@ def test_keras_hub_backbones_slim_with_transfer(name):
   zoo = _zoo()
   keras.utils.set_random_seed(0)
   model, data, _ = zoo.BUILDERS[name]()
-  analysis = _structure.Analysis(model)
-  keys = zoo.half_structure(model)
-  chosen = np.random.RandomState(1).rand(analysis.num_labels) < 0.5
-  for key in keys:
-    labels = analysis.out_labels[key][0]
-    if not chosen[labels].any():
-      chosen[labels[0]] = True
-  vectors = {k: chosen[analysis.out_labels[k][0]] for k in keys}
+  analysis, vectors = _label_vectors(zoo, model, seed=1)
   slim = morph_keras.slim_model(model, vectors, transfer_weights=True)
   slim(data, training=False)  # it runs
-  counts = {k: int(v.sum()) for k, v in vectors.items()}
-  assert zoo.independent_counts(slim, data)[0] == pytest.approx(
-      morph_keras.structure_cost(model, counts), rel=zoo.TOLERANCE)
+  _assert_slim_costs_structure(zoo, slim, model, vectors, data)
 
 
 def _zero_dead_outputs(layer, alive):
@@ -282,14 +291,7 @@ def test_grouped_query_decoders_slim_by_whole_heads_with_transfer(name):
   zoo = _zoo()
   keras.utils.set_random_seed(0)
   model, data, _ = zoo.MORE[name]()
-  analysis = _structure.Analysis(model)
-  keys = zoo.half_structure(model)
-  chosen = np.random.RandomState(3).rand(analysis.num_labels) < 0.5
-  for key in keys:
-    labels = analysis.out_labels[key][0]
-    if not chosen[labels].any():
-      chosen[labels[0]] = True
-  vectors = {k: chosen[analysis.out_labels[k][0]] for k in keys}
+  analysis, vectors = _label_vectors(zoo, model, seed=3)
   for key, alive in vectors.items():
     _zero_dead_outputs(analysis.layer(key), alive)
   slim = morph_keras.slim_model(model, vectors, transfer_weights=True)
@@ -304,6 +306,4 @@ def test_grouped_query_decoders_slim_by_whole_heads_with_transfer(name):
   np.testing.assert_allclose(slim(data, training=False),
                              model(data, training=False), rtol=1e-4,
                              atol=1e-5)
-  counts = {k: int(v.sum()) for k, v in vectors.items()}
-  assert zoo.independent_counts(slim, data)[0] == pytest.approx(
-      morph_keras.structure_cost(model, counts), rel=zoo.TOLERANCE)
+  _assert_slim_costs_structure(zoo, slim, model, vectors, data)

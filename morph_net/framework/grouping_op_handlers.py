@@ -229,35 +229,30 @@ class SameChannelsOpHandler(op_handler.ValueOpHandler):
     axes = [a % len(in_shape) for a in ctx.channel_axes(inp)]
     if mapping is None or any(mapping.get(a) is None for a in axes):
       return
-    out_axes = [mapping[a] for a in axes]
-    grown = [(a, b) for a, b in zip(axes, out_axes)
+    names = [mapping[a] - len(out_shape) for a in axes]  # output axes
+    grown = [(in_shape[a], out_shape[b], b) for a, b in zip(axes, names)
              if in_shape[a] != out_shape[b]]
     if grown:
-      _tile_along(op, ctx, grown, out_axes)
+      if op.type == 'Tile' and len(grown) == 1:
+        _tile_along(ctx, out, inp, names, *grown[0])
       return
-    if not ctx.has_channel_axes(inp) and out_axes == [len(out_shape) - 1]:
+    if not ctx.has_channel_axes(inp) and names == [-1]:
       ctx.tie(out, inp)
       return
-    ctx.set_channel_axes(out, [b - len(out_shape) for b in out_axes])
-    names = list(range(len(axes)))
-    ctx.tie_axes(out, names, inp, names)
+    ctx.set_channel_axes(out, names)
+    labels = list(range(len(axes)))
+    ctx.tie_axes(out, labels, inp, labels)
 
 
-def _tile_along(op, ctx, grown, out_axes):
-  """A Tile that repeats the channels along one channel axis k times: the
-  output is k copies of the input laid end to end on that axis (copy j of
-  a channel is that channel). Other changes of a channel axis: a leaf."""
-  inp, out = op.inputs[0], op.outputs[0]
-  if op.type != 'Tile' or len(grown) != 1:
+def _tile_along(ctx, out, inp, names, size, tiled, axis):
+  """`out` is `inp` (same rank, channel axes `names`) repeated along the
+  channel axis `axis`: copies laid end to end, copy j of a channel is that
+  channel. A size that is not a whole multiple: a leaf."""
+  if not size or tiled % size:
     return
-  (a, b), size = grown[0], ctx.view.shape(inp)[grown[0][0]]
-  if not size or ctx.view.shape(out)[b] % size:
-    return
-  rank = len(ctx.view.shape(out))
-  names = [c - rank for c in out_axes]
   ctx.set_channel_axes(out, names)
-  copies = ctx.view.shape(out)[b] // size
-  ctx.tie_blocks(out, names, [inp] * copies, names, b - rank,
+  copies = tiled // size
+  ctx.tie_blocks(out, names, [inp] * copies, names, axis,
                  [j * size for j in range(copies)])
 
 
