@@ -9,6 +9,7 @@ with one segment reduction.
 """
 
 import collections
+import contextlib
 
 import numpy as np
 import tensorflow as tf
@@ -154,6 +155,7 @@ class OpRegularizerManager:
     self._computes = builder.computes
     self._solve(builder)
     self._cached = None
+    self._substitutes = None  # see substituted_sources
 
   def _analyze(self):
     """Walks the view, runs the pattern pass and the handlers, declares the
@@ -368,6 +370,11 @@ class OpRegularizerManager:
   def class_vectors(self):
     """(regularization, alive) per regularized class, plus a last entry
     (0, 1) standing for every unregularized channel. Float32 tensors."""
+    if self._substitutes is not None:
+      with contextlib.ExitStack() as stack:
+        if not self._view.eager:
+          stack.enter_context(self._view.graph.as_default())
+        return self._compute_class_vectors()
     if not self._view.eager and self._cached is not None:
       return self._cached
     if self._view.eager:
@@ -378,12 +385,35 @@ class OpRegularizerManager:
       self._cached = result
     return result
 
+  @contextlib.contextmanager
+  def substituted_sources(self, values):
+    """Within the block, every cost and term reads `values` for sources.
+
+    Args:
+      values: {id(source variable): tensor of its shape}; sources not in it
+        read their variable. What-if costs (e.g. the budget controller's
+        forecast: the cost if the sources shrank by a given amount) are then
+        evaluated by the very calculator that computes the real one.
+    """
+    if self._substitutes is not None:
+      raise RuntimeError('substituted_sources blocks do not nest.')
+    self._substitutes = dict(values)
+    try:
+      yield
+    finally:
+      self._substitutes = None
+
+  def _param(self, source):
+    if self._substitutes is None:
+      return source.param
+    return self._substitutes.get(id(source.param), source.param)
+
   def _compute_class_vectors(self):
     if not self._sources:
       return tf.zeros([1]), tf.ones([1])
     regs, alives = [], []
     for cls, sources in self._source_batches:
-      reg, alive = cls.batch_vectors([s.param for s in sources],
+      reg, alive = cls.batch_vectors([self._param(s) for s in sources],
                                      [s.setting for s in sources])
       regs.append(tf.cast(reg, tf.float32))
       alives.append(tf.cast(alive, tf.float32))

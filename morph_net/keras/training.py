@@ -225,11 +225,13 @@ class RegularizedModel(keras.Model):
     logs = super().train_step(data)
     if self._budget_step is None:
       return logs
-    self._budget_step.after_update(self._strength,
-                                   self.optimizer.learning_rate,
-                                   self.optimizer)
+    forecast = self._budget_step.after_update(self._strength,
+                                              self.optimizer.learning_rate,
+                                              self.optimizer)
     logs = dict(logs)
     logs['strength'] = tf.identity(self._strength)
+    if forecast is not None:  # what the controller steered by
+      logs[self._cost_name + '_forecast'] = forecast
     if self._budget_step.controller is not None:  # the cost after the step
       logs[self._cost_name] = tf.cast(
           self._morph_net_regularizer.get_cost(), tf.float32)

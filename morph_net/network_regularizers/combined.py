@@ -15,6 +15,7 @@ each part `<name>` (its cost) and `<name>_term` (its unscaled term); a
 part's name is its `cost_name` (e.g. 'FLOPs') unless `names` is given.
 """
 
+import contextlib
 import math
 import numbers
 
@@ -36,6 +37,17 @@ class _SourcesView:
 
   def __init__(self, regularizers):
     self._regularizers = regularizers
+
+  @contextlib.contextmanager
+  def substituted_sources(self, values):
+    """Every part's manager reads `values` for its sources (see
+    `OpRegularizerManager.substituted_sources`)."""
+    managers = {id(r.op_regularizer_manager): r.op_regularizer_manager
+                for r in self._regularizers}
+    with contextlib.ExitStack() as stack:
+      for manager in managers.values():
+        stack.enter_context(manager.substituted_sources(values))
+      yield
 
   @property
   def sources(self):

@@ -1,0 +1,158 @@
+"""`BudgetMonitor`: warnings when the regularizer is not doing what is meant.
+
+Added to `RegularizedModel.fit` unless `monitor=False`; each warning says
+what to change (see the class docstring).
+"""
+
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from morph_net.keras import _proximal
+from morph_net.op_regularizers import group_lasso_regularizer
+
+
+def _source_values(regularizer):
+  """[(norms r_c as numpy, threshold)] per source, or None if unknown."""
+  out = []
+  for s in regularizer.op_regularizer_manager.sources:
+    kind = _proximal.source_kind(s)
+    if kind is None and not issubclass(
+        s.regularizer_cls, group_lasso_regularizer.GroupLassoRegularizer):
+      return None
+    kind = kind or 'group_lasso'
+    value = tf.cast(tf.convert_to_tensor(s.param), tf.float32)
+    out.append((_proximal.channel_norms(
+        kind, value, _proximal.channel_axis(s, kind)).numpy(),
+                _proximal.threshold(s)))
+  return out
+
+
+class BudgetMonitor(keras.callbacks.Callback):
+  """Warns when the regularizer is not doing what the user expects.
+
+  Checked every `check_every` steps; each warning is given once per `fit`:
+
+  * hovering: more than `hover_fraction` of the channels have moved in or
+    out of the alive set since the last check while within a factor 2 of
+    the alive threshold (under plain gradients an L1 source oscillates
+    around 0 with amplitude ~ learning rate x strength x cost weight, so the
+    count is set by noise, not by the data);
+  * dominating: strength x term exceeds `dominance` x the task loss, with
+    a fixed strength above the recommended 1 / initial cost (the
+    larger of the current one and the one at the first step);
+  * stalled: the cost has not moved after `patience` steps.
+
+  Args:
+    regularizer: the network regularizer.
+    cost_name, term_name: the log keys of the cost and the term.
+    check_every, patience, hover_fraction, dominance: see above.
+    target_cost: T, if the strength is controlled (changes the advice).
+  """
+
+  def __init__(self, regularizer, cost_name, term_name, check_every=25,
+               patience=300, hover_fraction=0.05, dominance=10.0,
+               target_cost=None):
+    super().__init__()
+    self._regularizer = regularizer
+    self._cost_name = cost_name
+    self._term_name = term_name
+    self.check_every = int(check_every)
+    self.patience = int(patience)
+    self.hover_fraction = float(hover_fraction)
+    self.dominance = float(dominance)
+    self.target_cost = target_cost
+    self.warned = set()  # kinds warned in this fit
+
+  def _warn(self, kind, message):
+    if kind in self.warned:
+      return
+    self.warned.add(kind)
+    warnings.warn('morph_net (%s): %s' % (kind, message), RuntimeWarning,
+                  stacklevel=2)
+
+  def on_train_begin(self, logs=None):
+    self.warned = set()
+    self._step = 0
+    self._first_cost = None
+    self._first_task = None
+    self._last_alive = None
+    self._flips = None
+
+  def on_train_batch_end(self, batch, logs=None):
+    logs = logs or {}
+    self._step += 1
+    cost = logs.get(self._cost_name)
+    if cost is None:
+      return
+    cost = float(cost)
+    if self._first_cost is None:
+      self._first_cost = cost
+    strength = float(self.model.strength) if hasattr(
+        self.model, 'strength') else None
+    term, loss = logs.get(self._term_name), logs.get('loss')
+    if strength is not None and term is not None and loss is not None:
+      penalty = strength * float(term)
+      task = float(loss) - penalty
+      if self._first_task is None:
+        self._first_task = max(task, 1e-12)
+      # Against the task loss at the start of fit: a well-fit task's loss
+      # goes to ~0, which says nothing about the penalty being too large.
+      task = max(task, self._first_task)
+      # Under a target the penalty is large by design while shrinking; it
+      # is a problem only if it still dominates once the target is met.
+      holding = self.target_cost is None or cost <= 1.05 * self.target_cost
+      # The recommended scale (strength <= 1 / initial cost) is no mistake:
+      # starting from a well-trained network its penalty dwarfs the task
+      # loss by design, and advising "1 / initial cost" would be circular.
+      recommended = (self.target_cost is None and
+                     strength * self._first_cost <= 1.01)
+      if (holding and not recommended
+          and penalty > self.dominance * max(task, 1e-12)):
+        self._warn('dominating', (
+            'strength x regularization term (%.4g) is more than %g x the '
+            'task loss (%.4g): the regularizer, not the data, is training '
+            'the network and will remove most channels. %s' % (
+                penalty, self.dominance, task,
+                'The target is more than this task can give up: raise '
+                'target_cost (the strength is %.3g at the target).'
+                % strength if self.target_cost else
+                'Lower the strength (e.g. to 1 / initial cost) or pass '
+                'target_cost instead.')))
+    if self._step % self.check_every == 0:
+      self._check_hover()
+    if self._step == self.patience and cost == self._first_cost and (
+        self.target_cost is None or cost > self.target_cost):
+      self._warn('stalled', (
+          'the cost (%.4g) has not moved in %d steps. The strength is too '
+          'small for this learning rate, or the alive threshold is below '
+          'the sources\' oscillation: pass target_cost=... (the strength is '
+          'then adapted), use exact_zeros=True, raise the strength, or '
+          'raise the threshold.' % (cost, self.patience)))
+
+  def _check_hover(self):
+    values = _source_values(self._regularizer)
+    if values is None:
+      return
+    alive = np.concatenate([r > t for r, t in values])
+    near = np.concatenate([(r > t / 2) & (r <= 2 * t) for r, t in values])
+    if self._last_alive is not None and len(alive):
+      # A channel on its way to zero crosses once; one that hovers goes
+      # back and forth.
+      self._flips += (alive != self._last_alive) & near
+      hovering = self._flips >= 2
+      if hovering.mean() > self.hover_fraction:
+        self._warn('hovering', (
+            '%d of %d channels went back and forth across the alive '
+            'threshold, within a factor 2 of it: the alive count is '
+            'set by the sources\' oscillation, not by the data. Use '
+            'exact_zeros=True (proximal step: dead channels become exactly '
+            '0), or lower the learning rate, or raise the threshold above '
+            'the oscillation amplitude (~ learning rate for Adam).'
+            % (int(hovering.sum()), len(alive))))
+    else:
+      self._flips = np.zeros(len(alive), np.int64)
+    self._last_alive = alive
+

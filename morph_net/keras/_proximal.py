@@ -1,0 +1,245 @@
+"""Exact zeros: the term applied as a proximal step after each update.
+
+`ProximalStep` takes the regularization term out of the optimizer's
+gradient (the logged loss still includes it) and applies it after each
+update as a proximal step of size eta x strength, eta the optimizer's
+current learning rate: per channel, source <- source x max(0, 1 - eta x
+strength x w_c / r_c), with r_c the channel's regularization (|gamma|, or
+the RMS norm of a filter) and w_c its weight in the term (d term / d r_c).
+For BatchNorm gammas this is the soft threshold sign(g) max(|g| - eta
+strength w, 0): under plain SGD the update is ISTA (the exact proximal
+gradient method); under heavy-ball momentum eta is the optimizer's
+effective step lr (1 - m^t) / (1 - m); under Adam it is decoupled, like
+AdamW's weight decay.
+
+On top of the soft threshold, a channel whose norm falls from above the
+alive threshold to at or under it is set to exactly 0 in that step (a hard
+threshold on the way down only). Without it a dying channel can linger in
+(0, threshold] and, where the network is scale-invariant in its sources
+(a BatchNorm gamma feeding another BatchNorm), hover there: the alive count
+is then set by noise. A channel reviving from 0 passes through (0,
+threshold] freely.
+
+Supported sources: BatchNorm gammas (Gamma regularizers) and group lasso
+with l1_fraction=0; LogisticSigmoid gates have no zero to snap to.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from morph_net.keras import _distribute
+from morph_net.op_regularizers import gamma_l1_regularizer
+from morph_net.op_regularizers import group_lasso_regularizer
+
+
+def source_kind(source):
+  """'gamma', 'group_lasso' or None (no proximal step for this source)."""
+  cls = source.regularizer_cls
+  if issubclass(cls, gamma_l1_regularizer.GammaL1Regularizer):
+    return 'gamma'
+  if issubclass(cls, group_lasso_regularizer.GroupLassoRegularizer):
+    setting = source.setting
+    if (isinstance(setting, tuple) and len(setting) == 3 and not setting[1]
+        and not isinstance(setting[2], np.ndarray)):  # not an index map
+      return 'group_lasso'
+  return None
+
+
+def supports_exact_zeros(regularizer):
+  """Whether every source of `regularizer` admits the proximal step."""
+  manager = getattr(regularizer, 'op_regularizer_manager', None)
+  sources = getattr(manager, 'sources', None)
+  if not sources:
+    return False
+  return all(source_kind(s) is not None and isinstance(s.param, tf.Variable)
+             for s in sources)
+
+
+def threshold(source):
+  """The alive threshold of a source's channels."""
+  setting = source.setting
+  return float(setting[0] if isinstance(setting, tuple) else setting)
+
+
+def channel_axis(source, kind):
+  return 0 if kind == 'gamma' else source.setting[2]
+
+
+def channel_norms(kind, value, axis):
+  """r_c: |gamma|, or the RMS over the other axes of a kernel."""
+  if kind == 'gamma':
+    return tf.abs(value)
+  value, axis = group_lasso_regularizer.by_channel(value, axis)
+  keep = group_lasso_regularizer.out_axes(value.shape.rank, axis)
+  axes = [a for a in range(value.shape.rank) if a not in keep]
+  norms = tf.sqrt(tf.reduce_mean(tf.square(value), axis=axes))
+  return tf.reshape(norms, [-1])
+
+
+def scaled(kind, value, axis, scale):
+  """`value` with channel c multiplied by scale[c]."""
+  if kind == 'gamma':
+    return value * scale
+  keep = group_lasso_regularizer.out_axes(value.shape.rank, axis)
+  shape = [value.shape[a] if a in keep else 1
+           for a in range(value.shape.rank)]
+  return value * tf.reshape(scale, shape)
+
+
+class ProximalStep:
+  """The proximal (soft-threshold) step of the term on its sources.
+
+  Args:
+    regularizer: a network regularizer whose sources all support it
+      (`supports_exact_zeros`).
+
+  Raises:
+    ValueError: a source is not a BatchNorm gamma or a group lasso kernel
+      with l1_fraction=0, or is not a variable.
+  """
+
+  def __init__(self, regularizer):
+    if not supports_exact_zeros(regularizer):
+      kinds = sorted({s.regularizer_cls.__name__ for s in getattr(
+          regularizer.op_regularizer_manager, 'sources', [])})
+      raise ValueError(
+          'exact_zeros needs every source to be a BatchNorm gamma (Gamma '
+          'regularizers) or a group lasso kernel (l1_fraction=0, channels '
+          'on kernel axes); this regularizer has %s. Use exact_zeros=False '
+          '(plain gradient on the term).' % (', '.join(kinds) or 'no sources'))
+    self._regularizer = regularizer
+    self._sources = list(regularizer.op_regularizer_manager.sources)
+    self._kinds = [source_kind(s) for s in self._sources]
+    self._axes = [channel_axis(s, k)
+                  for s, k in zip(self._sources, self._kinds)]
+    self._thresholds = [threshold(s) for s in self._sources]
+    self._weights = None
+    self._alive = None
+
+  @property
+  def variables(self):
+    """The source variables the step acts on."""
+    return [s.param for s in self._sources]
+
+  def _norms(self):
+    return [channel_norms(k, tf.cast(tf.convert_to_tensor(p), tf.float32), a)
+            for p, k, a in zip(self.variables, self._kinds, self._axes)]
+
+  def _term_weights(self):
+    """w_c = d term / d r_c, by Euler: sum_c-elements(p * dterm/dp) / r_c.
+
+    The term is linear in the regularization vectors and each r_c is
+    1-homogeneous in its channel's elements, so the product sum is w_c r_c.
+    Where r_c = 0 (or a tied member that is not its group's max) the
+    gradient is zero and the last known weight is kept.
+    """
+    params = self.variables
+    with tf.GradientTape() as tape:
+      tape.watch(params)
+      term = tf.cast(self._regularizer.get_regularization_term(), tf.float32)
+    grads = tape.gradient(term, params)
+    weights = []
+    for p, g, kind, axis in zip(params, grads, self._kinds, self._axes):
+      value = tf.cast(tf.convert_to_tensor(p), tf.float32)
+      norms = channel_norms(kind, value, axis)
+      if g is None:
+        weights.append(tf.zeros_like(norms))
+        continue
+      product = tf.cast(g, tf.float32) * value
+      if kind == 'gamma':
+        moment = product
+      else:
+        keep = group_lasso_regularizer.out_axes(value.shape.rank, axis)
+        moment = tf.reshape(tf.reduce_sum(
+            product, axis=[a for a in range(value.shape.rank)
+                           if a not in keep]), [-1])
+      weights.append(tf.math.divide_no_nan(moment, norms))
+    return weights
+
+  def build(self):
+    """Creates the weight cache and the alive flags (eagerly, once)."""
+    if self._weights is not None:
+      return
+    initial = _distribute.in_replica_context(
+        lambda: self._term_weights() + self._norms())
+    n = len(self._sources)
+    self._weights = [tf.Variable(w, trainable=False, name='morph_net_w_%d' % i)
+                     for i, w in enumerate(initial[:n])]
+    self._alive = [
+        tf.Variable(tf.cast(r > t, tf.float32), trainable=False,
+                    name='morph_net_alive_%d' % i)
+        for i, (r, t) in enumerate(zip(initial[n:], self._thresholds))]
+
+  def apply(self, step, optimizer=None):
+    """Shrinks the sources by `step` (= learning rate x strength).
+
+    Returns the per-channel shrink of this step, step x w_c, one vector
+    per source (what the penalty alone moves each norm per step).
+
+    With a Keras optimizer that keeps a heavy-ball velocity v <- m v - lr g
+    (SGD with momentum or Nesterov, RMSprop with momentum), the step is
+    `step x (1 - m^t) / (1 - m)`, t the optimizer's iterations: the
+    displacement the velocity gives a unit gradient held for t updates
+    (1 / (1 - m) in steady state), i.e. the penalty gets the momentum the
+    task gradient gets. The velocity holds only task gradients (the term is
+    not in the loss's gradient), so:
+
+    * a channel at rest away from 0 satisfies mean task gradient =
+      -strength x w_c, the optimality condition of task + strength x term;
+    * a channel at 0 stays there exactly while |v| <= the step, i.e. while
+      the velocity's average of the task gradient is <= strength x w_c:
+      ISTA's condition, on the averaged gradient instead of one batch's.
+
+    With `step` alone (the decoupled step of plain SGD), alive channels get
+    (1 - m) x the penalty and a dead one leaves 0 as soon as its averaged
+    gradient exceeds (1 - m) x strength x w_c: at m = 0.9 dead gammas sat
+    at 1e-4..3e-3 instead of 0. Zeroing the velocity of zeroed entries was
+    tried and measured worse: each restart from rest follows one batch's
+    gradient, so noisy batches keep pushing dead channels off 0.
+    """
+    self.build()
+    step = tf.cast(step, tf.float32) * _momentum_gain(optimizer)
+    shrinks = []
+    for p, cache, alive, w, kind, axis, limit in zip(
+        self.variables, self._weights, self._alive, self._term_weights(),
+        self._kinds, self._axes, self._thresholds):
+      w = tf.where(w > 0, w, cache)
+      cache.assign(w)
+      shrinks.append(step * w)
+      value = tf.cast(tf.convert_to_tensor(p), tf.float32)
+      norms = channel_norms(kind, value, axis)
+      # prox of t r_c: scale the channel by max(0, 1 - t / r_c)
+      # (the soft threshold for a scalar gamma) ...
+      scale = tf.maximum(0.0, 1.0 - tf.math.divide_no_nan(step * w, norms))
+      # ... and a channel falling under the alive threshold goes to 0.
+      under = norms * scale <= limit
+      scale = tf.where(under & (alive > 0.5), 0.0, scale)
+      alive.assign(tf.cast(~under, tf.float32))
+      p.assign(tf.cast(scaled(kind, value, axis, scale), p.dtype))
+    return shrinks
+
+
+def _momentum_gain(optimizer):
+  """(1 - m^t) / (1 - m) for a heavy-ball optimizer at iteration t, else 1."""
+  momentum = _momentum_of(optimizer)
+  if not momentum:
+    return tf.constant(1.0)
+  inner = getattr(optimizer, 'inner_optimizer', optimizer)
+  t = tf.cast(inner.iterations, tf.float32)
+  return (1.0 - tf.pow(momentum, tf.maximum(t, 1.0))) / (1.0 - momentum)
+
+
+def _momentum_of(optimizer):
+  """The momentum m of a heavy-ball Keras optimizer (SGD, RMSprop), else 0.
+
+  Adam-family first moments are averages of gradients, not displacements,
+  and Adam's step is bounded by ~ learning rate whatever the gradient's
+  size: the decoupled step (gain 1, like AdamW's weight decay) returns a
+  gamma to 0 once strength x w_c >= ~1, which the controller reaches.
+  """
+  inner = getattr(optimizer, 'inner_optimizer', optimizer)  # loss scaling
+  if inner is None or not any(k.__name__ in ('SGD', 'RMSprop')
+                              for k in type(inner).__mro__):
+    return 0.0
+  momentum = float(getattr(inner, 'momentum', 0.0) or 0.0)
+  return momentum if 0.0 < momentum < 1.0 else 0.0
