@@ -344,3 +344,147 @@ def test_only_at_or_under_skips_costlier_structures(digits, tmp_path):
   learned = os.path.join(str(tmp_path), 'learned_structure')
   assert not os.path.isdir(learned) or not os.listdir(learned)
   assert cycles.last_structure(str(tmp_path)) == (None, None)
+
+
+def _one_bn_model(gammas):
+  """conv 3x3 -> BN (the gammas given) -> ReLU -> GAP -> Dense 3."""
+  inputs = keras.Input((8, 8, 1))
+  x = keras.layers.Conv2D(len(gammas), 3, padding='same', use_bias=False,
+                          name='conv')(inputs)
+  x = keras.layers.BatchNormalization(name='bn')(x)
+  x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+  model = keras.Model(inputs, keras.layers.Dense(3, name='logits')(x))
+  model.get_layer('bn').gamma.assign(np.asarray(gammas, np.float32))
+  return model
+
+
+def _cost_with(reg, gamma, values):
+  """The regularizer's cost with `values` assigned to the gamma."""
+  saved = gamma.numpy()
+  gamma.assign(np.asarray(values, np.float32))
+  try:
+    return float(reg.get_cost())
+  finally:
+    gamma.assign(saved)
+
+
+def test_substituted_sources_cost_what_if_values_and_restore():
+  model = _one_bn_model([1.0, 0.5, 0.2, 0.005])
+  reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+  gamma = model.get_layer('bn').gamma
+  manager = reg.op_regularizer_manager
+  now = float(reg.get_cost())
+  what_if = [0.0, 0.0, 0.3, 0.0]  # one channel alive instead of three
+  with manager.substituted_sources([(gamma, tf.constant(what_if))]):
+    inside = float(reg.get_cost())
+    with pytest.raises(RuntimeError, match='do not nest'):
+      with manager.substituted_sources([]):
+        pass
+  assert inside == _cost_with(reg, gamma, what_if) and inside < now
+  assert float(reg.get_cost()) == now  # the variables were not touched
+
+
+def test_forecast_projects_measured_shrink_capped_by_the_penalty():
+  """Norms falling 0.01 a step, 10 steps ahead: the forecast is the cost of
+  the gammas 0.1 lower (one channel then under the threshold); with the
+  penalty moving them only 0.001 a step, nothing is forecast to die."""
+  start = np.asarray([1.0, 0.5, 0.105, 0.2], np.float32)
+  model = _one_bn_model(start)
+  reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+  gamma = model.get_layer('bn').gamma
+  forecast = budget.CostForecast(reg, horizon=10)
+  forecast.build()
+  for k in range(1, 4):
+    gamma.assign(start - 0.01 * k)
+    uncapped = float(forecast())
+  now = start - 0.03
+  expected = _cost_with(reg, gamma, np.maximum(now - 0.1, 0.0))
+  assert uncapped == pytest.approx(expected)
+  assert uncapped < float(reg.get_cost())  # channel 2 (0.075) dies
+  gamma.assign(now - 0.01)
+  capped = float(forecast([tf.fill([4], 0.001)]))
+  assert capped == float(reg.get_cost())
+
+
+def test_forecast_ignores_channels_that_only_fluctuate():
+  """A norm going up and down by 0.02 around 0.05 has no downward trend:
+  with z = 2 standard errors it is not taken for a dying channel."""
+  start = np.asarray([1.0, 0.05], np.float32)
+  model = _one_bn_model(start)
+  reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+  gamma = model.get_layer('bn').gamma
+  forecast = budget.CostForecast(reg, horizon=20)
+  forecast.build()
+  for k in range(41):
+    gamma.assign(start + np.asarray([0.0, 0.02 if k % 2 else -0.02],
+                                    np.float32))
+    value = float(forecast())
+  assert value == float(reg.get_cost())
+  fooled = budget.CostForecast(reg, horizon=20, z=0.0)
+  fooled.build()
+  for k in range(41):
+    gamma.assign(start + np.asarray([0.0, 0.02 if k % 2 else -0.02],
+                                    np.float32))
+    value = float(fooled())
+  assert value < float(reg.get_cost())  # the last step down read as a trend
+
+
+def test_proximal_step_snaps_channels_falling_under_the_threshold():
+  """Soft threshold by 0.001; a gamma crossing 1e-2 downward becomes 0.0,
+  one already under it (dead, maybe reviving) only gets the soft step."""
+  model = _one_bn_model([0.5, 0.0105, 0.004, 0.0])
+  reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+  gamma = model.get_layer('bn').gamma
+  prox = budget.ProximalStep(reg)
+  prox.build()
+  w = float(prox._term_weights()[0][0])  # pylint: disable=protected-access
+  prox.apply(0.001 / w)
+  np.testing.assert_allclose(gamma.numpy(), [0.499, 0.0, 0.003, 0.0],
+                             atol=1e-6)
+  assert gamma.numpy()[1] == 0.0
+  gamma.assign([0.499, 0.0, 0.003, 0.002])  # the task lifts channel 3
+  prox.apply(1e-4 / w)
+  np.testing.assert_allclose(gamma.numpy(), [0.4989, 0.0, 0.0029, 0.0019],
+                             atol=1e-6)
+
+
+def test_target_cost_of_a_combined_regularizer_steers_by_its_forecast(digits):
+  """The forecast reads every part's sources: logged, never above the cost
+  (it only removes channels), and under it while channels are dying."""
+  from morph_net.network_regularizers import model_size_regularizer  # pylint: disable=g-import-not-at-top
+  model = build_model()
+  flops = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+  size = model_size_regularizer.GammaModelSizeRegularizer(model, 1e-2)
+  parts = [(flops, 1.0 / float(flops.get_cost())),
+           (size, 1.0 / float(size.get_cost()))]
+  trainer = mk.add_regularizer(model, parts, target_cost=1.0,
+                               monitor=False)
+  _compile(trainer, keras.optimizers.SGD(0.05))
+  logs = trainer.fit(digits[0][:640], digits[1][:640], batch_size=32,
+                     epochs=6, verbose=0).history
+  cost = np.asarray(logs['combined_cost'])
+  forecast = np.asarray(logs['combined_cost_forecast'])
+  assert np.all(forecast <= cost + 1e-6)
+  assert cost[-1] < 2.0  # shrinking toward the target (from 2.0)
+
+
+@pytest.mark.parametrize('exact_zeros,advice', [
+    (False, 'Use exact_zeros=True'), (True, 'Exact zeros are on')])
+def test_hover_advice_depends_on_exact_zeros(exact_zeros, advice):
+  """Half the gammas go back and forth across 1e-2 between checks."""
+  model = _one_bn_model([1.0, 1.0, 0.015, 0.015])
+  reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+  gamma = model.get_layer('bn').gamma
+  monitor = budget.BudgetMonitor(reg, 'FLOPs', 'regularization_term',
+                                 exact_zeros=exact_zeros)
+
+  def wander():
+    monitor.on_train_begin()
+    for k in range(4):
+      low = 0.008 if k % 2 else 0.015
+      gamma.assign([1.0, 1.0, low, low])
+      monitor._check_hover()  # pylint: disable=protected-access
+
+  hovering = [m for m in _warnings_of(wander) if '(hovering)' in m]
+  assert len(hovering) == 1 and advice in hovering[0]
+  assert '2 of 4 channels' in hovering[0]

@@ -102,9 +102,10 @@ BUDGET_GAMMAS = (0.011, 0.015, 0.02, 0.03, 0.8, 1.0, 1.2, 0.9)
 def _fit_budget(tf, keras, strategy, mode):
   """A target_cost or exact_zeros fit; its trajectory, step by step.
 
-  'target': the controller at full rate from the first step (patience 0)
-  toward a quarter of the initial cost, so the strength changes every step;
-  the proximal step is on (the default with target_cost). 'exact_zeros': a
+  'target': the controller (rate 0.2) toward a quarter of the initial cost:
+  its forecast is far above that from the first step, so the strength
+  changes every step; the proximal step is on (the default with
+  target_cost), and so are the forecast's running averages. 'exact_zeros': a
   fixed strength, proximal step only.
   """
   import morph_net.keras  # pylint: disable=g-import-not-at-top

@@ -34,6 +34,12 @@ _CONSTANT = op_handler.TerminalOpHandler()  # see _handler_inputs
 make_view = graph_view_lib.make_view
 
 
+def _variable_id(variable):
+  """One id for a Keras variable and the backend variable it holds."""
+  inner = getattr(variable, 'value', None)
+  return id(inner if isinstance(inner, tf.Variable) else variable)
+
+
 class _OpRegularizer:
   """Regularization and alive vectors of one op's output channels."""
 
@@ -390,14 +396,16 @@ class OpRegularizerManager:
     """Within the block, every cost and term reads `values` for sources.
 
     Args:
-      values: {id(source variable): tensor of its shape}; sources not in it
-        read their variable. What-if costs (e.g. the budget controller's
-        forecast: the cost if the sources shrank by a given amount) are then
-        evaluated by the very calculator that computes the real one.
+      values: (variable, tensor of its shape) pairs; a variable is a
+        source's (a Keras variable or the `tf.Variable` it holds). Sources
+        not given read their variable. What-if costs (e.g. the budget
+        controller's forecast: the cost if the sources shrank by a given
+        amount) are then evaluated by the very calculator that computes the
+        real one.
     """
     if self._substitutes is not None:
       raise RuntimeError('substituted_sources blocks do not nest.')
-    self._substitutes = dict(values)
+    self._substitutes = {_variable_id(v): t for v, t in values}
     try:
       yield
     finally:
@@ -406,7 +414,7 @@ class OpRegularizerManager:
   def _param(self, source):
     if self._substitutes is None:
       return source.param
-    return self._substitutes.get(id(source.param), source.param)
+    return self._substitutes.get(_variable_id(source.param), source.param)
 
   def _compute_class_vectors(self):
     if not self._sources:

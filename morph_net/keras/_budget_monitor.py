@@ -30,6 +30,19 @@ def _source_values(regularizer):
   return out
 
 
+_HOVER_ADVICE = {
+    False: 'Use exact_zeros=True (proximal step: dead channels become '
+           'exactly 0), or lower the learning rate, or raise the threshold '
+           'above the oscillation amplitude (~ learning rate for Adam).',
+    True: 'Exact zeros are on (a channel falling under the threshold is set '
+          'to 0), yet these come back: the task gradient revives them, or '
+          'their scale does not matter to the loss (a BatchNorm gamma whose '
+          'output feeds another BatchNorm wanders freely). Lower the '
+          'learning rate or raise the threshold above the sources\' step '
+          'size (~ learning rate for Adam).',
+}
+
+
 class BudgetMonitor(keras.callbacks.Callback):
   """Warns when the regularizer is not doing what the user expects.
 
@@ -50,11 +63,12 @@ class BudgetMonitor(keras.callbacks.Callback):
     cost_name, term_name: the log keys of the cost and the term.
     check_every, patience, hover_fraction, dominance: see above.
     target_cost: T, if the strength is controlled (changes the advice).
+    exact_zeros: whether the proximal step is on (changes the advice).
   """
 
   def __init__(self, regularizer, cost_name, term_name, check_every=25,
                patience=300, hover_fraction=0.05, dominance=10.0,
-               target_cost=None):
+               target_cost=None, exact_zeros=False):
     super().__init__()
     self._regularizer = regularizer
     self._cost_name = cost_name
@@ -64,6 +78,7 @@ class BudgetMonitor(keras.callbacks.Callback):
     self.hover_fraction = float(hover_fraction)
     self.dominance = float(dominance)
     self.target_cost = target_cost
+    self.exact_zeros = bool(exact_zeros)
     self.warned = set()  # kinds warned in this fit
 
   def _warn(self, kind, message):
@@ -147,11 +162,9 @@ class BudgetMonitor(keras.callbacks.Callback):
         self._warn('hovering', (
             '%d of %d channels went back and forth across the alive '
             'threshold, within a factor 2 of it: the alive count is '
-            'set by the sources\' oscillation, not by the data. Use '
-            'exact_zeros=True (proximal step: dead channels become exactly '
-            '0), or lower the learning rate, or raise the threshold above '
-            'the oscillation amplitude (~ learning rate for Adam).'
-            % (int(hovering.sum()), len(alive))))
+            'set by the sources\' oscillation, not by the data. %s'
+            % (int(hovering.sum()), len(alive), _HOVER_ADVICE[
+                self.exact_zeros])))
     else:
       self._flips = np.zeros(len(alive), np.int64)
     self._last_alive = alive

@@ -231,7 +231,7 @@ class CostForecast:
     b = self.smoothing
     debias = 1.0 - tf.pow(b, count)
     spread = math.sqrt((1.0 - b) / (1.0 + b))  # std error of the average
-    values = {}
+    values = []
     for i, (value, norms) in enumerate(self._values()):
       delta = norms - previous[i]
       mean = means[i].assign(b * means[i] + (1.0 - b) * delta) / debias
@@ -245,8 +245,8 @@ class CostForecast:
       scale = tf.maximum(0.0, 1.0 - tf.math.divide_no_nan(
           self.horizon * speed, norms))
       param = self._sources[i].param
-      values[id(param)] = tf.cast(_proximal.scaled(
-          self._kinds[i], value, self._axes[i], scale), param.dtype)
+      values.append((param, tf.cast(_proximal.scaled(
+          self._kinds[i], value, self._axes[i], scale), param.dtype)))
     with self._manager.substituted_sources(values):
       return tf.cast(self._regularizer.get_cost(), tf.float32)
 

@@ -244,7 +244,8 @@ class RegularizedModel(keras.Model):
       if not any(isinstance(c, budget_lib.BudgetMonitor) for c in callbacks):
         callbacks.append(budget_lib.BudgetMonitor(
             self._morph_net_regularizer, self._cost_name, self._term_name,
-            target_cost=self.target_cost))
+            target_cost=self.target_cost, exact_zeros=bool(
+                self._budget_step and self._budget_step.proximal)))
       kwargs['callbacks'] = callbacks
     return super().fit(*args, **kwargs)
 
@@ -412,7 +413,8 @@ def add_regularizer(model, regularizer, strength=None, term_name=None,
     cost_name: log key of the cost; `regularizer.cost_name` if None.
     target_cost: the cost to reach (e.g. 0.4 x the initial FLOPs); the
       strength is adapted after every step (`morph_net.keras.budget`), and
-      the logs also hold 'strength'.
+      the logs also hold 'strength' and, where the sources allow a
+      forecast, '<cost_name>_forecast' (what the controller steers by).
     exact_zeros: proximal step on the sources (exact zeros); None: on with
       `target_cost` where supported, else off.
     monitor: add a `budget.BudgetMonitor` to `fit` (warnings).

@@ -42,6 +42,7 @@ class _SourcesView:
   def substituted_sources(self, values):
     """Every part's manager reads `values` for its sources (see
     `OpRegularizerManager.substituted_sources`)."""
+    values = list(values)  # read by every part
     managers = {id(r.op_regularizer_manager): r.op_regularizer_manager
                 for r in self._regularizers}
     with contextlib.ExitStack() as stack:
