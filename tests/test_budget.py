@@ -488,3 +488,22 @@ def test_hover_advice_depends_on_exact_zeros(exact_zeros, advice):
   hovering = [m for m in _warnings_of(wander) if '(hovering)' in m]
   assert len(hovering) == 1 and advice in hovering[0]
   assert '2 of 4 channels' in hovering[0]
+
+
+def test_substituted_sources_refuses_graph_mode_regularizers():
+  """A tf.compat.v1 graph's costs are graph tensors: a what-if on live
+  values cannot be expressed there, so it says so instead of mixing graphs."""
+  graph = tf.Graph()
+  with graph.as_default():
+    images = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 1])
+    kernel = tf.compat.v1.get_variable('k', initializer=tf.ones([3, 3, 1, 4]))
+    gamma = tf.compat.v1.get_variable('g', initializer=tf.ones([4]))
+    beta = tf.compat.v1.get_variable('b', initializer=tf.zeros([4]))
+    net = tf.nn.conv2d(images, kernel, 1, 'SAME', name='conv')
+    net = tf.compat.v1.nn.fused_batch_norm(net, gamma, beta, name='bn')[0]
+    logits = tf.matmul(tf.reduce_mean(tf.nn.relu(net), [1, 2]),
+                       tf.ones([4, 2]), name='logits')
+    reg = flop_regularizer.GammaFlopsRegularizer([logits.op], 1e-2)
+    with pytest.raises(NotImplementedError, match='tf.compat.v1 graph'):
+      with reg.op_regularizer_manager.substituted_sources([]):
+        pass

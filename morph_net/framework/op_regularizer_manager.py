@@ -377,10 +377,7 @@ class OpRegularizerManager:
     """(regularization, alive) per regularized class, plus a last entry
     (0, 1) standing for every unregularized channel. Float32 tensors."""
     if self._substitutes is not None:
-      with contextlib.ExitStack() as stack:
-        if not self._view.eager:
-          stack.enter_context(self._view.graph.as_default())
-        return self._compute_class_vectors()
+      return self._compute_class_vectors()
     if not self._view.eager and self._cached is not None:
       return self._cached
     if self._view.eager:
@@ -405,6 +402,11 @@ class OpRegularizerManager:
     """
     if self._substitutes is not None:
       raise RuntimeError('substituted_sources blocks do not nest.')
+    if not self._view.eager:
+      raise NotImplementedError(
+          'substituted_sources needs a regularizer built from a Keras model '
+          'or a tf.function (its costs read live variables); this one was '
+          'built from tf.compat.v1 graph ops, whose costs are graph tensors.')
     self._substitutes = {_variable_id(v): t for v, t in values}
     try:
       yield
