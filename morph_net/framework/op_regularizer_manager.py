@@ -10,6 +10,7 @@ with one segment reduction.
 
 import collections
 import contextlib
+import functools
 
 import numpy as np
 import tensorflow as tf
@@ -34,12 +35,6 @@ _CONSTANT = op_handler.TerminalOpHandler()  # see _handler_inputs
 make_view = graph_view_lib.make_view
 
 
-def _variable_id(variable):
-  """One id for a Keras variable and the backend variable it holds."""
-  inner = getattr(variable, 'value', None)
-  return id(inner if isinstance(inner, tf.Variable) else variable)
-
-
 class _OpRegularizer:
   """Regularization and alive vectors of one op's output channels."""
 
@@ -54,14 +49,6 @@ class _OpRegularizer:
   @property
   def alive_vector(self):
     return tf.gather(self._manager.class_vectors()[1], self._classes) > 0.5
-
-
-class _VectorRegularizer:
-  """One source's vectors, as handed to a regularizer_decorator."""
-
-  def __init__(self, regularization_vector, alive_vector):
-    self.regularization_vector = regularization_vector
-    self.alive_vector = alive_vector
 
 
 class LayerEntry:
@@ -407,7 +394,7 @@ class OpRegularizerManager:
           'substituted_sources needs a regularizer built from a Keras model '
           'or a tf.function (its costs read live variables); this one was '
           'built from tf.compat.v1 graph ops, whose costs are graph tensors.')
-    self._substitutes = {_variable_id(v): t for v, t in values}
+    self._substitutes = {sources_lib.variable_id(v): t for v, t in values}
     try:
       yield
     finally:
@@ -416,21 +403,18 @@ class OpRegularizerManager:
   def _param(self, source):
     if self._substitutes is None:
       return source.param
-    return self._substitutes.get(_variable_id(source.param), source.param)
+    return self._substitutes.get(sources_lib.variable_id(source.param),
+                                source.param)
 
   def _compute_class_vectors(self):
     if not self._sources:
       return tf.zeros([1]), tf.ones([1])
-    regs, alives = [], []
-    for cls, sources in self._source_batches:
-      reg, alive = cls.batch_vectors([self._param(s) for s in sources],
-                                     [s.setting for s in sources])
-      regs.append(tf.cast(reg, tf.float32))
-      alives.append(tf.cast(alive, tf.float32))
-    reg = tf.concat(regs, 0) if len(regs) > 1 else regs[0]
-    alive = tf.concat(alives, 0) if len(alives) > 1 else alives[0]
+    decorate = None
     if self._decorator is not None:
-      reg, alive = self._decorate(reg, alive)
+      decorate = functools.partial(self._decorator, **self._decorator_params)
+    reg, alive = sources_lib.source_vectors(
+        self._source_batches, self._param, decorate,
+        lambda s: len(self._tensor_nodes[s.tensor.name]))
     classes = tf.constant(self._source_classes)
     n = self._num_classes
     class_reg = self._grouping.segment_reduce(reg, classes,
@@ -439,21 +423,6 @@ class OpRegularizerManager:
                                                self._num_segments)[:n]
     return (tf.concat([class_reg, [0.0]], 0),
             tf.concat([tf.stop_gradient(class_alive), [1.0]], 0))
-
-  def _decorate(self, reg, alive):
-    """Applies the decorator source by source (opt-in; not vectorized)."""
-    regs, alives, start = [], [], 0
-    for _, sources in self._source_batches:
-      for s in sources:
-        n = len(self._tensor_nodes[s.tensor.name])
-        decorated = self._decorator(
-            _VectorRegularizer(reg[start:start + n],
-                               alive[start:start + n] > 0.5),
-            **self._decorator_params)
-        regs.append(tf.cast(decorated.regularization_vector, tf.float32))
-        alives.append(tf.cast(decorated.alive_vector, tf.float32))
-        start += n
-    return tf.concat(regs, 0), tf.concat(alives, 0)
 
   def get_regularizer(self, op):
     """The regularizer of `op`'s output channels, or None if it has none."""

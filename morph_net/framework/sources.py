@@ -1,6 +1,55 @@
-"""Which of the family's sources a manager keeps: `regularizer_blacklist`."""
+"""A manager's sources: which it keeps (`regularizer_blacklist`) and the
+regularization and alive vectors of their channels."""
+
+import tensorflow as tf
 
 from morph_net.framework import channel_graph
+
+
+def variable_id(variable):
+  """One id for a Keras variable and the backend variable it holds."""
+  inner = getattr(variable, 'value', None)
+  return id(inner if isinstance(inner, tf.Variable) else variable)
+
+
+class VectorRegularizer:
+  """One source's vectors, as handed to a regularizer_decorator."""
+
+  def __init__(self, regularization_vector, alive_vector):
+    self.regularization_vector = regularization_vector
+    self.alive_vector = alive_vector
+
+
+def source_vectors(source_batches, read, decorate=None, size=None):
+  """(regularization, alive) of every source channel, float32, in batch order.
+
+  Args:
+    source_batches: [(regularizer class, [sources])]: each class computes
+      its sources' vectors at once (`batch_vectors`).
+    read: source -> the value to read for its variable.
+    decorate: optional op regularizer -> op regularizer, applied source by
+      source (opt-in; not vectorized); `size(source)` gives its channels.
+  """
+  regs, alives = [], []
+  for cls, sources in source_batches:
+    reg, alive = cls.batch_vectors([read(s) for s in sources],
+                                   [s.setting for s in sources])
+    regs.append(tf.cast(reg, tf.float32))
+    alives.append(tf.cast(alive, tf.float32))
+  reg = tf.concat(regs, 0) if len(regs) > 1 else regs[0]
+  alive = tf.concat(alives, 0) if len(alives) > 1 else alives[0]
+  if decorate is None:
+    return reg, alive
+  regs, alives, start = [], [], 0
+  for _, sources in source_batches:
+    for s in sources:
+      n = size(s)
+      decorated = decorate(VectorRegularizer(reg[start:start + n],
+                                             alive[start:start + n] > 0.5))
+      regs.append(tf.cast(decorated.regularization_vector, tf.float32))
+      alives.append(tf.cast(decorated.alive_vector, tf.float32))
+      start += n
+  return tf.concat(regs, 0), tf.concat(alives, 0)
 
 
 def filter_blacklist(sources, blacklist, view):

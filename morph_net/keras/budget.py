@@ -181,7 +181,8 @@ class CostForecast:
   def __init__(self, regularizer, horizon=10, smoothing=0.9, z=2.0):
     if not self.supports(regularizer):
       raise ValueError('CostForecast needs BatchNorm gamma or group lasso '
-                       '(l1_fraction=0) sources.')
+                       '(l1_fraction=0) sources of a Keras model or a '
+                       'tf.function.')
     self._regularizer = regularizer
     self._manager = regularizer.op_regularizer_manager
     self._sources = list(self._manager.sources)
@@ -195,10 +196,13 @@ class CostForecast:
 
   @staticmethod
   def supports(regularizer):
-    """Whether every source is one whose channels shrink toward 0."""
+    """Whether every source is one whose channels shrink toward 0, and
+    the costs read live variables (a Keras model or a tf.function)."""
+    manager = getattr(regularizer, 'op_regularizer_manager', None)
+    view = getattr(manager, 'view', None)
     return (_proximal.supports_exact_zeros(regularizer) and
-            hasattr(regularizer.op_regularizer_manager,
-                    'substituted_sources'))
+            hasattr(manager, 'substituted_sources') and
+            (view is None or view.eager))
 
   def _values(self):
     out = []
