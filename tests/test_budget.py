@@ -507,3 +507,31 @@ def test_substituted_sources_refuses_graph_mode_regularizers():
     with pytest.raises(NotImplementedError, match='tf.compat.v1 graph'):
       with reg.op_regularizer_manager.substituted_sources([]):
         pass
+
+
+def test_stall_under_a_target_names_what_does_not_respond(digits):
+  """Gates regularized on the sampled mask barely move under Adam whatever
+  the strength (its steps are normalized): the controller keeps raising
+  it, and the warning says so instead of advising target_cost."""
+  from morph_net.probabilistic_gating import activation_gating  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((8, 8, 1))
+  x = keras.layers.Conv2D(16, 3, padding='same', name='conv')(inputs)
+  x = activation_gating.LogisticSigmoidGating(name='gate')(
+      keras.layers.ReLU()(x))
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  model = keras.Model(inputs, keras.layers.Dense(10, name='logits')(x))
+  reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
+  trainer = mk.add_regularizer(model, reg, target_cost=0.4 * float(
+      reg.get_cost()), monitor=False)
+  _compile(trainer, keras.optimizers.Adam(1e-2))
+  monitor = budget.BudgetMonitor(reg, 'FLOPs', 'regularization_term',
+                                 patience=100, target_cost=trainer.target_cost)
+  messages = _warnings_of(lambda: trainer.fit(
+      digits[0][:1280], digits[1][:1280], batch_size=32, epochs=3,
+      verbose=0, callbacks=[monitor]))
+  stalled = [m for m in messages if '(stalled)' in m]
+  assert len(stalled) == 1, messages
+  assert 'regularize_on_mask=False' in stalled[0]
+  assert 'pass target_cost' not in stalled[0]
+  assert trainer.strength > 2.0 / float(reg.get_cost())  # it was raised

@@ -92,6 +92,7 @@ class BudgetMonitor(keras.callbacks.Callback):
     self.warned = set()
     self._step = 0
     self._first_cost = None
+    self._first_strength = None
     self._first_task = None
     self._last_alive = None
     self._flips = None
@@ -103,10 +104,11 @@ class BudgetMonitor(keras.callbacks.Callback):
     if cost is None:
       return
     cost = float(cost)
-    if self._first_cost is None:
-      self._first_cost = cost
     strength = float(self.model.strength) if hasattr(
         self.model, 'strength') else None
+    if self._first_cost is None:
+      self._first_cost = cost
+      self._first_strength = strength
     term, loss = logs.get(self._term_name), logs.get('loss')
     if strength is not None and term is not None and loss is not None:
       penalty = strength * float(term)
@@ -140,12 +142,24 @@ class BudgetMonitor(keras.callbacks.Callback):
       self._check_hover()
     if self._step == self.patience and cost == self._first_cost and (
         self.target_cost is None or cost > self.target_cost):
-      self._warn('stalled', (
-          'the cost (%.4g) has not moved in %d steps. The strength is too '
-          'small for this learning rate, or the alive threshold is below '
-          'the sources\' oscillation: pass target_cost=... (the strength is '
-          'then adapted), use exact_zeros=True, raise the strength, or '
-          'raise the threshold.' % (cost, self.patience)))
+      self._warn('stalled', 'the cost (%.4g) has not moved in %d steps. %s'
+                 % (cost, self.patience, self._stall_advice(strength)))
+
+  def _stall_advice(self, strength):
+    if self.target_cost is None:
+      return ('The strength is too small for this learning rate, or the '
+              'alive threshold is below the sources\' oscillation: pass '
+              'target_cost=... (the strength is then adapted), use '
+              'exact_zeros=True, raise the strength, or raise the '
+              'threshold.')
+    raised = (strength / self._first_strength
+              if strength and self._first_strength else float('nan'))
+    return ('The controller has raised the strength %.3g-fold and the '
+            'sources still do not respond to the term: LogisticSigmoid '
+            'gates regularized on the sampled mask (regularize_on_mask=True)'
+            ' get tiny steps under Adam - use regularize_on_mask=False or '
+            'SGD with momentum; otherwise raise the learning rate, or '
+            'lower the threshold.' % raised)
 
   def _check_hover(self):
     values = _source_values(self._regularizer)
