@@ -535,3 +535,47 @@ def test_stall_under_a_target_names_what_does_not_respond(digits):
   assert 'regularize_on_mask=False' in stalled[0]
   assert 'pass target_cost' not in stalled[0]
   assert trainer.strength > 2.0 / float(reg.get_cost())  # it was raised
+
+
+def test_forecast_of_gates_lowers_their_logits():
+  """Gate logits falling 0.1 a step, 10 steps ahead: those under 1.0 are
+  forecast closed (alive: logit > 0), read through the gate's own rule."""
+  from morph_net.probabilistic_gating import activation_gating  # pylint: disable=g-import-not-at-top
+  inputs = keras.Input((8, 8, 1))
+  x = keras.layers.Conv2D(4, 3, padding='same', name='conv')(inputs)
+  x = activation_gating.LogisticSigmoidGating(name='gate')(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  model = keras.Model(inputs, keras.layers.Dense(3, name='logits')(x))
+  reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
+  logits = model.get_layer('gate').mask_logits
+  start = np.asarray([3.0, 1.2, 2.0, 0.9], np.float32)
+  logits.assign(start)
+  forecast = budget.CostForecast(reg, horizon=10)
+  forecast.build()
+  for k in range(1, 4):
+    logits.assign(start - 0.1 * k)
+    value = float(forecast())
+  assert value == pytest.approx(_cost_with(reg, logits, start - 0.3 - 1.0))
+  assert value < float(reg.get_cost())  # 0.9 and 0.6 close within 10 steps
+
+
+def test_forecast_keeps_a_gate_s_first_channel_alive():
+  """What-if logits are read through the gate's record (found from its
+  variable): a gate that keeps channel 0 keeps it in the forecast too."""
+  from morph_net.probabilistic_gating import activation_gating  # pylint: disable=g-import-not-at-top
+  inputs = keras.Input((8, 8, 1))
+  x = keras.layers.Conv2D(4, 3, padding='same', name='conv')(inputs)
+  x = activation_gating.LogisticSigmoidGating(
+      keep_first_channel_alive=True, name='gate')(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  model = keras.Model(inputs, keras.layers.Dense(3, name='logits')(x))
+  reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
+  logits = model.get_layer('gate').mask_logits
+  start = np.asarray([0.5, 3.0, 3.0, 3.0], np.float32)
+  logits.assign(start)
+  forecast = budget.CostForecast(reg, horizon=10)
+  forecast.build()
+  for k in range(1, 4):
+    logits.assign(start - 0.1 * k)
+    value = float(forecast())
+  assert value == float(reg.get_cost())

@@ -32,8 +32,13 @@ def source_vectors(source_batches, read, decorate=None, size=None):
   """
   regs, alives = [], []
   for cls, sources in source_batches:
-    reg, alive = cls.batch_vectors([read(s) for s in sources],
-                                   [s.setting for s in sources])
+    values = [read(s) for s in sources]
+    settings = [s.setting for s in sources]
+    if getattr(cls, 'takes_variables', False):  # e.g. gates' records
+      reg, alive = cls.batch_vectors(values, settings,
+                                     [s.param for s in sources])
+    else:
+      reg, alive = cls.batch_vectors(values, settings)
     regs.append(tf.cast(reg, tf.float32))
     alives.append(tf.cast(alive, tf.float32))
   reg = tf.concat(regs, 0) if len(regs) > 1 else regs[0]

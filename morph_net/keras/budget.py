@@ -29,12 +29,15 @@ Four pieces, wired in by `add_regularizer(model, reg, target_cost=T)` (or
 import math
 import numbers
 
+import numpy as np
 import tensorflow as tf
 
 from morph_net.keras import _proximal
 from morph_net.keras._budget_monitor import BudgetMonitor
 from morph_net.keras._proximal import ProximalStep
 from morph_net.keras._proximal import supports_exact_zeros
+from morph_net.op_regularizers import group_lasso_regularizer
+from morph_net.op_regularizers import logistic_sigmoid_regularizer
 
 __all__ = ['BudgetMonitor', 'BudgetStep', 'CostForecast', 'ProximalStep',
            'StrengthController', 'only_at_or_under', 'supports_exact_zeros']
@@ -70,7 +73,7 @@ class StrengthController:
   * otherwise the strength is held.
 
   Without a forecast (sources that `CostForecast` does not support, e.g.
-  LogisticSigmoid gates) F is the cost itself, and the strength rises only
+  group lasso kernels read through an index map) F is the cost itself, and the strength rises only
   after the cost has made no new low for `patience` steps (a cost that is
   still falling shows that the current strength is working).
 
@@ -159,15 +162,16 @@ class StrengthController:
 class CostForecast:
   """The cost `horizon` steps ahead if every channel kept shrinking.
 
-  Each source channel's norm r_c (|gamma|, or a filter's RMS) is tracked
-  after every step: an exponential average (weight `smoothing`) of its
+  Each source channel's norm r_c (|gamma|, or a filter's RMS; a gate's
+  logit) is tracked after every step: an exponential average (weight `smoothing`) of its
   change per step, and of the change squared. Its downward speed is the
   average's lower confidence bound, max(0, -mean - z x its standard error),
   so that channels merely fluctuating near the threshold are not taken for
   dying ones; with the proximal step it is also capped by what the penalty
   alone moves the norm per step (step x w_c: lowering the strength slows a
   channel at once, its measured average would lag). The forecast scales
-  every channel down by horizon x speed and evaluates the regularizer's own
+  every channel down by horizon x speed (lowers a gate's logit by it) and
+  evaluates the regularizer's own
   cost on those values (`OpRegularizerManager.substituted_sources`), so
   ties, groups and every cost model are accounted for as in `get_cost`.
 
@@ -180,14 +184,14 @@ class CostForecast:
 
   def __init__(self, regularizer, horizon=10, smoothing=0.9, z=2.0):
     if not self.supports(regularizer):
-      raise ValueError('CostForecast needs BatchNorm gamma or group lasso '
-                       '(l1_fraction=0) sources of a Keras model or a '
-                       'tf.function.')
+      raise ValueError('CostForecast needs BatchNorm gamma, group lasso (on '
+                       'kernel axes) or logistic-sigmoid gate sources of a '
+                       'Keras model or a tf.function.')
     self._regularizer = regularizer
     self._manager = regularizer.op_regularizer_manager
     self._sources = list(self._manager.sources)
-    self._kinds = [_proximal.source_kind(s) for s in self._sources]
-    self._axes = [_proximal.channel_axis(s, k)
+    self._kinds = [_forecast_kind(s) for s in self._sources]
+    self._axes = [0 if k == 'gate' else _proximal.channel_axis(s, k)
                   for s, k in zip(self._sources, self._kinds)]
     self.horizon = _positive('horizon', horizon)
     self.smoothing = _fraction('smoothing', smoothing)
@@ -196,19 +200,24 @@ class CostForecast:
 
   @staticmethod
   def supports(regularizer):
-    """Whether every source is one whose channels shrink toward 0, and
-    the costs read live variables (a Keras model or a tf.function)."""
+    """Whether every source is a variable whose channels move toward death
+    along one number each (a norm, or a gate's logit), and the costs read
+    live variables (a Keras model or a tf.function)."""
     manager = getattr(regularizer, 'op_regularizer_manager', None)
+    sources = getattr(manager, 'sources', None)
     view = getattr(manager, 'view', None)
-    return (_proximal.supports_exact_zeros(regularizer) and
-            hasattr(manager, 'substituted_sources') and
-            (view is None or view.eager))
+    return bool(sources) and all(
+        _forecast_kind(s) is not None and isinstance(s.param, tf.Variable)
+        for s in sources) and hasattr(manager, 'substituted_sources') and (
+            view is None or view.eager)
 
   def _values(self):
+    """[(value, r)]: r the norms, or a gate's logits (its value)."""
     out = []
     for s, kind, axis in zip(self._sources, self._kinds, self._axes):
       value = tf.cast(tf.convert_to_tensor(s.param), tf.float32)
-      out.append((value, _proximal.channel_norms(kind, value, axis)))
+      out.append((value, value if kind == 'gate' else
+                  _proximal.channel_norms(kind, value, axis)))
     return out
 
   def build(self):
@@ -246,13 +255,34 @@ class CostForecast:
       speed = tf.maximum(-mean - self.z * spread * sd, 0.0)
       if shrinks is not None:
         speed = tf.minimum(speed, shrinks[i])
-      scale = tf.maximum(0.0, 1.0 - tf.math.divide_no_nan(
-          self.horizon * speed, norms))
+      if self._kinds[i] == 'gate':  # logits fall linearly
+        ahead = value - self.horizon * speed
+      else:  # norms fall to at least 0: scale each channel
+        scale = tf.maximum(0.0, 1.0 - tf.math.divide_no_nan(
+            self.horizon * speed, norms))
+        ahead = _proximal.scaled(self._kinds[i], value, self._axes[i],
+                                 scale)
       param = self._sources[i].param
-      values.append((param, tf.cast(_proximal.scaled(
-          self._kinds[i], value, self._axes[i], scale), param.dtype)))
+      values.append((param, tf.cast(ahead, param.dtype)))
     with self._manager.substituted_sources(values):
       return tf.cast(self._regularizer.get_cost(), tf.float32)
+
+
+def _forecast_kind(source):
+  """'gamma', 'group_lasso' (any l1_fraction: norms scale with their
+  channel), 'gate', or None."""
+  kind = _proximal.source_kind(source)
+  if kind is not None:
+    return kind
+  cls = source.regularizer_cls
+  if issubclass(cls, group_lasso_regularizer.GroupLassoRegularizer):
+    setting = source.setting
+    if (isinstance(setting, tuple) and len(setting) == 3 and
+        not isinstance(setting[2], np.ndarray)):  # not an index map
+      return 'group_lasso'
+  if issubclass(cls, logistic_sigmoid_regularizer.LogisticSigmoidRegularizer):
+    return 'gate'
+  return None
 
 
 def only_at_or_under(callback, max_cost):

@@ -48,14 +48,22 @@ def _sampled_masks(logits, samples, records, sizes):
                   relaxed + tf.stop_gradient(hard - relaxed), relaxed)
 
 
-def gate_vectors(params, settings):
-  """(regularization, alive) of many gates, concatenated; see the module."""
+def gate_vectors(params, settings, variables=None):
+  """(regularization, alive) of many gates, concatenated; see the module.
+
+  `variables`, if given, are the gates' logit variables and `params` the
+  values to read in their place (a what-if, see
+  `OpRegularizerManager.substituted_sources`); a gate's record and sample
+  are found from its variable.
+  """
   values = [gamma_l1_regularizer.read(p) for p in params]
+  if variables is None:
+    variables = params
   sizes = [int(v.shape[0]) for v in values]
   logits = tf.concat(values, 0) if len(values) > 1 else values[0]
   _checks.check_finite(logits, params, sizes, 'gate logits')
   prob = tf.sigmoid(logits)
-  records = [activation_gating.gate_record(p) for p in params]
+  records = [activation_gating.gate_record(v) for v in variables]
   first = np.zeros(sum(sizes), bool)
   offsets = np.cumsum([0] + sizes[:-1])
   first[[o for o, r in zip(offsets, records)
@@ -75,8 +83,8 @@ def gate_vectors(params, settings):
     alive = tf.logical_or(alive, tf.constant(first))
 
   reg = prob
-  samples = [activation_gating.current_sample(p) if r else None
-             for p, (_, r, _) in zip(params, settings)]
+  samples = [activation_gating.current_sample(v) if r else None
+             for v, (_, r, _) in zip(variables, settings)]
   if any(s is not None for s in samples):
     mask = _sampled_masks(logits, samples, records, sizes)
     if first.any():
@@ -130,13 +138,17 @@ class LogisticSigmoidRegularizer:
     check_alive_threshold(setting[0])
     return int(param.shape[0])
 
+  # The manager passes `variables` when it reads other values (what-ifs).
+  takes_variables = True
+
   @staticmethod
-  def batch_vectors(params, settings):
+  def batch_vectors(params, settings, variables=None):
     """Concatenated (regularization, alive) vectors of many gates.
 
     Args:
       params: the gates' logits.
       settings: per gate, (alive_threshold, regularize_on_mask,
         mask_as_alive_vector).
+      variables: the logit variables, when `params` are other values.
     """
-    return gate_vectors(params, settings)
+    return gate_vectors(params, settings, variables)
