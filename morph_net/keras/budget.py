@@ -73,9 +73,10 @@ class StrengthController:
   * otherwise the strength is held.
 
   Without a forecast (sources that `CostForecast` does not support, e.g.
-  group lasso kernels read through an index map) F is the cost itself, and the strength rises only
-  after the cost has made no new low for `patience` steps (a cost that is
-  still falling shows that the current strength is working).
+  group lasso kernels read through an index map) F is the cost itself,
+  and the strength rises only after the cost has made no new low for
+  `patience` steps (a cost that is still falling shows that the current
+  strength is working).
 
   The strength is multiplied, never incremented, and clipped to [min_ratio,
   max_ratio] x its initial value: it is never negative nor zero.
@@ -163,8 +164,8 @@ class CostForecast:
   """The cost `horizon` steps ahead if every channel kept shrinking.
 
   Each source channel's norm r_c (|gamma|, or a filter's RMS; a gate's
-  logit) is tracked after every step: an exponential average (weight `smoothing`) of its
-  change per step, and of the change squared. Its downward speed is the
+  logit) is tracked after every step: an exponential average (weight
+  `smoothing`) of its change per step, and of the change squared. Its downward speed is the
   average's lower confidence bound, max(0, -mean - z x its standard error),
   so that channels merely fluctuating near the threshold are not taken for
   dying ones; with the proximal step it is also capped by what the penalty
@@ -225,8 +226,10 @@ class CostForecast:
     if self._state is not None:
       return
     norms = [n for _, n in self._values()]
-    zeros = lambda: [tf.Variable(tf.zeros_like(n), trainable=False)  # pylint: disable=g-long-lambda
-                     for n in norms]
+
+    def zeros():
+      return [tf.Variable(tf.zeros_like(n), trainable=False) for n in norms]
+
     self._state = ([tf.Variable(n, trainable=False) for n in norms],
                    zeros(), zeros(),
                    tf.Variable(0.0, trainable=False, name='morph_net_steps'))
