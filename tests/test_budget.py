@@ -6,6 +6,7 @@ SAME -> 32, BN, ReLU; global average pool; Dense 10. Seed FLOPs:
 """
 
 import os
+import sys
 import warnings
 
 import keras
@@ -13,10 +14,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import morph_net.keras as mk
-from morph_net.keras import budget
-from morph_net.keras import cycles
-from morph_net.network_regularizers import flop_regularizer
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'benchmarks'))
+
+import target_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
+import morph_net.keras as mk  # pylint: disable=g-import-not-at-top,wrong-import-position
+from morph_net.keras import budget  # pylint: disable=g-import-not-at-top,wrong-import-position
+from morph_net.keras import cycles  # pylint: disable=g-import-not-at-top,wrong-import-position
+from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SEED_FLOPS = 2 * 64 * 9 * (1 * 16 + 16 * 32) + 2 * 32 * 10
 
@@ -30,16 +35,7 @@ def digits():
 
 
 def build_model(seed=0):
-  keras.utils.set_random_seed(seed)
-  inputs = keras.Input((8, 8, 1))
-  x = inputs
-  for i, width in enumerate((16, 32)):
-    x = keras.layers.Conv2D(width, 3, padding='same', use_bias=False,
-                            name='conv%d' % (i + 1))(x)
-    x = keras.layers.BatchNormalization(name='bn%d' % (i + 1))(x)
-    x = keras.layers.ReLU()(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
-  return keras.Model(inputs, keras.layers.Dense(10, name='logits')(x))
+  return target_cost.build_model(seed)  # the same net as the benchmark's
 
 
 def _compile(trainer, optimizer):
@@ -384,6 +380,17 @@ def test_substituted_sources_cost_what_if_values_and_restore():
   assert float(reg.get_cost()) == now  # the variables were not touched
 
 
+def _forecast_while_falling(forecast, variable, start, per_step, steps=3):
+  """Builds `forecast`, then moves `variable` down from `start` by
+  `per_step` a step; the last forecast."""
+  variable.assign(start)
+  forecast.build()
+  for k in range(1, steps + 1):
+    variable.assign(start - per_step * k)
+    value = float(forecast())
+  return value
+
+
 def test_forecast_projects_measured_shrink_capped_by_the_penalty():
   """Norms falling 0.01 a step, 10 steps ahead: the forecast is the cost of
   the gammas 0.1 lower (one channel then under the threshold); with the
@@ -393,10 +400,7 @@ def test_forecast_projects_measured_shrink_capped_by_the_penalty():
   reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
   gamma = model.get_layer('bn').gamma
   forecast = budget.CostForecast(reg, horizon=10)
-  forecast.build()
-  for k in range(1, 4):
-    gamma.assign(start - 0.01 * k)
-    uncapped = float(forecast())
+  uncapped = _forecast_while_falling(forecast, gamma, start, 0.01)
   now = start - 0.03
   expected = _cost_with(reg, gamma, np.maximum(now - 0.1, 0.0))
   assert uncapped == pytest.approx(expected)
@@ -537,24 +541,27 @@ def test_stall_under_a_target_names_what_does_not_respond(digits):
   assert trainer.strength > 2.0 / float(reg.get_cost())  # it was raised
 
 
-def test_forecast_of_gates_lowers_their_logits():
-  """Gate logits falling 0.1 a step, 10 steps ahead: those under 1.0 are
-  forecast closed (alive: logit > 0), read through the gate's own rule."""
+def _gated(keep_first=False):
+  """conv 3x3 -> LogisticSigmoidGating (4 gates) -> GAP -> Dense 3; the
+  regularizer and the gate's logits."""
   from morph_net.probabilistic_gating import activation_gating  # pylint: disable=g-import-not-at-top
   inputs = keras.Input((8, 8, 1))
   x = keras.layers.Conv2D(4, 3, padding='same', name='conv')(inputs)
-  x = activation_gating.LogisticSigmoidGating(name='gate')(x)
+  x = activation_gating.LogisticSigmoidGating(
+      keep_first_channel_alive=keep_first, name='gate')(x)
   x = keras.layers.GlobalAveragePooling2D()(x)
   model = keras.Model(inputs, keras.layers.Dense(3, name='logits')(x))
   reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
-  logits = model.get_layer('gate').mask_logits
+  return reg, model.get_layer('gate').mask_logits
+
+
+def test_forecast_of_gates_lowers_their_logits():
+  """Gate logits falling 0.1 a step, 10 steps ahead: those under 1.0 are
+  forecast closed (alive: logit > 0), read through the gate's own rule."""
+  reg, logits = _gated()
   start = np.asarray([3.0, 1.2, 2.0, 0.9], np.float32)
-  logits.assign(start)
-  forecast = budget.CostForecast(reg, horizon=10)
-  forecast.build()
-  for k in range(1, 4):
-    logits.assign(start - 0.1 * k)
-    value = float(forecast())
+  value = _forecast_while_falling(budget.CostForecast(reg, horizon=10),
+                                  logits, start, 0.1)
   assert value == pytest.approx(_cost_with(reg, logits, start - 0.3 - 1.0))
   assert value < float(reg.get_cost())  # 0.9 and 0.6 close within 10 steps
 
@@ -562,20 +569,8 @@ def test_forecast_of_gates_lowers_their_logits():
 def test_forecast_keeps_a_gate_s_first_channel_alive():
   """What-if logits are read through the gate's record (found from its
   variable): a gate that keeps channel 0 keeps it in the forecast too."""
-  from morph_net.probabilistic_gating import activation_gating  # pylint: disable=g-import-not-at-top
-  inputs = keras.Input((8, 8, 1))
-  x = keras.layers.Conv2D(4, 3, padding='same', name='conv')(inputs)
-  x = activation_gating.LogisticSigmoidGating(
-      keep_first_channel_alive=True, name='gate')(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
-  model = keras.Model(inputs, keras.layers.Dense(3, name='logits')(x))
-  reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
-  logits = model.get_layer('gate').mask_logits
+  reg, logits = _gated(keep_first=True)
   start = np.asarray([0.5, 3.0, 3.0, 3.0], np.float32)
-  logits.assign(start)
-  forecast = budget.CostForecast(reg, horizon=10)
-  forecast.build()
-  for k in range(1, 4):
-    logits.assign(start - 0.1 * k)
-    value = float(forecast())
+  value = _forecast_while_falling(budget.CostForecast(reg, horizon=10),
+                                  logits, start, 0.1)
   assert value == float(reg.get_cost())

@@ -235,5 +235,7 @@ def test_detached_regularizer_warns():
   model = build_model()
   other = build_model()
   reg = flop_regularizer.GammaFlopsRegularizer(other, THRESHOLD)
-  with pytest.warns(UserWarning, match='does not depend'):
+  with pytest.warns(UserWarning, match='does not depend') as caught:
     mk.add_regularizer(model, reg, 1.0)
+  detached = [w for w in caught if 'does not depend' in str(w.message)]
+  assert len(detached) == 1 and model.name in str(detached[0].message)

@@ -30,29 +30,45 @@ import tensorflow as tf
 from morph_net.keras import _distribute
 from morph_net.op_regularizers import gamma_l1_regularizer
 from morph_net.op_regularizers import group_lasso_regularizer
+from morph_net.op_regularizers import logistic_sigmoid_regularizer
 
 
-def source_kind(source):
-  """'gamma', 'group_lasso' or None (no proximal step for this source)."""
+def source_kind(source, proximal=True):
+  """'gamma', 'group_lasso', 'gate' or None.
+
+  With `proximal`, only the sources the proximal step shrinks: group lasso
+  with l1_fraction=0, no gates. Otherwise also group lasso with any
+  l1_fraction (its norms scale with their channel) and logistic-sigmoid
+  gates. Group lasso read through an index map is never a kind here.
+  """
   cls = source.regularizer_cls
   if issubclass(cls, gamma_l1_regularizer.GammaL1Regularizer):
     return 'gamma'
   if issubclass(cls, group_lasso_regularizer.GroupLassoRegularizer):
     setting = source.setting
-    if (isinstance(setting, tuple) and len(setting) == 3 and not setting[1]
+    if (isinstance(setting, tuple) and len(setting) == 3
+        and not (proximal and setting[1])
         and not isinstance(setting[2], np.ndarray)):  # not an index map
       return 'group_lasso'
+  if not proximal and issubclass(
+      cls, logistic_sigmoid_regularizer.LogisticSigmoidRegularizer):
+    return 'gate'
   return None
 
 
-def supports_exact_zeros(regularizer):
-  """Whether every source of `regularizer` admits the proximal step."""
+def every_source_has_a_kind(regularizer, proximal=True):
+  """Whether `regularizer` has sources, each a variable of a `source_kind`."""
   manager = getattr(regularizer, 'op_regularizer_manager', None)
   sources = getattr(manager, 'sources', None)
   if not sources:
     return False
-  return all(source_kind(s) is not None and isinstance(s.param, tf.Variable)
-             for s in sources)
+  return all(source_kind(s, proximal) is not None and
+             isinstance(s.param, tf.Variable) for s in sources)
+
+
+def supports_exact_zeros(regularizer):
+  """Whether every source of `regularizer` admits the proximal step."""
+  return every_source_has_a_kind(regularizer)
 
 
 def threshold(source):

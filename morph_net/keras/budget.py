@@ -29,15 +29,12 @@ Four pieces, wired in by `add_regularizer(model, reg, target_cost=T)` (or
 import math
 import numbers
 
-import numpy as np
 import tensorflow as tf
 
 from morph_net.keras import _proximal
 from morph_net.keras._budget_monitor import BudgetMonitor
 from morph_net.keras._proximal import ProximalStep
 from morph_net.keras._proximal import supports_exact_zeros
-from morph_net.op_regularizers import group_lasso_regularizer
-from morph_net.op_regularizers import logistic_sigmoid_regularizer
 
 __all__ = ['BudgetMonitor', 'BudgetStep', 'CostForecast', 'ProximalStep',
            'StrengthController', 'only_at_or_under', 'supports_exact_zeros']
@@ -191,7 +188,8 @@ class CostForecast:
     self._regularizer = regularizer
     self._manager = regularizer.op_regularizer_manager
     self._sources = list(self._manager.sources)
-    self._kinds = [_forecast_kind(s) for s in self._sources]
+    self._kinds = [_proximal.source_kind(s, proximal=False)
+                   for s in self._sources]
     self._axes = [0 if k == 'gate' else _proximal.channel_axis(s, k)
                   for s, k in zip(self._sources, self._kinds)]
     self.horizon = _positive('horizon', horizon)
@@ -205,12 +203,10 @@ class CostForecast:
     along one number each (a norm, or a gate's logit), and the costs read
     live variables (a Keras model or a tf.function)."""
     manager = getattr(regularizer, 'op_regularizer_manager', None)
-    sources = getattr(manager, 'sources', None)
     view = getattr(manager, 'view', None)
-    return bool(sources) and all(
-        _forecast_kind(s) is not None and isinstance(s.param, tf.Variable)
-        for s in sources) and hasattr(manager, 'substituted_sources') and (
-            view is None or view.eager)
+    return (_proximal.every_source_has_a_kind(regularizer, proximal=False)
+            and hasattr(manager, 'substituted_sources') and
+            (view is None or view.eager))
 
   def _values(self):
     """[(value, r)]: r the norms, or a gate's logits (its value)."""
@@ -269,23 +265,6 @@ class CostForecast:
       values.append((param, tf.cast(ahead, param.dtype)))
     with self._manager.substituted_sources(values):
       return tf.cast(self._regularizer.get_cost(), tf.float32)
-
-
-def _forecast_kind(source):
-  """'gamma', 'group_lasso' (any l1_fraction: norms scale with their
-  channel), 'gate', or None."""
-  kind = _proximal.source_kind(source)
-  if kind is not None:
-    return kind
-  cls = source.regularizer_cls
-  if issubclass(cls, group_lasso_regularizer.GroupLassoRegularizer):
-    setting = source.setting
-    if (isinstance(setting, tuple) and len(setting) == 3 and
-        not isinstance(setting[2], np.ndarray)):  # not an index map
-      return 'group_lasso'
-  if issubclass(cls, logistic_sigmoid_regularizer.LogisticSigmoidRegularizer):
-    return 'gate'
-  return None
 
 
 def only_at_or_under(callback, max_cost):
