@@ -843,3 +843,96 @@ def test_keras_hub_cspnet_splits_analyze_exactly():
   manager = orm.OpRegularizerManager(model)
   assert 'Split' in {op.type for op in manager.ops}
   assert cost_model.CostModel(manager, 'flops').full_cost() == flops
+
+
+# ------------------------------------------- batch 1, whatever feeds the graph
+# Whether an elementwise operand is an activation follows from what it is
+# computed from, never from a batch of 1 (where an activation at 1x1 and a
+# [1, 1, 1, C] parameter look alike) nor from "is it a placeholder": TF1
+# graphs are fed by constants, tf.data iterators and queues as well.
+_FEEDS = ('constant', 'iterator', 'queue', 'placeholder')
+
+
+def _feed(kind, batch):
+  shape = [batch, 4, 4, 3]
+  if kind == 'constant':
+    return tf.zeros(shape)
+  if kind == 'iterator':
+    data = tf.data.Dataset.from_tensors(np.zeros(shape, np.float32))
+    return tf.compat.v1.data.make_one_shot_iterator(data.repeat()).get_next()
+  if kind == 'queue':
+    queue = tf.compat.v1.FIFOQueue(2, [tf.float32], shapes=[shape])
+    return queue.dequeue()
+  return tf.compat.v1.placeholder(tf.float32, shape)
+
+
+def _squeezed(b):
+  return tf.reduce_mean(b, [1, 2], keepdims=True)
+
+
+_BROADCASTING = dict(
+    {name: (lambda fn: lambda a, b: fn(a, b, 'op'))(fn)
+     for name, fn in _BINARY.items()},
+    gate=lambda a, b: tf.multiply(a, tf.sigmoid(_squeezed(b)), name='op'),
+    BroadcastTo=lambda a, b: tf.add(
+        a, tf.broadcast_to(_squeezed(b), tf.shape(a)), name='op'),
+    Tile=lambda a, b: tf.add(a, tf.tile(_squeezed(b), [1, 4, 4, 1]),
+                             name='op'))
+
+
+def _fed_graph(kind, batch, body):
+  """input -> conv a, conv b (8 channels each) -> body -> 1x1 conv (6)."""
+  rng = np.random.default_rng(0)
+  x = _feed(kind, batch)
+  w = lambda *s: tf.compat.v1.get_variable(  # pylint: disable=g-long-lambda
+      'w%d' % len(tf.compat.v1.global_variables()),
+      initializer=rng.normal(size=s).astype(np.float32))
+  a = tf.nn.conv2d(x, w(1, 1, 3, 8), 1, 'SAME', name='a')
+  b = tf.nn.conv2d(x, w(1, 1, 3, 8), 1, 'SAME', name='b')
+  y = body(a, b)
+  out = tf.nn.conv2d(y, w(1, 1, 8, 6), 1, 'SAME', name='post')
+  return orm.OpRegularizerManager([out.op]), a, b, y
+
+
+# conv a + conv b + post at 4x4 positions: 2 x 16 x (3x8 + 3x8 + 8x6).
+_FED_FLOPS = 2 * 16 * (24 + 24 + 48)
+
+
+@pytest.mark.parametrize('kind', _FEEDS)
+@pytest.mark.parametrize('name', sorted(_BROADCASTING))
+def test_elementwise_operands_at_batch_one_follow_the_data(name, kind):
+  for batch in (1, 2):
+    with tf.Graph().as_default():
+      manager, a, b, y = _fed_graph(kind, batch, _BROADCASTING[name])
+      flops = cost_model.CostModel(manager, 'flops').full_cost()
+      assert flops == _FED_FLOPS, (batch, flops)  # per example
+      labels = manager.channel_labels(y)
+      np.testing.assert_array_equal(manager.channel_labels(a), labels)
+      np.testing.assert_array_equal(manager.channel_labels(b), labels)
+
+
+@pytest.mark.parametrize('kind', _FEEDS)
+@pytest.mark.parametrize('param', ['variable', 'constant', 'bias'])
+def test_parameter_operands_at_batch_one_are_not_activations(param, kind):
+  """A [1, 1, 1, C] variable or constant scale and a BiasAdd bias: never
+  walked or tied, at batch 1 as at batch 2, whatever feeds the graph."""
+  def body(a, b):
+    del b
+    if param == 'bias':
+      return tf.nn.bias_add(a, tf.compat.v1.get_variable('bias', [8]))
+    if param == 'variable':
+      scale = tf.compat.v1.get_variable('scale', [1, 1, 1, 8])
+    else:
+      scale = tf.constant(np.arange(8, dtype=np.float32).reshape(1, 1, 1, 8))
+    return tf.multiply(a, scale, name='op')
+
+  for batch in (1, 2):
+    with tf.Graph().as_default():
+      manager, a, _, y = _fed_graph(kind, batch, body)
+      np.testing.assert_array_equal(manager.channel_labels(a),
+                                    manager.channel_labels(y))
+      assert not any(op.name.startswith(('scale', 'bias', 'Const'))
+                     for op in manager.ops), [op.name for op in manager.ops]
+      # conv b feeds nothing the output reads: only a and post count.
+      assert cost_model.CostModel(manager, 'flops').full_cost() == (
+          2 * 16 * (24 + 48))

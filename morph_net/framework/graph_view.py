@@ -14,6 +14,7 @@ import collections
 import numpy as np
 import tensorflow as tf
 
+from morph_net.framework import data_flow
 from morph_net.framework import errors
 from morph_net.framework import keras_trace
 from morph_net.framework.keras_trace import layer_keys  # pylint: disable=unused-import (re-exported)
@@ -25,9 +26,6 @@ _FORWARDING_OPS = frozenset(['Identity', 'Cast', 'ReadVariableOp', 'Enter',
                              'StopGradient', 'Snapshot', 'ExpandDims',
                              'Reshape', 'Squeeze'])
 
-
-_INPUT_OP_TYPES = ('Placeholder', 'PlaceholderWithDefault')
-_SHAPE_ONLY_OPS = ('Shape', 'ShapeN', 'Size', 'Rank', 'ZerosLike', 'OnesLike')
 
 
 class GraphView:
@@ -60,7 +58,7 @@ class GraphView:
     # and per-example positions include it (windows or heads that a reshape
     # moved into the batch axis).
     self.one_example = False
-    self._data_memo = {}  # (id(graph), op name) -> depends on the data
+    self._data_flow = data_flow.DataFlow(self)
 
   # ---------------------------------------------------------------- builders
   @classmethod
@@ -200,7 +198,7 @@ class GraphView:
     """Static size of the last (channel) axis, or None if unknown."""
     if tensor.shape.rank is None or tensor.shape.rank == 0:
       return None
-    return tensor.shape[-1]
+    return tensor.shape.as_list()[-1]  # an int (V1 shapes give Dimension)
 
   @staticmethod
   def static_value(tensor):
@@ -255,43 +253,29 @@ class GraphView:
 
     A parameter ([1, 1, 1, C] LayerScale, a reshaped BatchNorm statistic)
     and an activation at batch 1 and 1x1 resolution can have the same
-    static shape; this tells them apart by where the value comes from: a
-    data placeholder (not a captured variable) or an input-boundary op,
-    through anything but shape-only ops (Shape, Size, Rank). With
-    `shapes`, also through those: a learned query tiled to the batch size
-    (SigLIP's pooling probe) then counts as an activation.
+    static shape; this tells them apart by where the value comes from (see
+    `data_flow`): a data placeholder, an input-boundary op, an iterator or
+    queue, or the activation-shaped constants of a constant-fed graph;
+    through anything but shape-only ops (Shape, Size, Rank). With `shapes`,
+    also through those: a learned query tiled to the batch size (SigLIP's
+    pooling probe) then counts as an activation.
     """
-    memo = self._data_memo.setdefault(bool(shapes), {})
-    key = lambda op: (id(op.graph), op.name)
-    visiting = set()
-    stack = [tensor.op]
-    while stack:
-      op = stack[-1]
-      k = key(op)
-      if k in memo:
-        stack.pop()
-        continue
-      if k in self._body_args:
-        parents = [self._body_args[k].op]
-      elif op.name in self.input_ops or (
-          op.type in _INPUT_OP_TYPES and op.name not in self._captures):
-        memo[k] = True
-        stack.pop()
-        continue
-      elif op.type in _SHAPE_ONLY_OPS and not shapes:
-        parents = []
-      else:
-        parents = [t.op for t in op.inputs]
-      pending = [p for p in parents
-                 if key(p) not in memo and key(p) not in visiting]
-      if pending:
-        visiting.add(k)
-        stack.extend(pending)
-        continue
-      memo[k] = any(memo.get(key(p), False) for p in parents)
-      visiting.discard(k)
-      stack.pop()
-    return memo[key(tensor.op)]
+    return self._data_flow.depends(tensor, shapes)
+
+  def is_network_input(self, op):
+    """True if `op` brings the data in (see `data_flow`): the walk stops
+    there and its channels, the data's width, are never regularized."""
+    return self._data_flow.is_network_input(op)
+
+  @property
+  def captures(self):
+    """Internal placeholder op name -> captured `tf.Variable`."""
+    return self._captures
+
+  @property
+  def body_args(self):
+    """(id(body graph), placeholder name) -> the call's input tensor."""
+    return self._body_args
 
   # -------------------------------------------------------- function calls
   def resolve(self, op):

@@ -120,10 +120,13 @@ def _is_parameter(tensor, out, view):
   At a batch of 1 both have batch 1: then a parameter is what depends
   neither on the data nor on the batch size (`view.depends_on_input`).
   """
-  t_batch = tensor.shape[0] if tensor.shape.rank else None
-  o_batch = out.shape[0] if out.shape.rank else None
+  t_batch = tensor.shape.as_list()[0] if tensor.shape.rank else None
+  o_batch = out.shape.as_list()[0] if out.shape.rank else None
   if t_batch == 1 and o_batch == 1:
-    return not view.depends_on_input(tensor, shapes=True)
+    # A graph with no data at all cannot tell them apart: an operand of
+    # the output's rank is then an activation, as in any other graph.
+    return view.fed_by_data() and not view.depends_on_input(tensor,
+                                                            shapes=True)
   return t_batch == 1 and o_batch != 1
 
 

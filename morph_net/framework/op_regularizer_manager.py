@@ -185,6 +185,8 @@ class OpRegularizerManager:
     return indices
 
   def _handler_inputs(self, op):
+    if self._view.is_network_input(op):
+      return []  # the data (a placeholder, an iterator, a queue's output)
     handler = self._handlers.get(op.type)
     if handler is None and op.type in graph_view_lib.CALL_OPS:
       raise errors.UnsupportedOpError(
@@ -265,7 +267,7 @@ class OpRegularizerManager:
     # Dense kernel, a residual added to the input) reaches them.
     fixed_ops = list(self._view.output_ops) + [
         op for op in self._ops if op.type in _INPUT_OPS
-        or self._view.is_input_boundary(op)]
+        or self._view.is_input_boundary(op) or self._view.is_network_input(op)]
     out_labels = [labels[self._tensor_nodes[t.name]]
                   for op in fixed_ops for t in op.outputs
                   if t.name in self._tensor_nodes]

@@ -138,14 +138,14 @@ def _batch_norm_unfused(op, view):
     a, b = (_see_through(t) for t in scale_op.inputs)
     gamma = b if a.op.type == 'Rsqrt' else a if b.op.type == 'Rsqrt' else None
     if (gamma is not None and op_handler.rank(gamma) == 1
-        and view.channels(out) == gamma.shape[0]):
+        and view.channels(out) == gamma.shape.as_list()[0]):
       return BatchNormScale(gamma, param_inputs=(i,))
   return None
 
 
 def _is_logits(tensor, view, channels):
   """A [C] value of a variable named *mask_logits*."""
-  if tensor.shape.rank != 1 or tensor.shape[0] != channels:
+  if tensor.shape.rank != 1 or tensor.shape.as_list()[0] != channels:
     return False
   if view.eager:
     var = view.variable(tensor)

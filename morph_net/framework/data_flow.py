@@ -1,0 +1,130 @@
+"""Which values carry the data: what a tensor is computed from.
+
+An elementwise operand is an activation when its value flows from the
+network's input, and a parameter when it is computed from variables and
+constants alone. The batch size never decides it: at a batch of 1 and 1x1
+resolution an activation and a [1, 1, 1, C] parameter have the same shape.
+
+The network's input (a data source) is
+- a placeholder that is not a captured variable, or an input-boundary op;
+- any other op without inputs that is neither a constant nor a variable: a
+  `tf.data` iterator, a queue, a reader (values that arrive at run time);
+- in a graph with none of those (one fed by `tf.zeros` or `tf.constant`, as
+  TF1 tests and examples build them), every constant of activation shape:
+  a dim other than the last exceeds 1 ([1, 17, 19, 3], [2, 6]), where a
+  parameter is [C] or [1, ..., 1, C].
+"""
+
+_PLACEHOLDERS = ('Placeholder', 'PlaceholderWithDefault')
+_VARIABLES = ('VarHandleOp', 'VariableV2', 'Variable', 'TemporaryVariable')
+_CONSTANTS = ('Const', 'HostConst')
+# Ops that make a constant from a shape (tf.zeros/ones of a large shape,
+# a random input image): candidates for the input of a constant-fed graph.
+_CONSTANT_MAKERS = _CONSTANTS + ('Fill', 'RandomUniform',
+                                 'RandomStandardNormal', 'TruncatedNormal')
+# Their value does not depend on their input's values, only its shape.
+SHAPE_ONLY_OPS = ('Shape', 'ShapeN', 'Size', 'Rank', 'ZerosLike', 'OnesLike')
+
+
+def _key(op):
+  return (id(op.graph), op.name)
+
+
+def activation_shaped(tensor):
+  """Rank >= 2 with a dim other than the last that is not 1 (or unknown)."""
+  shape = tensor.shape
+  if shape.rank is None or shape.rank < 2:
+    return False
+  return any(d != 1 for d in shape.as_list()[:-1])
+
+
+class DataFlow:
+  """Answers "does this tensor depend on the network's input?" for a view.
+
+  Args:
+    view: the `GraphView` (its boundaries, captured variables and inlined
+      function arguments are read, never changed).
+  """
+
+  def __init__(self, view):
+    self._view = view
+    self._memo = {}  # (constant_inputs, shapes) -> {op key: depends}
+    self._constant_fed = None
+
+  def _is_leaf_source(self, op):
+    """A data source by the first two rules (independent of the graph)."""
+    view = self._view
+    if op.name in view.input_ops:
+      return True
+    if op.type in _PLACEHOLDERS:
+      return op.name not in view.captures
+    return (not op.inputs and bool(op.outputs)
+            and op.type not in _CONSTANTS + _VARIABLES)
+
+  def constant_fed(self):
+    """True when no output depends on a placeholder, boundary, iterator or
+    queue: the graph's input is then its activation-shaped constants."""
+    if self._constant_fed is None:
+      self._constant_fed = not any(
+          self._depends(t, False, False)
+          for op in self._view.output_ops for t in op.outputs)
+    return self._constant_fed
+
+  def is_source(self, op):
+    """True if `op` itself brings data into the network."""
+    if self._is_leaf_source(op):
+      return True
+    return (op.type in _CONSTANT_MAKERS and bool(op.outputs)
+            and (op.outputs[0].dtype.is_floating)
+            and activation_shaped(op.outputs[0]) and self.constant_fed())
+
+  def is_network_input(self, op):
+    """A source, or an op that reads data only through handles (e.g.
+    IteratorGetNext, QueueDequeueV2): the walk stops there."""
+    if self.is_source(op):
+      return True
+    return (bool(op.inputs) and bool(op.outputs)
+            and not any(t.dtype.is_floating for t in op.inputs)
+            and op.type not in SHAPE_ONLY_OPS
+            and self.depends(op.outputs[0]))
+
+  def depends(self, tensor, shapes=False):
+    """True if `tensor`'s value varies with the network's input.
+
+    With `shapes`, also through shape-only ops (Shape, Size, Rank): a
+    learned query tiled to the batch size then counts as an activation.
+    """
+    return self._depends(tensor, shapes, self.constant_fed())
+
+  def _depends(self, tensor, shapes, constants):
+    memo = self._memo.setdefault((constants, bool(shapes)), {})
+    body_args = self._view.body_args
+    visiting = set()
+    stack = [tensor.op]
+    while stack:
+      op = stack[-1]
+      k = _key(op)
+      if k in memo:
+        stack.pop()
+        continue
+      if k in body_args:
+        parents = [body_args[k].op]
+      elif self._is_leaf_source(op) or (
+          constants and op.type in _CONSTANT_MAKERS and self.is_source(op)):
+        memo[k] = True
+        stack.pop()
+        continue
+      elif op.type in SHAPE_ONLY_OPS and not shapes:
+        parents = []
+      else:
+        parents = [t.op for t in op.inputs]
+      pending = [p for p in parents
+                 if _key(p) not in memo and _key(p) not in visiting]
+      if pending:
+        visiting.add(k)
+        stack.extend(pending)
+        continue
+      memo[k] = any(memo.get(_key(p), False) for p in parents)
+      visiting.discard(k)
+      stack.pop()
+    return memo[_key(tensor.op)]
