@@ -36,7 +36,36 @@ class MaxGroupingRegularizer:
 
 
 class L2GroupingRegularizer(MaxGroupingRegularizer):
-  """Element-wise L2 norm of the members' regularization vectors."""
+  """Element-wise L2 norm of the members' regularization vectors.
+
+  Args:
+    regularizers_to_group: the tied channels' op regularizers.
+    threshold: optional (the original MorphNet's argument): a channel is
+      alive when the group's L2 norm exceeds it, instead of when any member
+      is alive. Applies to this list-based object; inside a manager, alive
+      is the OR of the members' alive vectors.
+
+  >>> import tensorflow as tf
+  >>> class R:
+  ...   def __init__(self, v):
+  ...     self.regularization_vector = tf.constant(v)
+  ...     self.alive_vector = tf.constant(v) > 1.0
+  >>> g = L2GroupingRegularizer([R([3.0, 0.6]), R([4.0, 0.8])], threshold=0.9)
+  >>> [round(v, 4) for v in g.regularization_vector.numpy().tolist()]
+  [5.0, 1.0]
+  >>> g.alive_vector.numpy().tolist()
+  [True, True]
+  """
+
+  def __init__(self, regularizers_to_group, threshold=None):
+    super().__init__(regularizers_to_group)
+    self._threshold = threshold
+
+  @property
+  def alive_vector(self):
+    if self._threshold is None:
+      return super().alive_vector
+    return self.regularization_vector > self._threshold
 
   @staticmethod
   def reduce(stacked):

@@ -426,6 +426,11 @@ class OpRegularizerManager:
     return (tf.concat([class_reg, [0.0]], 0),
             tf.concat([tf.stop_gradient(class_alive), [1.0]], 0))
 
+  def is_source_op(self, op):
+    """True if `op` carries a regularization source (a BatchNorm, a kernel,
+    a gate), whether or not its channels end up regularized."""
+    return op.name in {s.op.name for s in self._sources}
+
   def get_regularizer(self, op):
     """The regularizer of `op`'s output channels, or None if it has none."""
     out = op.outputs[0] if op.outputs else None

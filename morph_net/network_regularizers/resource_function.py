@@ -7,11 +7,24 @@ counts (a) and regularization sums (r) of its input and output groups:
 A resource is a function Compute -> `Coefficients`. A compute entry (see
 `framework.channel_graph.Compute`) knows its kernel elements and the spatial
 positions it is applied at.
+
+The original MorphNet's op-level form works too: each function also takes a
+`tf.Operation` with the original's arguments, e.g.
+`flop_function(op, is_regularization, num_alive_inputs, num_alive_outputs,
+reg_inputs, reg_outputs, batch_size=1)`, and returns that op's cost (or
+term) from the same coefficients (see `_op_level`). Spatial sizes unknown
+statically are read with `tf.shape` when the value is computed.
 """
 
 import collections
 
+import numpy as np
+import tensorflow as tf
+
+from morph_net.framework import channel_graph
+from morph_net.framework import conv_op_handlers
 from morph_net.framework import errors
+from morph_net.network_regularizers import hardware
 
 Coefficients = collections.namedtuple(
     'Coefficients', ['bilinear', 'cost_in', 'cost_out', 'term_in',
@@ -26,32 +39,44 @@ def _bilinear_or_depthwise(compute, k):
   return Coefficients(k, 0.0, 0.0, 0.0, 0.0)
 
 
-def flop_coeff(compute):
+def flop_coeff(compute, *args, **kwargs):
   """FLOPs = 2 x positions x kernel elements (one multiply, one add)."""
+  if isinstance(compute, tf.Operation):
+    return _op_coeff(flop_coeff, compute, *args, **kwargs)
   return 2.0 * positions(compute) * compute.kernel_size
 
 
-def flop_function(compute):
+def flop_function(compute, *args, **kwargs):
+  if isinstance(compute, tf.Operation):
+    return _op_level(flop_function, compute, *args, **kwargs)
   return _bilinear_or_depthwise(compute, flop_coeff(compute))
 
 
-def num_weights_coeff(compute):
+def num_weights_coeff(compute, *args, **kwargs):
   """Weights = kernel elements (1 for a MatMul) per input-output pair."""
+  if isinstance(compute, tf.Operation):
+    return _op_coeff(num_weights_coeff, compute, *args, **kwargs)
   return float(compute.kernel_size)
 
 
 _NOTHING = Coefficients(0.0, 0.0, 0.0, 0.0, 0.0)
 
 
-def model_size_function(compute):
+def model_size_function(compute, *args, **kwargs):
+  if isinstance(compute, tf.Operation):
+    kwargs['batch_size'] = 1  # weights do not scale with the batch
+    return _op_level(model_size_function, compute, *args, **kwargs)
   if compute.weight_index is None or compute.shared:
     return _NOTHING  # activations' product; a weight counted at first use
   return _bilinear_or_depthwise(compute, num_weights_coeff(compute))
 
 
-def activation_count_function(compute):
+def activation_count_function(compute, *args, **kwargs):
   """Activations: the output channel count of every conv and matmul
   (products of two activations, e.g. attention scores, are not counted)."""
+  if isinstance(compute, tf.Operation):
+    kwargs['batch_size'] = 1  # the original counts one example
+    return _op_level(activation_count_function, compute, *args, **kwargs)
   if compute.weight_index is None:
     return _NOTHING
   return Coefficients(0.0, 0.0, 1.0, 0.0, 1.0)
@@ -67,3 +92,144 @@ def positions(compute):
         'input_signature with the spatial dims set.'
         % (compute.op.name, compute.op.type, compute.output.shape))
   return compute.positions
+
+
+# ----------------------------------------------------- the op-level form
+PEAK_COMPUTE = hardware.PEAK_COMPUTE  # GFLOP/s, by hardware name
+MEMORY_BANDWIDTH = hardware.MEMORY_BANDWIDTH  # GB/s
+
+
+def _dynamic_positions(tensor):
+  """Positions between the batch and channel axes: static when known,
+  else read with tf.shape when the cost is computed."""
+  dims = tensor.shape.as_list()[1:-1]
+  if all(d is not None for d in dims):
+    return int(np.prod(dims, dtype=np.int64))
+  return tf.cast(tf.reduce_prod(tf.shape(tensor)[1:-1]), tf.float32)
+
+
+def op_compute(op):
+  """The `Compute` entry of one conv or matmul op on its own, or None.
+
+  Positions come from the op's own tensors (see `_dynamic_positions`); the
+  channel grouping of a network is not consulted. A regularizer's analysis
+  builds the same entries with the network's grouping and dilation facts.
+  """
+  if op.type == 'MatMul':
+    return channel_graph.Compute(op, op.inputs[0], op.outputs[0], 1, 1)
+  layout = conv_op_handlers._CONV_LAYOUT.get(op.type)  # pylint: disable=protected-access
+  if layout is None:
+    return None
+  act_index, spatial, on_output = layout
+  weight_index = conv_op_handlers._WEIGHT_INDEX.get(op.type, 1)  # pylint: disable=protected-access
+  act, out = op.inputs[act_index], op.outputs[0]
+  kernel = op.inputs[weight_index].shape.as_list()[:spatial]
+  return channel_graph.Compute(
+      op, act, out, _dynamic_positions(out if on_output else act),
+      int(np.prod(kernel, dtype=np.int64)),
+      linear=op.type == 'DepthwiseConv2dNative', weight_index=weight_index,
+      in_positions=_dynamic_positions(act),
+      out_positions=_dynamic_positions(out))
+
+
+def is_flop_op(op):
+  """True for the ops that cost FLOPs: convolutions and matmuls."""
+  if not isinstance(op, tf.Operation):
+    raise ValueError('Expected a tf.Operation, got %r.' % (op,))
+  return op_compute(op) is not None
+
+
+def _op_coeff(coeff_fn, op):
+  compute = op_compute(op)
+  return 0.0 if compute is None else coeff_fn(compute)
+
+
+def _op_level(resource, op, is_regularization, num_alive_inputs,
+              num_alive_outputs, reg_inputs, reg_outputs, batch_size=1):
+  """An op's cost or term from the `Coefficients` of `resource`:
+  cost = B (k_bi a_in a_out + k_in a_in + k_out a_out) and
+  term = B (k_bi (a_in r_out + a_out r_in) + t_in r_in + t_out r_out)."""
+  compute = op_compute(op)
+  if compute is None:
+    return 0.0
+  c = resource(compute)
+  a_in, a_out = num_alive_inputs, num_alive_outputs
+  if is_regularization:
+    value = (c.bilinear * (a_in * reg_outputs + a_out * reg_inputs)
+             + c.term_in * reg_inputs + c.term_out * reg_outputs)
+  else:
+    value = c.bilinear * a_in * a_out + c.cost_in * a_in + c.cost_out * a_out
+  return value * batch_size
+
+
+def memory_function(op, is_regularization, num_alive_inputs,
+                    num_alive_outputs, reg_inputs, reg_outputs,
+                    batch_size=1):
+  """Bytes a conv or matmul moves: its input and output activations
+  (B x positions x channels each) and its weights (kernel elements x
+  a_in x a_out), x the dtype size; the term puts regularization sums in
+  place of the alive counts as `flop_function` does. Other ops: 0 (the
+  latency regularizers also count elementwise ops' traffic; see
+  `latency_calculator`)."""
+  compute = op_compute(op)
+  if compute is None:
+    return 0.0
+  size = op.outputs[0].dtype.size
+  act_in = compute.in_positions * batch_size * size
+  act_out = compute.out_positions * batch_size * size
+  weights = compute.kernel_size * size
+  a_in, a_out = num_alive_inputs, num_alive_outputs
+  if compute.linear:  # depthwise: one kernel per output channel
+    if is_regularization:
+      return act_in * reg_inputs + (act_out + weights) * reg_outputs
+    return act_in * a_in + (act_out + weights) * a_out
+  if is_regularization:
+    return (act_in * reg_inputs + act_out * reg_outputs
+            + weights * (a_in * reg_outputs + a_out * reg_inputs))
+  return act_in * a_in + act_out * a_out + weights * a_in * a_out
+
+
+def latency_function(op, is_regularization, num_alive_inputs,
+                     num_alive_outputs, reg_inputs, reg_outputs, peak_compute,
+                     memory_bandwidth, batch_size=1):
+  """Roofline latency of one op: max(FLOPs / peak_compute, bytes /
+  memory_bandwidth); the term follows whichever bound is larger."""
+  counts = (num_alive_inputs, num_alive_outputs, reg_inputs, reg_outputs)
+  compute_time = flop_function(op, False, *counts, batch_size) / peak_compute
+  memory_time = memory_function(op, False, *counts,
+                                batch_size) / memory_bandwidth
+  if not is_regularization:
+    return tf.maximum(compute_time, memory_time)
+  compute_term = flop_function(op, True, *counts, batch_size) / peak_compute
+  memory_term = memory_function(op, True, *counts,
+                                batch_size) / memory_bandwidth
+  return tf.where(memory_time > compute_time, memory_term, compute_term)
+
+
+def latency_function_factory(hardware_name, batch_size):
+  """`latency_function` bound to a hardware spec and batch size.
+
+  Args:
+    hardware_name: a name in `PEAK_COMPUTE`, a spec JSON path, or a
+      `hardware.HardwareSpec` (see `hardware.get_hardware`).
+    batch_size: examples per inference, > 0.
+
+  Returns:
+    fn(op, is_regularization, num_alive_inputs, num_alive_outputs,
+    reg_inputs, reg_outputs).
+
+  Raises:
+    ValueError: batch_size is not positive, or the hardware is unknown.
+  """
+  if batch_size <= 0:
+    raise ValueError('batch_size must be positive, got %r.' % (batch_size,))
+  spec = hardware.get_hardware(hardware_name)
+
+  def latency_for_hardware(op, is_regularization, num_alive_inputs,
+                           num_alive_outputs, reg_inputs, reg_outputs):
+    return latency_function(op, is_regularization, num_alive_inputs,
+                            num_alive_outputs, reg_inputs, reg_outputs,
+                            spec.peak_compute, spec.memory_bandwidth,
+                            batch_size)
+
+  return latency_for_hardware

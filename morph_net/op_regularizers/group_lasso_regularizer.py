@@ -44,6 +44,18 @@ def by_channel(w, out_axis):
   return w, out_axis
 
 
+def _out_axis_of(weight, reduce_dims):
+  """The one kernel axis that `reduce_dims` leaves (the output channels)."""
+  rank = weight.shape.rank
+  kept = sorted(set(range(rank)) - {int(d) % rank for d in reduce_dims})
+  if len(kept) != 1:
+    raise ValueError(
+        'reduce_dims=%r leaves kernel axes %s of a rank-%d kernel; it must '
+        'leave exactly one, the output channels (or pass out_axis=...).'
+        % (tuple(reduce_dims), kept, rank))
+  return kept[0] - rank
+
+
 def _norms(weight, out_axis, l1_fraction):
   w, out_axis = by_channel(gamma_l1_regularizer.read(weight), out_axis)
   rank = w.shape.rank
@@ -70,10 +82,14 @@ class GroupLassoRegularizer:
       -2 for transposed convs), a tuple of trailing axes flattened into
       the output's channels (see `out_axes`), or an int array [C_out, K]
       whose row c holds the flat kernel indices of channel c's weights.
+    reduce_dims: the original MorphNet's way to say it: the kernel axes a
+      channel's norm reduces over, e.g. (0, 1, 2) for Conv2D, (0, 1, 3) for
+      a transposed conv, (0,) for MatMul. Every axis but one; that one is
+      `out_axis` (give one or the other).
 
   Raises:
-    ValueError: `threshold` is negative, NaN or infinite, or `l1_fraction`
-      is not in [0, 1].
+    ValueError: `threshold` is negative, NaN or infinite, `l1_fraction` is
+      not in [0, 1], or `reduce_dims` leaves other than one kernel axis.
     NonFiniteSourceError: (eager reads) a kernel norm is NaN or inf.
 
   >>> import tensorflow as tf
@@ -85,8 +101,11 @@ class GroupLassoRegularizer:
   [True, False]
   """
 
-  def __init__(self, weight_tensor, threshold, l1_fraction=0.0, out_axis=-1):
+  def __init__(self, weight_tensor, threshold, l1_fraction=0.0, out_axis=-1,
+               reduce_dims=None):
     check_l1_fraction(l1_fraction)
+    if reduce_dims is not None:
+      out_axis = _out_axis_of(weight_tensor, reduce_dims)
     self._weight = weight_tensor
     self._threshold = _checks.check_threshold('threshold', threshold)
     self._l1_fraction = float(l1_fraction)

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from morph_net.framework import graph_view
 from morph_net.framework import patterns
+from morph_net.probabilistic_gating import _tf1_gating
 
 LOGITS_NAME = patterns.LOGITS_NAME
 _EPS = 1e-6
@@ -294,27 +295,68 @@ def _apply(inputs, mask, axis, keep_first):
 
 
 # ------------------------------------------------------- Keras helpers
-def gated_activation(activation='relu', name=None, **gating_kwargs):
-  """A `keras.Sequential` applying `activation` then a gate.
+def gated_activation(activation='relu', name=None, gating_fn=None, axis=-1,
+                     is_training=True, **gating_kwargs):
+  """An activation followed by a gate.
+
+  In TF2 code: a `keras.Sequential` of the activation and a
+  `LogisticSigmoidGating` layer. While building a `tf.compat.v1` graph (a
+  TF1 program, as the original MorphNet's helpers were used): a function
+  `gated(net, is_training=...)` applying the activation and
+  `gating_fn(net, axis=axis, is_training=..., **gating_kwargs)`
+  (`logistic_sigmoid_gating` by default), a new gate per call.
 
   >>> block = gated_activation('relu')
   >>> block(tf.constant([[-1.0, 2.0]])).numpy().tolist()
   [[0.0, 2.0]]
   """
+  if _tf1_gating.building_graph():
+    return _tf1_gating.GraphGatedFunction(
+        keras.activations.get(activation),
+        gating_fn or logistic_sigmoid_gating, axis, is_training,
+        **gating_kwargs)
+  if gating_fn is not None:
+    raise ValueError('gating_fn is for tf.compat.v1 graphs; in TF2 code the '
+                     'gate is a LogisticSigmoidGating layer (pass its '
+                     'arguments as keywords).')
   gate_name = name + '_gate' if name else None
   return keras.Sequential(
       [keras.layers.Activation(activation),
-       LogisticSigmoidGating(name=gate_name, **gating_kwargs)], name=name)
+       LogisticSigmoidGating(axis=axis, name=gate_name, **gating_kwargs)],
+      name=name)
 
 
 def gated_relu_activation(name=None, **gating_kwargs):
-  """ReLU followed by a `LogisticSigmoidGating` (a small Sequential)."""
+  """ReLU followed by a gate (see `gated_activation`)."""
   return gated_activation('relu', name=name, **gating_kwargs)
 
 
 def gated_relu6_activation(name=None, **gating_kwargs):
-  """ReLU6 followed by a `LogisticSigmoidGating`."""
+  """ReLU6 followed by a gate (see `gated_activation`)."""
   return gated_activation('relu6', name=name, **gating_kwargs)
+
+
+def gated_batch_norm(name=None, gating_fn=None, axis=-1, is_training=True,
+                     **gating_kwargs):
+  """BatchNorm followed by a gate (the original MorphNet's helper).
+
+  In TF2 code: a `keras.Sequential` of `BatchNormalization(axis=axis)` and a
+  `LogisticSigmoidGating`. In a `tf.compat.v1` graph: a function
+  `gated(net, is_training=...)` applying a fused batch norm (scope
+  'BatchNorm', scale and center on) and the gate.
+  """
+  if _tf1_gating.building_graph():
+    return _tf1_gating.GraphGatedFunction(
+        _tf1_gating.batch_norm, gating_fn or logistic_sigmoid_gating, axis,
+        is_training, pass_training=True, **gating_kwargs)
+  if gating_fn is not None:
+    raise ValueError('gating_fn is for tf.compat.v1 graphs; in TF2 code the '
+                     'gate is a LogisticSigmoidGating layer.')
+  gate_name = name + '_gate' if name else None
+  return keras.Sequential(
+      [keras.layers.BatchNormalization(axis=axis),
+       LogisticSigmoidGating(axis=axis, name=gate_name, **gating_kwargs)],
+      name=name)
 
 
 # -------------------------------------------------- tf.compat.v1 graphs
@@ -330,7 +372,7 @@ def logistic_sigmoid_gating(inputs, axis=-1, is_training=True,
   the deterministic mask.
   """
   tf1 = tf.compat.v1
-  channels = inputs.shape[axis]
+  channels = inputs.shape.as_list()[axis]  # an int, also for V1 shapes
   if channels is None:
     raise ValueError('The channel count of %r on axis %d is unknown.'
                      % (inputs.name, axis))
