@@ -20,6 +20,7 @@ import tensorflow as tf
 from morph_net.framework import errors
 from morph_net.framework import op_handlers
 from morph_net.framework import op_regularizer_manager as orm
+from morph_net.framework import recurrent
 from morph_net.framework import suggest
 from morph_net.network_regularizers import cost_model
 
@@ -627,6 +628,9 @@ EXEMPT = {
     for t in ('Placeholder', 'PlaceholderWithDefault', 'Const',
               'ReadVariableOp', 'VarHandleOp', 'VariableV2', 'Variable',
               'RandomUniform', 'RandomStandardNormal', 'TruncatedNormal')}
+EXEMPT.update({
+    t: 'refused: a loop or its TensorList plumbing (tests/test_recurrent.py)'
+    for t in recurrent.LOOP_OP_TYPES})
 
 
 def _op(manager, selector):

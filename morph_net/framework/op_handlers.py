@@ -14,6 +14,7 @@ from morph_net.framework import einsum_op_handler
 from morph_net.framework import gather_op_handler
 from morph_net.framework import grouping_op_handlers as grouping
 from morph_net.framework import op_handler
+from morph_net.framework import recurrent
 from morph_net.framework import reshape_op_handler
 
 _BATCH_NORMS = ('FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3')
@@ -60,6 +61,9 @@ _FAMILIES = (
     (axis_ops.RollOpHandler(), ('Roll',)),
     (gather_op_handler.GatherOpHandler(), ('GatherV2', 'ResourceGather')),
     (op_handler.LeafOpHandler(), ('SpaceToDepth', 'DepthToSpace')),
+    # Refused with the reason and the fix (unroll=True): loops and their
+    # TensorList plumbing, fused cuDNN RNNs.
+    (recurrent.RecurrentLoopOpHandler(), recurrent.LOOP_OP_TYPES),
 )
 
 
