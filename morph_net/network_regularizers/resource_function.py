@@ -64,8 +64,9 @@ _NOTHING = Coefficients(0.0, 0.0, 0.0, 0.0, 0.0)
 
 def model_size_function(compute, *args, **kwargs):
   if isinstance(compute, tf.Operation):
-    kwargs['batch_size'] = 1  # weights do not scale with the batch
-    return _op_level(model_size_function, compute, *args, **kwargs)
+    # Weights do not scale with the batch.
+    return _op_level(model_size_function, compute, *args, **kwargs,
+                     per_batch=False)
   if compute.weight_index is None or compute.shared:
     return _NOTHING  # activations' product; a weight counted at first use
   return _bilinear_or_depthwise(compute, num_weights_coeff(compute))
@@ -75,8 +76,9 @@ def activation_count_function(compute, *args, **kwargs):
   """Activations: the output channel count of every conv and matmul
   (products of two activations, e.g. attention scores, are not counted)."""
   if isinstance(compute, tf.Operation):
-    kwargs['batch_size'] = 1  # the original counts one example
-    return _op_level(activation_count_function, compute, *args, **kwargs)
+    # One example's activations, as the original counts them.
+    return _op_level(activation_count_function, compute, *args, **kwargs,
+                     per_batch=False)
   if compute.weight_index is None:
     return _NOTHING
   return Coefficients(0.0, 0.0, 1.0, 0.0, 1.0)
@@ -145,10 +147,12 @@ def _op_coeff(coeff_fn, op):
 
 
 def _op_level(resource, op, is_regularization, num_alive_inputs,
-              num_alive_outputs, reg_inputs, reg_outputs, batch_size=1):
+              num_alive_outputs, reg_inputs, reg_outputs, batch_size=1,
+              per_batch=True):
   """An op's cost or term from the `Coefficients` of `resource`:
   cost = B (k_bi a_in a_out + k_in a_in + k_out a_out) and
-  term = B (k_bi (a_in r_out + a_out r_in) + t_in r_in + t_out r_out)."""
+  term = B (k_bi (a_in r_out + a_out r_in) + t_in r_in + t_out r_out),
+  B = batch_size if `per_batch` else 1."""
   compute = op_compute(op)
   if compute is None:
     return 0.0
@@ -159,7 +163,7 @@ def _op_level(resource, op, is_regularization, num_alive_inputs,
              + c.term_in * reg_inputs + c.term_out * reg_outputs)
   else:
     value = c.bilinear * a_in * a_out + c.cost_in * a_in + c.cost_out * a_out
-  return value * batch_size
+  return value * batch_size if per_batch else value
 
 
 def memory_function(op, is_regularization, num_alive_inputs,

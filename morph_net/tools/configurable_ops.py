@@ -21,63 +21,63 @@ branch disappears from its concat, as in MorphNet's topology morphing.
 Fallback rules for layers missing from the structure: 'pass_through' (use
 the width the code asks for), 'strict' (KeyError), 'zero' (the layer
 vanishes).
+
+Coming from the original MorphNet: open tf_slim `arg_scope`s for
+`slim.conv2d` & co. apply to the matching methods (see `_slim_compat`);
+`function_dict={'conv2d': my_conv, ...}` builds a layer with your function
+(called as `fn(inputs, width, *args, **kwargs)`), and
+`function_dict=slim_function_dict()` builds every layer with tf_slim, the
+original's defaults included (e.g. ReLU after each conv).
+`hijack_module_functions` swaps a module's layer functions for these, and
+`configurable_keras` holds the Keras layers.
 """
 
 import collections
-import enum
-import json
+import contextlib
 import logging
 
 import tensorflow as tf
 
-__all__ = ['ConfigurableOps', 'FallbackRule', 'VANISHED', 'is_vanished',
-           'load_parameterization']
+from morph_net.tools import _hijack
+from morph_net.tools import _slim_compat
+from morph_net.tools import _vanished
+from morph_net.tools.configurable_keras import ConfigurableConv2D
+from morph_net.tools.configurable_keras import ConfigurableDense
+from morph_net.tools.configurable_keras import ConfigurableSeparableConv2D
+from morph_net.tools.configurable_keras import hijack_keras_module
+from morph_net.tools.configurable_keras import PassThroughKerasLayerWrapper
+from morph_net.tools._vanished import FallbackRule
+from morph_net.tools._vanished import is_vanished
+from morph_net.tools._vanished import load_parameterization
+from morph_net.tools._vanished import UnknownFallbackRuleError
+from morph_net.tools._vanished import VANISHED
+
+__all__ = ['ConfigurableConv2D', 'ConfigurableDense', 'ConfigurableOps',
+           'ConfigurableSeparableConv2D', 'FallbackRule',
+           'PassThroughKerasLayerWrapper', 'UnknownFallbackRuleError',
+           'VANISHED', 'decorator_from_parameterization_file',
+           'hijack_keras_module', 'hijack_module_functions', 'is_vanished',
+           'load_parameterization', 'recover_module_functions',
+           'slim_function_dict']
+
+slim_function_dict = _slim_compat.slim_function_dict
 
 tf1 = tf.compat.v1
 
-
-class _Vanished:
-  """The output of a layer configured to 0 channels (a singleton)."""
-
-  _instance = None
-
-  def __new__(cls):
-    if cls._instance is None:
-      cls._instance = super().__new__(cls)
-    return cls._instance
-
-  def __repr__(self):
-    return 'VANISHED'
-
-  def __bool__(self):
-    return False
-
-  def __reduce__(self):
-    return (_Vanished, ())
+_FUNCTION_NAMES = ('conv2d', 'separable_conv2d', 'fully_connected',
+                   'batch_norm', 'max_pool2d', 'avg_pool2d', 'concat',
+                   'add_n')
+# Width functions -> the suffix of the op whose name keys their width.
+_WIDTH_SUFFIX = {'conv2d': 'Conv2D', 'separable_conv2d': 'separable_conv2d',
+                 'fully_connected': 'MatMul'}
+_ZEROS = tf1.zeros_initializer()
 
 
-VANISHED = _Vanished()
-
-
-def is_vanished(x):
-  """True for VANISHED (or None): the layer producing x has 0 channels."""
-  return x is VANISHED or x is None
-
-
-class FallbackRule(enum.Enum):
-  """What a layer missing from the parameterization does."""
-  pass_through = 'pass_through'
-  strict = 'strict'
-  zero = 'zero'
-
-
-def load_parameterization(path):
-  """{op name: width} from a structure JSON file (e.g. alive_<step>)."""
-  with tf.io.gfile.GFile(path) as f:
-    data = json.load(f)
-  if not isinstance(data, dict):
-    raise ValueError('%s: expected a JSON object {op name: width}.' % path)
-  return {str(k): int(v) for k, v in data.items()}
+def decorator_from_parameterization_file(filename, fallback_rule='pass_through',
+                                         **kwargs):
+  """A `ConfigurableOps` whose widths are read from a structure JSON file."""
+  return ConfigurableOps(load_parameterization(filename), fallback_rule,
+                         **kwargs)
 
 
 class ConfigurableOps:
@@ -87,10 +87,20 @@ class ConfigurableOps:
     parameterization: {op name: width}, e.g. a learned structure.
     fallback_rule: a `FallbackRule` or its name: 'pass_through' (default),
       'strict' or 'zero'.
+    function_dict: optional {method name: function} replacing the native
+      layers ('conv2d', 'separable_conv2d', 'fully_connected', 'batch_norm',
+      'max_pool2d', 'avg_pool2d', 'concat', 'add_n'), e.g.
+      `slim_function_dict()`. Width functions are called as
+      `fn(inputs, width, *args, **kwargs)`.
 
   Attributes:
     constructed_ops: OrderedDict op name -> width used, in build order (the
       structure of the network actually built; 0 for vanished layers).
+
+  Raises:
+    UnknownFallbackRuleError: (a KeyError and a ValueError) an unknown
+      fallback_rule name.
+    ValueError: a fallback_rule of another type, or a bad width.
 
   >>> with tf.Graph().as_default():
   ...   ops = ConfigurableOps({'a/Conv2D': 3, 'b/Conv2D': 0})
@@ -103,23 +113,45 @@ class ConfigurableOps:
   {'a/Conv2D': 3, 'b/Conv2D': 0}
   """
 
-  def __init__(self, parameterization=None, fallback_rule='pass_through'):
-    if isinstance(fallback_rule, str):
-      try:
-        fallback_rule = FallbackRule[fallback_rule]
-      except KeyError:
-        raise ValueError('fallback_rule must be one of %s, got %r.' % (
-            [r.name for r in FallbackRule], fallback_rule)) from None
-    if not isinstance(fallback_rule, FallbackRule):
-      raise ValueError('fallback_rule must be a string or a FallbackRule, '
-                       'got %r.' % (fallback_rule,))
+  def __init__(self, parameterization=None, fallback_rule='pass_through',
+               function_dict=None):
+    fallback_rule = _vanished.fallback_rule_of(fallback_rule)
     self._parameterization = dict(parameterization or {})
     bad = {k: v for k, v in self._parameterization.items()
            if isinstance(v, bool) or not isinstance(v, int) or v < 0}
     if bad:
       raise ValueError('Widths must be non-negative integers: %s' % bad)
+    unknown = sorted(set(function_dict or {}) - set(_FUNCTION_NAMES))
+    if unknown:
+      raise ValueError('function_dict names %s; known: %s.'
+                       % (unknown, sorted(_FUNCTION_NAMES)))
+    self._functions = dict(function_dict or {})
     self._fallback = fallback_rule
     self.constructed_ops = collections.OrderedDict()
+
+  def function_for(self, name):
+    """The function given for `name` in function_dict, or None (native)."""
+    return self._functions.get(name)
+
+  def _call_function(self, name, args, kwargs):
+    """Calls function_dict[name] the original's way: a width function gets
+    (inputs, width, *args, **kwargs); VANISHED in, VANISHED out."""
+    function, args = self._functions[name], list(args)
+    inputs = kwargs.pop('inputs') if 'inputs' in kwargs else args.pop(0)
+    if is_vanished(inputs):
+      return VANISHED
+    if name not in _WIDTH_SUFFIX:
+      return function(inputs, *args, **kwargs)
+    requested = (kwargs.pop('num_outputs') if 'num_outputs' in kwargs
+                 else args.pop(0))
+    if requested is None:  # separable_conv2d: depthwise only
+      return function(inputs, None, *args, **kwargs)
+    scope = kwargs.get('scope') or kwargs.get('name')
+    self._check_scope(scope, name)
+    width = self._width(self._op_name(scope, _WIDTH_SUFFIX[name]), requested)
+    if width == 0:
+      return VANISHED
+    return function(inputs, width, *args, **kwargs)
 
   @property
   def parameterization(self):
@@ -138,8 +170,8 @@ class ConfigurableOps:
     if op_name in self._parameterization:
       width = self._parameterization[op_name]
     elif self._fallback == FallbackRule.strict:
-      raise KeyError('Op %r is not in the parameterization (fallback_rule='
-                     "'strict'). Known ops: %s" % (
+      raise KeyError('op_name "%s" not found in parameterization '
+                     "(fallback_rule='strict'). Known ops: %s" % (
                          op_name, sorted(self._parameterization)[:20]))
     elif self._fallback == FallbackRule.zero:
       width = 0
@@ -153,9 +185,13 @@ class ConfigurableOps:
     return width
 
   @staticmethod
-  def _scopes(scope):
+  def _scopes(scope, reuse=None):
     """Variable scope `scope`, and the name scope with the same exact path
-    (so op names are SCOPE/Conv2D even if the variable scope is reused)."""
+    (so op names are SCOPE/Conv2D even if the variable scope is reused).
+    With `reuse`, the variables are shared and the ops get a new name scope
+    (SCOPE_1/Conv2D), as tf_slim does."""
+    if reuse:
+      return tf1.variable_scope(scope, reuse=True), contextlib.nullcontext()
     graph = tf1.get_default_graph()
     prefix = graph.get_name_scope()
     absolute = (prefix + '/' if prefix else '') + scope + '/'
@@ -168,43 +204,67 @@ class ConfigurableOps:
                        'key looked up in the parameterization.' % what)
 
   @staticmethod
-  def _finish(net, width, use_bias, activation_fn):
-    if use_bias:
+  def _finish(net, width, use_bias, activation_fn, normalizer_fn=None,
+              normalizer_params=None, biases_initializer=None,
+              trainable=True):
+    """Normalizer or bias (as tf_slim: a normalizer replaces the bias),
+    then the activation."""
+    if normalizer_fn is not None:
+      net = normalizer_fn(net, **(normalizer_params or {}))
+    elif use_bias and biases_initializer is not None:
       bias = tf1.get_variable('biases', [width],
-                              initializer=tf1.zeros_initializer())
+                              initializer=biases_initializer,
+                              trainable=trainable)
       net = tf.nn.bias_add(net, bias)
     if activation_fn is not None:
       net = activation_fn(net)
     return net
 
   # ------------------------------------------------------------- layers
+  # Each takes tf_slim's arguments for the same layer (reuse, normalizer_fn,
+  # weights_regularizer, ...), so tf_slim arg_scopes apply; `name` is an
+  # alias of `scope`.
+  @_slim_compat.honors_slim_arg_scope
   def conv2d(self, inputs, num_outputs, kernel_size, stride=1,
              padding='SAME', rate=1, activation_fn=None, use_bias=True,
-             weights_initializer=None, scope=None):
+             weights_initializer=None, scope=None, name=None, reuse=None,
+             normalizer_fn=None, normalizer_params=None,
+             weights_regularizer=None, biases_initializer=_ZEROS,
+             trainable=True, data_format='NHWC'):
     """A 2-D convolution (NHWC); op 'SCOPE/Conv2D' sets its width."""
+    scope = scope or name
     self._check_scope(scope, 'conv2d')
+    _check_nhwc(data_format, scope)
     if is_vanished(inputs):
       return VANISHED
     width = self._width(self._op_name(scope, 'Conv2D'), num_outputs)
     if width == 0:
       return VANISHED
     kh, kw = _pair(kernel_size)
-    var_scope, name_scope = self._scopes(scope)
+    var_scope, name_scope = self._scopes(scope, reuse)
     with var_scope, name_scope:
       kernel = tf1.get_variable(
           'weights', [kh, kw, _channels(inputs, scope), width],
-          initializer=weights_initializer or tf1.glorot_uniform_initializer())
-      net = tf.nn.conv2d(inputs, kernel, _pair(stride), padding,
+          initializer=weights_initializer or tf1.glorot_uniform_initializer(),
+          regularizer=weights_regularizer, trainable=trainable)
+      net = tf.nn.conv2d(inputs, kernel, _pair(stride), padding.upper(),
                          dilations=_pair(rate), name='Conv2D')
-      return self._finish(net, width, use_bias, activation_fn)
+      return self._finish(net, width, use_bias, activation_fn, normalizer_fn,
+                          normalizer_params, biases_initializer, trainable)
 
+  @_slim_compat.honors_slim_arg_scope
   def separable_conv2d(self, inputs, num_outputs, kernel_size,
                        depth_multiplier=1, stride=1, padding='SAME', rate=1,
                        activation_fn=None, use_bias=True,
-                       weights_initializer=None, scope=None):
+                       weights_initializer=None, scope=None, name=None,
+                       reuse=None, normalizer_fn=None, normalizer_params=None,
+                       weights_regularizer=None, biases_initializer=_ZEROS,
+                       trainable=True, data_format='NHWC'):
     """Depthwise then pointwise conv; op 'SCOPE/separable_conv2d' (the
     pointwise half) sets the width. num_outputs=None: depthwise only."""
+    scope = scope or name
     self._check_scope(scope, 'separable_conv2d')
+    _check_nhwc(data_format, scope)
     if is_vanished(inputs):
       return VANISHED
     width = None
@@ -216,26 +276,35 @@ class ConfigurableOps:
     init = weights_initializer or tf1.glorot_uniform_initializer()
     kh, kw = _pair(kernel_size)
     c_in = _channels(inputs, scope)
-    var_scope, name_scope = self._scopes(scope)
+    multiplier = int(depth_multiplier)
+    var_scope, name_scope = self._scopes(scope, reuse)
     with var_scope, name_scope:
-      depthwise = tf1.get_variable('depthwise_weights',
-                                   [kh, kw, c_in, depth_multiplier],
-                                   initializer=init)
+      depthwise = tf1.get_variable(
+          'depthwise_weights', [kh, kw, c_in, multiplier], initializer=init,
+          regularizer=weights_regularizer, trainable=trainable)
       strides = (1,) + _pair(stride) + (1,)
-      net = tf.nn.depthwise_conv2d(inputs, depthwise, strides, padding,
+      net = tf.nn.depthwise_conv2d(inputs, depthwise, strides, padding.upper(),
                                    dilations=_pair(rate), name='depthwise')
       if width is None:
-        return self._finish(net, c_in * depth_multiplier, use_bias,
-                            activation_fn)
-      pointwise = tf1.get_variable('pointwise_weights',
-                                   [1, 1, c_in * depth_multiplier, width],
-                                   initializer=init)
+        return self._finish(net, c_in * multiplier, use_bias, activation_fn,
+                            normalizer_fn, normalizer_params,
+                            biases_initializer, trainable)
+      pointwise = tf1.get_variable(
+          'pointwise_weights', [1, 1, c_in * multiplier, width],
+          initializer=init, regularizer=weights_regularizer,
+          trainable=trainable)
       net = tf.nn.conv2d(net, pointwise, 1, 'VALID', name='separable_conv2d')
-      return self._finish(net, width, use_bias, activation_fn)
+      return self._finish(net, width, use_bias, activation_fn, normalizer_fn,
+                          normalizer_params, biases_initializer, trainable)
 
+  @_slim_compat.honors_slim_arg_scope
   def fully_connected(self, inputs, num_outputs, activation_fn=None,
-                      use_bias=True, weights_initializer=None, scope=None):
+                      use_bias=True, weights_initializer=None, scope=None,
+                      name=None, reuse=None, normalizer_fn=None,
+                      normalizer_params=None, weights_regularizer=None,
+                      biases_initializer=_ZEROS, trainable=True):
     """A dense layer on a rank-2 input; op 'SCOPE/MatMul' sets its width."""
+    scope = scope or name
     self._check_scope(scope, 'fully_connected')
     if is_vanished(inputs):
       return VANISHED
@@ -245,32 +314,40 @@ class ConfigurableOps:
     width = self._width(self._op_name(scope, 'MatMul'), num_outputs)
     if width == 0:
       return VANISHED
-    var_scope, name_scope = self._scopes(scope)
+    var_scope, name_scope = self._scopes(scope, reuse)
     with var_scope, name_scope:
       kernel = tf1.get_variable(
           'weights', [_channels(inputs, scope), width],
-          initializer=weights_initializer or tf1.glorot_uniform_initializer())
+          initializer=weights_initializer or tf1.glorot_uniform_initializer(),
+          regularizer=weights_regularizer, trainable=trainable)
       net = tf.matmul(inputs, kernel, name='MatMul')
-      return self._finish(net, width, use_bias, activation_fn)
+      return self._finish(net, width, use_bias, activation_fn, normalizer_fn,
+                          normalizer_params, biases_initializer, trainable)
 
   dense = fully_connected
 
+  @_slim_compat.honors_slim_arg_scope
   def batch_norm(self, inputs, center=True, scale=True, epsilon=1e-3,
                  decay=0.99, is_training=True, activation_fn=None,
-                 scope=None):
+                 scope=None, reuse=None, trainable=True):
     """Fused batch norm over the input's channels (a gamma source for the
-    Gamma regularizers). In training, moving statistics are updated by ops
-    added to tf.GraphKeys.UPDATE_OPS (run them with the train op)."""
-    self._check_scope(scope, 'batch_norm')
+    Gamma regularizers); scope 'BatchNorm' (uniquified) unless given. In
+    training, moving statistics are updated by ops added to
+    tf.GraphKeys.UPDATE_OPS (run them with the train op)."""
     if is_vanished(inputs):
       return VANISHED
     c = _channels(inputs, scope)
-    var_scope, name_scope = self._scopes(scope)
+    if scope:
+      var_scope, name_scope = self._scopes(scope, reuse)
+    else:
+      var_scope = tf1.variable_scope(None, default_name='BatchNorm',
+                                     reuse=reuse)
+      name_scope = contextlib.nullcontext()
     with var_scope, name_scope:
       gamma = tf1.get_variable('gamma', [c], initializer=tf1.ones_initializer(),
-                               trainable=scale)
+                               trainable=scale and trainable)
       beta = tf1.get_variable('beta', [c], initializer=tf1.zeros_initializer(),
-                              trainable=center)
+                              trainable=center and trainable)
       mean = tf1.get_variable('moving_mean', [c], trainable=False,
                               initializer=tf1.zeros_initializer())
       var = tf1.get_variable('moving_variance', [c], trainable=False,
@@ -290,26 +367,36 @@ class ConfigurableOps:
         net = activation_fn(net)
       return net
 
+  @_slim_compat.honors_slim_arg_scope
   def max_pool2d(self, inputs, kernel_size, stride=2, padding='VALID',
                  scope=None):
     if is_vanished(inputs):
       return VANISHED
     return tf.nn.max_pool2d(inputs, _pair(kernel_size), _pair(stride),
-                            padding, name=scope)
+                            padding.upper(), name=scope)
 
+  @_slim_compat.honors_slim_arg_scope
   def avg_pool2d(self, inputs, kernel_size, stride=2, padding='VALID',
                  scope=None):
     if is_vanished(inputs):
       return VANISHED
     return tf.nn.avg_pool2d(inputs, _pair(kernel_size), _pair(stride),
-                            padding, name=scope)
+                            padding.upper(), name=scope)
 
   # ---------------------------------------------------------- combiners
-  def concat(self, values, axis=-1, name=None):
+  def concat(self, values=None, axis=-1, name=None, **kwargs):
     """tf.concat over the inputs that did not vanish (VANISHED if none)."""
+    if values is None or kwargs:
+      raise ValueError('concat takes values=[tensors] (and axis, name); got '
+                       '%s.' % sorted(set(kwargs) | {'values'} - (
+                           {'values'} if values is not None else set())))
     kept = [v for v in values if not is_vanished(v)]
     if not kept:
       return VANISHED
+    function = self.function_for('concat')
+    if function is not None:
+      extra = {'name': name} if name else {}
+      return function(kept, axis=axis, **extra)
     if len(kept) == 1:
       return tf.identity(kept[0], name=name)
     return tf.concat(kept, axis, name=name)
@@ -326,11 +413,36 @@ class ConfigurableOps:
       return VANISHED
     if len(kept) == 1:
       return kept[0]
+    function = self.function_for('add_n')
+    if function is not None:
+      return function(kept, name=name)
     if len(kept) == 2:
       return tf.add(kept[0], kept[1], name=name)
     return tf.add_n(kept, name=name)
 
   add_n = add
+
+
+
+
+def hijack_module_functions(configurable_ops, module):
+  """Replaces a module's layer functions with `configurable_ops`' methods.
+
+  Every function of `module` named like a `ConfigurableOps` layer
+  ('conv2d', 'separable_conv2d', 'fully_connected', 'batch_norm',
+  'max_pool2d', 'avg_pool2d', 'concat', 'add_n') then builds through
+  `configurable_ops`, so network code written against the module takes its
+  widths from the parameterization. The replacements honor tf_slim
+  arg_scopes opened on them.
+
+  Returns:
+    {name: original function} of what was replaced (for
+    `recover_module_functions`).
+  """
+  return _hijack.hijack_functions(configurable_ops, module, _FUNCTION_NAMES)
+
+
+recover_module_functions = _hijack.recover_functions
 
 
 def _pair(x):
@@ -339,8 +451,16 @@ def _pair(x):
   return tuple(int(v) for v in x)
 
 
+def _check_nhwc(data_format, scope):
+  if data_format != 'NHWC':
+    raise ValueError('Layer %r: data_format %r is not supported; '
+                     'ConfigurableOps builds NHWC layers (use function_dict='
+                     'slim_function_dict() for tf_slim\'s).'
+                     % (scope, data_format))
+
+
 def _channels(inputs, scope):
-  c = inputs.shape[-1]
+  c = inputs.shape.as_list()[-1]
   if c is None:
     raise ValueError('Layer %r: the channel count of its input %s is not '
                      'known statically.' % (scope, inputs.shape))

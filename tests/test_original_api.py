@@ -1,0 +1,212 @@
+"""The original MorphNet's public names, as its users call them (graph mode).
+
+Regularizer side: generic_regularizers' bases, op-level resource functions,
+is_source_op, reduce_dims, the L2 grouping threshold, gated_batch_norm.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from morph_net.framework import generic_regularizers
+from morph_net.framework import grouping_regularizers
+from morph_net.network_regularizers import flop_regularizer
+from morph_net.network_regularizers import resource_function as rf
+from morph_net.op_regularizers import group_lasso_regularizer as glr
+from morph_net.probabilistic_gating import activation_gating
+
+tf1 = tf.compat.v1
+
+
+@pytest.fixture
+def graph():
+  g = tf.Graph()
+  with g.as_default():
+    yield g
+
+
+def _conv_bn(net, filters, name, kernel=3):
+  w = tf1.get_variable(name + '/weights', [kernel, kernel,
+                                           net.shape.as_list()[-1], filters])
+  net = tf.nn.conv2d(net, w, 1, 'SAME', name=name + '/Conv2D')
+  gamma = tf1.get_variable(name + '/gamma', initializer=np.linspace(
+      0.0, 1.0, filters).astype(np.float32))
+  zeros = tf.zeros([filters])
+  return tf1.nn.fused_batch_norm(net, gamma, zeros, zeros, zeros + 1.0,
+                                 is_training=False,
+                                 name=name + '/FusedBatchNormV3')[0]
+
+
+def _run(*tensors, feed=None):
+  with tf1.Session() as sess:
+    sess.run(tf1.global_variables_initializer())
+    return sess.run(list(tensors), feed)
+
+
+# ------------------------------------------------------ generic_regularizers
+class _Halved(generic_regularizers.OpRegularizer):
+  """A decorator the original's way: a subclass of OpRegularizer."""
+
+  def __init__(self, regularizer, scale):
+    self._reg = regularizer.regularization_vector * scale
+    self._alive = regularizer.alive_vector
+
+  @property
+  def regularization_vector(self):
+    return self._reg
+
+  @property
+  def alive_vector(self):
+    return self._alive
+
+
+def test_op_regularizer_subclass_decorates_and_our_classes_are_instances(
+    graph):
+  x = tf.zeros([1, 4, 4, 3])
+  logits = _conv_bn(_conv_bn(x, 4, 'c1'), 2, 'c2')
+  plain = flop_regularizer.GammaFlopsRegularizer([logits.op], 0.1)
+  halved = flop_regularizer.GammaFlopsRegularizer(
+      [logits.op], 0.1, regularizer_decorator=_Halved,
+      decorator_parameters={'scale': 0.5})
+  term, half_term, cost, half_cost = _run(
+      plain.get_regularization_term(), halved.get_regularization_term(),
+      plain.get_cost(), halved.get_cost())
+  assert term > 0 and half_term == pytest.approx(term / 2)
+  assert half_cost == cost  # alive vectors untouched
+  assert isinstance(plain, generic_regularizers.NetworkRegularizer)
+  reg = plain.op_regularizer_manager.get_regularizer(
+      graph.get_operation_by_name('c1/FusedBatchNormV3'))
+  assert isinstance(reg, generic_regularizers.OpRegularizer)
+  assert isinstance(glr.GroupLassoRegularizer(tf.ones([2, 3]), 0.1),
+                    generic_regularizers.OpRegularizer)
+  assert not isinstance(object(), generic_regularizers.OpRegularizer)
+  with pytest.raises(TypeError):
+    generic_regularizers.NetworkRegularizer()  # abstract
+
+
+def test_is_source_op_names_the_batch_norms(graph):
+  x = tf.zeros([1, 4, 4, 3])
+  logits = _conv_bn(_conv_bn(x, 4, 'c1'), 2, 'c2')
+  manager = flop_regularizer.GammaFlopsRegularizer(
+      [logits.op], 0.1).op_regularizer_manager
+  sources = sorted(op.name for op in manager.ops if manager.is_source_op(op))
+  assert sources == ['c1/FusedBatchNormV3', 'c2/FusedBatchNormV3']
+
+
+# ---------------------------------------------------- op-level resource fns
+def _conv_ops():
+  image = tf1.placeholder(tf.float32, [1, None, None, 5])
+  w = tf1.get_variable('w', [3, 2, 5, 7])
+  conv = tf.nn.conv2d(image, w, 2, 'SAME', name='conv')
+  wt = tf1.get_variable('wt', [3, 3, 4, 5])
+  convt = tf1.nn.conv2d_transpose(image, wt, tf.stack(
+      [1, 2 * tf.shape(image)[1], 2 * tf.shape(image)[2], 4]), 2, 'SAME',
+                                  name='convt')
+  matmul = tf.matmul(tf.zeros([1, 6]), tf1.get_variable('m', [6, 3]))
+  return image, conv.op, convt.op, matmul.op
+
+
+@pytest.mark.parametrize('batch', [1, 4])
+def test_op_level_functions_read_dynamic_spatial_sizes(graph, batch):
+  image, conv, convt, matmul = _conv_ops()
+  feed = {image: np.zeros([1, 11, 13, 5], np.float32)}
+  out_pos, in_pos = 6 * 7, 11 * 13  # stride 2, SAME
+  a_in, a_out, r_in, r_out = 4, 3, 2.5, 1.5
+  values = _run(
+      rf.flop_function(conv, False, a_in, a_out, r_in, r_out, batch),
+      rf.flop_function(conv, True, a_in, a_out, r_in, r_out, batch),
+      rf.flop_function(convt, False, a_in, a_out, r_in, r_out, batch),
+      rf.memory_function(conv, False, a_in, a_out, r_in, r_out, batch),
+      rf.flop_coeff(conv), feed=feed)
+  flops, term, flops_t, memory, coeff = values
+  assert flops == 2 * batch * out_pos * 6 * a_in * a_out
+  assert term == 2 * batch * out_pos * 6 * (a_in * r_out + a_out * r_in)
+  assert flops_t == 2 * batch * in_pos * 9 * a_in * a_out  # input positions
+  assert memory == 4 * (batch * in_pos * a_in + 6 * a_in * a_out
+                        + batch * out_pos * a_out)
+  assert coeff == 2 * out_pos * 6
+  assert rf.flop_coeff(matmul) == 2.0 and rf.num_weights_coeff(conv) == 6
+  assert rf.model_size_function(conv, False, a_in, a_out, 0, 0, batch) == (
+      6 * a_in * a_out)
+  assert rf.activation_count_function(conv, True, 0, 0, r_in, r_out) == r_out
+  assert rf.flop_coeff(image.op) == 0.0 and not rf.is_flop_op(image.op)
+
+
+def test_latency_function_takes_the_slower_bound(graph):
+  image, conv, _, _ = _conv_ops()
+  feed = {image: np.zeros([1, 11, 13, 5], np.float32)}
+  counts = (4, 3, 2.5, 1.5)
+  flops = rf.flop_function(conv, False, *counts)
+  memory = rf.memory_function(conv, False, *counts)
+  compute_bound = rf.latency_function(conv, False, *counts, 1000, 1e9)
+  memory_bound = rf.latency_function(conv, True, *counts, 1e9, 1)
+  v100 = rf.latency_function_factory('V100', 1)(conv, False, *counts)
+  f, m, c, mb, v = _run(flops, memory, compute_bound, memory_bound, v100,
+                        feed=feed)
+  assert c == pytest.approx(f / 1000)
+  assert mb == pytest.approx(
+      _run(rf.memory_function(conv, True, *counts), feed=feed)[0])
+  assert v == pytest.approx(max(f / rf.PEAK_COMPUTE['V100'], m / 900))
+  with pytest.raises(ValueError, match='Unknown hardware'):
+    rf.latency_function_factory('Z80', 1)
+  with pytest.raises(ValueError, match='batch_size'):
+    rf.latency_function_factory('V100', 0)
+
+
+def test_flop_coeff_of_an_op_is_the_regularizers_per_pair_cost(graph):
+  x = tf.zeros([1, 8, 8, 3])
+  logits = _conv_bn(_conv_bn(x, 4, 'c1', kernel=3), 2, 'c2', kernel=1)
+  reg = flop_regularizer.GammaFlopsRegularizer([logits.op], 0.2)
+  conv = graph.get_operation_by_name('c2/Conv2D')
+  cost, = _run(reg.get_cost([conv]))
+  # c1's gammas linspace(0, 1, 4): 3 of 4 above 0.2; c2 is the output (2).
+  assert cost == rf.flop_coeff(conv) * 3 * 2
+
+
+# -------------------------------------------- reduce_dims, L2 threshold, gates
+def test_reduce_dims_names_the_axes_a_channel_norm_reduces(graph):
+  w = tf.constant(np.random.default_rng(0).normal(size=[3, 3, 4, 5]),
+                  tf.float32)
+  by_dims = glr.GroupLassoRegularizer(w, reduce_dims=(0, 1, 3), threshold=1.0)
+  by_axis = glr.GroupLassoRegularizer(w, threshold=1.0, out_axis=-2)
+  a, b = _run(by_dims.regularization_vector, by_axis.regularization_vector)
+  np.testing.assert_allclose(a, b)
+  assert a.shape == (4,)
+  with pytest.raises(ValueError, match='exactly one'):
+    glr.GroupLassoRegularizer(w, reduce_dims=(0, 1), threshold=1.0)
+
+
+def test_l2_grouping_threshold_decides_alive_from_the_group_norm():
+  class Reg:
+    def __init__(self, v):
+      self.regularization_vector = tf.constant(v)
+      self.alive_vector = tf.constant([False] * len(v))
+
+  regs = [Reg([0.3, 0.1]), Reg([0.4, 0.1])]
+  with_threshold = grouping_regularizers.L2GroupingRegularizer(regs, 0.2)
+  assert with_threshold.alive_vector.numpy().tolist() == [True, False]
+  plain = grouping_regularizers.L2GroupingRegularizer(regs)
+  assert plain.alive_vector.numpy().tolist() == [False, False]
+
+
+def test_gated_batch_norm_in_a_graph_is_batch_norm_then_a_gate(graph):
+  x = tf.constant(np.random.default_rng(1).normal(size=[2, 4, 4, 3]),
+                  tf.float32)
+  gated = activation_gating.gated_batch_norm(log_odds_init=100.0)(x)
+  names = [op.name for op in graph.get_operations()]
+  assert 'BatchNorm/FusedBatchNormV3' in names
+  assert any(n.endswith('/mask_logits') for n in names)
+  out, value = _run(gated, x)
+  expected = (value - value.mean((0, 1, 2))) / np.sqrt(
+      value.var((0, 1, 2)) + 1e-3)
+  np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+def test_gated_helpers_are_keras_layers_outside_a_graph():
+  block = activation_gating.gated_batch_norm(name='bn')
+  assert [type(l).__name__ for l in block.layers] == [
+      'BatchNormalization', 'LogisticSigmoidGating']
+  relu = activation_gating.gated_relu_activation()
+  assert relu(tf.constant([[-1.0, 2.0]])).numpy().tolist() == [[0.0, 2.0]]
+  with pytest.raises(ValueError, match='gating_fn'):
+    activation_gating.gated_relu_activation(gating_fn=lambda x: x)
