@@ -24,8 +24,10 @@ setup(
         'console_scripts': ['morphnet=morph_net.cli:main'],
     },
     extras_require={
-        'test': ['pytest', 'pytest-xdist', 'tf_keras', 'mlxtend', 'matplotlib',
-                 'keras-hub'],
+        'test': ['pytest', 'pytest-xdist', 'tf_keras', 'tf-slim', 'mlxtend',
+                 'matplotlib', 'keras-hub'],
+        # TF1 programs: tf_slim layers and arg_scopes (configurable_ops).
+        'tf1': ['tf_keras', 'tf-slim'],
         'examples': ['mlxtend', 'matplotlib'],
     },
     classifiers=[
