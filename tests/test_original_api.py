@@ -202,6 +202,17 @@ def test_gated_batch_norm_in_a_graph_is_batch_norm_then_a_gate(graph):
   np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize('straight_through', [False, True])
+def test_logistic_sigmoid_sample_is_on_with_probability_sigmoid_logits(
+    straight_through):
+  logits = tf.fill([4000], 0.5)
+  mask = activation_gating.logistic_sigmoid_sample(logits, 0.01,
+                                                   straight_through)
+  assert float(tf.reduce_mean(mask)) == pytest.approx(0.622, abs=0.04)
+  assert activation_gating._logistic_sigmoid_sample is (  # pylint: disable=protected-access
+      activation_gating.logistic_sigmoid_sample)
+
+
 def test_gated_helpers_are_keras_layers_outside_a_graph():
   block = activation_gating.gated_batch_norm(name='bn')
   assert [type(l).__name__ for l in block.layers] == [

@@ -150,6 +150,10 @@ def test_batch_norm_without_scope_and_lowercase_padding(graph):
            if op.type == 'FusedBatchNormV3']
   assert names == ['BatchNorm/FusedBatchNormV3',
                    'BatchNorm_1/FusedBatchNormV3']
+  variables = {v.op.name for v in tf1.global_variables()}
+  assert 'BatchNorm/gamma' not in variables  # scale=False: none, as tf_slim
+  assert 'BatchNorm/beta' not in variables
+  assert {'BatchNorm_1/gamma', 'BatchNorm_1/beta'} <= variables
   pooled = ops.max_pool2d(x, 2, stride=2, padding='same')
   mine, normalized = _run(pooled, first)
   expected = tf.nn.max_pool2d(x, 2, 2, 'SAME')

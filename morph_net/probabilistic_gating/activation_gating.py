@@ -52,6 +52,15 @@ def sampled_mask(logits, noise, temperature, straight_through=False):
   return relaxed + tf.stop_gradient(hard - relaxed)
 
 
+def logistic_sigmoid_sample(logits, temperature, straight_through=False):
+  """One training mask for `logits`, with fresh Logistic noise."""
+  noise = logistic_noise(tf.shape(logits), dtype=logits.dtype)
+  return sampled_mask(logits, noise, temperature, straight_through)
+
+
+_logistic_sigmoid_sample = logistic_sigmoid_sample  # the original's name
+
+
 def inference_mask(logits, soft_mask_for_inference=False):
   """The deterministic mask: 1[logits > 0] (x sigmoid(logits) if soft)."""
   hard = tf.cast(logits > 0, logits.dtype)

@@ -344,10 +344,13 @@ class ConfigurableOps:
                                      reuse=reuse)
       name_scope = contextlib.nullcontext()
     with var_scope, name_scope:
-      gamma = tf1.get_variable('gamma', [c], initializer=tf1.ones_initializer(),
-                               trainable=scale and trainable)
-      beta = tf1.get_variable('beta', [c], initializer=tf1.zeros_initializer(),
-                              trainable=center and trainable)
+      # Without scale (center), no gamma (beta) variable: as in tf_slim.
+      gamma = (tf1.get_variable('gamma', [c], initializer=tf1.ones_initializer(),
+                                trainable=trainable) if scale
+               else tf.ones([c]))
+      beta = (tf1.get_variable('beta', [c], initializer=tf1.zeros_initializer(),
+                               trainable=trainable) if center
+              else tf.zeros([c]))
       mean = tf1.get_variable('moving_mean', [c], trainable=False,
                               initializer=tf1.zeros_initializer())
       var = tf1.get_variable('moving_variance', [c], trainable=False,
