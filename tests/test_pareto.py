@@ -1,9 +1,11 @@
-"""benchmarks/pareto.py --quick runs end to end and writes its outputs."""
+"""benchmarks/pareto.py: verdict arithmetic, tasks, resumability, smoke run."""
 
 import json
+import math
 import os
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
@@ -11,43 +13,284 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
 
 import pareto  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+E = math.e
 
+
+def _line_curve():
+  """Width curve with accuracy = 0.5 + 0.1 ln(cost) at costs 1 .. e^3."""
+  return [1.0, E, E ** 2, E ** 3], [0.5, 0.6, 0.7, 0.8]
+
+
+# ------------------------------------------------------------ arithmetic
 def test_mean_ci_is_a_t_interval():
-  mean, ci = pareto.mean_ci([0.8, 0.9, 1.0])
+  mean, half = pareto.mean_ci([0.8, 0.9, 1.0])
   assert mean == pytest.approx(0.9)
-  assert ci == pytest.approx(4.303 * 0.1 / 3 ** 0.5)
+  assert half == pytest.approx(4.3027 * 0.1 / math.sqrt(3), rel=1e-4)
+  assert math.isnan(pareto.mean_ci([0.7])[1])
 
 
-def test_quick_run_writes_table_json_and_plots(tmp_path):
-  """--quick end to end (~70 s of fits on 2 shared cores): both curves, the
-  cycle and the targeted shrinks, FLOPs matched within 2%, the files."""
-  result = pareto.main(['--quick', '--out-dir', str(tmp_path),
-                        '--work-dir', str(tmp_path / 'work')])
-  kinds = [r['kind'] for r in result['rows']]
-  assert kinds.count('width') == 2
-  assert kinds.count('morphnet') == 1 and kinds.count('cycles') == 1
-  # MorphNet points are matched to their budget's FLOPs from below, within
-  # the issue's 2%.
-  for row in result['rows']:
-    if row['kind'] != 'width':
-      assert -0.02 <= row['match_error'] <= 1e-9, row
-  morphnet = [r for r in result['rows'] if r['kind'] == 'morphnet'][0]
-  # The shrink did something: the learned structure is under the seed.
-  assert morphnet['learned_flops'] < result['seed_flops']
-  assert set(result['targeted']) == {'FLOPs', 'ModelSize'}
-  for name in ('pareto.png', 'pareto_targeted.png', 'pareto_results.json'):
-    assert os.path.getsize(os.path.join(str(tmp_path), name)) > 0
-  with open(os.path.join(str(tmp_path), 'pareto_results.json')) as f:
-    saved = json.load(f)
-  assert saved['quick'] is True and len(saved['rows']) == 4
-  assert '| width |' in pareto.table(result)
+def test_frontier_sorts_by_cost_and_keeps_the_running_best():
+  costs, accs = pareto.frontier([4.0, 1.0, 2.0, 8.0], [0.7, 0.5, 0.72, 0.9])
+  assert costs.tolist() == [1.0, 2.0, 4.0, 8.0]
+  assert accs.tolist() == [0.5, 0.72, 0.72, 0.9]
 
 
-def test_match_flops_fills_to_within_two_percent_from_below():
-  seed = pareto.build_model(pareto.SEED_WIDTHS)
-  target = 0.5 * pareto.flops(seed)
-  start = {'conv0': 8, 'conv1': 10, 'conv2': 20}  # well under the target
-  matched = pareto.match_flops(seed, start, target)
-  cost = float(pareto.mk.structure_cost(seed, matched))
-  assert 0.98 * target <= cost <= target
-  assert all(matched[k] >= v for k, v in start.items())
+def test_equivalent_cost_interpolates_linearly_in_log_cost():
+  front = pareto.frontier(*_line_curve())
+  cost, censored = pareto.equivalent_cost(front, 0.65)
+  assert cost == pytest.approx(E ** 1.5) and censored is None
+  cost, censored = pareto.equivalent_cost(front, 0.78)
+  assert cost == pytest.approx(E ** 2.8) and censored is None
+  assert pareto.equivalent_cost(front, 0.6)[0] == pytest.approx(E)
+
+
+def test_equivalent_cost_is_censored_outside_the_width_curve():
+  front = pareto.frontier(*_line_curve())
+  assert pareto.equivalent_cost(front, 0.9) == (pytest.approx(E ** 3),
+                                                'above')
+  assert pareto.equivalent_cost(front, 0.4) == (1.0, 'below')
+  assert pareto.equivalent_cost(front, 0.5) == (1.0, None)
+
+
+def test_equivalent_cost_takes_the_cheapest_width_point_on_a_dip():
+  # w at cost e^2 is worse than at e: the frontier is flat from e to e^2.
+  front = pareto.frontier([1.0, E, E ** 2, E ** 3], [0.5, 0.7, 0.65, 0.8])
+  assert pareto.equivalent_cost(front, 0.7)[0] == pytest.approx(E)
+  assert pareto.equivalent_cost(front, 0.75)[0] == pytest.approx(E ** 2.5)
+
+
+def test_saving_from_means_has_the_known_answer():
+  costs, means = _line_curve()
+  # At cost e the width curve has 0.6; 0.65 needs e^1.5, 0.7 needs e^2.
+  saving, per_point, censored = pareto.saving_from_means(
+      costs, means, [E, E], [0.65, 0.7])
+  assert per_point == pytest.approx([1 - E ** -0.5, 1 - E ** -1])
+  assert saving == pytest.approx(1 - E ** -0.75)  # geometric mean of ratios
+  assert censored == [None, None]
+  # A point worse than the width curve saves a negative amount.
+  saving, _, _ = pareto.saving_from_means(costs, means, [E ** 2], [0.6])
+  assert saving == pytest.approx(1 - E)
+
+
+def test_verdict_without_seed_noise_has_a_point_interval():
+  costs, means = _line_curve()
+  width = [(c, [a] * 3) for c, a in zip(costs, means)]
+  result = pareto.verdict(width, [(E, [0.65] * 3)], draws=200)
+  assert result['saving'] == pytest.approx(1 - E ** -0.5)
+  assert result['ci95'] == pytest.approx([1 - E ** -0.5] * 2)
+  assert result['accuracy_gain_at_equal_cost'] == pytest.approx([0.05])
+
+
+def test_verdict_interval_finds_a_real_saving_and_none_where_there_is_none():
+  rng = np.random.RandomState(0)
+  costs, means = _line_curve()
+
+  def curve(scale, sd):
+    return [(scale * c, list(a + sd * rng.randn(3)))
+            for c, a in zip(costs, means)]
+
+  width = curve(1.0, 0.01)
+  # Same accuracies at half the cost: saving 0.5 for the middle points.
+  half = pareto.verdict(width, curve(0.5, 0.01)[1:3], draws=2000)
+  assert half['ci95'][0] > 0.0
+  assert half['ci95'][0] <= 0.5 <= half['ci95'][1]
+  # The width curve judged against itself (fresh seeds): saving 0.
+  same = pareto.verdict(width, curve(1.0, 0.01)[1:3], draws=2000)
+  assert same['ci95'][0] < 0.0 < same['ci95'][1]
+  # Noisier seeds give a wider interval.
+  noisy = pareto.verdict(curve(1.0, 0.04), curve(1.0, 0.04)[1:3],
+                         draws=2000)
+  assert noisy['ci95'][1] - noisy['ci95'][0] > (
+      same['ci95'][1] - same['ci95'][0])
+
+
+def test_redrawn_means_follow_the_points_t_interval():
+  accs = [0.6, 0.7, 0.75]
+  mean, half = pareto.mean_ci(accs)
+  draws = pareto._draw_means(accs, 400000, np.random.RandomState(1))  # pylint: disable=protected-access
+  assert np.percentile(draws, 97.5) == pytest.approx(mean + half, abs=0.01)
+  assert np.percentile(draws, 2.5) == pytest.approx(mean - half, abs=0.01)
+
+
+# ------------------------------------------------------- tasks, networks
+def test_canvases_use_only_the_images_of_their_own_split():
+  images = np.stack([np.full((8, 8), (i + 1) / 100.0, np.float32)
+                     for i in range(40)])
+  labels = np.arange(40) % 10
+  spec = dict(canvas=16, digit=8, fragments=2, fragment=4, noise=0.0,
+              variants=2)
+  indices = np.array([3, 7, 11, 20])
+  x, y = pareto._canvases(images, labels, indices, spec,  # pylint: disable=protected-access
+                          np.random.RandomState(0))
+  assert x.shape == (8, 16, 16, 1)
+  assert y.tolist() == labels[indices].tolist() * 2
+  values = set(np.round(np.unique(x[x > 0]) * 100).astype(int).tolist())
+  assert values <= {i + 1 for i in indices}
+
+
+def test_make_task_is_deterministic_and_splits_70_30():
+  a = pareto.make_task('digits16', limit=100)
+  b = pareto.make_task('digits16', limit=100)
+  for u, v in zip(a, b):
+    np.testing.assert_array_equal(u, v)
+  variants = pareto.TASKS['digits16']['variants']
+  assert len(a[0]) == 70 * variants and len(a[2]) == 30 * variants
+  assert a[0].shape[1:] == (16, 16, 1)
+
+
+@pytest.mark.parametrize('net', pareto.NETS)
+def test_width_multiplier_and_gated_seed_slim_to_the_same_network(net):
+  import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
+  plain = pareto.build_net(net, (16, 16, 1))
+  gated = pareto.build_net(net, (16, 16, 1), gated=True)
+  widths = pareto.prunable_widths(plain)
+  structure = pareto.scaled_structure(widths, 0.35)
+  assert all(structure[k] == max(1, round(0.35 * c))
+             for k, c in widths.items())
+  a = mk.slim_model(plain, structure)
+  b = mk.slim_model(gated, structure)  # gates folded away
+  assert [type(l).__name__ for l in a.layers] == [
+      type(l).__name__ for l in b.layers]
+  assert pareto.costs(a, {}) == pareto.costs(b, {})
+  full = pareto.costs(plain, {})
+  assert pareto.costs(a, {})['flops'] < 0.2 * full['flops']
+
+
+def test_select_settings():
+  assert pareto.select_settings('dev') == [pareto.DEVELOPMENT_SETTING]
+  held_out = pareto.select_settings('heldout')
+  assert pareto.DEVELOPMENT_SETTING not in held_out
+  assert len(held_out) == len(pareto.SETTINGS) - 1
+  assert pareto.select_settings('*/vgg/size') == [
+      '%s/vgg/size' % t for t in pareto.TASKS]
+  with pytest.raises(ValueError, match='no setting matches'):
+    pareto.select_settings('digits16/alexnet/flops')
+
+
+# ------------------------------------------------------------ resuming
+@pytest.fixture
+def fake_training(monkeypatch):
+  """Replaces every fit with a cheap stand-in; counts the calls."""
+  calls = {'retrain': 0, 'shrink': 0, 'train': 0, 'fail_after': None}
+
+  def retrain_point(seed_model, structure, data, epochs, seed):
+    del data, epochs
+    if calls['fail_after'] is not None and (
+        calls['retrain'] >= calls['fail_after']):
+      raise RuntimeError('cut')
+    calls['retrain'] += 1
+    cost = pareto.costs(seed_model, structure)
+    return 0.1 * math.log(cost['flops']) + 0.001 * seed, cost
+
+  def shrink(seed_model, family, resource, data, epochs, log_dir):
+    del family, data, epochs, log_dir
+    calls['shrink'] += 1
+    learned = {k: max(1, v // 2) for k, v in pareto.prunable_widths(
+        seed_model).items()}
+    full = pareto.costs(seed_model, {})[resource]
+    return dict(learned=learned, met=True, target=0.5 * full,
+                start_cost=full, end_cost=0.4 * full, learned_cost=0.3 * full)
+
+  def train(model, data, epochs, seed):
+    del model, data, epochs, seed
+    calls['train'] += 1
+
+  monkeypatch.setattr(pareto, 'retrain_point', retrain_point)
+  monkeypatch.setattr(pareto, 'shrink', shrink)
+  monkeypatch.setattr(pareto, 'train', train)
+  return calls
+
+
+def _quick(tmp_path, *extra):
+  return pareto.main(['--quick', '--out-dir', str(tmp_path / 'out'),
+                      '--work-dir', str(tmp_path / 'work')] + list(extra))
+
+
+def _saved(tmp_path):
+  with open(str(tmp_path / 'out' / 'pareto_results.json')) as f:
+    return json.load(f)
+
+
+def test_rerun_skips_finished_points_and_adds_new_seeds(tmp_path,
+                                                         fake_training):
+  _quick(tmp_path, '--families', 'gamma,figs')
+  per_seed = len(pareto.QUICK['widths']) + 2 * len(
+      pareto.QUICK['budget_widths'])
+  assert fake_training['retrain'] == per_seed * pareto.QUICK['seeds']
+  assert fake_training['shrink'] == 2
+  assert fake_training['train'] == 2  # the plain and the gated seed
+  first = _saved(tmp_path)
+  _quick(tmp_path, '--families', 'gamma,figs')
+  assert fake_training['retrain'] == per_seed * pareto.QUICK['seeds']
+  assert fake_training['shrink'] == 2
+  assert _saved(tmp_path)['points'] == first['points']
+  _quick(tmp_path, '--families', 'gamma,figs', '--seeds', '3')
+  assert fake_training['retrain'] == per_seed * 3
+  verdicts = _saved(tmp_path)['verdicts']
+  assert {v['family'] for v in verdicts} == {'gamma', 'figs'}
+  assert all(v['seeds'] == 3 for v in verdicts)
+
+
+def test_a_cut_run_keeps_its_points_and_the_rerun_does_the_rest(
+    tmp_path, fake_training):
+  fake_training['fail_after'] = 4
+  with pytest.raises(RuntimeError, match='cut'):
+    _quick(tmp_path, '--families', 'gamma')
+  assert len(_saved(tmp_path)['points']) == 4
+  fake_training['fail_after'] = None
+  _quick(tmp_path, '--families', 'gamma')
+  total = (len(pareto.QUICK['widths']) + len(pareto.QUICK['budget_widths'])
+           ) * pareto.QUICK['seeds']
+  assert fake_training['retrain'] == total
+  assert len(_saved(tmp_path)['points']) == total
+
+
+def test_results_of_another_recipe_are_refused(tmp_path, fake_training):
+  del fake_training
+  _quick(tmp_path, '--families', 'gamma')
+  saved = _saved(tmp_path)
+  saved['config']['method']['gamma_threshold'] = 0.5
+  with open(str(tmp_path / 'out' / 'pareto_results.json'), 'w') as f:
+    json.dump(saved, f)
+  with pytest.raises(ValueError, match='another recipe'):
+    _quick(tmp_path, '--families', 'gamma')
+
+
+def test_verdicts_only_trains_nothing_and_writes_verdicts_and_plot(
+    tmp_path, fake_training):
+  _quick(tmp_path, '--families', 'grouplasso')
+  calls = dict(fake_training)
+  saved = _saved(tmp_path)
+  saved['verdicts'] = []
+  with open(str(tmp_path / 'out' / 'pareto_results.json'), 'w') as f:
+    json.dump(saved, f)
+  os.remove(str(tmp_path / 'out' / 'pareto_digits16_vgg_flops.png'))
+  _quick(tmp_path, '--verdicts-only')
+  assert fake_training == calls
+  verdicts = _saved(tmp_path)['verdicts']
+  assert [(v['setting'], v['family']) for v in verdicts] == [
+      (pareto.DEVELOPMENT_SETTING, 'grouplasso')]
+  assert verdicts[0]['development'] is True
+  assert os.path.getsize(str(tmp_path / 'out' /
+                             'pareto_digits16_vgg_flops.png')) > 0
+
+
+# ------------------------------------------------------------ smoke run
+@pytest.mark.slow
+def test_quick_run_end_to_end(tmp_path):
+  """--quick for real: every family shrinks, expands, retrains (~2 min)."""
+  result = _quick(tmp_path)
+  assert len(result['shrinks']) == len(pareto.FAMILIES)
+  for info in result['shrinks'].values():
+    assert info['learned'] and info['start_cost'] > 0
+  morph = [p for k, p in result['points'].items() if k.startswith('morph')]
+  assert len(morph) == len(pareto.FAMILIES) * pareto.QUICK['seeds']
+  for point in morph:  # expand_structure fits each budget from below
+    assert point['cost']['flops'] <= point['budget'] * (1 + 1e-9)
+    assert point['cost']['flops'] >= 0.5 * point['budget']
+  assert {v['family'] for v in result['verdicts']} == set(pareto.FAMILIES)
+  for v in result['verdicts']:
+    assert v['ci95'][0] <= v['flops_saving_at_equal_accuracy'] <= (
+        v['ci95'][1])
+  assert os.path.getsize(str(tmp_path / 'out' /
+                             'pareto_digits16_vgg_flops.png')) > 0
