@@ -221,13 +221,16 @@ class _Block(L.Layer):
     return self.fc(x)
 
 
-def test_layer_inside_a_custom_layer_is_a_clear_error():
+def test_layer_inside_a_custom_layer_is_narrowed_in_place():
   keras.backend.clear_session()
   inputs = keras.Input((4,))
   model = keras.Model(inputs, L.Dense(2, name='out')(
       _Block(name='blk')(inputs)))
-  with pytest.raises(NotImplementedError, match="'fc'.*custom layer|blk"):
-    mk.slim_model(model, {'fc': 3})
+  slim = mk.slim_model(model, {'fc': 3})
+  assert isinstance(slim.get_layer('blk'), _Block)
+  assert slim.get_layer('blk').fc.units == 3
+  assert analyze.analyze(slim).flops == mk.structure_cost(model, {'fc': 3})
+  assert analyze.analyze(slim).flops == 2 * (4 * 3 + 3 * 2)
 
 
 def _zero_dead(layer, alive):

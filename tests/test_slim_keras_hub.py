@@ -120,13 +120,21 @@ def _mlp_model():
   return keras.Model(inputs, keras.layers.Dense(2, name='head')(x))
 
 
-def test_a_block_without_a_rule_names_its_class_sublayer_and_the_fix():
+def test_a_block_without_a_rule_is_narrowed_in_place_with_transfer():
+  """No rule: the block keeps its class and config; its `up` sublayer is
+  replaced by a narrower one holding the surviving units."""
   model = _mlp_model()
-  with pytest.raises(NotImplementedError) as info:
-    morph_keras.slim_model(model, {'up': 3})
-  message = str(info.value)
-  assert '_Mlp' in message and 'mlp.up' in message
-  assert 'register_width_rule' in message
+  alive = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
+  up = model.get_layer('mlp').up
+  kernel, bias = up.get_weights()
+  kernel[:, ~alive], bias[~alive] = 0.0, 0.0  # dead units output relu(0)
+  up.set_weights([kernel, bias])
+  slim = morph_keras.slim_model(model, {'up': alive}, transfer_weights=True)
+  block = slim.get_layer('mlp')
+  assert isinstance(block, _Mlp) and block.hidden == 8  # its config
+  assert block.up.units == 4 and block.down.kernel.shape == (4, 6)
+  x = np.random.RandomState(0).normal(size=(3, 6)).astype('float32')
+  np.testing.assert_allclose(slim(x), model(x), atol=1e-5)
 
 
 def test_a_registered_block_rule_slims_and_transfers():

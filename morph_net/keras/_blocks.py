@@ -202,6 +202,23 @@ def from_config(layer, config):
                             if k in accepted})
 
 
+def clone_leaf(layer, width):
+  """An unbuilt copy of a layer from its config, its width (`filters`,
+  `units`, ...) set to `width` by its width rule (None: kept)."""
+  config = layer.get_config()
+  if rules.width_field(layer) is not None and width is not None:
+    rules.set_width(config, layer, width)
+  if rules.is_depthwise(layer) and not isinstance(layer, rules.DEPTHWISE) and (
+      width is not None):
+    # A grouped conv with one input channel per group keeps that shape.
+    config['filters'] = int(width)
+    config['groups'] = int(width) // rules.depth_multiplier(layer)
+  if isinstance(layer, keras.layers.Reshape) and width is not None:
+    config['target_shape'] = tuple(config['target_shape'][:-1]) + (
+        int(width),)
+  return from_config(layer, config)
+
+
 def _takes_base_arguments(params):
   return any(p.kind == p.VAR_KEYWORD for p in params.values())
 

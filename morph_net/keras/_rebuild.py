@@ -13,6 +13,7 @@ import numpy as np
 
 from morph_net.keras import _blocks
 from morph_net.keras import _slim_plan as plan_lib
+from morph_net.keras import _surgery
 from morph_net.keras import _width_rules as rules
 from morph_net.probabilistic_gating import activation_gating
 
@@ -22,14 +23,20 @@ def build(plan, fold_gates=True, transfer=False):
   new_layers = {}
   models = {}
   model = plan.model
+  surgery = {}
   new_model = _build_functional(plan, model, model.name, new_layers, models,
-                                fold_gates, transfer)
+                                fold_gates, transfer, surgery)
   return new_model, new_layers
 
 
 def _build_functional(plan, functional, name, new_layers, models, fold_gates,
-                      transfer):
-  """Calls fresh copies of the layers along the planned graph."""
+                      transfer, surgery, prefix=''):
+  """Calls fresh copies of the layers along the planned graph.
+
+  `surgery` collects the records of custom layers narrowed in place, by
+  layer path ('block', 'nested/block'); a model holding any is a
+  `_surgery.SlimModel`, which re-applies them when loaded.
+  """
   # pylint: disable=protected-access  (Keras 3 functional graph internals)
   tensors = {}
   new_inputs = []
@@ -55,15 +62,19 @@ def _build_functional(plan, functional, name, new_layers, models, fold_gates,
       if id(op) not in models:
         models[id(op)] = _build_functional(
             plan, plan_lib.as_functional(op), op.name, new_layers, models,
-            fold_gates, transfer)
+            fold_gates, transfer, surgery, prefix + op.name + '/')
       new_op = models[id(op)]
+    elif id(op) in plan.narrowed:
+      new_op, record, _ = plan.narrowed[id(op)]
+      new_layers[id(op)] = (op, new_op)
+      surgery[prefix + op.name] = record
     elif id(op) in plan.blocks:
       if id(op) not in new_layers:
         new_layers[id(op)] = (op, _new_block(plan, op))
       new_op = new_layers[id(op)][1]
     elif isinstance(op, keras.layers.Layer):
       if id(op) not in new_layers:
-        new_layers[id(op)] = (op, _clone(op, plan.layer_width.get(id(op))))
+        new_layers[id(op)] = (op, _blocks.clone_leaf(op, plan.layer_width.get(id(op))))
       new_op = new_layers[id(op)][1]
     elif id(node) in plan.sections:
       new_op = _new_split(op, plan.sections[id(node)])
@@ -79,10 +90,11 @@ def _build_functional(plan, functional, name, new_layers, models, fold_gates,
     for old, new in zip(node.outputs, outputs):
       tensors[id(old)] = new
   outputs = [tensors[id(x)] for x in functional.outputs]
-  return keras.Model(
-      keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
-      keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
-      name=name)
+  args = (keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
+          keras.tree.pack_sequence_as(functional._outputs_struct, outputs))
+  if prefix or not surgery:
+    return keras.Model(*args, name=name)
+  return _surgery.SlimModel(*args, name=name, surgery=surgery)
 
 
 def _new_block(plan, block):
@@ -91,7 +103,8 @@ def _new_block(plan, block):
   new = _blocks.rebuild(
       block, lambda sub: plan.leaf_width.get(id(sub)),
       lambda sub: plan.block_input.get(id(sub)),
-      lambda leaf: _clone(leaf, plan.leaf_width.get(id(leaf))), made)
+      lambda leaf: _blocks.clone_leaf(leaf, plan.leaf_width.get(id(leaf))),
+      made)
   plan.block_layers[id(block)] = made
   return new
 
@@ -127,21 +140,6 @@ def _folded_gate(gate, kept, transfer):
                                 name=gate.name)
 
 
-def _clone(layer, width):
-  config = layer.get_config()
-  if rules.width_field(layer) is not None and width is not None:
-    rules.set_width(config, layer, width)
-  if rules.is_depthwise(layer) and not isinstance(layer, rules.DEPTHWISE) and (
-      width is not None):
-    # A grouped conv with one input channel per group keeps that shape.
-    config['filters'] = int(width)
-    config['groups'] = int(width) // rules.depth_multiplier(layer)
-  if isinstance(layer, keras.layers.Reshape) and width is not None:
-    config['target_shape'] = tuple(config['target_shape'][:-1]) + (
-        int(width),)
-  return _blocks.from_config(layer, config)
-
-
 # ------------------------------------------------------- weight transfer
 def transfer(plan, new_layers):
   """Copies the surviving channels' weights into the slim model."""
@@ -151,13 +149,14 @@ def transfer(plan, new_layers):
     if id(old) in plan.blocks:
       _transfer_block(plan, old)
       continue
+    if id(old) in plan.narrowed:
+      _transfer_narrowed(plan, old)
+      continue
     node = plan.first_node[id(old)]
     in_idx = plan.kept_of(node.input_tensors[0]) if node.input_tensors else None
     out_idx = plan.kept_of(node.outputs[0])
     in_width = (plan_lib.width(node.input_tensors[0]) if node.input_tensors
                 else None)
-    values = [np.asarray(w) for w in old.get_weights()]
-    names = [w.path.split('/')[-1] for w in old.weights]
     _set_sliced(old, new, in_idx, out_idx, in_width)
 
 
@@ -181,6 +180,24 @@ def _transfer_block(plan, block):
   """Weights of a block rebuilt by its rule: each sublayer's surviving
   channels, read from the analysis (its input and output channel labels,
   or for a norm the activation its weights scale)."""
+  for old, new in _leaf_pairs(plan.block_layers[id(block)]):
+    if not old.weights:
+      continue
+    _set_sliced(old, new, *_kept_by_labels(plan, old))
+  for old, _ in plan.block_layers[id(block)].values():
+    own = _blocks.is_block(old) and (
+        old._trainable_variables or old._non_trainable_variables)  # pylint: disable=protected-access
+    if own:
+      raise NotImplementedError(
+          'Cannot transfer the weights of %r (%s): the layer holds weights '
+          'of its own (not in sublayers) whose channels slim_model does not '
+          'know. Slim without transfer and retrain.'
+          % (old.name, type(old).__name__))
+
+
+def _kept_by_labels(plan, layer):
+  """(kept input channels, kept output channels, input width) of a weighted
+  leaf, from the analysis' labels (None: all kept)."""
   analysis = plan.analysis
   if plan.alive_values is None:
     plan.alive_values = analysis.assign_alive(plan.alive or {})
@@ -192,27 +209,22 @@ def _transfer_block(plan, block):
     idx = np.flatnonzero(values[labels] > 0.5)
     return None if len(idx) == len(labels) else idx
 
-  for old, new in _leaf_pairs(plan.block_layers[id(block)]):
-    if not old.weights:
+  labels = analysis.leaf_labels(layer)
+  if labels is None:
+    return None, None, None
+  return (kept(labels[0]), kept(labels[1]),
+          None if labels[0] is None else len(labels[0]))
+
+
+def _transfer_narrowed(plan, container):
+  """Weights of a custom layer narrowed in place: each weighted leaf's
+  surviving channels (read from the analysis' labels)."""
+  _, _, made = plan.narrowed[id(container)]
+  for old, new in made.values():
+    if not old.weights or _blocks.is_block(old) or isinstance(old,
+                                                              keras.Model):
       continue
-    key = analysis.any_key_of.get(id(old))
-    if key is not None:
-      compute = analysis.compute_of(key)
-      in_labels = analysis.labels_or_none(compute.input)
-      out_labels = analysis.labels_or_none(compute.output)
-    else:
-      in_labels = out_labels = analysis.weight_labels(old)
-    _set_sliced(old, new, kept(in_labels), kept(out_labels),
-                None if in_labels is None else len(in_labels))
-  for old, _ in plan.block_layers[id(block)].values():
-    own = _blocks.is_block(old) and (
-        old._trainable_variables or old._non_trainable_variables)  # pylint: disable=protected-access
-    if own:
-      raise NotImplementedError(
-          'Cannot transfer the weights of %r (%s): the layer holds weights '
-          'of its own (not in sublayers) whose channels slim_model does not '
-          'know. Slim without transfer and retrain.'
-          % (old.name, type(old).__name__))
+    _set_sliced(old, new, *_kept_by_labels(plan, old))
 
 
 def _leaf_pairs(made):

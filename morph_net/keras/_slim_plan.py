@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from morph_net.keras import _blocks
+from morph_net.keras import _surgery
 from morph_net.keras import _width_rules as rules
 from morph_net.keras._structure import check_round_to
 from morph_net.keras._structure import round_count
@@ -132,6 +133,9 @@ class Plan:
     self.alive_values = None  # per-label 0/1 (transfer through blocks)
     self.analysis = None
     self.alive = None
+    # id(custom layer) -> (its narrowed copy, surgery record, {id(old):
+    # (old, new)} of every layer made for it), see `_surgery`.
+    self.narrowed = {}
 
   def is_removed(self, tensor):
     return self.info[id(tensor)] is REMOVED
@@ -227,7 +231,12 @@ def _walk(plan, functional, ctx):
       for t, chans in zip(node.outputs, _split(plan, node)):
         plan.info[id(t)] = chans
       continue
-    _set(plan, node.outputs, _node_channels(plan, node, live, ctx))
+    chans = _node_channels(plan, node, live, ctx)
+    if isinstance(chans, list):  # one per output
+      for t, c in zip(node.outputs, chans):
+        plan.info[id(t)] = c
+    else:
+      _set(plan, node.outputs, chans)
 
 
 def _is_channel_split(node):
@@ -417,15 +426,15 @@ def _block(plan, node, live, ctx):
   out_w = width(node.outputs[0])
   if not changed and all(_full(plan, t) for t in live):
     return Channels(out_w)
-  rule = rules.block_rule(op)
-  if rule is None:
-    raise _blocks.no_rule_error(op, changed)
   _blocks.check_no_zero(op, [k for k in keys.values() if new_width(k) == 0])
+  if plan.label_values is None:
+    plan.label_values = analysis.assign(widths, fix=True)[0]
+  rule = rules.block_rule(op)
+  if rule is None:  # narrowed in place: its own code is kept
+    return _narrowed(plan, node, analysis, tuple(keys.values()))
   plan.blocks.add(id(op))
   _blocks.check_rules(op, lambda s: new_width(keys[id(s)]) if id(s) in keys
                       else None)  # whole heads, agreeing fields: fail here
-  if plan.label_values is None:
-    plan.label_values = analysis.assign(widths, fix=True)[0]
   order = {}
   for s in subs:
     key = analysis.any_key_of.get(id(s))
@@ -459,6 +468,64 @@ def _block(plan, node, live, ctx):
     kept = np.sort(np.concatenate([kept, extra[:new - len(kept)]])).astype(
         np.int64)
   return Channels(new, kept, (key,))
+
+
+def leaf_shape(analysis, values, layer):
+  """(new input width, new output width) of a weighted leaf under
+  per-label widths `values`, or None where both are unchanged or not
+  known from the analysis (its weights feed no analyzed op)."""
+  labels = analysis.leaf_labels(layer)
+  if labels is None:
+    return None
+  in_labels, out_labels = labels
+  shape = tuple(None if l is None else int(round(values[l].sum()))
+                for l in (in_labels, out_labels))
+  original = tuple(None if l is None else len(l) for l in labels)
+  return None if shape == original else shape
+
+
+def _narrowed(plan, node, analysis, keys):
+  """A custom layer without a width rule: a copy whose weighted sublayers
+  are narrowed (`_surgery`); its output width is what its own code makes
+  of them."""
+  op = node.operation
+  values = plan.label_values
+  shapes = {id(s): leaf_shape(analysis, values, s)
+            for s in _blocks.leaves(op) if s.weights}
+  signature = tuple(sorted((k, v) for k, v in shapes.items()
+                           if v is not None))
+  new_inputs = {}
+  for t in node.input_tensors:
+    chans = plan.info[id(t)]
+    new_inputs[id(t)] = keras.KerasTensor(
+        tuple(t.shape[:-1]) + (chans.width,), dtype=t.dtype)
+  in_sig = tuple(new_inputs[id(t)].shape for t in node.input_tensors)
+  cache = analysis.narrowed_cache
+  key = (id(op), signature, in_sig)
+  if key not in cache:
+    made = {}
+    new, record = _surgery.slim_copy(
+        op, lambda s: shapes.get(id(s)), _blocks.clone_leaf, made)
+    args, kwargs = node.arguments.fill_in(new_inputs)
+    try:
+      spec = new.compute_output_spec(*args, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except
+      raise NotImplementedError(
+          'slim_model: custom layer %r (%s) fails when its sublayers are '
+          'narrowed (%s: %s). Its call reads a width from its config (e.g. '
+          'a head count or a reshape): register a width rule for it '
+          '(morph_net.keras.register_width_rule), or leave its sublayers '
+          'out of the structure.' % (op.name, type(op).__name__,
+                                     type(e).__name__, e)) from e
+    cache[key] = (new, record, made, keras.tree.flatten(spec))
+  new, record, made, specs = cache[key]
+  plan.narrowed[id(op)] = (new, record, made)
+  if len(specs) != len(node.outputs):
+    raise NotImplementedError(
+        'slim_model: custom layer %r returns %d tensors where the model '
+        'used %d.' % (op.name, len(specs), len(node.outputs)))
+  chans = [Channels(width(spec), None, keys) for spec in specs]
+  return chans if len(chans) > 1 else chans[0]
 
 
 def _check_grouped(plan, node, key, op, new, track):

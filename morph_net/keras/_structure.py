@@ -71,6 +71,9 @@ class Analysis:
         for t in op.outputs)
     self._costs = {}
     self._var_ops = None  # id(tf.Variable) -> an analyzed op reading it
+    # Narrowed copies of custom layers, by layer and widths (planning
+    # builds them to learn their output widths; see _slim_plan._narrowed).
+    self.narrowed_cache = {}
 
   def _labels_of(self, tensors):
     found = [self.manager.channel_labels(t) for t in tensors
@@ -99,6 +102,20 @@ class Analysis:
       if op is not None:
         return self.manager.channel_labels(op.outputs[0])
     return None
+
+  def leaf_labels(self, layer):
+    """(input labels, output labels) of a layer holding weights: those of
+    its compute ops (the first one's input, the last one's output), or for
+    a channel-wise layer (a norm, a gate) the labels of the activation its
+    weights scale, both ways; None where no analyzed op reads its weights.
+    """
+    key = self.any_key_of.get(id(layer))
+    if key is not None:
+      computes = self._all_entries[key].computes
+      return (self.labels_or_none(computes[0].input),
+              self.labels_or_none(computes[-1].output))
+    labels = self.weight_labels(layer)
+    return None if labels is None else (labels, labels)
 
   def _ops_scaled_by_variables(self):
     """id(variable) -> the analyzed op with channels whose parameter input

@@ -122,13 +122,54 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
         'not alive counts.')
   if transfer_weights and alive is None:
     alive = {}
-  plan, _ = plan_structure(analysis, counts, alive, round_to, warn=True)
+  plan, widths = plan_structure(analysis, counts, alive, round_to, warn=True)
   new_model, new_layers = _rebuild.build(plan, fold_gates, transfer_weights)
   if transfer_weights:
     _rebuild.transfer(plan, new_layers)
+  if plan.narrowed:
+    _check_narrowed(analysis, plan, widths, new_model, input_signature)
   return new_model
 
 
+def _check_narrowed(analysis, plan, widths, new_model, input_signature):
+  """Runs a model with custom layers narrowed in place, and checks that it
+  costs what the structure says: a custom layer's code may read a width
+  from its config (a head count, a reshape), which narrowing its sublayers
+  does not change."""
+  names = ', '.join('%r (%s)' % (layer.name, type(layer).__name__)
+                    for layer in _narrowed_layers(plan))
+  shapes = [tuple(x.shape) for x in new_model.inputs]
+  if input_signature is None and all(
+      d is not None for shape in shapes for d in shape[1:]):
+    try:
+      zeros = [np.zeros((2,) + s[1:], x.dtype)
+               for s, x in zip(shapes, new_model.inputs)]
+      new_model(keras.tree.pack_sequence_as(
+          new_model._inputs_struct, zeros), training=False)  # pylint: disable=protected-access
+    except Exception as e:  # pylint: disable=broad-except
+      raise NotImplementedError(
+          'slim_model: the model with custom layer(s) %s narrowed in place '
+          'fails to run (%s: %s). A custom layer\'s call reads a width from '
+          'its config (e.g. a head count or a reshape): register a width '
+          'rule for it (morph_net.keras.register_width_rule), or leave its '
+          'sublayers out of the structure.'
+          % (names, type(e).__name__, str(e).splitlines()[0][:300])) from e
+  expected = analysis.cost(analysis.final_values(widths, plan.removed),
+                           'flops')
+  slim_analysis = _structure.Analysis(new_model, input_signature)
+  actual = slim_analysis.cost(np.ones(slim_analysis.num_labels), 'flops')
+  if abs(actual - expected) > 1e-6 * max(1.0, expected):
+    raise NotImplementedError(
+        'slim_model: with custom layer(s) %s narrowed in place the model '
+        'costs %g FLOPs, but the structure says %g: a custom layer\'s call '
+        'reads a width from its config. Register a width rule for it '
+        '(morph_net.keras.register_width_rule), or leave its sublayers out '
+        'of the structure.' % (names, actual, expected))
+
+
+def _narrowed_layers(plan):
+  return [made[layer_id][0]
+          for layer_id, (_, _, made) in plan.narrowed.items()]
 def resolve_structure(model, structure, input_signature=None):
   """Checks a structure against `model`'s analysis.
 
