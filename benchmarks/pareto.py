@@ -343,9 +343,9 @@ def shrink(seed_model, family, resource, data, epochs, log_dir):
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   trainer.fit(data[0], data[1], batch_size=BATCH, epochs=epochs, verbose=0,
               callbacks=[exporter])
+  # log_dir is new for every shrink: every file in it is this shrink's.
   learned, _ = cycles.last_structure(log_dir, seed_model, target,
-                                     cost=COST_NAMES[resource],
-                                     paths=exporter.saved_paths)
+                                     cost=COST_NAMES[resource])
   met = learned is not None
   if not met:
     learned = mk.slim.resolve_structure(mk.slim.as_functional(model), reg)[0]
@@ -507,8 +507,18 @@ def point_key(*parts):
 
 
 def library_version():
-  """The git commit of the working tree and whether morph_net/ is dirty."""
+  """The git commit of the working tree and whether morph_net/ is dirty.
+
+  Outside a git checkout (e.g. a `git archive` snapshot, which keeps a run
+  from seeing later edits), the commit is read from a COMMIT file at the
+  root if there is one.
+  """
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  stamp = os.path.join(root, 'COMMIT')
+  if os.path.exists(stamp) and not os.path.exists(os.path.join(root, '.git')):
+    with open(stamp) as f:
+      return dict(commit=f.read().strip(), morph_net_dirty=False,
+                  snapshot=root)
   try:
     head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, check=True,
                           capture_output=True, text=True).stdout.strip()

@@ -172,6 +172,7 @@ def test_select_settings():
 def fake_training(monkeypatch):
   """Replaces every fit with a cheap stand-in; counts the calls."""
   calls = {'retrain': 0, 'shrink': 0, 'train': 0, 'fail_after': None}
+  known = {}  # costs by structure: each analysis traces the model
 
   def retrain_point(seed_model, structure, data, epochs, seed):
     del data, epochs
@@ -179,8 +180,11 @@ def fake_training(monkeypatch):
         calls['retrain'] >= calls['fail_after']):
       raise RuntimeError('cut')
     calls['retrain'] += 1
-    cost = pareto.costs(seed_model, structure)
-    return 0.1 * math.log(cost['flops']) + 0.001 * seed, cost
+    key = tuple(sorted(structure.items()))
+    if key not in known:
+      known[key] = pareto.costs(seed_model, structure)
+    cost = known[key]
+    return 0.1 * math.log(cost['flops']) + 0.001 * seed, dict(cost)
 
   def shrink(seed_model, family, resource, data, epochs, log_dir):
     del family, data, epochs, log_dir
