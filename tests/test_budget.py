@@ -202,9 +202,10 @@ def test_exact_zeros_refused_for_gates():
   assert not budget.supports_exact_zeros(reg)
   with pytest.raises(ValueError, match='exact_zeros'):
     mk.add_regularizer(model, reg, strength=1e-3, exact_zeros=True)
-  # With a target the default is then plain gradients (no error).
-  trainer = mk.add_regularizer(model, reg, target_cost=10.0)
-  assert trainer.target_cost == 10.0
+  # With a target the default is then plain gradients (no error). The
+  # target is over the floor, 12 (each gate keeps its first channel).
+  trainer = mk.add_regularizer(model, reg, target_cost=20.0)
+  assert trainer.target_cost == 20.0
 
 
 @pytest.mark.parametrize('kwargs', [{}, {'strength': 1e-3,

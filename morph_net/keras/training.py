@@ -27,15 +27,20 @@ TensorFlow graph and evaluates with TensorFlow ops.
 """
 
 import contextlib
+import errno
 import math
 import numbers
+import os
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from morph_net.keras import _floor
 from morph_net.keras import budget as budget_lib
 from morph_net.network_regularizers import combined as combined_lib
+from morph_net.tools import _atomic
 from morph_net.tools import summaries
 
 REGULARIZATION_TERM_NAME = summaries.REGULARIZATION_TERM_NAME
@@ -50,7 +55,24 @@ def _check_backend():
         'importing keras.' % backend)
 
 
+def _as_number(value):
+  """A 0-d tensor, array or Keras variable as a Python float; anything else
+  unchanged (and checked by its consumer)."""
+  if value is None or isinstance(value, (bool, numbers.Real)):
+    return value
+  if not hasattr(value, 'shape') or not hasattr(value, 'dtype'):
+    return value
+  try:
+    array = np.asarray(value)
+  except (TypeError, ValueError):
+    return value
+  if array.shape == () and array.dtype.kind in 'fiu':
+    return float(array)
+  return value
+
+
 def _check_strength(strength):
+  strength = _as_number(strength)
   if (isinstance(strength, bool) or
       not isinstance(strength, numbers.Real)):
     raise ValueError(
@@ -157,6 +179,11 @@ class RegularizedModel(keras.Model):
         strength, dtype='float32', trainable=False, name='morph_net_strength')
     self._budget_step = budget_step  # None: plain strength x term
     self._monitor = monitor
+    self._floor = None
+    if budget_step is not None and budget_step.controller is not None:
+      # A target under the cost floor would drive the strength up forever.
+      self._floor = _floor.check_target(regularizer,
+                                        budget_step.controller.target_cost)
     if budget_step is not None:
       budget_step.build(self._strength)
     if getattr(model, 'built', False):
@@ -238,7 +265,9 @@ class RegularizedModel(keras.Model):
     return logs
 
   def fit(self, *args, **kwargs):
-    """`keras.Model.fit`, with a `budget.BudgetMonitor` added (warnings)."""
+    """`keras.Model.fit`, with a `budget.BudgetMonitor` added (warnings)
+    and, with a target cost, a `FloorMonitor` (warns when the lowest
+    reachable cost changes or the target moves under it)."""
     if self._monitor and len(args) < 6:
       callbacks = list(kwargs.get('callbacks') or [])
       if not any(isinstance(c, budget_lib.BudgetMonitor) for c in callbacks):
@@ -246,6 +275,11 @@ class RegularizedModel(keras.Model):
             self._morph_net_regularizer, self._cost_name, self._term_name,
             target_cost=self.target_cost, exact_zeros=bool(
                 self._budget_step and self._budget_step.proximal)))
+      controller = self._budget_step and self._budget_step.controller
+      if controller is not None and not any(
+          isinstance(c, _floor.FloorMonitor) for c in callbacks):
+        callbacks.append(_floor.FloorMonitor(
+            self._morph_net_regularizer, controller, self._floor))
       kwargs['callbacks'] = callbacks
     return super().fit(*args, **kwargs)
 
@@ -263,17 +297,38 @@ class RegularizedModel(keras.Model):
     return results
 
   def save(self, filepath, overwrite=True, zipped=None, **kwargs):
-    """Saves the wrapped model (not the wrapper) with `keras.Model.save`.
+    """Saves the wrapped model (not the wrapper) with `keras.Model.save`,
+    atomically.
+
+    A local '.keras' or '.h5' file is written beside `filepath` and renamed
+    over it (`morph_net.tools._atomic`): an interrupted save (Ctrl-C, a
+    killed job, a full disk) leaves the file that was there, never half a
+    model. Other destinations (a directory with `zipped=False`, remote
+    URLs) are passed to Keras as they are.
 
     Args:
       filepath: a '.keras' (or '.h5') path.
-      overwrite: whether to overwrite an existing file.
+      overwrite: whether to replace an existing file; if False and it
+        exists, FileExistsError is raised (Keras would prompt on stdin).
       zipped: see `keras.Model.save`.
       **kwargs: passed to `keras.Model.save` of the wrapped model.
+
+    Raises:
+      FileExistsError: `overwrite` is False and `filepath` exists.
+      OSError: the write failed (the message names `filepath`).
     """
     if zipped is not None:
       kwargs['zipped'] = zipped
-    return self.inner_model.save(filepath, overwrite=overwrite, **kwargs)
+    suffix = _atomic_suffix(filepath, zipped)
+    if suffix is None:
+      return self.inner_model.save(filepath, overwrite=overwrite, **kwargs)
+    if not overwrite and os.path.exists(filepath):
+      raise FileExistsError(
+          errno.EEXIST, 'exists and overwrite=False; nothing was written',
+          os.fspath(filepath))
+    with _atomic.atomic_path(filepath, suffix=suffix,
+                             overwrite=overwrite) as tmp:
+      self.inner_model.save(tmp, overwrite=True, **kwargs)
 
   def save_weights(self, filepath, overwrite=True, **kwargs):
     """Saves the wrapped model's weights and this wrapper's optimizer.
@@ -331,6 +386,21 @@ class RegularizedModel(keras.Model):
         'loading it.')
 
 
+def _atomic_suffix(filepath, zipped):
+  """The temp file's suffix for an atomic save, or None where Keras must
+  write `filepath` itself (a directory, a remote path)."""
+  try:
+    path = os.fspath(filepath)
+  except TypeError:
+    return None
+  if not isinstance(path, str) or '://' in path or zipped is False:
+    return None
+  for suffix in ('.keras', '.h5', '.hdf5'):
+    if path.endswith(suffix):
+      return suffix
+  return None
+
+
 def _check_not_nested(model):
   if isinstance(model, RegularizedModel):
     raise TypeError(
@@ -372,6 +442,7 @@ def _budget_step(regularizer, strength, target_cost, exact_zeros):
         'target_cost (the cost to reach; the strength is then adapted); got '
         'strength=%r, target_cost=%r.' % (strength, target_cost))
   controller = None
+  target_cost = _as_number(target_cost)  # e.g. tf.constant(100.)
   if target_cost is not None:
     controller = target_cost
     if not isinstance(controller, budget_lib.StrengthController):
