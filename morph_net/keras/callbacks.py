@@ -6,6 +6,7 @@ counts, JSON) and TensorBoard scalars while training.
 
 import numbers
 import os
+import time
 import warnings
 
 import keras
@@ -39,7 +40,11 @@ class StructureExporterCallback(keras.callbacks.Callback):
   reaches the same step with different counts (e.g. it replays the steps
   after the last checkpoint of a killed run), its file is written beside,
   as `alive_<step>.rerun<N>` (see `structure_exporter.structure_files`).
-  `saved_paths` lists the files this callback wrote.
+  `saved_paths` lists the files this callback wrote. The first such file
+  comes with a warning: if the plain file appeared after this callback was
+  created, another run is writing into the same `log_dir` now (which run
+  gets the plain names is then a race); otherwise an earlier run wrote it
+  (expected when resuming, a mix of two runs' files if not).
 
   A diverged run: if a source (gamma, kernel, gate) holds NaN or inf at a
   step to export, a warning naming the variables is issued and nothing is
@@ -101,6 +106,8 @@ class StructureExporterCallback(keras.callbacks.Callback):
     self.skipped_steps = []  # Steps not written: non-finite sources.
     # Set by budget.only_at_or_under: skip structures costing more.
     self.max_cost = None
+    self._created = time.time()
+    self._rerun_warned = set()  # 'concurrent', 'earlier'
 
   @property
   def log_dir(self):
@@ -132,6 +139,8 @@ class StructureExporterCallback(keras.callbacks.Callback):
     self._last_saved = step
     self.saved_steps.append(step)
     self.saved_paths.append(path)
+    if structure_exporter_lib.is_rerun(path):
+      self._warn_rerun(path)
     if self._summary_subdir is None:
       return
     if self._writer is None:
@@ -141,6 +150,36 @@ class StructureExporterCallback(keras.callbacks.Callback):
       summaries.write_summaries(self._regularizer, step, self._exporter,
                                 prefix='')
     self._writer.flush()
+
+  def _warn_rerun(self, path):
+    """Says why this run's file went beside another's, once per cause."""
+    plain = structure_exporter_lib.plain_path(path)
+    try:
+      concurrent = os.stat(plain).st_mtime >= self._created
+    except OSError:
+      concurrent = False
+    kind = 'concurrent' if concurrent else 'earlier'
+    if kind in self._rerun_warned:
+      return
+    self._rerun_warned.add(kind)
+    name, here = os.path.basename(plain), os.path.basename(path)
+    if concurrent:
+      message = (
+          'Another run is writing structures into %s now: %s appeared there '
+          'after this callback was created, with other counts, so this '
+          'run\'s structure is in %s, beside it. Which run keeps the plain alive_<step> names '
+          'depends on which reaches a step first, and the two runs\' files '
+          'mix in one directory. Give each run its own log_dir.'
+          % (self._log_dir, name, here))
+    else:
+      message = (
+          '%s in %s was written by an earlier run, with other counts, so this '
+          'run\'s structure is in %s, beside it. If this run resumes that one (e.g. '
+          'BackupAndRestore replays the steps after its last checkpoint), '
+          'this is expected; otherwise two runs share this log_dir and their '
+          'files mix: give each run its own log_dir. saved_paths lists the '
+          'files this run wrote.' % (name, self._log_dir, here))
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
   def on_train_begin(self, logs=None):
     self._local_step = 0

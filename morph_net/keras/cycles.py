@@ -19,6 +19,11 @@ exported and expanded structures, their costs, the metric) is returned and
 written to `log_dir/cycles.json` after every cycle (atomically: a temporary
 file renamed into place).
 
+One run, one `log_dir`: a directory that holds an earlier run's files
+(`cycles.json`, a `cycle_<i>` directory, or the run's claim file
+`cycles_run.json`) is refused, since its structures would be taken for this
+run's; a record's `structure_file` is always a file this run wrote.
+
 Example:
 
 ```python
@@ -35,10 +40,11 @@ records[-1]['expanded']  # {layer name: width} of the x2 network
 ```
 """
 
-import glob
 import json
 import os
+import socket
 import tempfile
+import time
 
 import keras
 
@@ -48,39 +54,80 @@ from morph_net.keras import expand as expand_lib
 from morph_net.keras import slim as slim_lib
 from morph_net.keras import training
 from morph_net.network_regularizers import flop_regularizer
+from morph_net.tools import _atomic
+from morph_net.tools import structure_exporter
 
-__all__ = ['last_structure', 'run_cycles', 'save_json_atomically']
+__all__ = ['claim_log_dir', 'last_structure', 'run_cycles',
+           'save_json_atomically']
 
 
 def _default_regularizer(model):
   return flop_regularizer.GammaFlopsRegularizer(model, gamma_threshold=1e-2)
 
 
-def save_json_atomically(obj, path):
+CLAIM_FILE = 'cycles_run.json'
+
+
+def save_json_atomically(obj, path, overwrite=True):
   """Writes `obj` as JSON to `path` through a temporary file + rename."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=directory)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  _atomic.write_text(path, json.dumps(obj, indent=1, sort_keys=True),
+                     overwrite=overwrite)
+
+
+def _earlier_run(log_dir):
+  """What in `log_dir` an earlier (or concurrent) run wrote: names, or []."""
   try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+    names = sorted(os.listdir(log_dir))
+  except FileNotFoundError:
+    return []
+  return [n for n in names if n in ('cycles.json', CLAIM_FILE) or (
+      n.startswith('cycle_') and n[len('cycle_'):].isdigit())]
 
 
-def last_structure(log_dir, model=None, max_cost=None, cost='flops'):
+def claim_log_dir(log_dir):
+  """Makes `log_dir` this run's, or raises ValueError if a run used it.
+
+  The claim is `log_dir/cycles_run.json`, created atomically (it fails if
+  it exists), so two runs started at once on one directory cannot both
+  get it.
+  """
+  used = _earlier_run(log_dir)
+  if not used:
+    os.makedirs(log_dir, exist_ok=True)
+    try:
+      save_json_atomically({'pid': os.getpid(), 'host': socket.gethostname(),
+                            'started': time.time()},
+                           os.path.join(log_dir, CLAIM_FILE),
+                           overwrite=False)
+      return
+    except FileExistsError:
+      used = _earlier_run(log_dir)
+  raise ValueError(
+      'log_dir %s holds another run of run_cycles (%s): its structure files '
+      'would be mistaken for this run\'s. Pass a new log_dir (or None for a '
+      'fresh temporary one), or remove the old run\'s directory first. '
+      'run_cycles does not resume: each cycle retrains from the one before, '
+      'in memory.' % (log_dir, ', '.join(used)))
+
+
+def last_structure(log_dir, model=None, max_cost=None, cost='flops',
+                   paths=None):
   """The last structure exported under `log_dir` (and its path).
 
-  With `model` and `max_cost`, the last one whose `structure_cost` on
-  `model` is at most `max_cost` (so the choice does not depend on how the
-  exporter was configured). (None, None) if there is none.
+  Files are taken in (step, rerun) order, last first (see
+  `structure_exporter.structure_files`); with `paths` (e.g. a
+  `StructureExporterCallback`'s `saved_paths`) only those files, last
+  first. With `model` and `max_cost`, the last one whose `structure_cost`
+  on `model` is at most `max_cost` (so the choice does not depend on how
+  the exporter was configured). (None, None) if there is none.
   """
-  files = glob.glob(os.path.join(log_dir, 'learned_structure', 'alive_*'))
-  files = [f for f in files if f.rsplit('_', 1)[1].isdigit()]
-  for path in sorted(files, key=lambda f: -int(f.rsplit('_', 1)[1])):
+  if paths is None:
+    candidates = [p for _, _, p in reversed(
+        structure_exporter.structure_files(log_dir))]
+  else:
+    candidates = list(reversed(paths))
+  for path in candidates:
     with open(path) as f:
       structure = json.load(f)
     if max_cost is None or model is None or expand_lib.structure_cost(
@@ -113,7 +160,8 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
     cost: 'flops' or 'model_size', for `expand_structure`/`structure_cost`.
     round_to: channel rounding for expansion and slimming.
     log_dir: where each cycle's structures (`cycle_<i>/learned_structure`)
-      and `cycles.json` go; a new temporary directory if None.
+      and `cycles.json` go; a new temporary directory if None. It must not
+      hold another run's files (see the module docstring).
     save_every: export period during the shrink, in steps.
     verbose: print one line per cycle.
     return_models: also return the retrained models, one per cycle.
@@ -126,7 +174,8 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
     `return_models`, a pair (records, retrained models).
 
   Raises:
-    ValueError: num_cycles < 1, or shrink_to not in (0, 1).
+    ValueError: num_cycles < 1, shrink_to not in (0, 1), or `log_dir`
+      holds another run.
   """
   if not isinstance(num_cycles, int) or num_cycles < 1:
     raise ValueError('num_cycles must be an integer >= 1, got %r.'
@@ -135,6 +184,7 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
     raise ValueError('shrink_to must be in (0, 1), got %r.' % (shrink_to,))
   make_regularizer = make_regularizer or _default_regularizer
   log_dir = log_dir or tempfile.mkdtemp(prefix='morph_net_cycles_')
+  claim_log_dir(log_dir)
   current = model
   if budget is None:
     budget = expand_lib.structure_cost(model, {}, cost=cost)
@@ -150,7 +200,9 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
         callbacks_lib.StructureExporterCallback(
             reg, cycle_dir, save_every, summary_subdir=None), target)
     fit(trainer, 'shrink', [exporter])
-    structure, path = last_structure(cycle_dir, current, target, cost)
+    # Only files this shrink wrote: never another run's.
+    structure, path = last_structure(cycle_dir, current, target, cost,
+                                     paths=exporter.saved_paths)
     met = structure is not None
     if structure is None:  # nothing at or under the target: take the end
       structure = slim_lib.resolve_structure(

@@ -15,8 +15,8 @@ import re
 import tempfile
 import time
 
-__all__ = ['atomic_path', 'write_text', 'remove_stale_temp_files',
-           'STALE_AFTER_S']
+__all__ = ['atomic_path', 'naming_destination', 'write_text',
+           'remove_stale_temp_files', 'STALE_AFTER_S']
 
 _PREFIX = '.tmp_morphnet_'
 _OURS = re.compile(r'^\.tmp_morphnet_(\d+)_')
@@ -113,11 +113,16 @@ def atomic_path(path, suffix='', overwrite=True):
 
   Raises:
     FileExistsError: `overwrite` is False and `path` exists.
+    OSError: writing failed (e.g. a full disk); the message names `path`
+      (see `naming_destination`), and `path` is unchanged.
   """
   directory = os.path.dirname(os.path.abspath(path))
   remove_stale_temp_files(directory)
-  fd, tmp = tempfile.mkstemp(prefix='%s%d_' % (_PREFIX, os.getpid()),
-                             suffix=suffix, dir=directory)
+  try:
+    fd, tmp = tempfile.mkstemp(prefix='%s%d_' % (_PREFIX, os.getpid()),
+                               suffix=suffix, dir=directory)
+  except OSError as e:
+    _reraise_naming(e, path)
   os.close(fd)
   try:
     yield tmp
@@ -127,10 +132,37 @@ def atomic_path(path, suffix='', overwrite=True):
       os.replace(tmp, path)
     else:
       _link_no_overwrite(tmp, path)
+  except OSError as e:
+    _reraise_naming(e, path)
   finally:
     with contextlib.suppress(OSError):
       os.remove(tmp)
   _fsync(directory)
+
+
+def _reraise_naming(error, path):
+  named = naming_destination(error, path)
+  if named is error:
+    raise error
+  raise named from error
+
+
+def naming_destination(error, path):
+  """`error` (an OSError), or one of its type whose message names `path`.
+
+  A full disk raises OSError(ENOSPC) from deep inside a writer (zipfile,
+  h5py, json) with no file name, or with the temp file's: the user needs
+  the file they asked for.
+  """
+  path = os.fspath(path)
+  if path in str(error):
+    return error
+  try:
+    if error.errno is not None:
+      return type(error)(error.errno, error.strerror or str(error), path)
+    return type(error)('%s (writing %s)' % (error, path))
+  except Exception:  # pylint: disable=broad-except
+    return error  # an OSError subclass with another constructor
 
 
 def _link_no_overwrite(tmp, path):

@@ -160,6 +160,17 @@ def structure_files(base_dir):
   return sorted(found)
 
 
+def is_rerun(path):
+  """Whether `path` is an `alive_<step>.rerun<N>` file."""
+  match = _FILE_RE.match(os.path.basename(path))
+  return bool(match and match.group(2))
+
+
+def plain_path(path):
+  """`alive_<step>` for `alive_<step>.rerun<N>` (else `path` itself)."""
+  return path.rsplit('.rerun', 1)[0] if is_rerun(path) else path
+
+
 def write_atomically(path, text, overwrite=True):
   """Writes text to path via a temp file in the same directory + rename.
 
