@@ -1,100 +1,46 @@
 """The `morphnet` command line: analyze, slim and plot saved Keras models.
 
     morphnet analyze MODEL.keras [--json] [--input-shape H,W,C]
-    morphnet slim MODEL.keras STRUCTURE.json -o OUT.keras
+    morphnet slim MODEL.keras STRUCTURE.json -o OUT.keras [--overwrite]
         [--expand-to-cost FLOPS] [--round-to N]
     morphnet plot STRUCTURE.json [--model MODEL.keras] -o widths.png
     morphnet profile MODEL.keras [MODEL.keras ...] --name NAME -o SPEC.json
         [--batch-size 1] [--widths 0.25,0.5,0.75,1] [--repeats 20]
 
+Every command takes `--custom-module MODULE` (repeatable): a module name or
+a `.py` file to import before loading models, for models with custom
+layers (registered with `keras.saving.register_keras_serializable`).
+
 Bad inputs (a missing file, malformed JSON, a structure naming a layer the
-model does not have, a file that is not a Keras model) end with a one-line
-`morphnet: error: ...` on stderr and exit code 2; `--debug` shows the
-traceback of unexpected errors instead. Output files are written atomically.
+model does not have, a file that is not a Keras model, a custom class not
+imported) end with a one-line `morphnet: error: ...` on stderr and exit
+code 2; `--debug` shows the traceback of unexpected errors instead. Output
+files are written atomically; `slim` never writes onto its input model and
+replaces an existing output only with `--overwrite`.
 """
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
-import zipfile
+
+from morph_net._cli_files import check_file
+from morph_net._cli_files import check_output
+from morph_net._cli_files import CLIError
+from morph_net._cli_files import import_custom_modules
+from morph_net._cli_files import load_model
+from morph_net._cli_files import import_tf_quietly
+from morph_net._cli_files import load_structure
+from morph_net._cli_files import MAX_WIDTH
+from morph_net._cli_files import save_model_atomically as _save_model_atomically
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
-# A width above this cannot be built on any machine we know of; refusing it
-# early beats an out-of-memory error deep inside TensorFlow.
-MAX_WIDTH = 1 << 20
-
-
-class CLIError(Exception):
-  """A user-facing error: printed on one line, exit code 2."""
 
 
 # ----------------------------------------------------------------- inputs
-def _check_file(path, what):
-  if not os.path.exists(path):
-    raise CLIError('%s %s: no such file' % (what, path))
-  if os.path.isdir(path):
-    raise CLIError('%s %s: is a directory, expected a file' % (what, path))
-
-
-def load_structure(path):
-  """{layer name: width} from a structure JSON, validated."""
-  _check_file(path, 'structure')
-  try:
-    with open(path, encoding='utf-8') as f:
-      data = json.load(f)
-  except json.JSONDecodeError as e:
-    raise CLIError('structure %s: malformed JSON (line %d, column %d: %s)'
-                   % (path, e.lineno, e.colno, e.msg)) from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise CLIError('structure %s: cannot read: %s' % (path, e)) from None
-  if not isinstance(data, dict):
-    raise CLIError('structure %s: expected a JSON object {layer name: '
-                   'width}, got %s' % (path, type(data).__name__))
-  bad = [k for k, v in data.items()
-         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or
-         v > MAX_WIDTH]
-  if bad:
-    raise CLIError('structure %s: widths must be non-negative integers; '
-                   'bad entries: %s (a width is at most %d)' % (
-                       path, ', '.join('%s=%r' % (k, data[k])
-                                       for k in bad[:5]), MAX_WIDTH))
-  return data
-
-
-def _import_tf_quietly():
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import keras  # pylint: disable=g-import-not-at-top
-  # Register morph_net's serializable layers (gating) before loading.
-  with contextlib.suppress(ImportError):
-    import morph_net.probabilistic_gating  # pylint: disable=g-import-not-at-top,unused-import
-  return tf, keras
-
-
-def load_model(path):
-  """A Keras model from a .keras file, or a CLIError saying why not."""
-  _check_file(path, 'model')
-  if path.endswith('.keras') and not zipfile.is_zipfile(path):
-    raise CLIError('model %s: not a Keras model file (a .keras file is a zip '
-                   'archive written by model.save; this one is not)' % path)
-  _, keras = _import_tf_quietly()
-  try:
-    model = keras.saving.load_model(path, compile=False)
-  except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise CLIError('model %s: not a loadable Keras model file (.keras): '
-                   '%s: %s' % (path, type(e).__name__, first[:300])) from None
-  if not isinstance(model, keras.Model):
-    raise CLIError('model %s: holds a %s, not a Keras model'
-                   % (path, type(model).__name__))
-  return model
-
-
 def layer_names(model):
   """Names of every layer of a model, nested models included."""
   names, stack = [], list(model.layers)
@@ -117,7 +63,7 @@ def check_structure_names(structure, model, structure_path, model_path):
 def _input_signature(shape_text):
   if not shape_text:
     return None
-  tf, _ = _import_tf_quietly()
+  tf, _ = import_tf_quietly()
   try:
     dims = [int(d) for d in shape_text.split(',')]
   except ValueError:
@@ -168,18 +114,6 @@ def _analyze(model, input_signature=None):
     raise CLIError('cannot analyze the model: %s%s' % (first, hint)) from None
 
 
-def _save_model_atomically(model, path):
-  if not path.endswith('.keras'):
-    raise CLIError('output %s: must end with .keras' % path)
-  directory = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory):
-    raise CLIError('output %s: directory %s does not exist'
-                   % (path, directory))
-  from morph_net.tools import _atomic  # pylint: disable=g-import-not-at-top
-  with _atomic.atomic_path(path, suffix='.keras') as tmp:
-    model.save(tmp)
-
-
 def _progress(message):
   # Progress goes to stdout, so stderr holds nothing but the error, if any.
   print('morphnet: %s' % message, flush=True)
@@ -203,6 +137,7 @@ def cmd_slim(args):
     raise CLIError('structure %s: is empty ({}), so the slim model would be '
                    'the input model unchanged; give at least one {layer name: '
                    'width} entry' % args.structure)
+  check_output(args.output, [args.model, args.structure], args.overwrite)
   model = load_model(args.model)
   check_structure_names(structure, model, args.structure, args.model)
   slim_model, expand_structure = _slim_functions()
@@ -230,7 +165,7 @@ def cmd_slim(args):
                    'large' % (args.model, args.structure,
                               type(e).__name__)) from None
   after = _analyze(slim)
-  _save_model_atomically(slim, args.output)
+  _save_model_atomically(slim, args.output, overwrite=args.overwrite)
   seed = {l.name: l.channels for l in before.layers}
   widths = {l.name: l.channels for l in after.layers}
   for name in structure:
@@ -287,7 +222,7 @@ def cmd_plot(args):
     raise CLIError('structure %s: is empty, nothing to plot'
                    % args.structure)
   if args.model:
-    _check_file(args.model, 'model')
+    check_file(args.model, 'model')
   from morph_net.tools import plot  # pylint: disable=g-import-not-at-top
   try:
     plot.check_format(args.output)  # before the (slow) model load
@@ -340,8 +275,14 @@ def build_parser():
                       help='show tracebacks of unexpected errors')
   sub = parser.add_subparsers(dest='command', metavar='COMMAND')
   sub.required = True
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument(
+      '--custom-module', action='append', default=[], metavar='MODULE',
+      help='import this module (a name, or a .py file) before loading '
+      'models: the one defining their custom layers; repeatable')
 
-  p = sub.add_parser('analyze', help='per-layer groups, widths and costs')
+  p = sub.add_parser('analyze', help='per-layer groups, widths and costs',
+                     parents=[common])
   p.add_argument('model', help='a saved .keras model')
   p.add_argument('--json', action='store_true',
                  help='print JSON with keys flops, weights, layers')
@@ -350,10 +291,12 @@ def build_parser():
   p.set_defaults(func=cmd_analyze)
 
   p = sub.add_parser('slim', help='build the model with a structure\'s '
-                     'widths')
+                     'widths', parents=[common])
   p.add_argument('model', help='a saved .keras model')
   p.add_argument('structure', help='JSON {layer name: width}')
   p.add_argument('-o', '--output', required=True, help='OUT.keras')
+  p.add_argument('--overwrite', action='store_true',
+                 help='replace OUT.keras if it exists (never the input)')
   p.add_argument('--expand-to-cost', type=_parse_cost, metavar='FLOPS',
                  help='first scale the structure up to this many FLOPs '
                  '(e.g. 3e8 or 300M)')
@@ -361,7 +304,8 @@ def build_parser():
                  help='round widths to multiples of N')
   p.set_defaults(func=cmd_slim)
 
-  p = sub.add_parser('plot', help='bar chart of per-layer widths')
+  p = sub.add_parser('plot', help='bar chart of per-layer widths',
+                     parents=[common])
   p.add_argument('structure', help='JSON {layer name: width}')
   p.add_argument('--model', help='the seed .keras model (draws its widths)')
   p.add_argument('-o', '--output', required=True, help='widths.png')
@@ -371,7 +315,8 @@ def build_parser():
   p.set_defaults(func=cmd_plot)
 
   p = sub.add_parser('profile', help='fit a latency model (hardware spec '
-                     'JSON) of this machine by timing models at a few widths')
+                     'JSON) of this machine by timing models at a few widths',
+                     parents=[common])
   p.add_argument('models', nargs='+', help='saved .keras models to time')
   p.add_argument('--name', required=True, help='the spec\'s name')
   p.add_argument('-o', '--output', required=True, help='SPEC.json')
@@ -426,6 +371,7 @@ def main(argv=None):
 
 def _run(args):
   try:
+    import_custom_modules(getattr(args, 'custom_module', None))
     return args.func(args)
   except BrokenPipeError:
     # `morphnet analyze m.keras | head`: stop quietly.
