@@ -173,8 +173,8 @@ def _family_hint(regularizer):
   for part, _ in _parts(regularizer):
     family = getattr(part, 'family', None)
     if family is not None and family.sources_description not in hints:
-      hints.append('%s regularizers prune channels that have %s'
-                   % (family.name, family.sources_description))
+      hints.append('%s regularizers prune only the channels of their '
+                   'sources: %s' % (family.name, family.sources_description))
   return '; '.join(hints)
 
 
