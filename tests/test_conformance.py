@@ -940,3 +940,18 @@ def test_parameter_operands_at_batch_one_are_not_activations(param, kind):
       # conv b feeds nothing the output reads: only a and post count.
       assert cost_model.CostModel(manager, 'flops').full_cost() == (
           2 * 16 * (24 + 48))
+
+
+def test_the_walk_stops_at_iterators_and_queues_not_at_inner_handles():
+  """IteratorGetNext and QueueDequeue read a source's handle: the network's
+  input. A TensorList built inside the network (an RNN loop's) is not."""
+  with tf.Graph().as_default():
+    x = _feed('iterator', 1)
+    y = _feed('queue', 1)
+    stacked = tf.TensorArray(tf.float32, size=2).unstack(
+        tf.stack([x, y])).stack()
+    out = tf.nn.conv2d(stacked[0], tf.ones([1, 1, 3, 2]), 1, 'SAME')
+    view = orm.make_view([out.op])
+    assert view.is_network_input(x.op) and view.is_network_input(y.op)
+    assert not view.is_network_input(stacked.op)
+    assert view.depends_on_input(stacked)

@@ -79,14 +79,17 @@ class DataFlow:
             and activation_shaped(op.outputs[0]) and self.constant_fed())
 
   def is_network_input(self, op):
-    """A source, or an op that reads data only through handles (e.g.
-    IteratorGetNext, QueueDequeueV2): the walk stops there."""
+    """A source, or an op that reads a source's handle (IteratorGetNext,
+    QueueDequeueV2, given only constants besides): the walk stops there.
+    A handle made inside the network (a TensorList of an RNN loop) is
+    not the input."""
     if self.is_source(op):
       return True
-    return (bool(op.inputs) and bool(op.outputs)
+    producers = [t.op for t in op.inputs]
+    return (bool(op.outputs) and any(map(self._is_leaf_source, producers))
             and not any(t.dtype.is_floating for t in op.inputs)
-            and op.type not in SHAPE_ONLY_OPS
-            and self.depends(op.outputs[0]))
+            and all(self._is_leaf_source(p) or p.type in _CONSTANTS
+                    for p in producers))
 
   def depends(self, tensor, shapes=False):
     """True if `tensor`'s value varies with the network's input.
