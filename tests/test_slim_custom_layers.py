@@ -227,7 +227,7 @@ def test_a_call_that_reads_a_width_from_its_config_names_the_layer():
   x = Heads(2, 4, name='heads')(inputs)
   model = keras.Model(inputs, L.Dense(2, name='out')(x))
   with pytest.raises(NotImplementedError) as info:
-    mk.slim_model(model, {'proj': 5})
+    mk.slim_model(model, {'proj': 6})
   message = str(info.value)
   assert "'heads'" in message and 'Heads' in message
   assert 'register_width_rule' in message

@@ -25,6 +25,13 @@ import keras
 from morph_net.keras import _width_rules as rules
 
 
+# Attributes a slim layer carries for `_surgery.SlimModel` (set with
+# object.__setattr__, outside Keras's tracking): the config it was built
+# from, and {attribute path: sublayer} swapped in after it was built.
+BUILT_FROM = '_morph_net_built_from'
+SWAPPED = '_morph_net_swapped'
+
+
 def sublayer_paths(layer):
   """{id(sublayer): attribute path inside `layer`} ('mlp.dense_1')."""
   paths = {}
@@ -185,10 +192,11 @@ def config_updates(layer, rule, width_of, input_width):
 
 
 def from_config(layer, config):
-  """`type(layer).from_config(config)`; a config holding derived entries
-  that its own __init__ rejects (keras-hub's ViTPatchingAndEmbedding:
-  num_patches) is retried with only the arguments __init__ names."""
-  cls = type(layer)
+  """`type(layer).from_config(config)` (or `layer.from_config` for a
+  class); a config holding derived entries that its own __init__ rejects
+  (keras-hub's ViTPatchingAndEmbedding: num_patches; SqueezeAndExcite2D:
+  spatial_dims) is retried with only the arguments __init__ names."""
+  cls = layer if isinstance(layer, type) else type(layer)
   try:
     return cls.from_config(config)
   except TypeError as e:
@@ -266,7 +274,8 @@ def layer_config(layer, known=()):
   return config
 
 
-def rebuild(layer, width_of, input_width_of, clone_leaf, made):
+def rebuild(layer, width_of, input_width_of, clone_leaf, made, record=None,
+            prefix=''):
   """A fresh copy of `layer` (a block or a leaf) with its planned widths.
 
   Args:
@@ -275,6 +284,10 @@ def rebuild(layer, width_of, input_width_of, clone_leaf, made):
     input_width_of: old block -> its new input width, or None.
     clone_leaf: old leaf -> a fresh (unbuilt) copy.
     made: {id(old layer): (old, new)}, filled with every layer made here.
+    record: {attribute path: sublayer} of the sublayers swapped in after
+      the block builds from its config (`rebuild_sublayers`), filled when
+      that happens; a `_surgery.SlimModel` re-applies them at load.
+    prefix: the attribute path of `layer` inside the top block.
   """
   if isinstance(layer, keras.Model):
     changed = [s.name for s in leaves(layer)
@@ -300,22 +313,28 @@ def rebuild(layer, width_of, input_width_of, clone_leaf, made):
   new = from_config(layer, config)
   if new.name != layer.name:  # some blocks suffix the name they are given
     new.name = layer.name
+  # Its own get_config may leave out what it was built from (keras-hub's
+  # Qwen3 decoder: head_dim): a SlimModel saves this instead.
+  object.__setattr__(new, BUILT_FROM, dict(config, name=layer.name))
   made[id(layer)] = (layer, new)
   if rule.rebuild_sublayers:
     _replace_after_build(new, layer, width_of, input_width_of, clone_leaf,
-                         made)
+                         made, {} if record is None else record, prefix)
   return new
 
 
 def _replace_after_build(new, old, width_of, input_width_of, clone_leaf,
-                         made):
+                         made, record, prefix):
   """After `new` builds from its config, swap its weighted sublayers for
   fresh copies with their own widths (they build on first call)."""
   def swap():
     for attr, index, old_child in children(old):
       if not old_child.weights:
         continue
-      fresh = rebuild(old_child, width_of, input_width_of, clone_leaf, made)
+      path = prefix + attr + ('' if index is None else '.%d' % index)
+      fresh = rebuild(old_child, width_of, input_width_of, clone_leaf, made,
+                      record, path + '.')
+      record[path] = fresh
       holder = getattr(new, attr)
       current = holder if index is None else holder[index]
       try:  # pylint: disable=protected-access

@@ -23,19 +23,18 @@ def build(plan, fold_gates=True, transfer=False):
   new_layers = {}
   models = {}
   model = plan.model
-  surgery = {}
   new_model = _build_functional(plan, model, model.name, new_layers, models,
-                                fold_gates, transfer, surgery)
+                                fold_gates, transfer, top=True)
   return new_model, new_layers
 
 
 def _build_functional(plan, functional, name, new_layers, models, fold_gates,
-                      transfer, surgery, prefix=''):
+                      transfer, top=False):
   """Calls fresh copies of the layers along the planned graph.
 
-  `surgery` collects the records of custom layers narrowed in place, by
-  layer path ('block', 'nested/block'); a model holding any is a
-  `_surgery.SlimModel`, which re-applies them when loaded.
+  A model holding layers that are not core Keras layers (custom layers
+  narrowed in place, blocks rebuilt by rules) is a `_surgery.SlimModel`,
+  which saves what they were built from and reloads at the slim widths.
   """
   # pylint: disable=protected-access  (Keras 3 functional graph internals)
   tensors = {}
@@ -62,15 +61,17 @@ def _build_functional(plan, functional, name, new_layers, models, fold_gates,
       if id(op) not in models:
         models[id(op)] = _build_functional(
             plan, plan_lib.as_functional(op), op.name, new_layers, models,
-            fold_gates, transfer, surgery, prefix + op.name + '/')
+            fold_gates, transfer)
       new_op = models[id(op)]
     elif id(op) in plan.narrowed:
       new_op, record, _ = plan.narrowed[id(op)]
       new_layers[id(op)] = (op, new_op)
-      surgery[prefix + op.name] = record
+      _surgery.record_surgery(new_op, record)
     elif id(op) in plan.blocks:
       if id(op) not in new_layers:
-        new_layers[id(op)] = (op, _new_block(plan, op))
+        record = {}  # filled when it builds (rebuild_sublayers)
+        new_layers[id(op)] = (op, _new_block(plan, op, record))
+        _surgery.record_surgery(new_layers[id(op)][1], record)
       new_op = new_layers[id(op)][1]
     elif isinstance(op, keras.layers.Layer):
       if id(op) not in new_layers:
@@ -92,19 +93,20 @@ def _build_functional(plan, functional, name, new_layers, models, fold_gates,
   outputs = [tensors[id(x)] for x in functional.outputs]
   args = (keras.tree.pack_sequence_as(functional._inputs_struct, new_inputs),
           keras.tree.pack_sequence_as(functional._outputs_struct, outputs))
-  if prefix or not surgery:
-    return keras.Model(*args, name=name)
-  return _surgery.SlimModel(*args, name=name, surgery=surgery)
+  model = keras.Model(*args, name=name)
+  if not top or not _surgery.needs_slim_model(model):
+    return model
+  return _surgery.SlimModel(*args, name=name)
 
 
-def _new_block(plan, block):
+def _new_block(plan, block, record):
   """A layer with prunable sublayers, rebuilt by its width rule."""
   made = {}
   new = _blocks.rebuild(
       block, lambda sub: plan.leaf_width.get(id(sub)),
       lambda sub: plan.block_input.get(id(sub)),
       lambda leaf: _blocks.clone_leaf(leaf, plan.leaf_width.get(id(leaf))),
-      made)
+      made, record)
   plan.block_layers[id(block)] = made
   return new
 

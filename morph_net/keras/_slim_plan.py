@@ -186,13 +186,14 @@ def make_plan(analysis, widths, alive, round_to=1, warn=False):
       warnings.warn(
           'Layer %r has no alive channels but its removal would disconnect '
           'the model output; keeping %d channel(s).'
-          % (key, round_count(1, analysis.width(key), round_to)))
+          % (key, analysis.round_count(key, 1, round_to)))
   return plan
 
 
 def _propagate(analysis, model, widths, alive, round_to, forced):
   plan = Plan(model)
   plan.analysis, plan.alive = analysis, alive
+  plan.label_values = analysis.assign(widths, fix=True)[0]
   for x in model.inputs:
     plan.info[id(x)] = Channels(width(x))
   ctx = (analysis, widths, alive, round_to, forced, alive is not None)
@@ -255,7 +256,20 @@ def _split(plan, node):
     return [Channels(s) for s in sizes]
   offsets = np.cumsum([0] + sizes)
   out = []
-  if chans.kept is None:  # counts: each slice keeps its share
+  labels = _labels_of(plan, chans, width(x))
+  if chans.kept is None and labels is not None:
+    # counts: each slice keeps the channels its labels hold (a slice tied
+    # to another layer, e.g. a CSP block's residual half, has its count).
+    for lo, hi in zip(offsets[:-1], offsets[1:]):
+      share = float(plan.label_values[labels[lo:hi]].sum())
+      if abs(share - round(share)) > 1e-6:
+        raise ValueError(
+            'Layer(s) %s feed a channel split into %s; a count of %d gives '
+            'a slice %g channels. Give counts that split into whole slices '
+            '(or alive vectors).' % (_origin_names([chans]), sizes,
+                                     chans.width, share))
+      out.append(Channels(int(round(share)), None, chans.origin))
+  elif chans.kept is None:  # counts: each slice keeps its share
     for s in sizes:
       share = chans.width * s / width(x)
       if share != int(share):
@@ -270,6 +284,15 @@ def _split(plan, node):
       out.append(Channels(len(kept), kept, chans.origin))
   plan.sections[id(node)] = [c.width for c in out]
   return out
+
+
+def _labels_of(plan, chans, tensor_width):
+  """The analysis' channel labels of a tensor that one prunable layer's
+  output fills, or None."""
+  if len(chans.origin) != 1 or plan.label_values is None:
+    return None
+  labels = plan.analysis.out_labels[chans.origin[0]][0]
+  return labels if len(labels) == tensor_width else None
 
 
 def _nested(plan, node, ctx):
@@ -383,7 +406,7 @@ def _prunable(plan, node, key, ctx):
   new = widths.get(key, original)
   kept = None if alive is None else alive.get(key)
   if key in forced:
-    new = round_count(1, original, round_to)
+    new = analysis.round_count(key, 1, round_to)
   if new == 0:
     plan.removed.add(key)
     return REMOVED
@@ -419,7 +442,7 @@ def _block(plan, node, live, ctx):
 
   def new_width(key):
     if key in forced:
-      return round_count(1, analysis.width(key), round_to)
+      return analysis.round_count(key, 1, round_to)
     return widths.get(key, analysis.width(key))
 
   changed = [k for k in keys.values() if new_width(k) != analysis.width(k)]
@@ -427,8 +450,6 @@ def _block(plan, node, live, ctx):
   if not changed and all(_full(plan, t) for t in live):
     return Channels(out_w)
   _blocks.check_no_zero(op, [k for k in keys.values() if new_width(k) == 0])
-  if plan.label_values is None:
-    plan.label_values = analysis.assign(widths, fix=True)[0]
   rule = rules.block_rule(op)
   if rule is None:  # narrowed in place: its own code is kept
     return _narrowed(plan, node, analysis, tuple(keys.values()))

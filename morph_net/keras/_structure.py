@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 
+from morph_net.framework import constraints
 from morph_net.framework import keras_trace
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.network_regularizers import cost_model
@@ -74,6 +75,8 @@ class Analysis:
     # Narrowed copies of custom layers, by layer and widths (planning
     # builds them to learn their output widths; see _slim_plan._narrowed).
     self.narrowed_cache = {}
+    self._quanta = None
+    self._tie_groups = None
 
   def _labels_of(self, tensors):
     found = [self.manager.channel_labels(t) for t in tensors
@@ -137,12 +140,40 @@ class Analysis:
           stack.extend(t.op.inputs)
     return found
 
+  def quantum(self, key):
+    """A layer's count must be a multiple of this (a split into equal
+    shares, whole attention heads, a grouped conv's groups; see
+    `framework.constraints`)."""
+    if self._quanta is None:
+      self._quanta = constraints.count_quanta(self.manager)
+    return self._quanta.get(key, 1)
+
+  def round_count(self, key, count, round_to=1):
+    """A nonzero count rounded up to a multiple of round_to and, for
+    round_to > 1, of the layer's quantum (not above its width unless the
+    count is). Unrounded counts must be multiples already
+    (`check_counts`)."""
+    step = round_to if round_to == 1 else _lcm(round_to, self.quantum(key))
+    return round_count(count, self.width(key), step)
+
+  def tie_groups(self):
+    """Lists of keys whose counts must be equal because one config field
+    of their block's width rule sets them all (e.g. SegFormer attention's
+    q, k, v and projection: `project_dim`)."""
+    if self._tie_groups is None:
+      self._tie_groups = _rule_ties(self)
+    return self._tie_groups
+
   def group_size(self, key):
     """Channels per channel group of a layer: a label standing for several
     of its channels (an attention head: head-size channels) lives or dies
     as a whole, so its counts come in multiples of this; 1 otherwise."""
     _, sizes = np.unique(self.out_labels[key][0], return_counts=True)
     return int(sizes[0]) if len(set(sizes.tolist())) == 1 else 1
+
+  def order_index(self, key):
+    """Network order of a prunable layer."""
+    return self._order[key]
 
   def order_of(self, key):
     """Network order of an analyzed layer (depthwise ones included)."""
@@ -207,6 +238,45 @@ class Analysis:
       for key in alive_only:
         alive[key] = np.arange(min(counts[key], self.width(key)))
     return counts, (alive or None)
+
+  def check_counts(self, counts, alive=None):
+    """Raises unless a slim model exists for these counts (after rounding):
+    every analyzed tensor gets a whole number of channels (a split's
+    slices, whole attention heads) and layers one config field sets have
+    equal counts. Layers given alive vectors keep whichever channels are
+    alive, so only pure counts are checked for whole slices."""
+    for group in self.tie_groups():
+      given = {k: counts[k] for k in group if k in counts}
+      if len(set(given.values())) > 1:
+        raise TiedCountsError(
+            'Layers %s are sized by one config field of their block, so they '
+            'need equal counts; got %s.' % (
+                ', '.join(map(repr, group)),
+                ', '.join('%s: %d' % kv for kv in given.items())))
+    if alive:
+      return
+    values = self.assign(counts)[0]
+    for op_name, labels in self._tensor_labels():
+      total = float(values[labels].sum())
+      if abs(total - round(total)) <= 1e-6:
+        continue
+      keys = [k for k in counts if any(np.isin(l, labels).any()
+                                       for l in self.out_labels[k])]
+      raise ValueError(
+          'The counts of %s give op %r %g channels: it keeps a share of '
+          'their channels (a split into parts, whole attention heads, a '
+          'grouped convolution\'s groups). Give counts that are multiples '
+          'of %s (round_to or expand_structure give such counts).'
+          % (', '.join(map(repr, keys)) or 'the structure', op_name, total,
+             ', '.join('%d for %r' % (self.quantum(k), k) for k in keys)))
+
+  def _tensor_labels(self):
+    """(op name, channel labels) of every analyzed tensor."""
+    if getattr(self, '_tensors', None) is None:
+      self._tensors = [(op.name, self.manager.channel_labels(t))
+                       for op in self.manager.ops for t in op.outputs
+                       if self.manager.has_channels(t)]
+    return self._tensors
 
   def _check_keys(self, structure):
     view = self.manager.view
@@ -363,6 +433,32 @@ class Analysis:
     if resource not in self._costs:
       self._costs[resource] = cost_model.CostModel(self.manager, resource)
     return self._costs[resource].evaluate(values)
+
+
+def _lcm(a, b):
+  return a * b // math.gcd(a, b)
+
+
+def _rule_ties(analysis):
+  """Keys set by one string config field of a block's width rule."""
+  from morph_net.keras import _blocks  # pylint: disable=g-import-not-at-top
+  from morph_net.keras import _width_rules as rules  # pylint: disable=g-import-not-at-top
+  groups = []
+  for layer in keras_trace.layer_keys(analysis.model).values():
+    rule = rules.block_rule(layer)
+    if rule is None:
+      continue
+    by_field = {}
+    for pattern, field in rule.sublayers.items():
+      if not isinstance(field, str):
+        continue
+      for sub, _ in _blocks.find(pattern, layer):
+        key = analysis.key_of.get(id(sub))
+        if key is not None:
+          by_field.setdefault(field, []).append(key)
+    groups.extend(sorted(set(keys), key=analysis.order_index)
+                  for keys in by_field.values() if len(set(keys)) > 1)
+  return groups
 
 
 def check_count(key, value, width):

@@ -12,6 +12,8 @@ the model is loaded from a `.keras` file.
 Private to `morph_net.keras`.
 """
 
+import importlib
+
 import keras
 
 from morph_net.keras import _blocks
@@ -152,6 +154,9 @@ def _copy(layer, leaf_shape, clone, made, record, prefix):
                 layer._trainable_variables  # pylint: disable=protected-access
                 + layer._non_trainable_variables))))  # pylint: disable=protected-access
   new = copy_layer(layer)
+  build_config = layer.get_build_config() if layer.built else None
+  if build_config and _builds_itself(layer):
+    new.build_from_config(build_config)  # its build makes sublayers
   made[id(layer)] = (layer, new)
   old_children = _children_by_key(layer)
   for (attr, index), child in _children_by_key(new).items():
@@ -185,79 +190,147 @@ def set_at_path(layer, path, value):
   replace(parent, attr, index, old, value)
 
 
-_TAG = 'morph_net_surgery'
-
-
 @keras.saving.register_keras_serializable(package='morph_net')
 class SlimModel(keras.Model):
-  """A slim functional model whose custom layers were narrowed inside.
+  """A slim functional model holding layers that are not core Keras layers.
 
-  A custom layer's config builds it at its original widths; this model's
-  config also records, for each such layer, which of its sublayers were
-  replaced by narrower ones (their own configs, built at the slim widths),
-  and `from_config` puts them back before the layer is first called, so a
-  `.keras` file reloads at the slim widths and with its weights. Loading
-  needs `import morph_net.keras` (and, as for any model with custom
-  layers, the module that defines them).
+  A custom layer narrowed in place (or a block rebuilt by a width rule)
+  carries the record of its surgery: the sublayers swapped in after it was
+  built, and the config it was built from. Its own config builds it at its
+  original widths (and some keras-hub layers' configs do not round-trip),
+  so this model's config wraps each such layer's entry: `from_config`
+  builds the layer, puts the slim sublayers back before its first call, and
+  the `.keras` file reloads at the slim widths, with its weights. Loading
+  needs `import morph_net.keras` (and, as for any model with custom layers,
+  the module that defines them). Models of core Keras layers only are
+  plain functional models and load without morph_net.
   """
 
-  def __init__(self, *args, surgery=None, **kwargs):
-    super().__init__(*args, **kwargs)
-    # {layer path in the model ('block1', 'nested/block1'): {attribute
-    # path inside it: slim sublayer}}.
-    self._morph_net_surgery = dict(surgery or {})
-
   def get_config(self):
-    config = super().get_config()
-    config[_TAG] = {
-        owner: {path: keras.saving.serialize_keras_object(sub)
-                for path, sub in record.items()}
-        for owner, record in self._morph_net_surgery.items()}
-    return config
-
-  @classmethod
-  def from_config(cls, config, custom_objects=None):
-    config = dict(config)
-    surgery = config.pop(_TAG, {})
-    config = _with_proxies(config, surgery, '')
-    model = super().from_config(config, custom_objects=custom_objects)
-    return model
+    return _wrapped(super().get_config(), self)
 
 
-def _with_proxies(config, surgery, prefix):
-  """The functional config with each recorded layer's entry wrapped in a
-  `_Narrowed` entry (nested functional models too)."""
+def needs_slim_model(model):
+  """Whether a functional model holds a layer that is not core Keras."""
+  return any(_is_custom(op) or (isinstance(op, keras.Model) and
+                                needs_slim_model(op))
+             for op in model.operations)
+
+
+def record_surgery(layer, swapped):
+  """Attaches {attribute path: sublayer} swapped into `layer`."""
+  object.__setattr__(layer, _blocks.SWAPPED, swapped)
+
+
+def _is_custom(op):
+  """A layer whose class is not Keras's own (ops and models are not)."""
+  module = type(op).__module__
+  return isinstance(op, keras.layers.Layer) and not (
+      module.startswith('keras.') or isinstance(op, keras.Model))
+
+
+def _wrapped(config, model):
+  """A functional config with each custom layer's entry wrapped in a
+  `_Restored` entry (nested functional models too); no entry keeps a
+  build_config (the graph builds every layer by calling it)."""
   layers = []
+  by_name = {op.name: op for op in model.operations}
   for entry in config['layers']:
-    name = entry.get('name') or entry['config'].get('name')
-    path = prefix + name
-    if path in surgery:
-      entry = dict(entry, module='morph_net.keras._surgery',
-                   class_name='_Narrowed',
-                   registered_name='morph_net>_Narrowed',
-                   config={'layer': {k: v for k, v in entry.items()
-                                     if k not in ('inbound_nodes',)},
-                           'sublayers': surgery[path]})
-      entry.pop('build_config', None)
-    elif isinstance(entry.get('config'), dict) and 'layers' in entry[
-        'config'] and any(k.startswith(path + '/') for k in surgery):
-      entry = dict(entry, config=_with_proxies(entry['config'], surgery,
-                                               path + '/'))
+    entry = dict(entry)
+    entry.pop('build_config', None)
+    layer = by_name.get(entry['name'])
+    if isinstance(layer, keras.Model) and isinstance(
+        entry.get('config'), dict) and 'layers' in entry['config']:
+      entry['config'] = _wrapped(entry['config'], layer)
+    elif _is_custom(layer):
+      entry = {
+          'module': 'morph_net.keras._surgery', 'class_name': '_Restored',
+          'registered_name': 'morph_net>_Restored', 'name': entry['name'],
+          'inbound_nodes': entry['inbound_nodes'],
+          'config': {'layer': _serialize(layer)}}
     layers.append(entry)
   return dict(config, layers=layers)
 
 
+def _serialize(layer):
+  """A layer as `_restore` rebuilds it: core Keras layers as Keras saves
+  them; others by class, the config they were built from, how they were
+  built and the slim sublayers swapped into them."""
+  swapped = getattr(layer, _blocks.SWAPPED, None) or {}
+  if not _is_custom(layer) and not swapped:
+    return {'keras': keras.saving.serialize_keras_object(layer)}
+  cls = type(layer)
+  config = getattr(layer, _blocks.BUILT_FROM, None)
+  if config is None:
+    config = dict(_blocks.layer_config(layer), name=layer.name)
+  return {
+      'module': cls.__module__, 'class_name': cls.__name__,
+      'registered_name': keras.saving.get_registered_name(cls),
+      'config': keras.saving.serialize_keras_object(config),
+      'build_config': layer.get_build_config() if layer.built else None,
+      'sublayers': {path: _serialize(sub) for path, sub in swapped.items()}}
+
+
+def _restore(data, top=False):
+  """The layer `_serialize` described, its slim sublayers back in place."""
+  if 'keras' in data:
+    return keras.saving.deserialize_keras_object(data['keras'])
+  config = keras.saving.deserialize_keras_object(data['config'])
+  layer = _blocks.from_config(_class_of(data), config)
+  if data['build_config'] and (
+      not top or (data['sublayers'] and _builds_itself(layer))):
+    # Its own build makes (some of) its sublayers: build it from its
+    # config first, then swap the slim ones in. (A layer of the model's
+    # graph is otherwise built by its first call.) Shapes as tuples, as
+    # builds get them from a call.
+    layer.build_from_config(_tuples(data['build_config']))
+  swapped = {}
+  for path in sorted(data['sublayers'], key=lambda p: p.count('.')):
+    sub = _restore(data['sublayers'][path])
+    swapped[path] = _mark_built(sub) if sub.built else sub
+    set_at_path(layer, path, sub)
+  record_surgery(layer, swapped)
+  object.__setattr__(layer, _blocks.BUILT_FROM, config)
+  return layer
+
+
+def _tuples(value):
+  """Lists (JSON's shapes) as tuples, in a nested build config."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
 @keras.saving.register_keras_serializable(package='morph_net')
-class _Narrowed(keras.layers.Layer):
-  """Loads a custom layer and puts its slim sublayers back (never built:
-  `from_config` returns the custom layer itself)."""
+class _Restored(keras.layers.Layer):
+  """Loads a custom layer of a `SlimModel` (never itself built:
+  `from_config` returns the custom layer, its slim sublayers in place)."""
 
   @classmethod
   def from_config(cls, config):
-    entry = dict(config['layer'])
-    entry.pop('build_config', None)  # built on first call, at slim widths
-    layer = keras.saving.deserialize_keras_object(entry)
-    for path in sorted(config['sublayers'], key=lambda p: p.count('.')):
-      sub = keras.saving.deserialize_keras_object(config['sublayers'][path])
-      set_at_path(layer, path, _mark_built(sub))
-    return layer
+    return _restore(config['layer'], top=True)
+
+
+def _class_of(entry):
+  """The class a serialized layer entry names."""
+  registered = entry.get('registered_name')
+  found = keras.saving.get_registered_object(registered) if registered \
+      else None
+  if found is None:
+    found = keras.saving.get_registered_object(entry['class_name'])
+  if found is None and entry.get('module'):
+    module = importlib.import_module(entry['module'])
+    found = getattr(module, entry['class_name'], None)
+  if found is None:
+    raise TypeError(
+        'Could not find the class %r (module %r) of a layer of this slim '
+        'model: import the module that defines it before loading.'
+        % (entry['class_name'], entry.get('module')))
+  return found
+
+
+def _builds_itself(layer):
+  """Whether the layer's class defines its own `build`."""
+  return type(layer).build is not keras.layers.Layer.build

@@ -60,8 +60,10 @@ def structure_cost(model, structure, cost='flops', round_to=1,
 def _cost(analysis, counts, kind, round_to=1, fix=False):
   """The CostModel's cost of a resolved structure's slim model."""
   _structure.check_round_to(round_to)
-  rounded = {k: _structure.round_count(c, analysis.width(k), round_to)
+  rounded = {k: analysis.round_count(k, c, round_to)
              for k, c in counts.items()}
+  if not fix:
+    analysis.check_counts(rounded)
   values, widths, _ = analysis.assign(rounded, fix=fix)
   if any(w == 0 for w in widths.values()):  # topology morphing
     plan, widths = slim_lib.plan_structure(analysis, counts, None, round_to,
@@ -117,17 +119,27 @@ def expand_structure(model, structure, target_cost, cost='flops',
   analysis = _structure.Analysis(model, input_signature)
   counts, _ = analysis.resolve(structure)
 
-  groups = {k: analysis.group_size(k) for k in counts}
+  quanta = {k: analysis.quantum(k) for k in counts}
+  ties = [[k for k in group if k in counts]
+          for group in analysis.tie_groups()]
 
   def scale(w):
-    # Whole channel groups (attention heads): multiples of their size.
-    scaled = {k: _structure.round_count(
-        max(1, int(round(c * w / groups[k]))) * groups[k] if c else 0,
-        analysis.width(k), round_to) for k, c in counts.items()}
+    # Multiples of each layer's quantum (split shares, whole attention
+    # heads, groups; see framework.constraints) and of round_to.
+    scaled = {k: analysis.round_count(
+        k, max(1, int(round(c * w / quanta[k]))) * quanta[k] if c else 0,
+        round_to) for k, c in counts.items()}
     # Re-tie counts that rounding split, e.g. Add(Concat(a, b), c):
     # round(a w) + round(b w) may differ from round((a + b) w); the layers
-    # set first (the narrower, here a and b) win.
-    return analysis.assign(scaled, fix=True)[2]
+    # set first (the narrower, here a and b) win. Layers one config field
+    # sets (`tie_groups`) take one count: the widest, or the one that
+    # channel ties impose on a member.
+    fixed = analysis.assign(_equalized(scaled, ties, {}), fix=True)[2]
+    for _ in range(len(ties) + 1):
+      if all(len({fixed[k] for k in g}) <= 1 for g in ties):
+        break
+      fixed = analysis.assign(_equalized(fixed, ties, scaled), fix=True)[2]
+    return fixed
 
   if kind is None:
     def evaluate(scaled):
@@ -162,6 +174,20 @@ def expand_structure(model, structure, target_cost, cost='flops',
     else:
       hi = mid
   return scale(lo)
+
+
+def _equalized(counts, ties, wanted):
+  """`counts` with each tie group set to one count: a member's that
+  differs from `wanted` (channel ties changed it), else the largest."""
+  counts = dict(counts)
+  for group in ties:
+    if len(group) < 2:
+      continue
+    forced = [counts[k] for k in group if k in wanted and
+              counts[k] != wanted[k]]
+    value = min(forced) if forced else max(counts[k] for k in group)
+    counts.update({k: value for k in group})
+  return counts
 
 
 def _cost_kind(cost):

@@ -124,6 +124,11 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
     alive = {}
   plan, widths = plan_structure(analysis, counts, alive, round_to, warn=True)
   new_model, new_layers = _rebuild.build(plan, fold_gates, transfer_weights)
+  if plan.blocks or plan.narrowed:
+    # Some layers (Keras's MultiHeadAttention) build their sublayers only
+    # when first run, not when called symbolically: run the model once
+    # before weights are transferred into them.
+    _run_once(new_model, plan)
   if transfer_weights:
     _rebuild.transfer(plan, new_layers)
   if plan.narrowed:
@@ -131,32 +136,35 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
   return new_model
 
 
+def _run_once(new_model, plan):
+  """Calls the slim model on zeros (unknown sizes but the batch: 2)."""
+  zeros = [np.zeros((2,) + tuple(2 if d is None else d for d in x.shape[1:]),
+                    x.dtype) for x in new_model.inputs]
+  try:
+    new_model(keras.tree.pack_sequence_as(
+        new_model._inputs_struct, zeros), training=False)  # pylint: disable=protected-access
+  except Exception as e:  # pylint: disable=broad-except
+    if not plan.narrowed:
+      raise
+    raise NotImplementedError(
+        'slim_model: the model with custom layer(s) %s narrowed in place '
+        'fails to run (%s: %s). A custom layer\'s call reads a width from '
+        'its config (e.g. a head count or a reshape): register a width rule '
+        'for it (morph_net.keras.register_width_rule), or leave its '
+        'sublayers out of the structure.'
+        % (_narrowed_names(plan), type(e).__name__,
+           str(e).splitlines()[0][:300] if str(e) else '')) from e
+
+
 def _check_narrowed(analysis, plan, widths, new_model, input_signature):
-  """Runs a model with custom layers narrowed in place, and checks that it
-  costs what the structure says: a custom layer's code may read a width
-  from its config (a head count, a reshape), which narrowing its sublayers
-  does not change."""
-  names = ', '.join('%r (%s)' % (layer.name, type(layer).__name__)
-                    for layer in _narrowed_layers(plan))
-  shapes = [tuple(x.shape) for x in new_model.inputs]
-  if input_signature is None and all(
-      d is not None for shape in shapes for d in shape[1:]):
-    try:
-      zeros = [np.zeros((2,) + s[1:], x.dtype)
-               for s, x in zip(shapes, new_model.inputs)]
-      new_model(keras.tree.pack_sequence_as(
-          new_model._inputs_struct, zeros), training=False)  # pylint: disable=protected-access
-    except Exception as e:  # pylint: disable=broad-except
-      raise NotImplementedError(
-          'slim_model: the model with custom layer(s) %s narrowed in place '
-          'fails to run (%s: %s). A custom layer\'s call reads a width from '
-          'its config (e.g. a head count or a reshape): register a width '
-          'rule for it (morph_net.keras.register_width_rule), or leave its '
-          'sublayers out of the structure.'
-          % (names, type(e).__name__, str(e).splitlines()[0][:300])) from e
+  """Checks that a model with custom layers narrowed in place costs what
+  the structure says: a custom layer's code may read a width from its
+  config (a head count, a reshape), which narrowing its sublayers does not
+  change."""
   expected = analysis.cost(analysis.final_values(widths, plan.removed),
                            'flops')
   slim_analysis = _structure.Analysis(new_model, input_signature)
+  names = _narrowed_names(plan)
   actual = slim_analysis.cost(np.ones(slim_analysis.num_labels), 'flops')
   if abs(actual - expected) > 1e-6 * max(1.0, expected):
     raise NotImplementedError(
@@ -167,9 +175,9 @@ def _check_narrowed(analysis, plan, widths, new_model, input_signature):
         'of the structure.' % (names, actual, expected))
 
 
-def _narrowed_layers(plan):
-  return [made[layer_id][0]
-          for layer_id, (_, _, made) in plan.narrowed.items()]
+def _narrowed_names(plan):
+  return ', '.join('%r (%s)' % (made[i][0].name, type(made[i][0]).__name__)
+                   for i, (_, _, made) in plan.narrowed.items())
 def resolve_structure(model, structure, input_signature=None):
   """Checks a structure against `model`'s analysis.
 
@@ -191,8 +199,10 @@ def plan_structure(analysis, counts, alive, round_to=1, warn=False,
   Returns:
     (plan, {key: width} of every prunable layer, forced layers included).
   """
-  rounded = {k: _structure.round_count(c, analysis.width(k), round_to)
+  rounded = {k: analysis.round_count(k, c, round_to)
              for k, c in counts.items()}
+  if not fix:
+    analysis.check_counts(rounded, alive)
   if alive is not None:
     alive = {k: _pad(v, rounded[k], analysis.width(k))
              for k, v in alive.items()}
@@ -201,7 +211,7 @@ def plan_structure(analysis, counts, alive, round_to=1, warn=False,
   plan = _slim_plan.make_plan(analysis, widths, alive, round_to, warn)
   _check_reached(analysis, plan, widths)
   for key in plan.forced:
-    widths[key] = _structure.round_count(1, analysis.width(key), round_to)
+    widths[key] = analysis.round_count(key, 1, round_to)
   return plan, widths
 
 
