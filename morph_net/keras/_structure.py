@@ -245,17 +245,17 @@ class Analysis:
     slices, whole attention heads) and layers one config field sets have
     equal counts. Layers given alive vectors keep whichever channels are
     alive, so only pure counts are checked for whole slices."""
+    values, widths, _ = self.assign(counts)
     for group in self.tie_groups():
-      given = {k: counts[k] for k in group if k in counts}
-      if len(set(given.values())) > 1:
+      if len({widths[k] for k in group}) > 1:
         raise TiedCountsError(
             'Layers %s are sized by one config field of their block, so they '
-            'need equal counts; got %s.' % (
+            'need equal widths (a layer not in the structure keeps its '
+            'own); they would get %s.' % (
                 ', '.join(map(repr, group)),
-                ', '.join('%s: %d' % kv for kv in given.items())))
+                ', '.join('%s: %d' % (k, widths[k]) for k in group)))
     if alive:
       return
-    values = self.assign(counts)[0]
     for op_name, labels in self._tensor_labels():
       total = float(values[labels].sum())
       if abs(total - round(total)) <= 1e-6:

@@ -275,9 +275,9 @@ def _restore(data, top=False):
   """The layer `_serialize` described, its slim sublayers back in place."""
   if 'keras' in data:
     return keras.saving.deserialize_keras_object(data['keras'])
-  config = keras.saving.deserialize_keras_object(data['config'])
+  config = _deserialize(data['config'])
   layer = _blocks.from_config(_class_of(data), config)
-  if data['build_config'] and (
+  if data['build_config'] and not layer.built and (
       not top or (data['sublayers'] and _builds_itself(layer))):
     # Its own build makes (some of) its sublayers: build it from its
     # config first, then swap the slim ones in. (A layer of the model's
@@ -292,6 +292,26 @@ def _restore(data, top=False):
   record_surgery(layer, swapped)
   object.__setattr__(layer, _blocks.BUILT_FROM, config)
   return layer
+
+
+def _deserialize(value):
+  """A serialized config: layers inside it (a block's config may hold its
+  sublayers) through `_blocks.from_config`, which tolerates configs that
+  their own __init__ rejects; everything else as Keras does it."""
+  if isinstance(value, dict) and {'class_name', 'config'} <= set(value) and (
+      'module' in value):
+    try:
+      cls = _class_of(value)
+    except (TypeError, ImportError):
+      cls = None
+    if isinstance(cls, type) and issubclass(cls, keras.layers.Layer):
+      return _blocks.from_config(cls, _deserialize(value['config']))
+    return keras.saving.deserialize_keras_object(value)
+  if isinstance(value, dict):
+    return {k: _deserialize(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_deserialize(v) for v in value]
+  return value
 
 
 def _tuples(value):

@@ -120,8 +120,7 @@ def expand_structure(model, structure, target_cost, cost='flops',
   counts, _ = analysis.resolve(structure)
 
   quanta = {k: analysis.quantum(k) for k in counts}
-  ties = [[k for k in group if k in counts]
-          for group in analysis.tie_groups()]
+  ties = analysis.tie_groups()
 
   def scale(w):
     # Multiples of each layer's quantum (split shares, whole attention
@@ -134,11 +133,12 @@ def expand_structure(model, structure, target_cost, cost='flops',
     # set first (the narrower, here a and b) win. Layers one config field
     # sets (`tie_groups`) take one count: the widest, or the one that
     # channel ties impose on a member.
-    fixed = analysis.assign(_equalized(scaled, ties, {}), fix=True)[2]
-    for _ in range(len(ties) + 1):
-      if all(len({fixed[k] for k in g}) <= 1 for g in ties):
+    counts_now = scaled
+    for _ in range(len(ties) + 2):
+      _, widths, fixed = analysis.assign(counts_now, fix=True)
+      if all(len({widths[k] for k in g}) <= 1 for g in ties):
         break
-      fixed = analysis.assign(_equalized(fixed, ties, scaled), fix=True)[2]
+      counts_now = _equalized(fixed, ties, widths, scaled)
     return fixed
 
   if kind is None:
@@ -176,17 +176,20 @@ def expand_structure(model, structure, target_cost, cost='flops',
   return scale(lo)
 
 
-def _equalized(counts, ties, wanted):
-  """`counts` with each tie group set to one count: a member's that
-  differs from `wanted` (channel ties changed it), else the largest."""
+def _equalized(counts, ties, widths, wanted):
+  """`counts` with each tie group's named members set to one count: the
+  width of a member the structure does not name (it keeps its width), or
+  of one that channel ties changed from `wanted`, else the largest."""
   counts = dict(counts)
   for group in ties:
-    if len(group) < 2:
+    named = [k for k in group if k in counts]
+    if len({widths[k] for k in group}) <= 1 or not named:
       continue
-    forced = [counts[k] for k in group if k in wanted and
-              counts[k] != wanted[k]]
-    value = min(forced) if forced else max(counts[k] for k in group)
-    counts.update({k: value for k in group})
+    unnamed = [widths[k] for k in group if k not in counts]
+    forced = [counts[k] for k in named if counts[k] != wanted.get(k)]
+    value = (min(unnamed) if unnamed else min(forced) if forced
+             else max(counts[k] for k in named))
+    counts.update({k: value for k in named})
   return counts
 
 
