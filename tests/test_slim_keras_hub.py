@@ -288,7 +288,7 @@ def _zero_dead_outputs(layer, alive):
   layer.set_weights(weights)
 
 
-@pytest.mark.parametrize('name', ['qwen3', 'mistral'])
+@pytest.mark.parametrize('name', ['qwen3', 'mistral', 'llama', 'qwen', 'phi3'])
 def test_grouped_query_decoders_slim_by_whole_heads_with_transfer(name):
   """Grouped-query decoders (grouped-query attention, rotary embeddings, a
   gated MLP): alive vectors chosen per channel label (a key/value head and

@@ -240,6 +240,12 @@ def layer_config(layer, known=()):
     return layer.get_config()
   except (NotImplementedError, AttributeError):
     pass
+  return config_from_attributes(layer, known)
+
+
+def config_from_attributes(layer, known=()):
+  """A layer's __init__ arguments read back from its attributes of the
+  same names (see `layer_config`)."""
   params = inspect.signature(type(layer).__init__).parameters
   config = {}
   if _takes_base_arguments(params):

@@ -12,6 +12,7 @@ the model is loaded from a `.keras` file.
 Private to `morph_net.keras`.
 """
 
+import functools
 import importlib
 
 import keras
@@ -64,8 +65,37 @@ def narrow_leaf(leaf, new_in, new_out, clone):
         'slim_model narrows channels-last layers only.'
         % (leaf.name, type(leaf).__name__, axis))
   new = clone(leaf, new_out)
-  new.build(shape[:-1] + (new_in if new_in is not None else shape[-1],))
+  new.build(_narrowed_shape(leaf, shape, new_in))
   return _mark_built(new)
+
+
+def _narrowed_shape(leaf, shape, new_in):
+  """The build shape with `new_in` input channels: on the last axis, or,
+  for an EinsumDense contracting several input axes (an attention output
+  projection reading [.., heads, head size]), by whole blocks of the
+  first of them."""
+  if new_in is None:
+    return shape
+  axes = 1
+  if isinstance(leaf, keras.layers.EinsumDense):
+    lhs, out = leaf.equation.split('->')
+    x_spec, kernel_spec = lhs.split(',')
+    contracted = [c for c in x_spec if c in kernel_spec and c not in out]
+    tail = x_spec[-len(contracted):] if contracted else ''
+    if contracted and sorted(tail) == sorted(contracted):
+      axes = len(contracted)
+  if axes == 1:
+    return shape[:-1] + (new_in,)
+  inner = 1
+  for d in shape[len(shape) - axes + 1:]:
+    inner *= int(d)
+  if new_in % inner:
+    raise NotImplementedError(
+        'slim_model: EinsumDense %r (%s) reads channels over %d input axes '
+        '%s; its new input width %d is not whole blocks of %d.'
+        % (leaf.name, leaf.equation, axes, shape[-axes:], new_in, inner))
+  return (shape[:len(shape) - axes] + (new_in // inner,)
+          + shape[len(shape) - axes + 1:])
 
 
 def replace(parent, attr, index, old, new):
@@ -207,7 +237,28 @@ class SlimModel(keras.Model):
   """
 
   def get_config(self):
-    return _wrapped(super().get_config(), self)
+    # A custom layer whose own get_config raises (keras-hub 0.32's
+    # LlamaTransformerDecoder) is saved through `_serialize` anyway; let
+    # Keras's pass over every layer get its __init__ arguments meanwhile.
+    patched = []
+    for layer in self._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+      if _is_custom(layer) and not _config_works(layer):
+        object.__setattr__(layer, 'get_config', functools.partial(
+            _blocks.config_from_attributes, layer))
+        patched.append(layer)
+    try:
+      return _wrapped(super().get_config(), self)
+    finally:
+      for layer in patched:
+        object.__delattr__(layer, 'get_config')
+
+
+def _config_works(layer):
+  try:
+    layer.get_config()
+    return True
+  except (NotImplementedError, AttributeError):
+    return False
 
 
 def needs_slim_model(model):
