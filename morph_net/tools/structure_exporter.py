@@ -19,6 +19,8 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from morph_net.framework import conv_op_handlers
+from morph_net.framework import op_handlers
 from morph_net.tools import _atomic
 
 _DIRECTORY = 'learned_structure'
@@ -27,34 +29,44 @@ _FILE_RE = re.compile(r'^%s_(\d+)(?:\.rerun(\d+))?$' % _FILE_PREFIX)
 
 
 class StructureExporter:
-  """Reads alive vectors of every prunable op from an OpRegularizerManager.
+  """Reads the alive vector of every prunable op from a manager.
 
   Prunable ops are the convolutions (1D/2D/3D, transposed, the pointwise
   half of a separable conv) and matmuls (Dense) whose output channels carry
   a regularizer. Depthwise convs follow their input and are not listed.
 
+  The manager is ours (`framework.OpRegularizerManager`: keys are Keras
+  layer names or op names, a layer called twice ORs its calls) or any
+  object with the original MorphNet's interface: `ops`, a list of
+  `tf.Operation`s, and `get_regularizer(op)`, which returns an object with
+  an `alive_vector` (or None: the op is skipped). Keys are then op names.
+
   Args:
     op_regularizer_manager: the manager of a network regularizer.
-    remove_common_prefix: drop the name scope all keys share.
+    remove_common_prefix: when every key starts with the same scope (up to
+      and including its first '/'), drop it (see
+      `get_remove_common_prefix_fn`).
   """
 
   def __init__(self, op_regularizer_manager, remove_common_prefix=False):
     self._manager = op_regularizer_manager
-    self._keys = {}  # key -> list of output tensors
-    # The manager's layer keys: Keras layer names (paths where names
-    # collide) or op names in graph mode; a layer called twice ORs its calls.
-    for key, entry in op_regularizer_manager.layers().items():
-      outputs = [c.output for c in entry.computes if not c.linear
-                 and op_regularizer_manager.get_regularizer(c.op) is not None]
-      if outputs:
-        self._keys[key] = outputs
+    self._ours = _has_analysis(op_regularizer_manager)
+    if self._ours:
+      self._keys = _layer_outputs(op_regularizer_manager)
+    else:
+      self._keys = _prunable_ops(op_regularizer_manager)
     if remove_common_prefix:
-      self._keys = _strip_common_prefix(self._keys)
+      rename = get_remove_common_prefix_fn(list(self._keys))
+      self._keys = {rename(k): v for k, v in self._keys.items()}
     self._values = None
 
   @property
   def tensors(self):
     """{key: boolean alive vector tensor}."""
+    if not self._ours:
+      return {key: _bool_tensor(self._manager.get_regularizer(op).alive_vector,
+                                op.graph)
+              for key, op in self._keys.items()}
     _, alive = self._manager.class_vectors()
 
     def build():
@@ -83,12 +95,13 @@ class StructureExporter:
     """{key: number of alive channels}."""
     values = self._values
     if values is None:
-      if not self._manager.view.eager:
+      tensors = self.tensors
+      if not all(hasattr(t, 'numpy') for t in tensors.values()):
         raise ValueError(
             'In graph mode, evaluate the tensors first: '
             'exporter.populate_tensor_values(sess.run(exporter.tensors)).')
-      values = {k: np.asarray(v) for k, v in self.tensors.items()}
-    return {k: int(np.sum(v)) for k, v in sorted(values.items())}
+      values = {k: np.asarray(v) for k, v in tensors.items()}
+    return compute_alive_counts(values)
 
   def save_alive_counts(self, f):
     """Writes the alive counts as JSON to an open text file."""
@@ -114,6 +127,105 @@ class StructureExporter:
     os.makedirs(directory, exist_ok=True)
     return write_beside_existing(
         os.path.join(directory, '%s_%d' % (_FILE_PREFIX, step)), text)
+
+
+def compute_alive_counts(alive_vectors):
+  """{key: number of true entries} of {key: alive vector}, sorted by key.
+
+  >>> compute_alive_counts({'b': [True, False, True], 'a': [0, 0]})
+  {'a': 0, 'b': 2}
+  """
+  return {k: int(np.sum(np.asarray(v, bool)))
+          for k, v in sorted(alive_vectors.items())}
+
+
+_compute_alive_counts = compute_alive_counts  # the original's private name
+
+
+def get_remove_common_prefix_fn(names):
+  """A function dropping the scope that every name in `names` starts with.
+
+  The scope is the first name's text up to and including its first '/'.
+  If some name does not start with it (or the first name has no '/'), the
+  function returns names unchanged.
+
+  >>> rename = get_remove_common_prefix_fn(['net/conv1', 'net/block/conv2'])
+  >>> rename('net/block/conv2')
+  'block/conv2'
+  >>> get_remove_common_prefix_fn(['a/x', 'b/x'])('a/x')
+  'a/x'
+  """
+  names = list(names)
+  if not names or '/' not in names[0]:
+    return lambda name: name
+  prefix = names[0][:names[0].index('/') + 1]
+  if not all(name.startswith(prefix) for name in names):
+    return lambda name: name
+  return lambda name: name[len(prefix):]
+
+
+def _has_analysis(manager):
+  """Whether `manager` holds our analysis (layers and class vectors), not
+  only the original's interface (`ops`, `get_regularizer`)."""
+  try:
+    manager.view  # pylint: disable=pointless-statement
+  except AttributeError:  # a subclass that skipped our constructor
+    return False
+  return all(callable(getattr(manager, name, None))
+             for name in ('layers', 'class_vectors', 'class_indices'))
+
+
+def _layer_outputs(manager):
+  """{layer key: output tensors of its regularized, width-setting ops}."""
+  keys = {}
+  for key, entry in manager.layers().items():
+    outputs = [c.output for c in entry.computes if not c.linear
+               and manager.get_regularizer(c.op) is not None]
+    if outputs:
+      keys[key] = outputs
+  return keys
+
+
+# Op types whose output width is the layer's own (convs, matmuls), from the
+# op-handler table; depthwise convs follow their input.
+_WIDTH_HANDLERS = (conv_op_handlers.OutputNonPassthroughOpHandler,
+                   conv_op_handlers.MatMulOpHandler)
+_PRUNABLE_TYPES = frozenset(
+    op_type for op_type, handler in op_handlers.default_op_handler_dict().items()
+    if isinstance(handler, _WIDTH_HANDLERS))
+
+
+def _prunable_ops(manager):
+  """{op name: op} of a manager with the original's interface."""
+  for name in ('ops', 'get_regularizer'):
+    if not hasattr(manager, name):
+      raise TypeError(
+          'StructureExporter needs an OpRegularizerManager, or an object '
+          "with the original MorphNet's interface (ops, get_regularizer); "
+          '%r has no %r.' % (type(manager).__name__, name))
+  ops = manager.ops() if callable(manager.ops) else manager.ops
+  keys = {}
+  for op in ops:
+    if op.type in _PRUNABLE_TYPES and manager.get_regularizer(op):
+      keys[op.name] = op
+  return keys
+
+
+def _bool_tensor(alive, graph):
+  """`alive` (a tensor, array or list) as a boolean tensor; in graph mode
+  in `graph`, the graph of the op it belongs to."""
+  if tf.is_tensor(alive):
+    if alive.dtype == tf.bool:
+      return alive
+    if tf.executing_eagerly() or not hasattr(alive, 'graph'):
+      return tf.cast(alive, tf.bool)
+    with alive.graph.as_default():
+      return tf.cast(alive, tf.bool)
+  value = np.asarray(alive).astype(bool)
+  if tf.executing_eagerly():
+    return tf.constant(value)
+  with graph.as_default():
+    return tf.constant(value)
 
 
 def write_beside_existing(path, text):
@@ -178,12 +290,3 @@ def write_atomically(path, text, overwrite=True):
   raised. Temp files of killed writers in the directory are removed.
   """
   _atomic.write_text(path, text, overwrite=overwrite)
-
-
-def _strip_common_prefix(keys):
-  parts = [k.split('/') for k in keys]
-  common = os.path.commonprefix(parts) if len(parts) > 1 else parts[0][:-1]
-  if len(common) >= min(len(p) for p in parts):
-    common = common[:-1]
-  cut = len(common)
-  return {'/'.join(k.split('/')[cut:]): v for k, v in keys.items()}
