@@ -239,3 +239,64 @@ def test_a_slim_model_of_core_layers_only_is_a_plain_functional_model():
   model = keras.Model(inputs, L.Dense(2, name='out')(x))
   slim = mk.slim_model(model, {'hidden': 3})
   assert type(slim) is keras.Model or type(slim).__name__ == 'Functional'
+
+
+@keras.saving.register_keras_serializable('morph_net_tests')
+class ResNet(keras.Model):
+  """A subclassed model of three ConvBlocks, as users write it."""
+
+  def __init__(self, filters=8, classes=4, **kwargs):
+    super().__init__(**kwargs)
+    self.filters, self.classes = filters, classes
+    self.stem = L.Conv2D(filters, 3, padding='same', name='stem')
+    self.blocks = [ConvBlock(filters, name='block%d' % i) for i in range(3)]
+    self.pool = L.GlobalAveragePooling2D()
+    self.head = L.Dense(classes, name='logits')
+
+  def call(self, x, training=None):
+    x = self.stem(x)
+    for block in self.blocks:
+      x = block(x, training=training)
+    return self.head(self.pool(x))
+
+  def get_config(self):
+    return dict(super().get_config(), filters=self.filters,
+                classes=self.classes)
+
+
+def test_a_subclassed_model_of_conv_blocks_slims_in_place(tmp_path):
+  keras.utils.set_random_seed(0)
+  model = ResNet(name='resnet')
+  x = _images()
+  model(x)  # built: its input shape is known
+  structure = {'block0/conv1': 3, 'block1/conv1': 5, 'block2/conv1': 2,
+               'block1/conv2': 6}
+  slim = mk.slim_model(model, structure)
+  cost = _assert_one_cost(model, structure, slim, x)
+  assert cost < mk.structure_cost(model, {})
+  inner = slim.get_layer('resnet')
+  assert isinstance(inner, ResNet)
+  assert [b.conv1.filters for b in inner.blocks] == [3, 5, 2]
+  # The residual channels stay tied: naming one block's conv2 sets the
+  # stem and every block's conv2.
+  assert inner.stem.filters == 6
+  assert [b.conv2.filters for b in inner.blocks] == [6, 6, 6]
+  _assert_reloads(slim, x, tmp_path)
+  slim.compile('adam', keras.losses.SparseCategoricalCrossentropy(
+      from_logits=True))
+  assert np.isfinite(slim.train_on_batch(x, np.arange(4) % 4))
+
+
+def test_a_subclassed_model_transfers_its_surviving_channels():
+  keras.utils.set_random_seed(0)
+  model = ResNet(name='resnet')
+  x = _images()
+  model(x)
+  reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+  bn = model.blocks[1].bn1
+  gamma, beta, mean, var = bn.get_weights()
+  gamma[::2], beta[::2] = 0.0, 0.0
+  bn.set_weights([gamma, beta, mean, var])
+  slim = mk.slim_model(model, reg, transfer_weights=True)
+  assert slim.get_layer('resnet').blocks[1].conv1.filters == 4
+  np.testing.assert_allclose(slim(x), model(x), atol=1e-5)

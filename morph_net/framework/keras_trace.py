@@ -120,6 +120,11 @@ def _is_shape(x):
           all(d is None or isinstance(d, int) for d in x))
 
 
+def normalize_signature(signature):
+  """TensorSpecs for a user's input_signature (see `_normalize`)."""
+  return _normalize(signature)
+
+
 def _normalize(signature):
   """TensorSpecs in the signature's structure; bare shapes become float32
   specs ([None, 8, 8, 3] is one shape, [[None, 8], [None, 4]] two)."""

@@ -8,9 +8,14 @@
 - `slim_model(model, structure, transfer_weights, round_to)`: the model
   rebuilt with a learned structure's widths (topology morphing, weights).
 - `expand_structure(model, structure, target_cost, cost, round_to)`: scale
-  a structure uniformly up to a FLOPs/model-size budget.
+  a structure uniformly to a FLOPs/model-size budget (up or down).
+- `analysis_of(model)`: the model's analysis (channel groups, costs,
+  constraints), traced once and shared by the calls above (each of them
+  also takes it in place of the model).
 """
 
+from morph_net.keras._structure import analysis_of
+from morph_net.keras._surgery import SlimModel
 from morph_net.keras.expand import expand_structure
 from morph_net.keras.expand import structure_cost
 from morph_net.keras.slim import slim_model
@@ -25,8 +30,10 @@ from morph_net.keras import _builtin_rules  # registers the built-in width rules
 __all__ = [
     'REGULARIZATION_TERM_NAME',
     'RegularizedModel',
+    'SlimModel',
     'StructureExporterCallback',
     'add_regularizer',
+    'analysis_of',
     'expand_structure',
     'register_width_rule',
     'run_cycles',

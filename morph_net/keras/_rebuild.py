@@ -57,16 +57,16 @@ def _build_functional(plan, functional, name, new_layers, models, fold_gates,
       gate = _folded_gate(op, plan.kept_of(node.input_tensors[0]), transfer)
       tensors[id(node.outputs[0])] = x if gate is None else gate(x)
       continue
-    if plan_lib.is_model(op):
+    if id(op) in plan.narrowed:
+      new_op, record, _ = plan.narrowed[id(op)]
+      new_layers[id(op)] = (op, new_op)
+      _surgery.record_surgery(new_op, record)
+    elif plan_lib.is_model(op):
       if id(op) not in models:
         models[id(op)] = _build_functional(
             plan, plan_lib.as_functional(op), op.name, new_layers, models,
             fold_gates, transfer)
       new_op = models[id(op)]
-    elif id(op) in plan.narrowed:
-      new_op, record, _ = plan.narrowed[id(op)]
-      new_layers[id(op)] = (op, new_op)
-      _surgery.record_surgery(new_op, record)
     elif id(op) in plan.blocks:
       if id(op) not in new_layers:
         record = {}  # filled when it builds (rebuild_sublayers)
@@ -152,7 +152,7 @@ def transfer(plan, new_layers):
       _transfer_block(plan, old)
       continue
     if id(old) in plan.narrowed:
-      _transfer_narrowed(plan, old)
+      transfer_narrowed(plan, old)
       continue
     node = plan.first_node[id(old)]
     in_idx = plan.kept_of(node.input_tensors[0]) if node.input_tensors else None
@@ -218,7 +218,7 @@ def _kept_by_labels(plan, layer):
           None if labels[0] is None else len(labels[0]))
 
 
-def _transfer_narrowed(plan, container):
+def transfer_narrowed(plan, container):
   """Weights of a custom layer narrowed in place: each weighted leaf's
   surviving channels (read from the analysis' labels)."""
   _, _, made = plan.narrowed[id(container)]

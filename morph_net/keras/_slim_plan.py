@@ -52,6 +52,19 @@ def is_model(layer):
   return isinstance(layer, keras.Model)
 
 
+def is_subclassed(model):
+  """A Keras 3 model that is neither functional nor Sequential."""
+  return (isinstance(model, keras.Model) and
+          not isinstance(model, keras.Sequential) and
+          not hasattr(model, '_nodes_by_depth'))
+
+
+def check_keras3(model):
+  """Raises the conversion advice for a tf_keras (Keras 2) model."""
+  if not isinstance(model, keras.Model):
+    as_functional(model)
+
+
 def as_functional(model):
   """The functional graph of a functional or Sequential Keras 3 model."""
   if not isinstance(model, keras.Model):
@@ -209,7 +222,7 @@ def _walk(plan, functional, ctx):
       plan.seen.add(id(op))
     ins = node.input_tensors
     live = [t for t in ins if plan.info[id(t)] is not REMOVED]
-    if is_model(op) and len(live) == len(ins):
+    if is_model(op) and not is_subclassed(op) and len(live) == len(ins):
       _nested(plan, node, ctx)
       continue
     if isinstance(op, _DROPS_INPUTS):
@@ -334,7 +347,7 @@ def _node_channels(plan, node, live, ctx):
   key = analysis.key_of.get(id(op))
   if key is not None:
     return _prunable(plan, node, key, ctx)
-  if _blocks.is_block(op):
+  if _blocks.is_block(op) or is_subclassed(op):
     return _block(plan, node, live, ctx)
   if rules.is_depthwise(op):
     _check_channels_last(op, not _full(plan, live[0]))

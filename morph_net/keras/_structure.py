@@ -34,6 +34,32 @@ from morph_net.tools import structure_exporter
 MAX_GROWTH = 64
 
 
+_CACHE_ATTR = '_morph_net_analyses'  # on the model: {signature: Analysis}
+
+
+def analysis_of(model, input_signature=None):
+  """The `Analysis` of a model, traced once per model and signature.
+
+  `model` may be an `Analysis` already (returned as is), or a Keras model:
+  `slim_model`, `structure_cost`, `expand_structure` and `run_cycles` then
+  share one trace of it instead of tracing it at every call. (The cache
+  lives on the model, outside Keras's tracking, and goes with it.)
+  """
+  if isinstance(model, Analysis):
+    return model
+  key = repr(input_signature)
+  cache = getattr(model, _CACHE_ATTR, None)
+  if cache is None:
+    cache = {}
+    try:
+      object.__setattr__(model, _CACHE_ATTR, cache)
+    except (AttributeError, TypeError):
+      pass  # an object that takes no attributes: no cache
+  if key not in cache:
+    cache[key] = Analysis(model, input_signature)
+  return cache[key]
+
+
 class TiedCountsError(ValueError):
   """Layers whose output channels are tied were given inconsistent counts."""
 
@@ -433,6 +459,22 @@ class Analysis:
     if resource not in self._costs:
       self._costs[resource] = cost_model.CostModel(self.manager, resource)
     return self._costs[resource].evaluate(values)
+
+
+def input_specs_of(model, input_signature=None):
+  """The TensorSpecs a model is called on (its signature, its inputs, or
+  the shape a subclassed model was built with); a clear error if unknown."""
+  if input_signature is not None:
+    return keras_trace.normalize_signature(input_signature)
+  specs = keras_trace.input_specs(model)
+  if specs is None:
+    raise ValueError(
+        'The input shape of model %r is not known: call it once on data, or '
+        'pass input_signature=[tf.TensorSpec([None, ...], tf.float32)].'
+        % model.name)
+  if isinstance(specs, list) and len(specs) == 1:
+    return specs[0]
+  return specs
 
 
 def _lcm(a, b):

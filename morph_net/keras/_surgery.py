@@ -167,12 +167,12 @@ def _copy(layer, leaf_shape, clone, made, record, prefix):
     if inner_record:  # the whole Sequential is rebuilt from its config
       record[path] = new
     return new
-  if isinstance(layer, keras.Model):
+  if isinstance(layer, keras.Model) and hasattr(layer, '_nodes_by_depth'):
     raise NotImplementedError(
-        'slim_model: model %r (%s) sits inside a custom layer; slim_model '
-        'narrows custom layers and Sequential models inside them. Call it '
-        'in the functional graph instead.' % (layer.name,
-                                              type(layer).__name__))
+        'slim_model: functional model %r sits inside a custom layer; '
+        'slim_model narrows custom layers, subclassed and Sequential models '
+        'inside them. Call it in the functional graph instead.'
+        % layer.name)
   if has_own_weights(layer):
     raise NotImplementedError(
         'slim_model: custom layer %r (%s) holds weights of its own (%s), '
@@ -274,10 +274,13 @@ def record_surgery(layer, swapped):
 
 
 def _is_custom(op):
-  """A layer whose class is not Keras's own (ops and models are not)."""
-  module = type(op).__module__
-  return isinstance(op, keras.layers.Layer) and not (
-      module.startswith('keras.') or isinstance(op, keras.Model))
+  """A layer whose class is not Keras's own, or a subclassed model
+  (functional and Sequential models, and ops, are not)."""
+  if isinstance(op, keras.Model):
+    return not (isinstance(op, keras.Sequential) or
+                hasattr(op, '_nodes_by_depth'))
+  return isinstance(op, keras.layers.Layer) and not type(
+      op).__module__.startswith('keras.')
 
 
 def _wrapped(config, model):

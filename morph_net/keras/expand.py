@@ -40,7 +40,8 @@ def structure_cost(model, structure, cost='flops', round_to=1,
   """The cost of `slim_model(model, structure, round_to=round_to)`.
 
   Args:
-    model: a functional or Sequential Keras model.
+    model: a Keras model (functional, Sequential or subclassed), or its
+      `analysis_of(model)` (traced once, shared between calls).
     structure: counts, alive vectors or a regularizer (see `slim_model`).
     cost: 'flops', 'model_size' or 'activations'.
     round_to: as in `slim_model`.
@@ -52,7 +53,8 @@ def structure_cost(model, structure, cost='flops', round_to=1,
     the slim model's widths (the regularizers' own cost definition).
   """
   kind = _cost_kind(cost)
-  analysis = _structure.Analysis(model, input_signature)
+  analysis = _structure.analysis_of(model, input_signature)
+  model = analysis.model
   counts, _ = analysis.resolve(structure)
   return _cost(analysis, counts, kind, round_to)
 
@@ -82,7 +84,8 @@ def expand_structure(model, structure, target_cost, cost='flops',
   """Scales all counts by one factor to fit `target_cost` from below.
 
   Args:
-    model: the model the structure was learned on (functional/Sequential).
+    model: the model the structure was learned on, or its
+      `analysis_of(model)`.
     structure: {layer name: count}, alive vectors, or a network regularizer
       built on `model`.
     target_cost: the budget, in the unit of `cost`.
@@ -116,7 +119,8 @@ def expand_structure(model, structure, target_cost, cost='flops',
     raise ValueError('target_cost must be a positive finite number, got %r.'
                      % (target_cost,))
   kind = None if callable(cost) else _cost_kind(cost)
-  analysis = _structure.Analysis(model, input_signature)
+  analysis = _structure.analysis_of(model, input_signature)
+  model = analysis.model
   counts, _ = analysis.resolve(structure)
 
   quanta = {k: analysis.quantum(k) for k in counts}
@@ -144,7 +148,7 @@ def expand_structure(model, structure, target_cost, cost='flops',
   if kind is None:
     def evaluate(scaled):
       return float(cost(slim_lib.slim_model(
-          model, scaled, input_signature=input_signature)))
+          analysis, scaled, input_signature=input_signature)))
   else:
     def evaluate(scaled):
       return _cost(analysis, scaled, kind, fix=True)

@@ -55,9 +55,11 @@ slim = morph_net.keras.slim_model(model, json.load(open(path)), round_to=8)
 import keras  # pylint: disable=unused-import (doctests)
 import numpy as np
 
+from morph_net.keras import _blocks
 from morph_net.keras import _rebuild
 from morph_net.keras import _slim_plan
 from morph_net.keras import _structure
+from morph_net.keras import _surgery
 
 __all__ = ['as_functional', 'resolve_structure', 'slim_model']
 
@@ -69,7 +71,8 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
   """Builds the model with the channel counts of `structure`.
 
   Args:
-    model: a functional or Sequential Keras 3 model.
+    model: a Keras 3 model (functional, Sequential or subclassed), or its
+      `analysis_of(model)` (traced once, shared between calls).
     structure: {layer key: alive channel count} (the exporter's JSON),
       {layer key: boolean alive vector}, or a network regularizer built on
       `model` (its alive channels are read now). Layers not named keep
@@ -112,8 +115,14 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
       splits channels); a channels_first conv; a layer pruned inside a
       custom layer that has no width rule.
   """
+  if not isinstance(model, _structure.Analysis):
+    _slim_plan.check_keras3(model)
+  analysis = _structure.analysis_of(model, input_signature)
+  model = analysis.model
+  if _slim_plan.is_subclassed(model):
+    return _slim_subclassed(analysis, structure, transfer_weights, round_to,
+                            input_signature)
   _slim_plan.as_functional(model)
-  analysis = _structure.Analysis(model, input_signature)
   counts, alive = analysis.resolve(structure)
   if transfer_weights and alive is None and counts:
     raise ValueError(
@@ -134,6 +143,54 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
   if plan.narrowed:
     _check_narrowed(analysis, plan, widths, new_model, input_signature)
   return new_model
+
+
+def _slim_subclassed(analysis, structure, transfer_weights, round_to,
+                     input_signature):
+  """A subclassed model, narrowed in place like a custom layer (its `call`
+  runs on narrower sublayers), inside a functional `SlimModel` over its
+  inputs, which saves and reloads it at the slim widths."""
+  model = analysis.model
+  counts, alive = analysis.resolve(structure)
+  if transfer_weights and alive is None and counts:
+    raise ValueError(
+        'transfer_weights=True needs to know which channels are alive: pass '
+        'the network regularizer or a {layer key: boolean vector} dict, '
+        'not alive counts.')
+  _structure.check_round_to(round_to)
+  rounded = {k: analysis.round_count(k, c, round_to)
+             for k, c in counts.items()}
+  analysis.check_counts(rounded, alive)
+  if alive is not None:
+    alive = {k: _pad(v, rounded[k], analysis.width(k))
+             for k, v in alive.items()}
+  values, widths, _ = analysis.assign(rounded)
+  zero = [k for k, w in widths.items() if w == 0]
+  if zero:
+    raise NotImplementedError(
+        'slim_model: layer(s) %s of subclassed model %r would have no '
+        'channels; its call still runs them, so slim_model cannot remove '
+        'them. Keep at least one channel.' % (', '.join(map(repr, zero)),
+                                              model.name))
+  specs = _structure.input_specs_of(model, input_signature)
+  plan = _slim_plan.Plan(model)
+  plan.analysis, plan.alive = analysis, alive if transfer_weights else None
+  shapes = {id(s): _slim_plan.leaf_shape(analysis, values, s)
+            for s in _blocks.leaves(model) if s.weights}
+  made = {}
+  new, record = _surgery.slim_copy(model, lambda s: shapes.get(id(s)),
+                                   _blocks.clone_leaf, made)
+  _surgery.record_surgery(new, record)
+  inputs = keras.tree.map_structure(
+      lambda spec: keras.Input(batch_shape=tuple(spec.shape),
+                               dtype=spec.dtype.name), specs)
+  slim = _surgery.SlimModel(inputs, new(inputs), name=model.name)
+  plan.narrowed[id(model)] = (new, record, made)
+  _run_once(slim, plan)
+  if transfer_weights:
+    _rebuild.transfer_narrowed(plan, model)
+  _check_narrowed(analysis, plan, widths, slim, input_signature)
+  return slim
 
 
 def _run_once(new_model, plan):
@@ -189,7 +246,7 @@ def resolve_structure(model, structure, input_signature=None):
   Returns:
     ({key: count}, {key: alive channel indices} or None for counts only).
   """
-  return _structure.Analysis(model, input_signature).resolve(structure)
+  return _structure.analysis_of(model, input_signature).resolve(structure)
 
 
 def plan_structure(analysis, counts, alive, round_to=1, warn=False,
