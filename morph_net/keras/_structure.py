@@ -120,6 +120,13 @@ class Analysis:
   def layer(self, key):
     return self.entries[key].layer
 
+  def is_fixed(self, key):
+    """Whether a layer's width is the task's or the data's (its channels
+    are tied to the model's outputs or inputs): no structure may name it."""
+    return any(np.isin(l, self.output_labels).any() or
+               np.isin(l, self.input_labels).any()
+               for l in self.out_labels[key])
+
   def weight_labels(self, layer):
     """Channel labels of the activation a channel-wise layer (a norm)
     scales: the output of the first analyzed op reading one of its
