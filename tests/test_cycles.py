@@ -111,3 +111,45 @@ def test_mnist_example_runs_cycles(tmp_path):
   assert len(result['cycles']) == 1
   assert result['flops_after'] <= result['flops_before']
   assert os.path.exists(result['cycles_file'])
+
+
+def test_two_cycles_on_a_small_bert(tmp_path):
+  """A transformer (keras-hub BERT, dict inputs) runs two cycles: the slim
+  model of cycle 1 (attention rebuilt by heads, the MLP narrowed) is
+  analyzed, regularized and slimmed again in cycle 2."""
+  pytest.importorskip('keras_hub')
+  import sys  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
+  from morph_net.tools import analyze  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'benchmarks'))
+  import keras_hub_zoo  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  bert, data, _ = keras_hub_zoo.bert(seq=8, hidden=16, intermediate=32)
+  pooled = bert(bert.input)['pooled_output']
+  model = keras.Model(bert.input, keras.layers.Dense(
+      2, name='classifier')(pooled))
+  rs = np.random.RandomState(0)
+  x = {k: np.repeat(v, 32, axis=0) for k, v in data.items()}
+  x['token_ids'] = rs.randint(0, 50, x['token_ids'].shape).astype('int32')
+  y = (x['token_ids'][:, 0] > 25).astype('int32')
+
+  def fit(net, phase, callbacks):
+    net.compile(keras.optimizers.Adam(1e-2 if phase == 'shrink' else 1e-3),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(x, y, batch_size=8, epochs=2, callbacks=callbacks, verbose=0)
+
+  records, models = cycles.run_cycles(
+      model, fit, num_cycles=2, shrink_to=0.7,
+      make_regularizer=lambda m: flop_regularizer.GroupLassoFlopsRegularizer(
+          m, 1e-3), log_dir=str(tmp_path / 'cycles'), return_models=True)
+  assert [r['cycle'] for r in records] == [1, 2]
+  for record, slim in zip(records, models):
+    assert record['expanded_cost'] <= record['budget'] * (1 + 1e-9)
+    assert analyze.analyze(slim).flops == pytest.approx(
+        record['expanded_cost'], rel=1e-9)
+    assert np.all(np.isfinite(slim.predict(x, verbose=0)))
+  # Cycle 2 started from cycle 1's retrained network.
+  assert records[1]['start_cost'] == pytest.approx(
+      records[0]['expanded_cost'], rel=1e-9)

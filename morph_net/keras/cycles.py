@@ -1,7 +1,7 @@
 """MorphNet's shrink / expand / retrain loop as one call.
 
-`run_cycles` runs the paper's loop on a Keras model (functional or
-Sequential) for `num_cycles` cycles (the published "x1", "x2" results):
+`run_cycles` runs the paper's loop on a Keras model (functional,
+Sequential or subclassed, custom layers included) for `num_cycles` cycles (the published "x1", "x2" results):
 
 1. Shrink: train the current network with `add_regularizer(..., target_cost
    =shrink_to x its cost)` (the strength is adapted, see `budget`), and
@@ -11,8 +11,8 @@ Sequential) for `num_cycles` cycles (the published "x1", "x2" results):
    was, the structure at the end of the shrink, flagged in the record).
 3. Expand: `expand_structure` scales it uniformly up to `budget` (by
    default the seed network's cost).
-4. Retrain: `slim_model` builds that network, freshly initialized
-   (`keras.models.clone_model`), and `fit` trains it from scratch.
+4. Retrain: `slim_model` builds that network, freshly initialized (its
+   layers are new), and `fit` trains it from scratch.
 
 The retrained network is the next cycle's seed. Each cycle's record (the
 exported and expanded structures, their costs, the metric) is returned and
@@ -46,7 +46,6 @@ import socket
 import tempfile
 import time
 
-import keras
 
 from morph_net.keras import budget as budget_lib
 from morph_net.keras import callbacks as callbacks_lib
@@ -139,11 +138,12 @@ def last_structure(log_dir, model=None, max_cost=None, cost='flops',
 def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
                target_cost=None, budget=None, make_regularizer=None,
                cost='flops', round_to=1, log_dir=None, save_every=10,
-               verbose=False, return_models=False):
+               verbose=False, return_models=False, input_signature=None):
   """Runs `num_cycles` MorphNet cycles from `model`; returns their records.
 
   Args:
-    model: the seed network (functional or Sequential; trained or not).
+    model: the seed network (any model `slim_model` takes; trained or
+      not).
     fit: callable (model, phase, callbacks) that compiles and fits `model`
       with the given callbacks; phase is 'shrink' (the model is the
       `RegularizedModel`) or 'retrain' (a freshly initialized slim model).
@@ -165,6 +165,9 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
     save_every: export period during the shrink, in steps.
     verbose: print one line per cycle.
     return_models: also return the retrained models, one per cycle.
+    input_signature: how to trace the model for costs and slimming, as
+      for the regularizers (a text backbone's sequence length is None);
+      `make_regularizer` must use the same.
 
   Returns:
     A list with one dict per cycle: 'cycle', 'shrink_target', 'exported'
@@ -186,8 +189,10 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
   log_dir = log_dir or tempfile.mkdtemp(prefix='morph_net_cycles_')
   claim_log_dir(log_dir)
   current = model
+  sig = input_signature
   if budget is None:
-    budget = expand_lib.structure_cost(model, {}, cost=cost)
+    budget = expand_lib.structure_cost(model, {}, cost=cost,
+                                       input_signature=sig)
   records, models = [], []
   for cycle in range(1, num_cycles + 1):
     reg = make_regularizer(current)
@@ -205,13 +210,15 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
                                      paths=exporter.saved_paths)
     met = structure is not None
     if structure is None:  # nothing at or under the target: take the end
-      structure = slim_lib.resolve_structure(
-          slim_lib.as_functional(current), reg)[0]
-    exported_cost = expand_lib.structure_cost(current, structure, cost=cost)
-    expanded = expand_lib.expand_structure(current, structure, budget,
+      structure = slim_lib.resolve_structure(current, reg, sig)[0]
+    # One trace of the current network serves the cost, the expansion and
+    # the slim model.
+    analysis = slim_lib.analysis_of(current, sig)
+    exported_cost = expand_lib.structure_cost(analysis, structure, cost=cost)
+    expanded = expand_lib.expand_structure(analysis, structure, budget,
                                            cost=cost, round_to=round_to)
-    slim = slim_lib.slim_model(current, expanded, round_to=round_to)
-    slim = keras.models.clone_model(slim)  # retrain from scratch
+    # New layers, freshly initialized: retrained from scratch.
+    slim = slim_lib.slim_model(analysis, expanded, round_to=round_to)
     fit(slim, 'retrain', [])
     metric = float(evaluate(slim)) if evaluate is not None else None
     record = {
@@ -224,7 +231,7 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
         'structure_file': path,
         'expanded': {k: int(v) for k, v in expanded.items()},
         'expanded_cost': float(expand_lib.structure_cost(
-            slim, {}, cost=cost)),
+            slim, {}, cost=cost, input_signature=sig)),
         'budget': float(budget),
         'metric': metric,
     }

@@ -61,7 +61,9 @@ from morph_net.keras import _slim_plan
 from morph_net.keras import _structure
 from morph_net.keras import _surgery
 
-__all__ = ['as_functional', 'resolve_structure', 'slim_model']
+__all__ = ['analysis_of', 'as_functional', 'resolve_structure', 'slim_model']
+
+analysis_of = _structure.analysis_of
 
 as_functional = _slim_plan.as_functional
 
