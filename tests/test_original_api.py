@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from morph_net.framework import generic_regularizers
 from morph_net.framework import grouping_regularizers
+from morph_net.network_regularizers import cost_calculator
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.network_regularizers import resource_function as rf
 from morph_net.op_regularizers import group_lasso_regularizer as glr
@@ -153,6 +154,53 @@ def test_latency_function_takes_the_slower_bound(graph):
     rf.latency_function_factory('V100', 0)
 
 
+def test_memory_of_a_matmul_is_a_tensor_of_rows_weights_and_outputs(graph):
+  matmul = tf.matmul(tf.zeros([1, 6]), tf1.get_variable('m', [6, 3])).op
+  cost = rf.memory_function(matmul, False, 5, 2, 0.0, 0.0, 8)
+  term = rf.memory_function(matmul, True, 5, 2, 1.5, 0.5, 8)
+  assert tf.is_tensor(cost) and tf.is_tensor(term)
+  # 8 rows x 5 inputs + 5 x 2 weights + 8 rows x 2 outputs, 4 bytes each.
+  assert _run(cost, term) == [4 * (8 * 5 + 5 * 2 + 8 * 2),
+                              4 * (8 * 1.5 + (5 * 0.5 + 2 * 1.5) + 8 * 0.5)]
+
+
+def test_memory_of_ops_that_only_move_activations(graph):
+  image = tf1.placeholder(tf.float32, [1, None, None, 4])
+  feed = {image: np.zeros([1, 3, 5, 4], np.float32)}
+  left, right = tf.nn.relu(image), tf.nn.relu6(image)
+  concat = tf.concat([left, right], 3).op
+  added = tf.add(left, right).op
+  scaled = tf.multiply(left, tf.ones([4])).op  # a [C] scale is no read
+  reshaped = tf.reshape(left, [-1]).op  # not a memory op: moves nothing
+  counts = (6, 6, 2.0, 3.0)
+  values = _run(*[rf.memory_function(op, reg, *counts, 2)
+                  for op in (concat, added, scaled, reshaped)
+                  for reg in (False, True)], feed=feed)
+  positions = 3 * 5  # per example, read with tf.shape
+  unit = 2 * 4 * positions  # batch 2, 4 bytes
+  assert values == [
+      unit * (6 + 6), unit * (2.0 + 3.0),          # concat reads its output
+      unit * (2 * 6 + 6), unit * (2 * 2.0 + 3.0),  # add reads both operands
+      unit * (6 + 6), unit * (2.0 + 3.0),
+      0.0, 0.0]
+
+
+def test_get_input_activation_is_the_activation_not_the_weight(graph):
+  image = tf.zeros([1, 6, 6, 2])
+  conv = tf.nn.conv2d(image, tf.ones([3, 3, 2, 4]), 1, 'SAME')
+  transposed = tf1.nn.conv2d_transpose(image, tf.ones([3, 3, 5, 2]),
+                                       [1, 12, 12, 5], 2)
+  depthwise = tf.nn.depthwise_conv2d(image, tf.ones([3, 3, 2, 1]),
+                                     [1, 1, 1, 1], 'SAME')
+  rows = tf.zeros([3, 2])
+  matmul = tf.matmul(rows, tf.ones([2, 7]))
+  for out, expected in ((conv, image), (transposed, image),
+                        (depthwise, image), (matmul, rows)):
+    assert cost_calculator.get_input_activation(out.op) is expected
+  with pytest.raises(ValueError, match='Relu'):
+    cost_calculator.get_input_activation(tf.nn.relu(image).op)
+
+
 def test_flop_coeff_of_an_op_is_the_regularizers_per_pair_cost(graph):
   x = tf.zeros([1, 8, 8, 3])
   logits = _conv_bn(_conv_bn(x, 4, 'c1', kernel=3), 2, 'c2', kernel=1)
@@ -221,3 +269,22 @@ def test_gated_helpers_are_keras_layers_outside_a_graph():
   assert relu(tf.constant([[-1.0, 2.0]])).numpy().tolist() == [[0.0, 2.0]]
   with pytest.raises(ValueError, match='gating_fn'):
     activation_gating.gated_relu_activation(gating_fn=lambda x: x)
+
+
+def test_graph_gate_names_its_mask_op_as_the_original(graph):
+  activation = tf.ones([2, 5, 5, 3])
+  gated = activation_gating.logistic_sigmoid_gating(
+      activation, axis=3, is_training=False, log_odds_init=-4.0)
+  again = activation_gating.logistic_sigmoid_gating(activation, axis=3)
+  mask_op = graph.get_operation_by_name(
+      'logistic_sigmoid_gating/LogisticSigmoidGating')
+  assert mask_op.outputs[0].shape.as_list() == [3]
+  assert again.op.name.startswith('logistic_sigmoid_gating_1/')
+  assert [v.op.name for v in tf1.global_variables()] == [
+      'logistic_sigmoid_gating/mask_logits',
+      'logistic_sigmoid_gating_1/mask_logits']
+  mask, out = _run(mask_op.outputs[0], gated)
+  # Inference mask: logits < 0 are off, but the first channel stays alive.
+  assert mask.tolist() == [1.0, 0.0, 0.0]
+  np.testing.assert_array_equal(out[..., 0], 1.0)
+  np.testing.assert_array_equal(out[..., 1:], 0.0)

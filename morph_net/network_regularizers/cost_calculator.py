@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from morph_net.framework import errors
+from morph_net.network_regularizers import resource_function
 
 
 class CostCalculator:
@@ -138,6 +139,22 @@ class CostCalculator:
     k_bi, k_in, k_out, _, _ = self._coeff.T
     per_op = k_bi * bil + k_in * a_in + k_out * a_out
     return dict(zip(self._names, per_op.tolist()))
+
+
+def get_input_activation(op):
+  """The activation a conv or matmul op reads (not its weight).
+
+  Transposed convs read it as their third input, every other conv and
+  matmul as their first.
+
+  Raises:
+    ValueError: `op` is not a conv or matmul.
+  """
+  compute = resource_function.op_compute(op)
+  if compute is None:
+    raise ValueError('get_input_activation takes a conv or matmul op; %r '
+                     'is a %s.' % (op.name, op.type))
+  return compute.input
 
 
 def with_path(manager, fn, compute):

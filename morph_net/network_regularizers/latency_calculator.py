@@ -33,9 +33,7 @@ from morph_net.framework import patterns
 from morph_net.network_regularizers import cost_calculator
 from morph_net.network_regularizers import resource_function
 
-MEMORY_OPS = frozenset(['Add', 'AddV2', 'AddN', 'ConcatV2', 'FusedBatchNorm',
-                        'FusedBatchNormV2', 'FusedBatchNormV3', 'Mul', 'Relu',
-                        'Relu6', 'Sum'])
+MEMORY_OPS = resource_function.MEMORY_OPS
 
 
 class LatencyCalculator:

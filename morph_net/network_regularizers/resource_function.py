@@ -117,8 +117,9 @@ def op_compute(op):
   channel grouping of a network is not consulted. A regularizer's analysis
   builds the same entries with the network's grouping and dilation facts.
   """
-  if op.type == 'MatMul':
-    return channel_graph.Compute(op, op.inputs[0], op.outputs[0], 1, 1)
+  if op.type == 'MatMul':  # [rows, C_in] x [C_in, C_out]: one position
+    return channel_graph.Compute(op, op.inputs[0], op.outputs[0], 1, 1,
+                                 in_positions=1, out_positions=1)
   layout = conv_op_handlers._CONV_LAYOUT.get(op.type)  # pylint: disable=protected-access
   if layout is None:
     return None
@@ -166,31 +167,73 @@ def _op_level(resource, op, is_regularization, num_alive_inputs,
   return value * batch_size if per_batch else value
 
 
+# Ops that move activations without computing on them: the roofline counts
+# their memory traffic (see `latency_calculator`).
+MEMORY_OPS = frozenset(['Add', 'AddV2', 'AddN', 'ConcatV2', 'FusedBatchNorm',
+                        'FusedBatchNormV2', 'FusedBatchNormV3', 'Mul', 'Relu',
+                        'Relu6', 'Sum'])
+
+
+def _moved_inputs(op):
+  """The activations a memory op reads: a ConcatV2 reads as much as it
+  writes, a batch norm or Sum its first input, an elementwise op its
+  activation-shaped operands (not a [C] scale or bias)."""
+  if op.type == 'ConcatV2':
+    return [op.outputs[0]]
+  if op.type in ('Sum', 'FusedBatchNorm', 'FusedBatchNormV2',
+                 'FusedBatchNormV3'):
+    return [op.inputs[0]]
+  return [t for t in op.inputs if t.dtype.is_floating
+          and t.shape.rank is not None and t.shape.rank >= 2]
+
+
 def memory_function(op, is_regularization, num_alive_inputs,
                     num_alive_outputs, reg_inputs, reg_outputs,
                     batch_size=1):
-  """Bytes a conv or matmul moves: its input and output activations
-  (B x positions x channels each) and its weights (kernel elements x
-  a_in x a_out), x the dtype size; the term puts regularization sums in
-  place of the alive counts as `flop_function` does. Other ops: 0 (the
-  latency regularizers also count elementwise ops' traffic; see
-  `latency_calculator`)."""
+  """Bytes an op moves, as a float32 tensor (the term: regularization sums
+  in place of alive counts, as `flop_function` does).
+
+  A conv or matmul reads its input and writes its output activations (B x
+  positions x channels each) and reads its weights (kernel elements x
+  a_in x a_out; a depthwise conv one kernel per output channel). An op of
+  `MEMORY_OPS` reads the activations of `_moved_inputs` (channels a_in)
+  and writes its output (a_out). Any other op moves nothing here. All
+  sizes are x the dtype size; spatial sizes unknown statically are read
+  with tf.shape.
+  """
+  def build():
+    return tf.cast(_memory(op, is_regularization, num_alive_inputs,
+                           num_alive_outputs, reg_inputs, reg_outputs,
+                           batch_size), tf.float32)
+
+  if tf.executing_eagerly():
+    return build()
+  with op.graph.as_default():
+    return build()
+
+
+def _memory(op, is_regularization, a_in, a_out, reg_inputs, reg_outputs,
+            batch_size):
+  size = op.outputs[0].dtype.size if op.outputs else 0
+  side_in, side_out = (reg_inputs, reg_outputs) if is_regularization else (
+      a_in, a_out)
   compute = op_compute(op)
   if compute is None:
-    return 0.0
-  size = op.outputs[0].dtype.size
+    if op.type not in MEMORY_OPS or not op.outputs:
+      return 0.0
+    read = sum(_dynamic_positions(t) for t in _moved_inputs(op))
+    written = _dynamic_positions(op.outputs[0])
+    return batch_size * size * (read * side_in + written * side_out)
   act_in = compute.in_positions * batch_size * size
   act_out = compute.out_positions * batch_size * size
   weights = compute.kernel_size * size
-  a_in, a_out = num_alive_inputs, num_alive_outputs
   if compute.linear:  # depthwise: one kernel per output channel
-    if is_regularization:
-      return act_in * reg_inputs + (act_out + weights) * reg_outputs
-    return act_in * a_in + (act_out + weights) * a_out
+    return act_in * side_in + (act_out + weights) * side_out
   if is_regularization:
-    return (act_in * reg_inputs + act_out * reg_outputs
-            + weights * (a_in * reg_outputs + a_out * reg_inputs))
-  return act_in * a_in + act_out * a_out + weights * a_in * a_out
+    pairs = a_in * reg_outputs + a_out * reg_inputs
+  else:
+    pairs = a_in * a_out
+  return act_in * side_in + act_out * side_out + weights * pairs
 
 
 def latency_function(op, is_regularization, num_alive_inputs,

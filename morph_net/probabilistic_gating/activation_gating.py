@@ -291,10 +291,13 @@ class LogisticSigmoidGating(keras.layers.Layer):
 
 
 def _apply(inputs, mask, axis, keep_first):
-  """inputs * mask broadcast on `axis`; the mask op gets a findable name."""
+  """inputs * mask broadcast on `axis`. The [C] mask is the output of an op
+  named 'LogisticSigmoidGating' (in the gate's scope), where the original
+  MorphNet's users find it."""
   if keep_first:
     mask = keep_first_channel(mask)
-  mask = tf.identity(tf.cast(mask, inputs.dtype), name='logistic_sigmoid_gating_mask')
+  mask = tf.identity(tf.cast(mask, inputs.dtype),
+                     name='LogisticSigmoidGating')
   rank = inputs.shape.rank
   if axis % rank != rank - 1:
     shape = [1] * rank
@@ -376,16 +379,18 @@ def logistic_sigmoid_gating(inputs, axis=-1, is_training=True,
   """Gates `inputs` in a `tf.compat.v1` graph; returns the gated tensor.
 
   Creates `<scope>/mask_logits` with `tf.compat.v1.get_variable` (so it
-  honours variable scopes and reuse). `is_training` is a Python bool: True
-  samples a mask (and records it for `regularize_on_mask`), False applies
-  the deterministic mask.
+  honours variable scopes and reuse; scope 'logistic_sigmoid_gating' by
+  default, uniquified) and names the op that outputs the [C] mask
+  `<scope>/LogisticSigmoidGating`, as the original MorphNet did.
+  `is_training` is a Python bool: True samples a mask (and records it for
+  `regularize_on_mask`), False applies the deterministic mask.
   """
   tf1 = tf.compat.v1
   channels = inputs.shape.as_list()[axis]  # an int, also for V1 shapes
   if channels is None:
     raise ValueError('The channel count of %r on axis %d is unknown.'
                      % (inputs.name, axis))
-  with tf1.variable_scope(scope, default_name='LogisticSigmoidGating'):
+  with tf1.variable_scope(scope, default_name='logistic_sigmoid_gating'):
     var = tf1.get_variable(
         LOGITS_NAME, shape=[channels], dtype=tf.float32,
         initializer=tf1.constant_initializer(log_odds_init), trainable=True)
