@@ -191,7 +191,8 @@ def _layer_outputs(manager):
 _WIDTH_HANDLERS = (conv_op_handlers.OutputNonPassthroughOpHandler,
                    conv_op_handlers.MatMulOpHandler)
 _PRUNABLE_TYPES = frozenset(
-    op_type for op_type, handler in op_handlers.default_op_handler_dict().items()
+    op_type for op_type, handler
+    in op_handlers.default_op_handler_dict().items()
     if isinstance(handler, _WIDTH_HANDLERS))
 
 
