@@ -12,6 +12,7 @@ from morph_net.framework import generic_regularizers
 from morph_net.framework import grouping_regularizers
 from morph_net.network_regularizers import cost_calculator
 from morph_net.network_regularizers import flop_regularizer
+from morph_net.network_regularizers import latency_regularizer
 from morph_net.network_regularizers import resource_function as rf
 from morph_net.op_regularizers import group_lasso_regularizer as glr
 from morph_net.probabilistic_gating import activation_gating
@@ -199,6 +200,23 @@ def test_get_input_activation_is_the_activation_not_the_weight(graph):
     assert cost_calculator.get_input_activation(out.op) is expected
   with pytest.raises(ValueError, match='Relu'):
     cost_calculator.get_input_activation(tf.nn.relu(image).op)
+
+
+@pytest.mark.parametrize('make', [
+    lambda out: flop_regularizer.GammaFlopsRegularizer([out.op], 0.2),
+    lambda out: latency_regularizer.GammaLatencyRegularizer(
+        [out.op], 0.2, hardware='V100')])
+def test_an_empty_op_list_means_every_op_as_in_the_original(graph, make):
+  x = tf.zeros([1, 8, 8, 3])
+  net = _conv_bn(_conv_bn(x, 4, 'c1'), 5, 'c2')
+  logits = tf.matmul(tf.reduce_mean(net, [1, 2]), tf.ones([5, 2]))
+  reg = make(logits)
+  conv = graph.get_operation_by_name('c1/Conv2D')
+  every, empty, one, term_every, term_empty = _run(
+      reg.get_cost(), reg.get_cost([]), reg.get_cost([conv]),
+      reg.get_regularization_term(), reg.get_regularization_term([]))
+  assert empty == every > one > 0
+  assert term_empty == term_every > 0
 
 
 def test_flop_coeff_of_an_op_is_the_regularizers_per_pair_cost(graph):

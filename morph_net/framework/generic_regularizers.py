@@ -66,9 +66,9 @@ class NetworkRegularizer(abc.ABC):
   """A network's regularization term and resource cost.
 
   Subclasses define `get_regularization_term(ops=None)` and
-  `get_cost(ops=None)` (summed over `ops`, or over every op when None);
-  `op_regularizer_manager`, `name` and `cost_name` default to None, 'Regularizer'
-  and 'Cost'.
+  `get_cost(ops=None)` (summed over `ops`, or over every op when `ops` is
+  None or empty, as in the original MorphNet); `op_regularizer_manager`,
+  `name` and `cost_name` default to None, 'Regularizer' and 'Cost'.
   """
 
   @abc.abstractmethod

@@ -89,9 +89,10 @@ class CostCalculator:
     return self.evaluate(np.ones(self._manager.num_labels))
 
   def _weights(self, ops):
-    """Per-op coefficient columns, zeroed for ops not in `ops` (if given)."""
+    """Per-op coefficient columns, zeroed for ops not in `ops`. No ops
+    (None or an empty list, as in the original MorphNet) means all."""
     coeff = self._coeff
-    if ops is not None:
+    if ops is not None and len(ops):
       wanted = {op.name if hasattr(op, 'name') else str(op) for op in ops}
       coeff = coeff * np.array([[n in wanted] for n in self._names])
     return coeff.T

@@ -157,7 +157,7 @@ class LatencyCalculator:
       return fn()
 
   def _mask(self, ops, dtype):
-    if ops is None:
+    if ops is None or not len(ops):  # no ops: all of them (as CostCalculator)
       return None
     wanted = {op.name if hasattr(op, 'name') else str(op) for op in ops}
     return np.array([n in wanted for n in self._names], dtype)
