@@ -38,7 +38,9 @@ real forward pass (batch 1, so every number is per example):
 import argparse
 import importlib
 import os
+import re
 import sys
+import tempfile
 import time
 import traceback
 
@@ -572,6 +574,91 @@ REFUSED = {
 }
 
 
+def workflow(name, builder=None, fraction=0.4, seed=0, save_dir=None):
+  """The slim workflow on one backbone, as a user runs it; a dict of what
+  held.
+
+  A random structure (each exported count x U(0.3, 1)) is scaled by
+  `expand_structure` to `fraction` x the model's FLOPs (or 1.2 x the
+  narrowest structure's, when that is more), then: 'slim' (slim_model
+  succeeds), 'counted' (its FLOPs by an independent forward pass equal
+  `structure_cost`), 'reanalyzed' (`analyze(slim)` too), 'reloaded' (a
+  .keras round trip reproduces its outputs), 'trains' (a gradient step on
+  every trainable variable is finite). 'error' holds the first failure.
+  """
+  keras.utils.set_random_seed(seed)
+  model, data, signature = (builder or BUILDERS[name])()
+  row = {'name': name}
+  try:
+    analysis = morph_keras.analysis_of(model, signature)
+    reg = flop_regularizer.GroupLassoFlopsRegularizer(
+        model, 1e-4, input_signature=signature)
+    counts = structure_exporter.StructureExporter(
+        reg.op_regularizer_manager).get_alive_counts()
+    full = morph_keras.structure_cost(analysis, {})
+    rng = np.random.RandomState(seed)
+    start = {k: max(1, int(c * rng.uniform(0.3, 1.0)))
+             for k, c in counts.items()}
+    target = fraction * full
+    try:
+      structure = morph_keras.expand_structure(analysis, start,
+                                               target_cost=target)
+    except ValueError as e:
+      found = re.search(r'narrowest structure \(([0-9.e+]+)', str(e))
+      if not found:
+        raise
+      target = 1.2 * float(found.group(1))
+      structure = morph_keras.expand_structure(analysis, start,
+                                               target_cost=target)
+    row['target'] = target / full
+    slim = morph_keras.slim_model(analysis, structure,
+                                  input_signature=signature)
+    row['slim'] = True
+    cost = morph_keras.structure_cost(analysis, structure)
+    out = slim(data, training=False)
+    row['counted'] = rel(independent_counts(slim, data)[0], cost) <= 1e-9
+    row['reanalyzed'] = rel(analyze_lib.analyze(
+        slim, input_signature=signature).flops, cost) <= 1e-9
+    path = os.path.join(save_dir or tempfile.mkdtemp(), name + '.keras')
+    slim.save(path)
+    loaded = keras.models.load_model(path)
+    row['reloaded'] = all(
+        np.allclose(a, b, atol=1e-5) for a, b in zip(
+            keras.tree.flatten(out),
+            keras.tree.flatten(loaded(data, training=False))))
+    with tf.GradientTape() as tape:
+      outputs = keras.tree.flatten(slim(data, training=True))
+      loss = tf.add_n([tf.reduce_mean(tf.square(tf.cast(o, tf.float32)))
+                       for o in outputs if o.dtype.is_floating])
+    grads = tape.gradient(loss, slim.trainable_variables)
+    row['trains'] = bool(grads) and all(
+        g is None or bool(np.all(np.isfinite(tf.convert_to_tensor(g))))
+        for g in grads)
+  except Exception as e:  # pylint: disable=broad-except
+    msg = str(e).strip().splitlines()
+    row['error'] = '%s: %s' % (type(e).__name__, msg[0][:300] if msg else '')
+    if os.environ.get('MORPHNET_TRACEBACK'):
+      traceback.print_exc()
+  row['ok'] = all(row.get(k) for k in ('slim', 'counted', 'reanalyzed',
+                                       'reloaded', 'trains'))
+  return row
+
+
+def _print_workflow(todo):
+  checks = ('slim', 'counted', 'reanalyzed', 'reloaded', 'trains')
+  print('%-16s %s' % ('backbone', ' '.join('%-10s' % c for c in checks)))
+  rows = []
+  for name, builder in todo.items():
+    row = workflow(name, builder)
+    rows.append(row)
+    print('%-16s %s %s' % (name, ' '.join(
+        '%-10s' % ('yes' if row.get(c) else 'NO') for c in checks),
+                           row.get('error', '')[:200]), flush=True)
+  print('%d of %d backbones pass every check'
+        % (sum(r['ok'] for r in rows), len(rows)))
+  return 0 if all(r['ok'] for r in rows) else 1
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--models', nargs='*', default=None)
@@ -579,10 +666,16 @@ def main(argv=None):
                       help='every builder, the larger configs and the '
                       'backbones the analysis refuses')
   parser.add_argument('--no-slim', action='store_true')
+  parser.add_argument('--workflow', action='store_true',
+                      help='the slim workflow instead (see `workflow`): '
+                      'expand a random structure to 0.4 x the FLOPs, slim, '
+                      'count, re-analyze, reload, train')
   args = parser.parse_args(argv)
   todo = {n: BUILDERS[n] for n in (args.models or CI_SET)}
   if args.all:
     todo = dict(BUILDERS, **LARGER)
+  if args.workflow:
+    return _print_workflow(todo)
   failed = 0
   print('%-16s %7s %6s %6s %-8s %s' % ('backbone', 'analyze', 'FLOPs',
                                        'size', 'analysis', 'slim'))

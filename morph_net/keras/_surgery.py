@@ -331,12 +331,12 @@ def _restore(data, top=False):
     return keras.saving.deserialize_keras_object(data['keras'])
   config = _deserialize(data['config'])
   layer = _blocks.from_config(_class_of(data), config)
-  if data['build_config'] and not layer.built and (
-      not top or (data['sublayers'] and _builds_itself(layer))):
+  if (data['build_config'] and not layer.built and _builds_itself(layer)
+      and (data['sublayers'] or not top)):
     # Its own build makes (some of) its sublayers: build it from its
-    # config first, then swap the slim ones in. (A layer of the model's
-    # graph is otherwise built by its first call.) Shapes as tuples, as
-    # builds get them from a call.
+    # config first, then swap the slim ones in. (Layers of the model's
+    # graph and those without a build of their own are built by their
+    # first call.) Shapes as tuples, as builds get them from a call.
     layer.build_from_config(_tuples(data['build_config']))
   swapped = {}
   for path in sorted(data['sublayers'], key=lambda p: p.count('.')):
