@@ -29,9 +29,17 @@ class Family:
     sources_description: what the sources are, for the error raised when a
       network has none (e.g. 'BatchNorm scales (scale=True)').
     remedy: what to do then.
+    normalize: measure scale-free sources (`framework.invariance`)
+      relative to their own scale: 'auto' (in Keras models and
+      tf.functions; tf.compat.v1 graphs keep the original MorphNet's
+      absolute values), True (every source, every graph) or False (never).
+    normalizable: callable (source) -> 'gamma', 'group_lasso' or None:
+      which sources the normalization applies to.
   """
   name: str
   find_sources: Callable
   grouping: type = grouping_regularizers.MaxGroupingRegularizer
   sources_description: str = 'regularizer sources'
   remedy: str = ''
+  normalize: object = False
+  normalizable: Callable = None

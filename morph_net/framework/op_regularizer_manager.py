@@ -19,6 +19,7 @@ from morph_net.framework import channel_graph
 from morph_net.framework import errors
 from morph_net.framework import graph_view as graph_view_lib
 from morph_net.framework import grouping_regularizers
+from morph_net.framework import invariance
 from morph_net.framework import op_handler
 from morph_net.framework import op_handlers
 from morph_net.framework import op_slice
@@ -145,6 +146,7 @@ class OpRegularizerManager:
     self._apply_force_group(builder, force_group)
     self._sources = sources_lib.filter_blacklist(
         builder.sources, regularizer_blacklist, self._view)
+    self._normalized = self._scale_free_sources()
     self._computes = builder.computes
     self._solve(builder)
     self._cached = None
@@ -207,6 +209,25 @@ class OpRegularizerManager:
           % (op.name, op.type, self.path_to(op),
              suggest.suggest_handler(op, self._view)))
     return handler.data_inputs(op, self._view)
+
+  def _scale_free_sources(self):
+    """Names of the source ops measured relative to their own scale."""
+    family = self._family
+    setting = getattr(family, 'normalize', False)
+    if family is None or not setting or family.normalizable is None or (
+        setting == 'auto' and not self._view.eager):
+      return frozenset()
+    if setting is True:
+      return frozenset(s.op.name for s in self._sources
+                       if family.normalizable(s) is not None)
+    return frozenset(invariance.scale_free_sources(
+        self._sources, self._view, self._facts, family.normalizable))
+
+  @property
+  def normalized_sources(self):
+    """Source op names whose channels are measured relative to their own
+    scale (scale-free BatchNorms and kernels, see `framework.invariance`)."""
+    return self._normalized
 
   @property
   def facts(self):
@@ -416,7 +437,7 @@ class OpRegularizerManager:
       decorate = functools.partial(self._decorator, **self._decorator_params)
     reg, alive = sources_lib.source_vectors(
         self._source_batches, self._param, decorate,
-        lambda s: len(self._tensor_nodes[s.tensor.name]))
+        lambda s: len(self._tensor_nodes[s.tensor.name]), self._normalized)
     classes = tf.constant(self._source_classes)
     n = self._num_classes
     class_reg = self._grouping.segment_reduce(reg, classes,

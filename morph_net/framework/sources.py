@@ -1,6 +1,7 @@
 """A manager's sources: which it keeps (`regularizer_blacklist`) and the
 regularization and alive vectors of their channels."""
 
+import numpy as np
 import tensorflow as tf
 
 from morph_net.framework import channel_graph
@@ -20,7 +21,8 @@ class VectorRegularizer:
     self.alive_vector = alive_vector
 
 
-def source_vectors(source_batches, read, decorate=None, size=None):
+def source_vectors(source_batches, read, decorate=None, size=None,
+                   normalized=frozenset()):
   """(regularization, alive) of every source channel, float32, in batch order.
 
   Args:
@@ -29,6 +31,8 @@ def source_vectors(source_batches, read, decorate=None, size=None):
     read: source -> the value to read for its variable.
     decorate: optional op regularizer -> op regularizer, applied source by
       source (opt-in; not vectorized); `size(source)` gives its channels.
+    normalized: names of source ops whose vectors are measured relative to
+      the source's own scale (`relative`).
   """
   regs, alives = [], []
   for cls, sources in source_batches:
@@ -39,7 +43,11 @@ def source_vectors(source_batches, read, decorate=None, size=None):
                                      [s.param for s in sources])
     else:
       reg, alive = cls.batch_vectors(values, settings)
-    regs.append(tf.cast(reg, tf.float32))
+    reg = tf.cast(reg, tf.float32)
+    if any(s.op.name in normalized for s in sources):
+      counts = [cls.num_channels(s.param, s.setting) for s in sources]
+      reg, alive = relative(reg, alive, sources, counts, normalized)
+    regs.append(reg)
     alives.append(tf.cast(alive, tf.float32))
   reg = tf.concat(regs, 0) if len(regs) > 1 else regs[0]
   alive = tf.concat(alives, 0) if len(alives) > 1 else alives[0]
@@ -55,6 +63,41 @@ def source_vectors(source_batches, read, decorate=None, size=None):
       alives.append(tf.cast(decorated.alive_vector, tf.float32))
       start += n
   return tf.concat(regs, 0), tf.concat(alives, 0)
+
+
+def threshold(source):
+  """The alive threshold of a Gamma or group lasso source."""
+  setting = source.setting
+  return float(setting[0] if isinstance(setting, tuple) else setting)
+
+
+def relative(reg, alive, sources, counts, normalized):
+  """Vectors of scale-free sources measured in units of their own scale.
+
+  A normalized source's regularization r_c becomes r_c / s, s = RMS of
+  its r over its channels (held constant: no gradient flows through s, so
+  the term is an L1 penalty whose step is 1 / s), and a channel is alive
+  when r_c / s exceeds the threshold. The loss does not see s (a BatchNorm
+  feeding another BatchNorm), so the signal keeps its meaning whatever
+  scale the layer drifts to. Other sources pass unchanged.
+
+  Args:
+    reg, alive: one batch's concatenated vectors.
+    sources: the batch's sources; `counts` their channel counts.
+    normalized: names of the source ops to normalize.
+  """
+  segments = np.repeat(np.arange(len(sources)), counts)
+  ids = tf.constant(segments, tf.int32)
+  mean_square = tf.math.unsorted_segment_mean(tf.square(reg), ids,
+                                              len(sources))
+  scale = tf.stop_gradient(tf.sqrt(mean_square + 1e-24))
+  flags = tf.constant(np.repeat([s.op.name in normalized for s in sources],
+                                counts))
+  limits = np.repeat([threshold(s) if s.op.name in normalized else 0.0
+                      for s in sources], counts).astype(np.float32)
+  rel = reg / tf.gather(scale, ids)
+  return (tf.where(flags, rel, reg),
+          tf.where(flags, rel > limits, tf.cast(alive, tf.bool)))
 
 
 def filter_blacklist(sources, blacklist, view):

@@ -17,16 +17,20 @@ from morph_net.op_regularizers import group_lasso_regularizer
 def _source_values(regularizer):
   """[(norms r_c as numpy, threshold)] per source, or None if unknown."""
   out = []
-  for s in regularizer.op_regularizer_manager.sources:
+  manager = regularizer.op_regularizer_manager
+  relative = getattr(manager, 'normalized_sources', frozenset())
+  for s in manager.sources:
     kind = _proximal.source_kind(s)
     if kind is None and not issubclass(
         s.regularizer_cls, group_lasso_regularizer.GroupLassoRegularizer):
       return None
     kind = kind or 'group_lasso'
     value = tf.cast(tf.convert_to_tensor(s.param), tf.float32)
-    out.append((_proximal.channel_norms(
-        kind, value, _proximal.channel_axis(s, kind)).numpy(),
-                _proximal.threshold(s)))
+    norms = _proximal.channel_norms(
+        kind, value, _proximal.channel_axis(s, kind)).numpy()
+    if s.op.name in relative:  # measured in units of its own scale
+      norms = norms / max(float(np.sqrt(np.mean(np.square(norms)))), 1e-12)
+    out.append((norms, _proximal.threshold(s)))
   return out
 
 

@@ -129,6 +129,11 @@ class ProximalStep:
     self._axes = [channel_axis(s, k)
                   for s, k in zip(self._sources, self._kinds)]
     self._thresholds = [threshold(s) for s in self._sources]
+    # Scale-free sources are alive relative to their own scale (their
+    # threshold is in units of the RMS of their norms).
+    relative = getattr(regularizer.op_regularizer_manager,
+                       'normalized_sources', frozenset())
+    self._relative = [s.op.name in relative for s in self._sources]
     self._weights = None
     self._alive = None
 
@@ -182,9 +187,17 @@ class ProximalStep:
     self._weights = [tf.Variable(w, trainable=False, name='morph_net_w_%d' % i)
                      for i, w in enumerate(initial[:n])]
     self._alive = [
-        tf.Variable(tf.cast(r > t, tf.float32), trainable=False,
-                    name='morph_net_alive_%d' % i)
-        for i, (r, t) in enumerate(zip(initial[n:], self._thresholds))]
+        tf.Variable(tf.cast(r > self._limit(i, r), tf.float32),
+                    trainable=False, name='morph_net_alive_%d' % i)
+        for i, r in enumerate(initial[n:])]
+
+  def _limit(self, i, norms):
+    """Source i's alive threshold on its norms (relative sources: times
+    the RMS of their norms)."""
+    if not self._relative[i]:
+      return self._thresholds[i]
+    return self._thresholds[i] * tf.sqrt(tf.reduce_mean(tf.square(norms))
+                                         + 1e-24)
 
   def apply(self, step, optimizer=None):
     """Shrinks the sources by `step` (= learning rate x strength).
@@ -216,14 +229,15 @@ class ProximalStep:
     self.build()
     step = tf.cast(step, tf.float32) * _momentum_gain(optimizer)
     shrinks = []
-    for p, cache, alive, w, kind, axis, limit in zip(
+    for i, (p, cache, alive, w, kind, axis) in enumerate(zip(
         self.variables, self._weights, self._alive, self._term_weights(),
-        self._kinds, self._axes, self._thresholds):
+        self._kinds, self._axes)):
       w = tf.where(w > 0, w, cache)
       cache.assign(w)
       shrinks.append(step * w)
       value = tf.cast(tf.convert_to_tensor(p), tf.float32)
       norms = channel_norms(kind, value, axis)
+      limit = self._limit(i, norms)
       # prox of t r_c: scale the channel by max(0, 1 - t / r_c)
       # (the soft threshold for a scalar gamma) ...
       scale = tf.maximum(0.0, 1.0 - tf.math.divide_no_nan(step * w, norms))

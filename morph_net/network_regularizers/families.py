@@ -65,8 +65,17 @@ def _gate_sources(setting, ctx, ops):
           ctx.view.param(fact.logits), setting)
 
 
-def gamma(gamma_threshold, grouping=None):
-  """BatchNorm gammas are the sources; L1 on |gamma|."""
+def check_normalize(normalize):
+  """'auto', True or False (see `framework.Family.normalize`)."""
+  if normalize not in ('auto', True, False):
+    raise ValueError("normalize must be 'auto', True or False, got %r."
+                     % (normalize,))
+  return normalize
+
+
+def gamma(gamma_threshold, grouping=None, normalize=False):
+  """BatchNorm gammas are the sources; L1 on |gamma| (relative to the
+  BatchNorm's own scale where the loss does not see that scale)."""
   return family_lib.Family(
       'Gamma', functools.partial(_gamma_sources, op_regularizers.check_threshold(
           'gamma_threshold', gamma_threshold)),
@@ -74,11 +83,15 @@ def gamma(gamma_threshold, grouping=None):
       sources_description='BatchNorm scales (FusedBatchNorm, or the unfused '
       'scale Keras 3 traces; BatchNormalization needs scale=True)',
       remedy='Add BatchNormalization (with scale=True) after your '
-      'convolutions, or use a GroupLasso regularizer.')
+      'convolutions, or use a GroupLasso regularizer.',
+      normalize=check_normalize(normalize),
+      normalizable=lambda source: 'gamma')
 
 
-def group_lasso(threshold, l1_fraction=0.0, grouping=None):
-  """Conv/matmul kernels are the sources; group lasso per output channel."""
+def group_lasso(threshold, l1_fraction=0.0, grouping=None, normalize=False):
+  """Conv/matmul kernels are the sources; group lasso per output channel
+  (relative to the layer's own scale where its output is batch-normalized
+  and the loss does not see that scale)."""
   group_lasso_regularizer.check_l1_fraction(l1_fraction)
   return family_lib.Family(
       'GroupLasso', functools.partial(
@@ -89,7 +102,9 @@ def group_lasso(threshold, l1_fraction=0.0, grouping=None):
       sources_description='the kernels of convolutions, Dense/MatMul and '
       'EinsumDense layers',
       remedy='Only depthwise or weight-free ops were found; stop the '
-      'analysis at the layers you want pruned.')
+      'analysis at the layers you want pruned.',
+      normalize=check_normalize(normalize),
+      normalizable=lambda source: 'group_lasso')
 
 
 def logistic_sigmoid(alive_threshold=0.1, regularize_on_mask=True,
@@ -126,15 +141,22 @@ class GammaFamily(_Named):
   Args:
     output_boundary: a Keras model, a concrete function, or the output ops
       of a `tf.compat.v1` graph.
-    gamma_threshold: channels with |gamma| above it are alive.
+    gamma_threshold: channels with |gamma| above it are alive (with
+      `normalize`, |gamma| / the RMS of the BatchNorm's |gamma|).
     op_handler_dict: extra op handlers merged into the default table.
+    normalize: False (default): the original MorphNet's absolute |gamma|.
+      'auto': a BatchNorm whose scale the loss does not see (it feeds other
+      BatchNorms through ReLU, pooling, convolutions:
+      `framework.invariance`) is measured relative to its own scale (in
+      Keras models and tf.functions; tf.compat.v1 graphs stay absolute).
+      True: every BatchNorm, in every graph.
     **kwargs: the shared keyword arguments (module docstring).
   """
 
   def __init__(self, output_boundary, gamma_threshold, op_handler_dict=None,
-               **kwargs):
-    self._build(output_boundary, gamma(gamma_threshold), op_handler_dict,
-                kwargs)
+               normalize=False, **kwargs):
+    self._build(output_boundary, gamma(gamma_threshold, normalize=normalize),
+                op_handler_dict, kwargs)
 
 
 class GroupLassoFamily(_Named):
@@ -145,12 +167,15 @@ class GroupLassoFamily(_Named):
     threshold: channels whose kernel norm exceeds it are alive.
     l1_fraction: norm = (1 - f) RMS(w) + f mean|w| per output channel.
     op_handler_dict: extra op handlers merged into the default table.
+    normalize: as in `GammaFamily`, for kernels whose output is
+      batch-normalized (the kernel's scale is invisible to the loss).
     **kwargs: the shared keyword arguments (module docstring).
   """
 
   def __init__(self, output_boundary, threshold, l1_fraction=0.0,
-               op_handler_dict=None, **kwargs):
-    self._build(output_boundary, group_lasso(threshold, l1_fraction),
+               op_handler_dict=None, normalize=False, **kwargs):
+    self._build(output_boundary, group_lasso(threshold, l1_fraction,
+                                             normalize=normalize),
                 op_handler_dict, kwargs)
 
 

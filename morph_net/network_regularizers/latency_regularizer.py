@@ -42,8 +42,10 @@ class GammaLatencyRegularizer(_LatencyRegularizer):
   """Latency; sources are BatchNorm gammas, alive when |gamma| > threshold."""
 
   def __init__(self, output_boundary, gamma_threshold, hardware,
-               batch_size=1, op_handler_dict=None, **kwargs):
-    super().__init__(output_boundary, families.gamma(gamma_threshold),
+               batch_size=1, op_handler_dict=None, normalize=False,
+               **kwargs):
+    super().__init__(output_boundary, families.gamma(gamma_threshold,
+                                                     normalize=normalize),
                      hardware, batch_size, 'GammaLatency',
                      op_handler_dict=op_handler_dict, **kwargs)
 
@@ -52,9 +54,11 @@ class GroupLassoLatencyRegularizer(_LatencyRegularizer):
   """Latency; sources are conv/matmul kernels (group lasso per channel)."""
 
   def __init__(self, output_boundary, threshold, hardware, batch_size=1,
-               l1_fraction=0.0, op_handler_dict=None, **kwargs):
+               l1_fraction=0.0, op_handler_dict=None, normalize=False,
+               **kwargs):
     super().__init__(output_boundary,
-                     families.group_lasso(threshold, l1_fraction),
+                     families.group_lasso(threshold, l1_fraction,
+                                          normalize=normalize),
                      hardware, batch_size, 'GroupLassoLatency',
                      op_handler_dict=op_handler_dict, **kwargs)
 
