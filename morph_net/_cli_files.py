@@ -2,12 +2,11 @@
 
 Reading: structure JSON (validated), `.keras` models (with a clear error
 naming any custom class this process has not imported, and the
-`--custom-module` option that imports it). Writing: the slim model, through
-the one atomic writer (`morph_net.tools._atomic`), never onto an input and
-never over an existing file without `--overwrite`.
+`--custom-module` option that imports it). Outputs: `check_output` refuses
+an input's path and, without `--overwrite`, an existing file (`cli.py`
+writes through the one atomic writer, `morph_net.tools._atomic`).
 """
 
-import contextlib
 import importlib
 import importlib.util
 import json
@@ -57,38 +56,6 @@ def load_structure(path):
   return data
 
 
-def import_tf_quietly():
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import keras  # pylint: disable=g-import-not-at-top
-  # Register morph_net's serializable layers (gating) before loading.
-  with contextlib.suppress(ImportError):
-    import morph_net.probabilistic_gating  # pylint: disable=g-import-not-at-top,unused-import
-  return tf, keras
-
-
-def load_model(path):
-  """A Keras model from a .keras file, or a CLIError saying why not."""
-  check_file(path, 'model')
-  if path.endswith('.keras') and not zipfile.is_zipfile(path):
-    raise CLIError('model %s: not a Keras model file (a .keras file is a zip '
-                   'archive written by model.save; this one is not)' % path)
-  _, keras = import_tf_quietly()
-  try:
-    model = keras.saving.load_model(path, compile=False)
-  except Exception as e:  # pylint: disable=broad-except
-    missing = _unregistered_classes(path, keras)
-    if missing:
-      raise CLIError(_custom_class_message(path, missing)) from None
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise CLIError('model %s: not a loadable Keras model file (.keras): '
-                   '%s: %s' % (path, type(e).__name__, first[:300])) from None
-  if not isinstance(model, keras.Model):
-    raise CLIError('model %s: holds a %s, not a Keras model'
-                   % (path, type(model).__name__))
-  return model
-
-
 def _config_objects(node):
   """Every serialized object ({'class_name', 'module', ...}) in a config."""
   stack = [node]
@@ -102,7 +69,7 @@ def _config_objects(node):
       stack.extend(node)
 
 
-def _unregistered_classes(path, keras):
+def unregistered_classes(path, keras):
   """[(class name, module, registered name)] of the custom classes a .keras
   file's config names that this process cannot resolve (empty if the file
   has no readable config)."""
@@ -126,7 +93,7 @@ def _unregistered_classes(path, keras):
   return missing
 
 
-def _custom_class_message(path, missing):
+def custom_class_message(path, missing):
   classes = ', '.join(
       '%r (registered as %r, defined in module %r when saved)'
       % (name, registered, module) for name, module, registered in missing[:5])
@@ -187,17 +154,3 @@ def check_output(path, inputs, overwrite):
   if not overwrite:
     raise CLIError('output %s: exists; pass --overwrite to replace it, or '
                    'choose another file' % path)
-
-
-def save_model_atomically(model, path, overwrite=True):
-  from morph_net.tools import _atomic  # pylint: disable=g-import-not-at-top
-  try:
-    with _atomic.atomic_path(path, suffix='.keras',
-                             overwrite=overwrite) as tmp:
-      model.save(tmp)
-  except FileExistsError:
-    raise CLIError('output %s: was created by someone else while the slim '
-                   'model was built; it was kept. Pass --overwrite to '
-                   'replace it' % path) from None
-  except OSError as e:
-    raise CLIError('output %s: cannot write it: %s' % (path, e)) from None

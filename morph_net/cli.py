@@ -24,16 +24,16 @@ import contextlib
 import math
 import os
 import sys
+import zipfile
 
 from morph_net._cli_files import check_file
 from morph_net._cli_files import check_output
 from morph_net._cli_files import CLIError
+from morph_net._cli_files import custom_class_message
 from morph_net._cli_files import import_custom_modules
-from morph_net._cli_files import load_model
-from morph_net._cli_files import import_tf_quietly
 from morph_net._cli_files import load_structure
 from morph_net._cli_files import MAX_WIDTH
-from morph_net._cli_files import save_model_atomically as _save_model_atomically
+from morph_net._cli_files import unregistered_classes
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -41,6 +41,38 @@ EXIT_BAD_INPUT = 2
 
 
 # ----------------------------------------------------------------- inputs
+def import_tf_quietly():
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  # Register morph_net's serializable layers (gating) before loading.
+  with contextlib.suppress(ImportError):
+    import morph_net.probabilistic_gating  # pylint: disable=g-import-not-at-top,unused-import
+  return tf, keras
+
+
+def load_model(path):
+  """A Keras model from a .keras file, or a CLIError saying why not."""
+  check_file(path, 'model')
+  if path.endswith('.keras') and not zipfile.is_zipfile(path):
+    raise CLIError('model %s: not a Keras model file (a .keras file is a zip '
+                   'archive written by model.save; this one is not)' % path)
+  _, keras = import_tf_quietly()
+  try:
+    model = keras.saving.load_model(path, compile=False)
+  except Exception as e:  # pylint: disable=broad-except
+    missing = unregistered_classes(path, keras)
+    if missing:
+      raise CLIError(custom_class_message(path, missing)) from None
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise CLIError('model %s: not a loadable Keras model file (.keras): '
+                   '%s: %s' % (path, type(e).__name__, first[:300])) from None
+  if not isinstance(model, keras.Model):
+    raise CLIError('model %s: holds a %s, not a Keras model'
+                   % (path, type(model).__name__))
+  return model
+
+
 def layer_names(model):
   """Names of every layer of a model, nested models included."""
   names, stack = [], list(model.layers)
@@ -112,6 +144,20 @@ def _analyze(model, input_signature=None):
     hint = (' (pass --input-shape H,W,C)'
             if isinstance(e, errors.UnknownShapeError) else '')
     raise CLIError('cannot analyze the model: %s%s' % (first, hint)) from None
+
+
+def _save_model_atomically(model, path, overwrite=True):
+  from morph_net.tools import _atomic  # pylint: disable=g-import-not-at-top
+  try:
+    with _atomic.atomic_path(path, suffix='.keras',
+                             overwrite=overwrite) as tmp:
+      model.save(tmp)
+  except FileExistsError:
+    raise CLIError('output %s: was created by someone else while the slim '
+                   'model was built; it was kept. Pass --overwrite to '
+                   'replace it' % path) from None
+  except OSError as e:
+    raise CLIError('output %s: cannot write it: %s' % (path, e)) from None
 
 
 def _progress(message):

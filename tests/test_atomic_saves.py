@@ -24,7 +24,8 @@ L = keras.layers
 # Saves `RegularizedModel.save` over one path in a loop, the version
 # number in a bias; SIGINT (KeyboardInterrupt) stops the loop, the child
 # reports the last version saved, the one it was saving and whether the
-# interrupt landed inside `save`, then waits for 'go' (or 'stop').
+# interrupt landed inside `save`, then waits for 'go' (or 'stop'), ignoring
+# a late SIGINT while it waits.
 _CHILD = r'''
 import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # background jobs ignore it
@@ -32,6 +33,13 @@ import numpy as np
 import keras
 import morph_net.keras as mk
 from morph_net.network_regularizers import flop_regularizer
+
+def command():
+  while True:
+    try:
+      return sys.stdin.readline().strip()
+    except KeyboardInterrupt:
+      pass
 
 def main(path):
   keras.utils.set_random_seed(0)
@@ -58,7 +66,7 @@ def main(path):
     except KeyboardInterrupt:
       pass
     print('interrupted %d %d %d' % (saved, version, in_save), flush=True)
-    if sys.stdin.readline().strip() != 'go':
+    if command() != 'go':
       return
 
 main(sys.argv[1])
@@ -84,19 +92,42 @@ class _Child:
       self.lines.put(line.split())
     self.lines.put(None)
 
-  def until(self, word, timeout=120):
-    """The next line starting with `word` (fails if the child dies)."""
+  def next(self, words, timeout):
+    """The next line whose first word is in `words`, or None after
+    `timeout` seconds in all (fails if the child dies)."""
+    deadline = time.time() + timeout
     while True:
       try:
-        line = self.lines.get(timeout=timeout)
+        line = self.lines.get(timeout=max(0.0, deadline - time.time()))
       except queue.Empty:
-        self.proc.kill()
-        pytest.fail('the saving child said nothing for %ds' % timeout)
+        return None
       if line is None:
         with open(self._log) as f:
           pytest.fail('the saving child died: %s' % f.read()[-3000:])
-      if line and line[0] == word:
+      if line and line[0] in words:
         return line
+
+  def until(self, word, timeout=120):
+    line = self.next((word,), timeout)
+    if line is None:
+      self.proc.kill()
+      pytest.fail('the saving child said no %r for %ds' % (word, timeout))
+    return line
+
+  def interrupt(self):
+    """SIGINT until the child reports it; its 'interrupted' line.
+
+    A KeyboardInterrupt raised where C code clears Python errors (e.g. an
+    attribute probe inside TensorFlow or NumPy) is lost, like a Ctrl-C that
+    a program swallowed: press again.
+    """
+    for _ in range(24):
+      self.proc.send_signal(signal.SIGINT)
+      line = self.next(('interrupted',), timeout=5)
+      if line is not None:
+        return line
+    self.proc.kill()
+    pytest.fail('the saving child ignored SIGINT for 2 minutes')
 
   def say(self, text):
     self.proc.stdin.write(text + '\n')
@@ -116,18 +147,22 @@ def test_28_interrupted_saves_leave_the_old_or_the_new_model(tmp_path):
   outcomes, inside = [], 0
   try:
     child.until('saved')  # an old model exists from here on
-    for _ in range(28):
-      time.sleep(rng.uniform(0.0, 0.3))
-      child.proc.send_signal(signal.SIGINT)
-      _, saved, version, in_save = child.until('interrupted')
+    line = None
+    while len(outcomes) < 28:
+      if line is None:  # a resent SIGINT may land after 'go': line is set
+        time.sleep(rng.uniform(0.0, 0.3))
+        line = child.interrupt()
+      _, saved, version, in_save = line
       inside += int(in_save)
       held = _marker(path)  # raises if the file is broken
       assert held in (int(saved), int(version)), (held, saved, version)
       outcomes.append('new' if held == int(version) != int(saved) else 'old')
       child.say('go')
-      child.until('saved')
-    child.proc.send_signal(signal.SIGINT)
-    child.until('interrupted')
+      line = child.next(('saved', 'interrupted'), timeout=120)
+      assert line is not None, 'the child did not resume'
+      line = line if line[0] == 'interrupted' else None
+    if line is None:
+      child.interrupt()
     child.say('stop')
     assert child.proc.wait(60) == 0
   finally:
@@ -177,6 +212,29 @@ def test_save_without_overwrite_keeps_the_existing_file(tmp_path):
   assert open(path).read() == 'precious'
   _trainer().save(path)
   assert keras.saving.load_model(path, compile=False).get_layer('conv1')
+
+
+def test_save_weights_goes_through_the_atomic_writer(tmp_path, monkeypatch):
+  path = str(tmp_path / 'run.weights.h5')
+  trainer = _trainer()
+  trainer.save_weights(path)
+  before = open(path, 'rb').read()
+  with pytest.raises(FileExistsError, match='run.weights.h5'):
+    trainer.save_weights(path, overwrite=False)
+  written = []
+  real = trainer.inner_model.save_weights
+
+  def recording(filepath, **kwargs):
+    written.append(os.path.basename(filepath))
+    return real(filepath, **kwargs)
+
+  monkeypatch.setattr(trainer.inner_model, 'save_weights', recording)
+  trainer.save_weights(path)
+  assert written[0].startswith('.tmp_morphnet_')  # beside, then renamed
+  assert written[0].endswith('.weights.h5')
+  assert os.listdir(str(tmp_path)) == ['run.weights.h5']
+  assert len(open(path, 'rb').read()) == len(before)
+  trainer.load_weights(path)
 
 
 # -------------------------------------------------------------- the CLI

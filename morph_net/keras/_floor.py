@@ -43,7 +43,8 @@ class Floor:
     holders: [(name, cost, alive_in, alive_out)] of the ops still costing
       something at the floor, largest first; `name` is the Keras layer key
       (or the op name where no layer owns the op); alive counts are the
-      channels no source can remove.
+      channels no source can remove (None for an op that is not a conv or
+      matmul, e.g. an activation's memory traffic under a latency cost).
     cost_name: the regularizer's `cost_name`.
   """
 
@@ -56,10 +57,13 @@ class Floor:
     """'conv1 9,216 FLOPs (3 input and 32 output channels ...), ...'."""
     if not self.holders:
       return 'no op'
-    parts = ['%s %s %s (%s input and %s output channels no source can '
-             'remove)' % (name, _number(cost), self.cost_name,
-                          _number(a_in), _number(a_out))
-             for name, cost, a_in, a_out in self.holders[:_NAMED]]
+    parts = []
+    for name, cost, a_in, a_out in self.holders[:_NAMED]:
+      text = '%s %s %s' % (name, _number(cost), self.cost_name)
+      if a_in is not None:  # a compute op (not a latency-only op)
+        text += (' (%s input and %s output channels no source can remove)'
+                 % (_number(a_in), _number(a_out)))
+      parts.append(text)
     more = len(self.holders) - _NAMED
     if more > 0:
       parts.append('and %d more op%s' % (more, 's' if more > 1 else ''))
@@ -138,14 +142,18 @@ def _holders(part, weight):
     if not cost > 0:
       continue
     c = computes.get(op_name)
-    a_in = a_out = 0.0
+    a_in = a_out = None
     if c is not None:
       a_in = float(alive[manager.class_indices(c.input)].sum())
       a_out = float(alive[manager.class_indices(c.output)].sum())
     name = names.get(op_name, op_name)
-    total, i, o = by_name.get(name, (0.0, 0.0, 0.0))
-    by_name[name] = (total + weight * cost, max(i, a_in), max(o, a_out))
+    total, i, o = by_name.get(name, (0.0, None, None))
+    by_name[name] = (total + weight * cost, _max(i, a_in), _max(o, a_out))
   return [(n, c, i, o) for n, (c, i, o) in by_name.items()]
+
+
+def _max(a, b):
+  return b if a is None else a if b is None else max(a, b)
 
 
 def cost_floor(regularizer):

@@ -27,10 +27,8 @@ TensorFlow graph and evaluates with TensorFlow ops.
 """
 
 import contextlib
-import errno
 import math
 import numbers
-import os
 import warnings
 
 import keras
@@ -38,9 +36,9 @@ import numpy as np
 import tensorflow as tf
 
 from morph_net.keras import _floor
+from morph_net.keras import _saving
 from morph_net.keras import budget as budget_lib
 from morph_net.network_regularizers import combined as combined_lib
-from morph_net.tools import _atomic
 from morph_net.tools import summaries
 
 REGULARIZATION_TERM_NAME = summaries.REGULARIZATION_TERM_NAME
@@ -301,7 +299,7 @@ class RegularizedModel(keras.Model):
     atomically.
 
     A local '.keras' or '.h5' file is written beside `filepath` and renamed
-    over it (`morph_net.tools._atomic`): an interrupted save (Ctrl-C, a
+    over it (`morph_net.keras._saving`): an interrupted save (Ctrl-C, a
     killed job, a full disk) leaves the file that was there, never half a
     model. Other destinations (a directory with `zipped=False`, remote
     URLs) are passed to Keras as they are.
@@ -319,30 +317,23 @@ class RegularizedModel(keras.Model):
     """
     if zipped is not None:
       kwargs['zipped'] = zipped
-    suffix = _atomic_suffix(filepath, zipped)
-    if suffix is None:
-      return self.inner_model.save(filepath, overwrite=overwrite, **kwargs)
-    if not overwrite and os.path.exists(filepath):
-      raise FileExistsError(
-          errno.EEXIST, 'exists and overwrite=False; nothing was written',
-          os.fspath(filepath))
-    with _atomic.atomic_path(filepath, suffix=suffix,
-                             overwrite=overwrite) as tmp:
-      self.inner_model.save(tmp, overwrite=True, **kwargs)
+    return _saving.save(self.inner_model.save, filepath, overwrite,
+                        _saving.MODEL_SUFFIXES, **kwargs)
 
   def save_weights(self, filepath, overwrite=True, **kwargs):
     """Saves the wrapped model's weights and this wrapper's optimizer.
 
-    The file is what plain Keras writes for the wrapped model compiled with
-    this optimizer: the wrapped model (or any model of its architecture)
+    A '.weights.h5' file is written atomically, like `save`. The file is
+    what plain Keras writes for the wrapped model compiled with this
+    optimizer: the wrapped model (or any model of its architecture)
     loads it with its own `load_weights`, and `RegularizedModel.load_weights`
     also restores the optimizer (its step count, Adam's moments), so
     `BackupAndRestore` and `ModelCheckpoint(save_weights_only=True)` resume
     where they stopped.
     """
     with self._optimizer_on_inner_model():
-      return self.inner_model.save_weights(filepath, overwrite=overwrite,
-                                           **kwargs)
+      return _saving.save(self.inner_model.save_weights, filepath, overwrite,
+                          _saving.WEIGHTS_SUFFIXES, **kwargs)
 
   def load_weights(self, filepath, skip_mismatch=False, **kwargs):
     """Loads `save_weights` files: the wrapped model's weights and, if the
@@ -384,21 +375,6 @@ class RegularizedModel(keras.Model):
         'RegularizedModel is not serializable; save the wrapped model '
         '(RegularizedModel.save does) and call add_regularizer again after '
         'loading it.')
-
-
-def _atomic_suffix(filepath, zipped):
-  """The temp file's suffix for an atomic save, or None where Keras must
-  write `filepath` itself (a directory, a remote path)."""
-  try:
-    path = os.fspath(filepath)
-  except TypeError:
-    return None
-  if not isinstance(path, str) or '://' in path or zipped is False:
-    return None
-  for suffix in ('.keras', '.h5', '.hdf5'):
-    if path.endswith(suffix):
-      return suffix
-  return None
 
 
 def _check_not_nested(model):
@@ -495,8 +471,10 @@ def add_regularizer(model, regularizer, strength=None, term_name=None,
 
   Raises:
     ValueError: `strength` is negative, not finite or not a number; both or
-      neither of `strength` and `target_cost`; `exact_zeros=True` with
-      sources that do not support it.
+      neither of `strength` and `target_cost`; `target_cost` under the
+      lowest cost the network can reach (the message names it and what
+      holds it up); `exact_zeros=True` with sources that do not support
+      it.
     TypeError: `model` is not a Keras model or `regularizer` is not a
       network regularizer.
     RuntimeError: the Keras backend is not TensorFlow.
