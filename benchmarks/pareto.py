@@ -5,8 +5,9 @@ two kinds of curves of held-out accuracy against cost, every point
 retrained from scratch with one recipe and several seeds:
 
 - width: every layer's width x w, for w in WIDTHS;
-- MorphNet, the paper's recipe, once per family (Gamma, GroupLasso,
-  LogisticSigmoid = FiGS gates): shrink the trained seed toward
+- MorphNet, the paper's recipe, once per family (FAMILIES: Gamma,
+  GroupLasso, FiGS = LogisticSigmoid gates with the library's defaults,
+  and FiGS with `regularize_on_mask=False`): shrink the trained seed toward
   METHOD['shrink_to'] x its cost with `add_regularizer(..., target_cost=)`
   (export with `StructureExporterCallback` + `budget.only_at_or_under`),
   then scale that one learned structure to each budget with
@@ -95,6 +96,9 @@ METHOD = {
     'gamma_threshold': 1e-2,       # Gamma*Regularizer(model, this)
     'group_lasso_threshold': 1e-2,  # GroupLasso*Regularizer(model, this)
     'figs_kwargs': {},             # LogisticSigmoid*Regularizer (defaults)
+    # 'figs_prob': FiGS penalizing the gate probabilities, which the
+    # library's own stall warning advises under Adam (issue 23's table).
+    'figs_prob_kwargs': {'regularize_on_mask': False},
     'gate_kwargs': {},             # LogisticSigmoidGating (defaults)
     'controller': 'default',       # add_regularizer(target_cost=T)
     'shrink_learning_rate': 1e-2,  # Adam, constant, from the trained seed
@@ -103,7 +107,8 @@ METHOD = {
 }
 # ------------------------------------------------------------------------
 
-FAMILIES = ('gamma', 'grouplasso', 'figs')
+FAMILIES = ('gamma', 'grouplasso', 'figs', 'figs_prob')
+GATED_FAMILIES = ('figs', 'figs_prob')  # need the gated seed
 RESOURCES = ('flops', 'size')
 COST_NAMES = {'flops': 'flops', 'size': 'model_size'}
 WIDTHS = (0.25, 0.35, 0.5, 0.7, 1.0)
@@ -311,9 +316,9 @@ def make_regularizer(family, resource, model):
   if family == 'grouplasso':
     return getattr(module, 'GroupLasso' + suffix)(
         model, METHOD['group_lasso_threshold'])
-  if family == 'figs':
+  if family in GATED_FAMILIES:
     return getattr(module, 'LogisticSigmoid' + suffix)(
-        model, **METHOD['figs_kwargs'])
+        model, **METHOD[family + '_kwargs'])
   raise ValueError('unknown family %r' % (family,))
 
 
@@ -604,6 +609,7 @@ def plot_setting(results, setting, out_dir):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top,unused-import
   cfg = results['config']
   cur = curves(results, setting, cfg['widths'], cfg['budget_widths'])
   if not cur['width']:
@@ -613,22 +619,29 @@ def plot_setting(results, setting, out_dir):
   styles = {'width': ('o-', 'k', 'width multiplier'),
             'gamma': ('s--', 'C0', 'Gamma'),
             'grouplasso': ('^--', 'C1', 'GroupLasso'),
-            'figs': ('D--', 'C2', 'FiGS (LogisticSigmoid)')}
+            'figs': ('D--', 'C2', 'FiGS (LogisticSigmoid), defaults'),
+            'figs_prob': ('v--', 'C3', 'FiGS, regularize_on_mask=False')}
   for name, rows in cur.items():
     style, color, label = styles[name]
     cis = [mean_ci(r[1]) for r in rows]
     ax.errorbar([r[0] for r in rows], [100 * m for m, _ in cis],
                 yerr=[0 if math.isnan(h) else 100 * h for _, h in cis],
                 fmt=style, color=color, capsize=3, label=label)
+  for c, _, label in cur['width']:
+    ax.annotate(label, (c, ax.get_ylim()[0]), textcoords='offset points',
+                xytext=(0, 3), ha='center', fontsize=7, color='0.4')
   ax.set_xscale('log')
-  ax.set_xlabel('%s per example' % ('FLOPs' if resource == 'flops' else
-                                    'weights (model size)'))
+  ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+      lambda v, _: '%gM' % (v / 1e6) if v >= 1e6 else '%gk' % (v / 1e3)))
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  ax.set_xlabel('FLOPs per example (log scale)' if resource == 'flops' else
+                'weights, model size (log scale)')
   ax.set_ylabel('held-out accuracy %, mean ± 95% t-CI')
   ax.set_title('%s (%s)' % (setting, 'development' if is_development(
       setting) else 'held-out'))
   ax.legend(fontsize=8)
   seed_widths = results.get('seed_widths', {}).get('%s/%s' % (task, net), {})
-  names = list(seed_widths)
+  names = sorted(seed_widths, key=lambda n: (n != 'stem', n))  # net order
   x = np.arange(len(names))
   fams = [f for f in FAMILIES if point_key('shrink', setting, f) in
           results['shrinks']]
@@ -641,10 +654,12 @@ def plot_setting(results, setting, out_dir):
            label=styles[family][2])
   bx.axhline(METHOD['shrink_to'], color='0.5', lw=0.8, ls=':')
   bx.set_xticks(x)
-  bx.set_xticklabels(names, rotation=45, ha='right', fontsize=8)
+  bx.set_xticklabels(['%s (%d)' % (n, seed_widths[n]) for n in names],
+                     rotation=45, ha='right', fontsize=8)
   bx.set_ylabel('learned width / seed width')
-  bx.set_title('structure learned at %g x the seed %s' % (
-      cfg['method']['shrink_to'], resource))
+  bx.set_title('structure learned at %g x the seed\'s %s' % (
+      cfg['method']['shrink_to'], 'FLOPs' if resource == 'flops' else
+      'model size'))
   if fams:
     bx.legend(fontsize=8)
   fig.tight_layout()
@@ -806,7 +821,7 @@ def main(argv=None):
         run_point(point_key('width', task, net, 'w=%g' % w, 'seed=%d' % s),
                   plain, scaled_structure(seed_widths, w), task, s)
     for family in families:
-      gated = family == 'figs'
+      gated = family in GATED_FAMILIES
       skey = point_key('shrink', setting, family)
       if skey not in results['shrinks']:
         t = time.time()
