@@ -192,20 +192,43 @@ def test_plain_gradient_leaves_dead_gammas_nonzero(digits):
   assert small.any() and np.all(gammas[small] != 0.0)
 
 
-def test_exact_zeros_refused_for_gates():
+def _two_gates(seed=0):
   from morph_net.probabilistic_gating import activation_gating  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(seed)
   inputs = keras.Input((4,))
-  x = keras.layers.Dense(8, name='hidden')(inputs)
-  x = activation_gating.LogisticSigmoidGating(name='gate')(x)
-  model = keras.Model(inputs, keras.layers.Dense(2, name='out')(x))
-  reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
-  assert not budget.supports_exact_zeros(reg)
-  with pytest.raises(ValueError, match='exact_zeros'):
-    mk.add_regularizer(model, reg, strength=1e-3, exact_zeros=True)
-  # With a target the default is then plain gradients (no error). The
-  # target is over the floor, 12 (each gate keeps its first channel).
-  trainer = mk.add_regularizer(model, reg, target_cost=20.0)
-  assert trainer.target_cost == 20.0
+  x = keras.layers.Dense(8, name='wide_in')(inputs)
+  x = activation_gating.LogisticSigmoidGating(name='g1')(x)
+  x = keras.layers.Dense(32, name='hidden')(x)
+  x = activation_gating.LogisticSigmoidGating(name='g2')(x)
+  return keras.Model(inputs, keras.layers.Dense(2, name='out')(x))
+
+
+@pytest.mark.parametrize('decoupled', [True, False])
+def test_gates_move_by_their_cost_weight_only_when_decoupled(decoupled):
+  """FLOPs per channel: g1's 2 x (4 + 32) = 72, g2's 2 x (8 + 2) = 20.
+  Inside Adam both logits fall by about the learning rate per step;
+  decoupled (exact_zeros=True: the term's gradient step after the update)
+  g1's fall about 72/20 times faster than g2's."""
+  model = _two_gates()
+  reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(
+      model, regularize_on_mask=False)
+  assert budget.supports_exact_zeros(reg)
+  trainer = mk.add_regularizer(model, reg, strength=2e-2,
+                               exact_zeros=decoupled, monitor=False)
+  trainer.compile(keras.optimizers.Adam(1e-2), 'mse')
+  before = [model.get_layer(n).mask_logits.numpy().copy()
+            for n in ('g1', 'g2')]
+  x = np.zeros((64, 4), 'float32')  # no data: only the term moves gates
+  trainer.fit(x, np.zeros((64, 2), 'float32'), batch_size=16, epochs=3,
+              verbose=0)
+  fall = [float(np.mean(b - model.get_layer(n).mask_logits.numpy()))
+          for b, n in zip(before, ('g1', 'g2'))]
+  assert fall[0] > 0 and fall[1] > 0, fall
+  ratio = fall[0] / fall[1]
+  if decoupled:
+    assert 2.5 < ratio < 5.0, fall
+  else:
+    assert 0.7 < ratio < 1.4, fall
 
 
 @pytest.mark.parametrize('kwargs', [{}, {'strength': 1e-3,

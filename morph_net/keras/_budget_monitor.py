@@ -21,9 +21,9 @@ def _source_values(regularizer):
   relative = getattr(manager, 'normalized_sources', frozenset())
   for s in manager.sources:
     kind = _proximal.source_kind(s)
-    if kind is None and not issubclass(
-        s.regularizer_cls, group_lasso_regularizer.GroupLassoRegularizer):
-      return None
+    if kind == 'gate' or (kind is None and not issubclass(
+        s.regularizer_cls, group_lasso_regularizer.GroupLassoRegularizer)):
+      return None  # gates: a probability, no norm to hover near a threshold
     kind = kind or 'group_lasso'
     value = tf.cast(tf.convert_to_tensor(s.param), tf.float32)
     norms = _proximal.channel_norms(

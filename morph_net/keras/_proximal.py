@@ -21,7 +21,11 @@ is then set by noise. A channel reviving from 0 passes through (0,
 threshold] freely.
 
 Supported sources: BatchNorm gammas (Gamma regularizers) and group lasso
-with l1_fraction=0; LogisticSigmoid gates have no zero to snap to.
+with l1_fraction=0. LogisticSigmoid gates have no zero to snap to: their
+logits take the term's gradient step after each update instead, outside the
+optimizer (decoupled, like the gammas' shrink under Adam), so that each
+gate moves in proportion to its cost weight; inside Adam every logit moves
+by about the learning rate whatever it costs.
 """
 
 import numpy as np
@@ -36,10 +40,11 @@ from morph_net.op_regularizers import logistic_sigmoid_regularizer
 def source_kind(source, proximal=True):
   """'gamma', 'group_lasso', 'gate' or None.
 
-  With `proximal`, only the sources the proximal step shrinks: group lasso
-  with l1_fraction=0, no gates. Otherwise also group lasso with any
-  l1_fraction (its norms scale with their channel) and logistic-sigmoid
-  gates. Group lasso read through an index map is never a kind here.
+  With `proximal`, only the sources the decoupled step handles: gammas,
+  group lasso with l1_fraction=0 (both shrunk by their proximal step) and
+  logistic-sigmoid gates (moved by the term's gradient). Otherwise also
+  group lasso with any l1_fraction (its norms scale with their channel).
+  Group lasso read through an index map is never a kind here.
   """
   cls = source.regularizer_cls
   if issubclass(cls, gamma_l1_regularizer.GammaL1Regularizer):
@@ -50,8 +55,7 @@ def source_kind(source, proximal=True):
         and not (proximal and setting[1])
         and not isinstance(setting[2], np.ndarray)):  # not an index map
       return 'group_lasso'
-  if not proximal and issubclass(
-      cls, logistic_sigmoid_regularizer.LogisticSigmoidRegularizer):
+  if issubclass(cls, logistic_sigmoid_regularizer.LogisticSigmoidRegularizer):
     return 'gate'
   return None
 
@@ -78,11 +82,14 @@ def threshold(source):
 
 
 def channel_axis(source, kind):
-  return 0 if kind == 'gamma' else source.setting[2]
+  return 0 if kind in ('gamma', 'gate') else source.setting[2]
 
 
 def channel_norms(kind, value, axis):
-  """r_c: |gamma|, or the RMS over the other axes of a kernel."""
+  """r_c: |gamma|, or the RMS over the other axes of a kernel (a gate's
+  logits as they are)."""
+  if kind == 'gate':
+    return tf.reshape(value, [-1])
   if kind == 'gamma':
     return tf.abs(value)
   value, axis = group_lasso_regularizer.by_channel(value, axis)
@@ -120,9 +127,10 @@ class ProximalStep:
           regularizer.op_regularizer_manager, 'sources', [])})
       raise ValueError(
           'exact_zeros needs every source to be a BatchNorm gamma (Gamma '
-          'regularizers) or a group lasso kernel (l1_fraction=0, channels '
-          'on kernel axes); this regularizer has %s. Use exact_zeros=False '
-          '(plain gradient on the term).' % (', '.join(kinds) or 'no sources'))
+          'regularizers), a group lasso kernel (l1_fraction=0, channels on '
+          'kernel axes) or a LogisticSigmoid gate; this regularizer has %s. '
+          'Use exact_zeros=False (plain gradient on the term).'
+          % (', '.join(kinds) or 'no sources'))
     self._regularizer = regularizer
     self._sources = list(regularizer.op_regularizer_manager.sources)
     self._kinds = [source_kind(s) for s in self._sources]
@@ -165,6 +173,9 @@ class ProximalStep:
       norms = channel_norms(kind, value, axis)
       if g is None:
         weights.append(tf.zeros_like(norms))
+        continue
+      if kind == 'gate':  # d term / d logit, used as is
+        weights.append(tf.reshape(tf.cast(g, tf.float32), [-1]))
         continue
       product = tf.cast(g, tf.float32) * value
       if kind == 'gamma':
@@ -232,6 +243,15 @@ class ProximalStep:
     for i, (p, cache, alive, w, kind, axis) in enumerate(zip(
         self.variables, self._weights, self._alive, self._term_weights(),
         self._kinds, self._axes)):
+      if kind == 'gate':
+        # A gate has no zero to snap to: its logits take the term's
+        # gradient step here, outside the optimizer, so that each gate
+        # moves by its own cost weight (Adam would move every logit by
+        # about its learning rate, whatever the weight).
+        shrinks.append(step * w)
+        p.assign(tf.cast(tf.cast(tf.convert_to_tensor(p), tf.float32)
+                         - tf.reshape(step * w, p.shape), p.dtype))
+        continue
       w = tf.where(w > 0, w, cache)
       cache.assign(w)
       shrinks.append(step * w)
