@@ -75,11 +75,14 @@ def relative(reg, alive, sources, counts, normalized):
   """Vectors of scale-free sources measured in units of their own scale.
 
   A normalized source's regularization r_c becomes r_c / s, s = RMS of
-  its r over its channels (held constant: no gradient flows through s, so
-  the term is an L1 penalty whose step is 1 / s), and a channel is alive
-  when r_c / s exceeds the threshold. The loss does not see s (a BatchNorm
-  feeding another BatchNorm), so the signal keeps its meaning whatever
-  scale the layer drifts to. Other sources pass unchanged.
+  its r over its channels, and a channel is alive when r_c / s exceeds the
+  threshold. The term is then 0-homogeneous in the source: its gradient
+  moves mass between the channels (the smaller ones shrink, the larger
+  grow) and never shrinks the layer as a whole, which the loss would not
+  resist (with s held constant, an L1 penalty of step 1 / s collapsed
+  whole scale-free layers). The loss does not see s (a BatchNorm feeding
+  another BatchNorm), so the signal keeps its meaning whatever scale the
+  layer drifts to. Other sources pass unchanged.
 
   Args:
     reg, alive: one batch's concatenated vectors.
@@ -90,7 +93,7 @@ def relative(reg, alive, sources, counts, normalized):
   ids = tf.constant(segments, tf.int32)
   mean_square = tf.math.unsorted_segment_mean(tf.square(reg), ids,
                                               len(sources))
-  scale = tf.stop_gradient(tf.sqrt(mean_square + 1e-24))
+  scale = tf.sqrt(mean_square + 1e-24)
   flags = tf.constant(np.repeat([s.op.name in normalized for s in sources],
                                 counts))
   limits = np.repeat([threshold(s) if s.op.name in normalized else 0.0

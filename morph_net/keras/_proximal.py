@@ -155,18 +155,27 @@ class ProximalStep:
             for p, k, a in zip(self.variables, self._kinds, self._axes)]
 
   def _term_weights(self):
-    """w_c = d term / d r_c, by Euler: sum_c-elements(p * dterm/dp) / r_c.
+    """w_c = d term / d r_c (see `_term_gradients`)."""
+    return self._term_gradients()[1]
 
+  def _term_gradients(self):
+    """(d term / d source variable, w_c) per source.
+
+    w_c = d term / d r_c, by Euler: sum_c-elements(p * dterm/dp) / r_c.
     The term is linear in the regularization vectors and each r_c is
     1-homogeneous in its channel's elements, so the product sum is w_c r_c.
     Where r_c = 0 (or a tied member that is not its group's max) the
-    gradient is zero and the last known weight is kept.
+    gradient is zero and the last known weight is kept. (A gate's w is its
+    gradient; a source measured relative to its own scale takes the
+    gradient itself, see `apply`.)
     """
     params = self.variables
     with tf.GradientTape() as tape:
       tape.watch(params)
       term = tf.cast(self._regularizer.get_regularization_term(), tf.float32)
     grads = tape.gradient(term, params)
+    grads = [None if g is None else tf.cast(tf.convert_to_tensor(g),
+                                            tf.float32) for g in grads]
     weights = []
     for p, g, kind, axis in zip(params, grads, self._kinds, self._axes):
       value = tf.cast(tf.convert_to_tensor(p), tf.float32)
@@ -186,7 +195,7 @@ class ProximalStep:
             product, axis=[a for a in range(value.shape.rank)
                            if a not in keep]), [-1])
       weights.append(tf.math.divide_no_nan(moment, norms))
-    return weights
+    return grads, weights
 
   def build(self):
     """Creates the weight cache and the alive flags (eagerly, once)."""
@@ -194,6 +203,10 @@ class ProximalStep:
       return
     initial = _distribute.in_replica_context(
         lambda: self._term_weights() + self._norms())
+    initial = [tf.zeros_like(r) if w is None else w
+               for w, r in zip(initial[:len(self._sources)],
+                               initial[len(self._sources):])] + list(
+                                   initial[len(self._sources):])
     n = len(self._sources)
     self._weights = [tf.Variable(w, trainable=False, name='morph_net_w_%d' % i)
                      for i, w in enumerate(initial[:n])]
@@ -240,9 +253,13 @@ class ProximalStep:
     self.build()
     step = tf.cast(step, tf.float32) * _momentum_gain(optimizer)
     shrinks = []
-    for i, (p, cache, alive, w, kind, axis) in enumerate(zip(
-        self.variables, self._weights, self._alive, self._term_weights(),
+    grads, weights = self._term_gradients()
+    for i, (p, cache, alive, g, w, kind, axis) in enumerate(zip(
+        self.variables, self._weights, self._alive, grads, weights,
         self._kinds, self._axes)):
+      if self._relative[i]:
+        shrinks.append(self._relative_step(i, p, alive, g, step))
+        continue
       if kind == 'gate':
         # A gate has no zero to snap to: its logits take the term's
         # gradient step here, outside the optimizer, so that each gate
@@ -267,6 +284,25 @@ class ProximalStep:
       alive.assign(tf.cast(~under, tf.float32))
       p.assign(tf.cast(scaled(kind, value, axis, scale), p.dtype))
     return shrinks
+
+  def _relative_step(self, i, p, alive, grad, step):
+    """A source measured relative to its own scale (`normalized_sources`):
+    its term is scale-free (0-homogeneous), so it has no soft threshold; the
+    step is the term's gradient, which moves mass between the channels and
+    leaves the layer's scale alone, and a channel falling under threshold x
+    the layer's RMS norm goes to exactly 0. Returns how much each channel's
+    norm fell."""
+    kind, axis = self._kinds[i], self._axes[i]
+    value = tf.cast(tf.convert_to_tensor(p), tf.float32)
+    before = channel_norms(kind, value, axis)
+    if grad is not None:
+      value = value - step * grad
+    norms = channel_norms(kind, value, axis)
+    under = norms <= self._limit(i, norms)
+    scale = tf.where(under & (alive > 0.5), 0.0, tf.ones_like(norms))
+    alive.assign(tf.cast(~under, tf.float32))
+    p.assign(tf.cast(scaled(kind, value, axis, scale), p.dtype))
+    return tf.maximum(before - norms * scale, 0.0)
 
 
 def _momentum_gain(optimizer):
