@@ -374,6 +374,11 @@ class GraphView:
     """Key of the Keras layer owning a variable (see `layer_keys`), or None."""
     return self._variable_owner.get(id(var))
 
+  def layer_items(self):
+    """(key, Keras layer) of every layer of the model (none in graph
+    mode)."""
+    return list(self._layers.items())
+
   def layer(self, key):
     """The Keras layer with this key, or None (graph mode, unknown key)."""
     return self._layers.get(key)

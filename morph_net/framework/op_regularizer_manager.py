@@ -78,6 +78,21 @@ class LayerEntry:
     return 'LayerEntry(%r, %d ops)' % (self.key, len(self.computes))
 
 
+def _check_channels_last(view):
+  """Refuses Keras layers that keep their channels on axis 1: the analysis
+  reads channels from the last axis (Keras's default, channels_last)."""
+  found = [key for key, layer in view.layer_items()
+           if getattr(layer, 'data_format', None) == 'channels_first']
+  if found:
+    raise errors.UnsupportedOpError(
+        'Layer(s) %s use data_format="channels_first"; morph_net analyzes '
+        'and slims channels-last models (channels on the last axis, the '
+        'Keras default). Build the model with data_format="channels_last" '
+        '(or keras.config.set_image_data_format("channels_last") before '
+        'building it) and load its weights into that model.'
+        % ', '.join(repr(k) for k in found[:10]))
+
+
 class OpRegularizerManager:
   """Groups the channels of a network and assigns them regularizers.
 
@@ -123,6 +138,7 @@ class OpRegularizerManager:
     self._decorator = regularizer_decorator
     self._decorator_params = dict(decorator_parameters or {})
     self._view = make_view(output_boundary, input_boundary, input_signature)
+    _check_channels_last(self._view)
     self._handlers = dict(op_handler_dict if op_handler_dict is not None
                           else op_handlers.default_op_handler_dict())
     self._family = family

@@ -212,7 +212,14 @@ def from_config(layer, config):
 
 def clone_leaf(layer, width):
   """An unbuilt copy of a layer from its config, its width (`filters`,
-  `units`, ...) set to `width` by its width rule (None: kept)."""
+  `units`, ...) set to `width` by its width rule (None: kept). A Lambda
+  is copied around its own function object (its config would need
+  deserializing Python code, which Keras refuses in safe mode)."""
+  if isinstance(layer, keras.layers.Lambda):
+    return keras.layers.Lambda(
+        layer.function, output_shape=getattr(layer, '_output_shape', None),
+        mask=getattr(layer, 'mask', None),
+        arguments=getattr(layer, 'arguments', None), name=layer.name)
   config = layer.get_config()
   if rules.width_field(layer) is not None and width is not None:
     rules.set_width(config, layer, width)

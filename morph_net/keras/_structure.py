@@ -251,8 +251,12 @@ class Analysis:
     counts, alive = {}, {}
     for key, value in structure.items():
       width = self.width(key)
-      if isinstance(value, (numbers.Real, str)) and not isinstance(
-          value, (bool, np.bool_)):
+      if isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            'Layer %r: %r is neither a count nor an alive vector. Give an '
+            'integer count (0..%d), or a boolean vector of its %d channels '
+            '(True = alive).' % (key, value, MAX_GROWTH * width, width))
+      if isinstance(value, (numbers.Real, str)):
         counts[key] = check_count(key, value, width)
         continue
       vector = np.asarray(value)

@@ -23,6 +23,7 @@ slim = morph_net.keras.slim_model(model, counts)  # retrain from scratch
 
 import math
 import numbers
+import warnings
 
 import keras  # pylint: disable=unused-import (doctests)
 
@@ -82,6 +83,13 @@ def _cost(analysis, counts, kind, round_to=1, fix=False):
 def expand_structure(model, structure, target_cost, cost='flops',
                      round_to=1, input_signature=None):
   """Scales all counts by one factor to fit `target_cost` from below.
+
+  The factor may be above 1 (expansion back to a budget, MorphNet's
+  expand step) or below (the same learned proportions at a smaller
+  budget: the paper's recipe learns one structure and scales it to each
+  budget). The result costs at most `target_cost`; where it costs less
+  than 98% of it (counts move in whole channels, quanta of split shares
+  or heads, or cannot grow), a RuntimeWarning says why.
 
   Args:
     model: the model the structure was learned on, or its
@@ -162,6 +170,7 @@ def expand_structure(model, structure, target_cost, cost='flops',
   hi = 1.0
   while evaluate(scale(hi)) <= target_cost:
     if scale(2 * hi) == scale(hi):  # The cost does not grow with the counts.
+      _warn_if_short(evaluate(scale(hi)), target_cost, counts, scale(hi))
       return scale(hi)
     lo, hi = hi, hi * 2
     if hi > _structure.MAX_GROWTH:
@@ -177,7 +186,36 @@ def expand_structure(model, structure, target_cost, cost='flops',
       lo = mid
     else:
       hi = mid
-  return scale(lo)
+  result = scale(lo)
+  _warn_if_short(evaluate(result), target_cost, counts, result)
+  return result
+
+
+# expand_structure warns when its result costs less than this fraction of
+# the target (counts move in whole channels, so a few % is granularity).
+LANDING = 0.98
+
+
+def _warn_if_short(cost, target_cost, counts, result):
+  """A structure that cannot grow to its target: say so, and why."""
+  if cost >= LANDING * target_cost:
+    return
+  if not any(counts.values()):
+    why = ('every layer of the structure has 0 channels (removed '
+           'branches), and zero counts stay zero: there is nothing to scale')
+  elif result == counts or all(
+      c == 0 or r >= c for c, r in zip(counts.values(), result.values())):
+    why = ('the counts cannot grow further: the layers it names are at '
+           '%dx their width or their growth does not raise the cost, and '
+           'the layers it does not name keep their width'
+           % _structure.MAX_GROWTH)
+  else:
+    why = ('the next step up (one more channel, or quantum of channels, '
+           'on every layer) would cost more than the target')
+  warnings.warn(
+      'expand_structure: the result costs %g, %.1f%% of target_cost %g: %s.'
+      % (cost, 100.0 * cost / target_cost, target_cost, why),
+      RuntimeWarning, stacklevel=3)
 
 
 def _equalized(counts, ties, widths, wanted):

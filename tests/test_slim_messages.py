@@ -1,0 +1,60 @@
+"""Clear answers where slimming used to fail obscurely or say nothing."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import morph_net.keras as mk
+from morph_net.framework import errors
+from morph_net.tools import analyze
+
+L = keras.layers
+
+
+def _mlp():
+  inputs = keras.Input((4,))
+  hidden = L.Dense(8, name='hidden')(inputs)
+  return keras.Model(inputs, L.Dense(2, name='out')(hidden))
+
+
+def test_a_true_count_is_refused_with_what_to_give():
+  with pytest.raises(ValueError, match=r"'hidden': True is neither a count "
+                     r'nor an alive vector.*boolean vector of its 8'):
+    mk.slim_model(_mlp(), {'hidden': True})
+
+
+def test_expand_warns_when_it_cannot_reach_its_target():
+  model = _mlp()
+  full = mk.structure_cost(model, {})
+  with pytest.warns(RuntimeWarning, match='0 channels.*nothing to scale'):
+    counts = mk.expand_structure(model, {'hidden': 0}, target_cost=full)
+  assert counts == {'hidden': 0}
+  # A reachable target lands within 2% and says nothing.
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    counts = mk.expand_structure(model, {'hidden': 3}, target_cost=0.5 * full)
+  assert 0.98 * 0.5 * full <= mk.structure_cost(model, counts) <= 0.5 * full
+
+
+def test_a_lambda_layer_slims_without_unsafe_deserialization():
+  inputs = keras.Input((4,))
+  x = L.Dense(8, name='hidden')(inputs)
+  x = L.Lambda(lambda t: t * 2.0, name='double')(x)
+  model = keras.Model(inputs, L.Dense(2, name='out')(x))
+  slim = mk.slim_model(model, {'hidden': 3})
+  assert slim.get_layer('double').output.shape[-1] == 3
+  assert analyze.analyze(slim).flops == mk.structure_cost(model,
+                                                          {'hidden': 3})
+  x = np.ones((2, 4), 'float32')
+  assert slim(x).shape == (2, 2)
+
+
+def test_channels_first_models_are_refused_naming_the_layer():
+  inputs = keras.Input((3, 8, 8))
+  x = L.Conv2D(4, 3, data_format='channels_first', name='cf')(inputs)
+  model = keras.Model(inputs, L.Flatten()(x))
+  with pytest.raises(errors.UnsupportedOpError,
+                     match="'cf'.*channels_first.*channels_last"):
+    mk.structure_cost(model, {})
