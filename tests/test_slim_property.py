@@ -99,3 +99,28 @@ def test_expanded_random_structures_slim_to_their_cost(name):
     counted = keras_hub_zoo.independent_counts(slim, x)[0] / len(x)
     assert counted == pytest.approx(expected, rel=1e-9), (trial, counts)
     assert analyze.analyze(slim).flops == pytest.approx(expected, rel=1e-9)
+
+
+def test_exported_counts_of_a_split_layer_slim():
+  """5 alive channels of a conv whose output splits into two halves: the
+  exporter writes 6 (whole shares), which slim_model accepts."""
+  from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
+  from morph_net.tools import structure_exporter  # pylint: disable=g-import-not-at-top
+  inputs = keras.Input((8, 8, 3))
+  h = L.Conv2D(8, 1, use_bias=False, name='c')(inputs)
+  h = L.BatchNormalization(name='bn')(h)
+  a, b = keras.ops.split(h, 2, axis=-1)
+  y = L.Concatenate()([L.Conv2D(4, 1, name='ca')(a), b])
+  y = L.GlobalAveragePooling2D()(y)
+  model = keras.Model(inputs, L.Dense(2, name='out')(y))
+  reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+  gamma = model.get_layer('bn').gamma
+  g = gamma.numpy()
+  g[[0, 5, 6]] = 0.0
+  gamma.assign(g)
+  exporter = structure_exporter.StructureExporter(reg.op_regularizer_manager)
+  counts = exporter.get_alive_counts()
+  assert counts['c'] == 6
+  slim = mk.slim_model(model, counts)
+  assert slim.get_layer('c').filters == 6
+  assert analyze.analyze(slim).flops == mk.structure_cost(model, counts)

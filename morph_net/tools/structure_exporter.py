@@ -19,6 +19,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from morph_net.framework import constraints
 from morph_net.framework import conv_op_handlers
 from morph_net.framework import op_handlers
 from morph_net.tools import _atomic
@@ -101,7 +102,19 @@ class StructureExporter:
             'In graph mode, evaluate the tensors first: '
             'exporter.populate_tensor_values(sess.run(exporter.tensors)).')
       values = {k: np.asarray(v) for k, v in tensors.items()}
-    return compute_alive_counts(values)
+    return self._slimmable(compute_alive_counts(values))
+
+  def _slimmable(self, counts):
+    """Counts rounded up to their layer's quantum (a layer feeding a split
+    into equal shares, whole attention heads, a grouped convolution's
+    groups: `framework.constraints`), so that `slim_model` accepts the
+    file; every other count is the exact alive count."""
+    if not hasattr(self._manager, 'compute_ops'):
+      return counts  # a manager with only the original's interface
+    quanta = constraints.count_quanta(self._manager)
+    return {k: (-(-c // quanta[k]) * quanta[k]
+                if c and quanta.get(k, 1) > 1 else c)
+            for k, c in counts.items()}
 
   def save_alive_counts(self, f):
     """Writes the alive counts as JSON to an open text file."""
