@@ -245,8 +245,8 @@ def layer_config(layer, known=()):
   (`known`: arguments the width rule sets)."""
   try:
     return layer.get_config()
-  except (NotImplementedError, AttributeError):
-    pass
+  except (NotImplementedError, AttributeError, TypeError):
+    pass  # keras-hub's SwinTransformer layers call get_config on a class
   return config_from_attributes(layer, known)
 
 

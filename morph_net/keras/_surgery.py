@@ -257,7 +257,7 @@ def _config_works(layer):
   try:
     layer.get_config()
     return True
-  except (NotImplementedError, AttributeError):
+  except (NotImplementedError, AttributeError, TypeError):
     return False
 
 
