@@ -30,16 +30,22 @@ layers a structure may name and which widths are tied:
   fixed mask), so the slim model holds only core Keras layers and loads
   without morph_net.
 
-- layers with prunable sublayers (MultiHeadAttention, keras-hub's
-  transformer and MobileNet blocks, ...) are rebuilt from their config by
-  a width rule (`register_width_rule(cls, sublayers=..., output=...)`,
-  see `_blocks` for the built-in ones); attention keeps whole heads, and
-  weights are transferred through them sublayer by sublayer.
+- custom layers (and subclassed models) whose `call` chains their
+  sublayers are narrowed in place: a copy whose weighted sublayers are
+  replaced by narrower copies (`_surgery`); the layer's own code is kept.
+  A model holding such layers is a `SlimModel`, which reloads them at the
+  slim widths. `slim_model` runs it and checks its cost: a layer whose
+  call reads a width from its config (a head count) is named, with the
+  fix.
+- layers with a width rule (MultiHeadAttention, keras-hub's transformer
+  and MobileNet blocks, ...) are rebuilt from their config by the rule
+  (`register_width_rule(cls, sublayers=..., output=...)`, see
+  `_builtin_rules`); attention keeps whole heads, and weights are
+  transferred through them sublayer by sublayer.
 
 Layer names are kept, so a structure's keys stay valid on the slim model.
-Channels are assumed on the last axis (`channels_last`). Subclassed models
-and tf_keras models are not supported (the error says how to convert a
-tf_keras model).
+Channels are on the last axis (`channels_first` models are refused).
+tf_keras models are not supported (the error says how to convert one).
 
 Example:
 
@@ -97,7 +103,8 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
       The slim model keeps the model's own input shapes.
 
   Returns:
-    A new functional `keras.Model` with the same layer names.
+    A new functional `keras.Model` with the same layer names (a
+    `SlimModel` where it holds layers that are not core Keras).
 
   >>> inputs = keras.Input((4,))
   >>> hidden = keras.layers.Dense(8, name='hidden')(inputs)
@@ -112,10 +119,10 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
       (negative, fractional, NaN/inf, too large), tied layers given
       inconsistent counts or alive vectors, or transfer requested from
       counts only.
-    NotImplementedError: a subclassed or tf_keras model; a pruned tensor
-      reaches a layer whose channel mapping is unknown (e.g. a Reshape that
-      splits channels); a channels_first conv; a layer pruned inside a
-      custom layer that has no width rule.
+    NotImplementedError: a tf_keras model; a pruned tensor reaches a layer
+      whose channel mapping is unknown (e.g. a Reshape that splits
+      channels); a custom layer narrowed in place whose call reads a width
+      from its config, or that holds weights of its own.
   """
   if not isinstance(model, _structure.Analysis):
     _slim_plan.check_keras3(model)
