@@ -9,6 +9,8 @@
   rebuilt with a learned structure's widths (topology morphing, weights).
 - `expand_structure(model, structure, target_cost, cost, round_to)`: scale
   a structure uniformly to a FLOPs/model-size budget (up or down).
+- `add_gates(model)`: a copy with a FiGS gate after each prunable layer
+  (same outputs at inference; `slim_model` folds the gates away).
 - `analysis_of(model)`: the model's analysis (channel groups, costs,
   constraints), traced once and shared by the calls above (each of them
   also takes it in place of the model).
@@ -17,6 +19,7 @@
 from morph_net.keras._structure import analysis_of
 from morph_net.keras._surgery import SlimModel
 from morph_net.keras.expand import expand_structure
+from morph_net.keras.gates import add_gates
 from morph_net.keras.expand import structure_cost
 from morph_net.keras.slim import slim_model
 from morph_net.keras._width_rules import register_width_rule
@@ -32,6 +35,7 @@ __all__ = [
     'RegularizedModel',
     'SlimModel',
     'StructureExporterCallback',
+    'add_gates',
     'add_regularizer',
     'analysis_of',
     'expand_structure',
