@@ -132,3 +132,18 @@ def scale_free_sources(sources, view, facts, kinds):
     if scale_free(view, facts, s.tensor, start_affine=(kind == 'gamma')):
       found[s.op.name] = True
   return set(found)
+
+
+def normalized_sources(family, sources, view, facts):
+  """The source op names a family measures relative to their own scale
+  (its `normalize` setting: 'auto' finds the scale-free ones in Keras
+  models and tf.functions; True takes every normalizable source)."""
+  setting = getattr(family, 'normalize', False)
+  if family is None or not setting or family.normalizable is None or (
+      setting == 'auto' and not view.eager):
+    return frozenset()
+  if setting is True:
+    return frozenset(s.op.name for s in sources
+                     if family.normalizable(s) is not None)
+  return frozenset(scale_free_sources(sources, view, facts,
+                                      family.normalizable))

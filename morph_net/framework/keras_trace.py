@@ -197,3 +197,35 @@ def trace(model, input_signature, fixed_batch=False):
     batch_one = tf.nest.pack_sequence_as(structure, _at_batch_one(flat))
   variables = model.variables if is_keras else concrete.variables
   return concrete, list(variables), owners, batch_one
+
+
+def check_channels_last(layer_items):
+  """Refuses Keras layers ((key, layer) pairs) that keep their channels
+  on axis 1: the analysis reads channels from the last axis (Keras's
+  default, channels_last)."""
+  found = [key for key, layer in layer_items
+           if getattr(layer, 'data_format', None) == 'channels_first']
+  if found:
+    raise errors.UnsupportedOpError(
+        'Layer(s) %s use data_format="channels_first"; morph_net analyzes '
+        'and slims channels-last models (channels on the last axis, the '
+        'Keras default). Build the model with data_format="channels_last" '
+        '(or keras.config.set_image_data_format("channels_last") before '
+        'building it) and load its weights into that model.'
+        % ', '.join(repr(k) for k in found[:10]))
+
+
+def specs_for(model, input_signature=None):
+  """The TensorSpecs a model is called on (its signature, its inputs, or
+  the shape a subclassed model was built with); a clear error if unknown."""
+  if input_signature is not None:
+    return normalize_signature(input_signature)
+  specs = input_specs(model)
+  if specs is None:
+    raise ValueError(
+        'The input shape of model %r is not known: call it once on data, or '
+        'pass input_signature=[tf.TensorSpec([None, ...], tf.float32)].'
+        % model.name)
+  if isinstance(specs, list) and len(specs) == 1:
+    return specs[0]
+  return specs

@@ -20,6 +20,7 @@ from morph_net.framework import errors
 from morph_net.framework import graph_view as graph_view_lib
 from morph_net.framework import grouping_regularizers
 from morph_net.framework import invariance
+from morph_net.framework import keras_trace
 from morph_net.framework import op_handler
 from morph_net.framework import op_handlers
 from morph_net.framework import op_slice
@@ -78,21 +79,6 @@ class LayerEntry:
     return 'LayerEntry(%r, %d ops)' % (self.key, len(self.computes))
 
 
-def _check_channels_last(view):
-  """Refuses Keras layers that keep their channels on axis 1: the analysis
-  reads channels from the last axis (Keras's default, channels_last)."""
-  found = [key for key, layer in view.layer_items()
-           if getattr(layer, 'data_format', None) == 'channels_first']
-  if found:
-    raise errors.UnsupportedOpError(
-        'Layer(s) %s use data_format="channels_first"; morph_net analyzes '
-        'and slims channels-last models (channels on the last axis, the '
-        'Keras default). Build the model with data_format="channels_last" '
-        '(or keras.config.set_image_data_format("channels_last") before '
-        'building it) and load its weights into that model.'
-        % ', '.join(repr(k) for k in found[:10]))
-
-
 class OpRegularizerManager:
   """Groups the channels of a network and assigns them regularizers.
 
@@ -121,9 +107,8 @@ class OpRegularizerManager:
     input_signature: `tf.TensorSpec`s to trace a model whose input shape is
       not known.
     regularizer_decorator: optional callable (op_regularizer, **params) ->
-      op regularizer, applied to every source before grouping (e.g. to scale
-      a source's regularization vector). Its input and output expose
-      `regularization_vector` and `alive_vector`.
+      op regularizer (each with `regularization_vector`, `alive_vector`),
+      applied to every source before grouping.
     decorator_parameters: keyword arguments for regularizer_decorator.
   """
 
@@ -138,7 +123,7 @@ class OpRegularizerManager:
     self._decorator = regularizer_decorator
     self._decorator_params = dict(decorator_parameters or {})
     self._view = make_view(output_boundary, input_boundary, input_signature)
-    _check_channels_last(self._view)
+    keras_trace.check_channels_last(self._view.layer_items())
     self._handlers = dict(op_handler_dict if op_handler_dict is not None
                           else op_handlers.default_op_handler_dict())
     self._family = family
@@ -162,7 +147,8 @@ class OpRegularizerManager:
     self._apply_force_group(builder, force_group)
     self._sources = sources_lib.filter_blacklist(
         builder.sources, regularizer_blacklist, self._view)
-    self._normalized = self._scale_free_sources()
+    self._normalized = invariance.normalized_sources(
+        self._family, self._sources, self._view, self._facts)
     self._computes = builder.computes
     self._solve(builder)
     self._cached = None
@@ -226,23 +212,9 @@ class OpRegularizerManager:
              suggest.suggest_handler(op, self._view)))
     return handler.data_inputs(op, self._view)
 
-  def _scale_free_sources(self):
-    """Names of the source ops measured relative to their own scale."""
-    family = self._family
-    setting = getattr(family, 'normalize', False)
-    if family is None or not setting or family.normalizable is None or (
-        setting == 'auto' and not self._view.eager):
-      return frozenset()
-    if setting is True:
-      return frozenset(s.op.name for s in self._sources
-                       if family.normalizable(s) is not None)
-    return frozenset(invariance.scale_free_sources(
-        self._sources, self._view, self._facts, family.normalizable))
-
   @property
   def normalized_sources(self):
-    """Source op names whose channels are measured relative to their own
-    scale (scale-free BatchNorms and kernels, see `framework.invariance`)."""
+    """Source ops measured relative to their own scale (`invariance`)."""
     return self._normalized
 
   @property

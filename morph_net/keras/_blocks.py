@@ -22,6 +22,7 @@ import warnings
 
 import keras
 
+from morph_net.framework import keras_trace
 from morph_net.keras import _width_rules as rules
 
 
@@ -370,3 +371,25 @@ def _replace_after_build(new, old, width_of, input_width_of, clone_leaf,
     swap()
 
   object.__setattr__(new, 'build', build)
+
+
+def config_ties(model, key_of):
+  """Lists of keys whose counts must be equal: one string config field of
+  a block's width rule sets them all (e.g. SegFormer attention's q, k, v
+  and projection: `project_dim`). `key_of`: id(layer) -> structure key."""
+  groups = []
+  for layer in keras_trace.layer_keys(model).values():
+    rule = rules.block_rule(layer)
+    if rule is None:
+      continue
+    by_field = {}
+    for pattern, field in rule.sublayers.items():
+      if not isinstance(field, str):
+        continue
+      for sub, _ in find(pattern, layer):
+        key = key_of.get(id(sub))
+        if key is not None:
+          by_field.setdefault(field, []).append(key)
+    groups.extend(list(dict.fromkeys(keys)) for keys in by_field.values()
+                  if len(set(keys)) > 1)
+  return groups

@@ -13,97 +13,24 @@ import keras
 import numpy as np
 
 from morph_net.keras import _blocks
-from morph_net.keras import _surgery
+from morph_net.keras import _plan_blocks
+from morph_net.keras._keras_graph import Channels
+from morph_net.keras._keras_graph import REMOVED
+from morph_net.keras._keras_graph import as_functional
+from morph_net.keras._keras_graph import check_keras3  # pylint: disable=unused-import (re-exported)
+from morph_net.keras._keras_graph import expand_multiplier
+from morph_net.keras._keras_graph import full
+from morph_net.keras._keras_graph import graph_nodes
+from morph_net.keras._keras_graph import is_model
+from morph_net.keras._keras_graph import is_subclassed
+from morph_net.keras._keras_graph import width
+from morph_net.keras._plan_blocks import leaf_shape  # pylint: disable=unused-import (re-exported)
 from morph_net.keras import _width_rules as rules
 from morph_net.keras._structure import check_round_to
-from morph_net.keras._structure import round_count
 
-REMOVED = 'removed'
 _RESHAPING = (keras.layers.Reshape, keras.layers.Permute,
               keras.layers.RepeatVector)
 _DROPS_INPUTS = (keras.layers.Add, keras.layers.Concatenate)
-
-
-class Channels:
-  """The channels of one tensor: new width, kept old indices, origin."""
-
-  __slots__ = ('width', 'kept', 'origin')
-
-  def __init__(self, width, kept=None, origin=()):
-    self.width = None if width is None else int(width)
-    self.kept = kept  # None: the first `width` old channels (all if equal).
-    self.origin = tuple(origin)  # keys of the prunable layers that set it
-
-
-def width(tensor):
-  """The last axis' size; None where it is unknown (e.g. the token ids of
-  a text backbone, shape (batch, None)), which no layer prunes."""
-  last = tensor.shape[-1] if len(tensor.shape) else 1
-  return None if last is None else int(last)
-
-
-def expand_multiplier(indices, multiplier):
-  """Depthwise output channels of input channels: c -> c*m ... c*m+m-1."""
-  indices = np.asarray(indices)
-  return (indices[:, None] * multiplier + np.arange(multiplier)).ravel()
-
-
-def is_model(layer):
-  return isinstance(layer, keras.Model)
-
-
-def is_subclassed(model):
-  """A Keras 3 model that is neither functional nor Sequential."""
-  return (isinstance(model, keras.Model) and
-          not isinstance(model, keras.Sequential) and
-          not hasattr(model, '_nodes_by_depth'))
-
-
-def check_keras3(model):
-  """Raises the conversion advice for a tf_keras (Keras 2) model."""
-  if not isinstance(model, keras.Model):
-    as_functional(model)
-
-
-def as_functional(model):
-  """The functional graph of a functional or Sequential Keras 3 model."""
-  if not isinstance(model, keras.Model):
-    if type(model).__module__.startswith('tf_keras'):
-      raise NotImplementedError(
-          'slimming supports Keras 3 models; %r is a tf_keras (Keras 2) %s, '
-          'which can be analyzed but not slimmed. Convert it: save it from '
-          "tf_keras with model.save('model.h5'), load it with Keras 3's "
-          "keras.models.load_model('model.h5', compile=False) (built-in "
-          'layers convert with their weights; custom layers need Keras 3 '
-          'versions) and slim that model.'
-          % (getattr(model, 'name', '?'), type(model).__name__))
-    raise NotImplementedError(
-        'slimming supports Keras 3 models (keras.Model); got %s from %s.'
-        % (type(model).__name__, type(model).__module__))
-  if isinstance(model, keras.Sequential):
-    functional = getattr(model, '_functional', None)
-    if functional is None:
-      raise ValueError('Build the Sequential model %r first (start it with '
-                       'keras.Input) so that it has a graph.' % model.name)
-    return functional
-  if not hasattr(model, '_nodes_by_depth'):
-    raise NotImplementedError(
-        'slim_model supports functional and Sequential Keras models; %r is '
-        'a subclassed model (%s), whose graph cannot be rebuilt. Write the '
-        'model functionally or build it from the counts yourself.'
-        % (model.name, type(model).__name__))
-  return model
-
-
-def graph_nodes(functional):
-  """The call nodes of a functional model, producers first."""
-  nodes = []
-  by_depth = functional._nodes_by_depth  # pylint: disable=protected-access
-  for depth in sorted(by_depth, reverse=True):
-    for node in by_depth[depth]:
-      if node.operation is not None and not node.is_input:
-        nodes.append(node)
-  return nodes
 
 
 class Plan:
@@ -265,7 +192,7 @@ def _split(plan, node):
   x = node.input_tensors[0]
   chans = plan.info[id(x)]
   sizes = [width(t) for t in node.outputs]
-  if _full(plan, x):
+  if full(plan, x):
     return [Channels(s) for s in sizes]
   offsets = np.cumsum([0] + sizes)
   out = []
@@ -321,7 +248,7 @@ def _nested(plan, node, ctx):
   for outer, x in zip(node.input_tensors, inner.inputs):
     # A full input stays full where the inner shape is less static (a
     # backbone's token ids (None, None) fed from (None, 8)).
-    plan.info[id(x)] = (Channels(width(x)) if _full(plan, outer)
+    plan.info[id(x)] = (Channels(width(x)) if full(plan, outer)
                         else plan.info[id(outer)])
   _walk(plan, inner, ctx)
   for outer, y in zip(node.outputs, inner.outputs):
@@ -331,11 +258,6 @@ def _nested(plan, node, ctx):
 def _set(plan, tensors, chans):
   for t in tensors:
     plan.info[id(t)] = chans
-
-
-def _full(plan, tensor):
-  chans = plan.info[id(tensor)]
-  return chans.kept is None and chans.width == width(tensor)
 
 
 def _node_channels(plan, node, live, ctx):
@@ -348,9 +270,9 @@ def _node_channels(plan, node, live, ctx):
   if key is not None:
     return _prunable(plan, node, key, ctx)
   if _blocks.is_block(op) or is_subclassed(op):
-    return _block(plan, node, live, ctx)
+    return _plan_blocks.block(plan, node, live, ctx)
   if rules.is_depthwise(op):
-    _check_channels_last(op, not _full(plan, live[0]))
+    _check_channels_last(op, not full(plan, live[0]))
     mult = rules.depth_multiplier(op)
     plan.layer_width[id(op)] = ins[0].width * mult
     kept = ins[0].kept
@@ -360,7 +282,7 @@ def _node_channels(plan, node, live, ctx):
                     None if kept is None else expand_multiplier(kept, mult),
                     ins[0].origin)
   if isinstance(op, keras.layers.Flatten):
-    if _full(plan, live[0]):
+    if full(plan, live[0]):
       return Channels(width(node.outputs[0]))
     _check_channels_last(op, True)
     shape = live[0].shape
@@ -381,7 +303,7 @@ def _node_channels(plan, node, live, ctx):
     return Channels(sum(c.width for c in ins), kept,
                     _union(c.origin for c in ins))
   out_w = width(node.outputs[0])
-  if all(_full(plan, t) for t in live):
+  if all(full(plan, t) for t in live):
     return Channels(out_w, None, _union(c.origin for t, c in zip(live, ins)
                                         if width(t) == out_w))
   if isinstance(op, keras.layers.Reshape) and (
@@ -427,7 +349,7 @@ def _prunable(plan, node, key, ctx):
     # Rounding or a forced channel: add the first dead channels.
     extra = np.setdiff1d(np.arange(original), kept)[:new - len(kept)]
     kept = np.sort(np.concatenate([kept, extra])).astype(np.int64)
-  pruned_in = any(not _full(plan, t) for t in node.input_tensors)
+  pruned_in = any(not full(plan, t) for t in node.input_tensors)
   changed = pruned_in or new != original
   groups = getattr(op, 'groups', 1)
   if changed and groups != 1:
@@ -441,125 +363,6 @@ def _prunable(plan, node, key, ctx):
   _check_channels_last(op, changed)
   plan.layer_width[id(op)] = new
   return Channels(new, kept, (key,))
-
-
-def _block(plan, node, live, ctx):
-  """A layer with prunable sublayers: rebuilt by its width rule when its
-  input or a sublayer's width changes."""
-  analysis, widths, alive, round_to, forced, _ = ctx
-  op = node.operation
-  subs = _blocks.leaves(op)
-  plan.seen.update(id(s) for s in subs)
-  keys = {id(s): analysis.key_of[id(s)] for s in subs
-          if id(s) in analysis.key_of}
-
-  def new_width(key):
-    if key in forced:
-      return analysis.round_count(key, 1, round_to)
-    return widths.get(key, analysis.width(key))
-
-  changed = [k for k in keys.values() if new_width(k) != analysis.width(k)]
-  out_w = width(node.outputs[0])
-  if not changed and all(_full(plan, t) for t in live):
-    return Channels(out_w)
-  _blocks.check_no_zero(op, [k for k in keys.values() if new_width(k) == 0])
-  rule = rules.block_rule(op)
-  if rule is None:  # narrowed in place: its own code is kept
-    return _narrowed(plan, node, analysis, tuple(keys.values()))
-  plan.blocks.add(id(op))
-  _blocks.check_rules(op, lambda s: new_width(keys[id(s)]) if id(s) in keys
-                      else None)  # whole heads, agreeing fields: fail here
-  order = {}
-  for s in subs:
-    key = analysis.any_key_of.get(id(s))
-    if key is None:
-      continue
-    order[id(s)] = analysis.order_of(key)
-    w_in, w_out = analysis.label_widths(key, plan.label_values)
-    plan.leaf_width[id(s)] = new_width(key) if key in analysis.entries \
-        else w_out
-    plan.leaf_input[id(s)] = w_in
-  plan.block_input.update(_blocks.input_widths(op, order, plan.leaf_input))
-  if live and live[0] is node.input_tensors[0]:
-    plan.block_input[id(op)] = plan.info[id(live[0])].width
-  if rule.output == 'input':
-    if width(live[0]) != out_w:
-      raise NotImplementedError(
-          'The width rule of %s says its output channels are its input\'s, '
-          'but layer %r maps %s channels to %s.'
-          % (type(op).__name__, op.name, width(live[0]), out_w))
-    return plan.info[id(live[0])]
-  sub = _blocks.output_sublayer(op, rule)
-  key = keys.get(id(sub))
-  if key is None:
-    if id(sub) in plan.leaf_width:
-      return Channels(plan.leaf_width[id(sub)])
-    return Channels(out_w)
-  new = new_width(key)
-  kept = None if alive is None else alive.get(key)
-  if kept is not None and len(kept) != new:
-    extra = np.setdiff1d(np.arange(analysis.width(key)), kept)
-    kept = np.sort(np.concatenate([kept, extra[:new - len(kept)]])).astype(
-        np.int64)
-  return Channels(new, kept, (key,))
-
-
-def leaf_shape(analysis, values, layer):
-  """(new input width, new output width) of a weighted leaf under
-  per-label widths `values`, or None where both are unchanged or not
-  known from the analysis (its weights feed no analyzed op)."""
-  labels = analysis.leaf_labels(layer)
-  if labels is None:
-    return None
-  in_labels, out_labels = labels
-  shape = tuple(None if l is None else int(round(values[l].sum()))
-                for l in (in_labels, out_labels))
-  original = tuple(None if l is None else len(l) for l in labels)
-  return None if shape == original else shape
-
-
-def _narrowed(plan, node, analysis, keys):
-  """A custom layer without a width rule: a copy whose weighted sublayers
-  are narrowed (`_surgery`); its output width is what its own code makes
-  of them."""
-  op = node.operation
-  values = plan.label_values
-  shapes = {id(s): leaf_shape(analysis, values, s)
-            for s in _blocks.leaves(op) if s.weights}
-  signature = tuple(sorted((k, v) for k, v in shapes.items()
-                           if v is not None))
-  new_inputs = {}
-  for t in node.input_tensors:
-    chans = plan.info[id(t)]
-    new_inputs[id(t)] = keras.KerasTensor(
-        tuple(t.shape[:-1]) + (chans.width,), dtype=t.dtype)
-  in_sig = tuple(new_inputs[id(t)].shape for t in node.input_tensors)
-  cache = analysis.narrowed_cache
-  key = (id(op), signature, in_sig)
-  if key not in cache:
-    made = {}
-    new, record = _surgery.slim_copy(
-        op, lambda s: shapes.get(id(s)), _blocks.clone_leaf, made)
-    args, kwargs = node.arguments.fill_in(new_inputs)
-    try:
-      spec = new.compute_output_spec(*args, **kwargs)
-    except Exception as e:  # pylint: disable=broad-except
-      raise NotImplementedError(
-          'slim_model: custom layer %r (%s) fails when its sublayers are '
-          'narrowed (%s: %s). Its call reads a width from its config (e.g. '
-          'a head count or a reshape): register a width rule for it '
-          '(morph_net.keras.register_width_rule), or leave its sublayers '
-          'out of the structure.' % (op.name, type(op).__name__,
-                                     type(e).__name__, e)) from e
-    cache[key] = (new, record, made, keras.tree.flatten(spec))
-  new, record, made, specs = cache[key]
-  plan.narrowed[id(op)] = (new, record, made)
-  if len(specs) != len(node.outputs):
-    raise NotImplementedError(
-        'slim_model: custom layer %r returns %d tensors where the model '
-        'used %d.' % (op.name, len(specs), len(node.outputs)))
-  chans = [Channels(width(spec), None, keys) for spec in specs]
-  return chans if len(chans) > 1 else chans[0]
 
 
 def _check_grouped(plan, node, key, op, new, track):

@@ -17,7 +17,6 @@ vectors, 1 for the alive channels and 0 for the dead ones. Private to
 `morph_net.keras`.
 """
 
-import math
 import numbers
 import warnings
 
@@ -26,12 +25,15 @@ import numpy as np
 from morph_net.framework import constraints
 from morph_net.framework import keras_trace
 from morph_net.framework import op_regularizer_manager as orm
+from morph_net.keras import _blocks
+from morph_net.keras import _counts
 from morph_net.network_regularizers import cost_model
 from morph_net.tools import structure_exporter
 
-# Counts may grow to this multiple of a layer's width (expansion); beyond it
-# a slim model would not fit in memory, so the count is surely a mistake.
-MAX_GROWTH = 64
+MAX_GROWTH = _counts.MAX_GROWTH
+check_count = _counts.check_count
+check_round_to = _counts.check_round_to
+round_count = _counts.round_count
 
 
 _CACHE_ATTR = '_morph_net_analyses'  # on the model: {signature: Analysis}
@@ -186,7 +188,7 @@ class Analysis:
     round_to > 1, of the layer's quantum (not above its width unless the
     count is). Unrounded counts must be multiples already
     (`check_counts`)."""
-    step = round_to if round_to == 1 else _lcm(round_to, self.quantum(key))
+    step = round_to if round_to == 1 else _counts.lcm(round_to, self.quantum(key))
     return round_count(count, self.width(key), step)
 
   def tie_groups(self):
@@ -194,7 +196,9 @@ class Analysis:
     of their block's width rule sets them all (e.g. SegFormer attention's
     q, k, v and projection: `project_dim`)."""
     if self._tie_groups is None:
-      self._tie_groups = _rule_ties(self)
+      self._tie_groups = [
+          sorted(group, key=self.order_index) for group in
+          _blocks.config_ties(self.model, self.key_of)]
     return self._tie_groups
 
   def group_size(self, key):
@@ -470,78 +474,6 @@ class Analysis:
     if resource not in self._costs:
       self._costs[resource] = cost_model.CostModel(self.manager, resource)
     return self._costs[resource].evaluate(values)
-
-
-def input_specs_of(model, input_signature=None):
-  """The TensorSpecs a model is called on (its signature, its inputs, or
-  the shape a subclassed model was built with); a clear error if unknown."""
-  if input_signature is not None:
-    return keras_trace.normalize_signature(input_signature)
-  specs = keras_trace.input_specs(model)
-  if specs is None:
-    raise ValueError(
-        'The input shape of model %r is not known: call it once on data, or '
-        'pass input_signature=[tf.TensorSpec([None, ...], tf.float32)].'
-        % model.name)
-  if isinstance(specs, list) and len(specs) == 1:
-    return specs[0]
-  return specs
-
-
-def _lcm(a, b):
-  return a * b // math.gcd(a, b)
-
-
-def _rule_ties(analysis):
-  """Keys set by one string config field of a block's width rule."""
-  from morph_net.keras import _blocks  # pylint: disable=g-import-not-at-top
-  from morph_net.keras import _width_rules as rules  # pylint: disable=g-import-not-at-top
-  groups = []
-  for layer in keras_trace.layer_keys(analysis.model).values():
-    rule = rules.block_rule(layer)
-    if rule is None:
-      continue
-    by_field = {}
-    for pattern, field in rule.sublayers.items():
-      if not isinstance(field, str):
-        continue
-      for sub, _ in _blocks.find(pattern, layer):
-        key = analysis.key_of.get(id(sub))
-        if key is not None:
-          by_field.setdefault(field, []).append(key)
-    groups.extend(sorted(set(keys), key=analysis.order_index)
-                  for keys in by_field.values() if len(set(keys)) > 1)
-  return groups
-
-
-def check_count(key, value, width):
-  """A count as an int, or a one-line error naming the layer."""
-  if isinstance(value, str) or not math.isfinite(value) or value < 0 or (
-      value != int(value)):
-    raise ValueError('Layer %r: a count must be an integer >= 0, got %r.'
-                     % (key, value))
-  if value > MAX_GROWTH * width:
-    raise ValueError(
-        'Layer %r: count %d is more than %d times its width (%d); counts '
-        'that large are a mistake (a slim model that size would not fit in '
-        'memory).' % (key, value, MAX_GROWTH, width))
-  return int(value)
-
-
-def check_round_to(round_to):
-  if (not isinstance(round_to, numbers.Integral) or
-      isinstance(round_to, bool) or round_to < 1):
-    raise ValueError('round_to must be an integer >= 1, got %r.' % (round_to,))
-
-
-def round_count(count, original, round_to):
-  """Rounds a nonzero count up to a multiple of round_to (see slim_model)."""
-  if count == 0:
-    return 0
-  rounded = int(math.ceil(count / round_to)) * round_to
-  if count <= original:
-    rounded = min(rounded, original)
-  return rounded
 
 
 def _vectors_from_regularizer(regularizer):

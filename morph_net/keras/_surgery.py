@@ -18,7 +18,6 @@ import importlib
 import keras
 
 from morph_net.keras import _blocks
-from morph_net.keras import _width_rules as rules
 
 
 def _no_rebuild(*args, **kwargs):

@@ -61,6 +61,7 @@ slim = morph_net.keras.slim_model(model, json.load(open(path)), round_to=8)
 import keras  # pylint: disable=unused-import (doctests)
 import numpy as np
 
+from morph_net.framework import keras_trace
 from morph_net.keras import _blocks
 from morph_net.keras import _rebuild
 from morph_net.keras import _slim_plan
@@ -181,7 +182,7 @@ def _slim_subclassed(analysis, structure, transfer_weights, round_to,
         'channels; its call still runs them, so slim_model cannot remove '
         'them. Keep at least one channel.' % (', '.join(map(repr, zero)),
                                               model.name))
-  specs = _structure.input_specs_of(model, input_signature)
+  specs = keras_trace.specs_for(model, input_signature)
   plan = _slim_plan.Plan(model)
   plan.analysis, plan.alive = analysis, alive if transfer_weights else None
   shapes = {id(s): _slim_plan.leaf_shape(analysis, values, s)
