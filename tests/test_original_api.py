@@ -306,3 +306,59 @@ def test_graph_gate_names_its_mask_op_as_the_original(graph):
   assert mask.tolist() == [1.0, 0.0, 0.0]
   np.testing.assert_array_equal(out[..., 0], 1.0)
   np.testing.assert_array_equal(out[..., 1:], 0.0)
+
+
+def test_the_originals_handler_modules_and_default_handlers():
+  """The original's module paths for the handlers still import, and an
+  op_handler_dict that is a defaultdict serves unlisted op types."""
+  import collections  # pylint: disable=g-import-not-at-top
+  from morph_net.framework import concat_op_handler  # pylint: disable=g-import-not-at-top
+  from morph_net.framework import grouping_op_handler  # pylint: disable=g-import-not-at-top
+  from morph_net.framework import op_handlers  # pylint: disable=g-import-not-at-top
+  from morph_net.framework import op_regularizer_manager as orm  # pylint: disable=g-import-not-at-top
+  from morph_net.framework import output_non_passthrough_op_handler  # pylint: disable=g-import-not-at-top
+  from morph_net.framework import axis_op_handlers  # pylint: disable=g-import-not-at-top
+  from morph_net.framework import conv_op_handlers  # pylint: disable=g-import-not-at-top
+  from morph_net.framework import grouping_op_handlers  # pylint: disable=g-import-not-at-top
+  assert concat_op_handler.ConcatOpHandler is axis_op_handlers.ConcatOpHandler
+  assert (grouping_op_handler.GroupingOpHandler is
+          grouping_op_handlers.GroupingOpHandler)
+  assert (output_non_passthrough_op_handler.OutputNonPassthroughOpHandler is
+          conv_op_handlers.OutputNonPassthroughOpHandler)
+  table = collections.defaultdict(grouping_op_handlers.GroupingOpHandler,
+                                  op_handlers.default_op_handler_dict())
+  del table['Relu']  # now served by the default
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [None, 4])
+    w = tf.compat.v1.get_variable('w', [4, 8])
+    v = tf.compat.v1.get_variable('v', [8, 2])
+    out = tf.matmul(tf.nn.relu(tf.matmul(x, w)), v)
+    manager = orm.OpRegularizerManager([out.op], op_handler_dict=table)
+  assert any(op.type == 'Relu' for op in manager.ops)
+
+
+def test_a_boundary_that_is_also_an_output_keeps_a_constant_fed_graph_fed():
+  """A graph fed by a constant image, one of whose outputs is also an
+  input boundary (the walk stops there): the image is still the data, so
+  the gates before it keep their regularizers (they were taken for
+  parameters: the boundary made the graph look placeholder-fed)."""
+  from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
+  from morph_net.probabilistic_gating import activation_gating  # pylint: disable=g-import-not-at-top
+  graph = tf.Graph()
+  with graph.as_default():
+    image = tf.zeros([1, 4, 4, 3])
+    gate = activation_gating.gated_relu_activation()
+    k1 = tf.compat.v1.get_variable('k1', [3, 3, 3, 8])
+    k2 = tf.compat.v1.get_variable('k2', [3, 3, 8, 8])
+    k3 = tf.compat.v1.get_variable('k3', [1, 1, 8, 4])
+    h1 = gate(tf.nn.conv2d(image, k1, 1, 'SAME'), scope='g1')
+    h2 = gate(tf.nn.conv2d(h1, k2, 1, 'SAME'), scope='g2')
+    mid = tf.nn.conv2d(h2, k3, 1, 'SAME')
+    k4 = tf.compat.v1.get_variable('k4', [1, 1, 8, 4])
+    out = tf.reduce_mean(tf.nn.conv2d(h2 + h1, k4, 1, 'SAME'), [1, 2])
+    reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(
+        [out.op, mid.op], input_boundary=[mid.op])
+  names = [s.op.name for s in reg.op_regularizer_manager.sources]
+  assert any(n.startswith('g1/') for n in names), names
+  assert any(n.startswith('g2/') for n in names), names

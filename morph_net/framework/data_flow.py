@@ -51,22 +51,25 @@ class DataFlow:
     self._memo = {}  # (constant_inputs, shapes) -> {op key: depends}
     self._constant_fed = None
 
-  def _is_leaf_source(self, op):
-    """A data source by the first two rules (independent of the graph)."""
+  def _is_leaf_source(self, op, boundaries=True):
+    """A data source by the first two rules (independent of the graph);
+    input-boundary ops count only with `boundaries`."""
     view = self._view
     if op.name in view.input_ops:
-      return True
+      return boundaries
     if op.type in _PLACEHOLDERS:
       return op.name not in view.captures
     return (not op.inputs and bool(op.outputs)
             and op.type not in _CONSTANTS + _VARIABLES)
 
   def constant_fed(self):
-    """True when no output depends on a placeholder, boundary, iterator or
-    queue: the graph's input is then its activation-shaped constants."""
+    """True when no output depends on a placeholder, iterator or queue: the
+    graph's input is then its activation-shaped constants. Input-boundary
+    ops do not count here: a boundary inside a constant-fed graph (where
+    the walk stops) is not where its data comes from."""
     if self._constant_fed is None:
       self._constant_fed = not any(
-          self._depends(t, False, False)
+          self._depends(t, False, False, boundaries=False)
           for op in self._view.output_ops for t in op.outputs)
     return self._constant_fed
 
@@ -99,8 +102,8 @@ class DataFlow:
     """
     return self._depends(tensor, shapes, self.constant_fed())
 
-  def _depends(self, tensor, shapes, constants):
-    memo = self._memo.setdefault((constants, bool(shapes)), {})
+  def _depends(self, tensor, shapes, constants, boundaries=True):
+    memo = self._memo.setdefault((constants, bool(shapes), boundaries), {})
     body_args = self._view.body_args
     visiting = set()
     stack = [tensor.op]
@@ -112,7 +115,7 @@ class DataFlow:
         continue
       if k in body_args:
         parents = [body_args[k].op]
-      elif self._is_leaf_source(op) or (
+      elif self._is_leaf_source(op, boundaries) or (
           constants and op.type in _CONSTANT_MAKERS and self.is_source(op)):
         memo[k] = True
         stack.pop()

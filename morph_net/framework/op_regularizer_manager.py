@@ -20,6 +20,7 @@ from morph_net.framework import errors
 from morph_net.framework import graph_view as graph_view_lib
 from morph_net.framework import grouping_regularizers
 from morph_net.framework import invariance
+from morph_net.framework.layer_entry import LayerEntry
 from morph_net.framework import keras_trace
 from morph_net.framework import op_handler
 from morph_net.framework import op_handlers
@@ -51,32 +52,6 @@ class _OpRegularizer:
   @property
   def alive_vector(self):
     return tf.gather(self._manager.class_vectors()[1], self._classes) > 0.5
-
-
-class LayerEntry:
-  """A prunable layer: its structure key, Keras layer and compute ops.
-
-  Attributes:
-    key: the structure key (Keras layer key, see `graph_view.layer_keys`;
-      the op name in graph mode).
-    layer: the Keras layer, or None in graph mode.
-    computes: its `channel_graph.Compute` entries, in network order.
-  """
-
-  __slots__ = ('key', 'layer', 'computes')
-
-  def __init__(self, key, layer, computes):
-    self.key = key
-    self.layer = layer
-    self.computes = computes
-
-  @property
-  def outputs(self):
-    """The output tensors whose channels the layer's width sets."""
-    return [c.output for c in self.computes if not c.linear]
-
-  def __repr__(self):
-    return 'LayerEntry(%r, %d ops)' % (self.key, len(self.computes))
 
 
 class OpRegularizerManager:
@@ -126,6 +101,8 @@ class OpRegularizerManager:
     keras_trace.check_channels_last(self._view.layer_items())
     self._handlers = dict(op_handler_dict if op_handler_dict is not None
                           else op_handlers.default_op_handler_dict())
+    # A defaultdict's default handler serves every op type not listed.
+    self._default = getattr(op_handler_dict, 'default_factory', None)
     self._family = family
     self._grouping = (create_grouping_regularizer
                       or (family.grouping if family is not None else None)
@@ -164,7 +141,7 @@ class OpRegularizerManager:
     builder = channel_graph.ChannelGraphBuilder(self._view, self._facts,
                                                 self._data_inputs)
     for op in self._ops:
-      handler = self._handlers.get(op.type, _CONSTANT)
+      handler = self._handler(op.type) or _CONSTANT
       try:
         builder.check_channel_axes(op, handler)
         handler.analyze(op, builder)
@@ -191,7 +168,7 @@ class OpRegularizerManager:
   def _handler_inputs(self, op):
     if self._view.is_network_input(op):
       return []  # the data (a placeholder, an iterator, a queue's output)
-    handler = self._handlers.get(op.type)
+    handler = self._handler(op.type)
     if handler is None and op.type in graph_view_lib.CALL_OPS:
       raise errors.UnsupportedOpError(
           'Op %r calls a function (%s) that is not a single op, so it '
@@ -216,6 +193,11 @@ class OpRegularizerManager:
   def normalized_sources(self):
     """Source ops measured relative to their own scale (`invariance`)."""
     return self._normalized
+
+  def _handler(self, op_type):
+    found = self._handlers.get(op_type)
+    return found if found is not None or not self._default else (
+        self._default())
 
   @property
   def facts(self):
