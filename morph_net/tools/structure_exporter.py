@@ -56,8 +56,10 @@ class StructureExporter:
       self._keys = _layer_outputs(op_regularizer_manager)
     else:
       self._keys = _prunable_ops(op_regularizer_manager)
+    self._original = {k: k for k in self._keys}  # exported key -> layer key
     if remove_common_prefix:
       rename = get_remove_common_prefix_fn(list(self._keys))
+      self._original = {rename(k): k for k in self._keys}
       self._keys = {rename(k): v for k, v in self._keys.items()}
     self._values = None
 
@@ -109,12 +111,14 @@ class StructureExporter:
     into equal shares, whole attention heads, a grouped convolution's
     groups: `framework.constraints`), so that `slim_model` accepts the
     file; every other count is the exact alive count."""
-    if not hasattr(self._manager, 'compute_ops'):
+    if not self._ours:
       return counts  # a manager with only the original's interface
     quanta = constraints.count_quanta(self._manager)
-    return {k: (-(-c // quanta[k]) * quanta[k]
-                if c and quanta.get(k, 1) > 1 else c)
-            for k, c in counts.items()}
+    rounded = {}
+    for k, c in counts.items():
+      q = quanta.get(self._original.get(k, k), 1)
+      rounded[k] = -(-c // q) * q if c and q > 1 else c
+    return rounded
 
   def save_alive_counts(self, f):
     """Writes the alive counts as JSON to an open text file."""
