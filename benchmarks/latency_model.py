@@ -1,7 +1,7 @@
 """How well does a latency model predict the real latency of slim models?
 
 1. Build each model at uniform widths 0.25, 0.5, 0.75 and 1.0 (the fit
-   samples of `morph_net.tools.profile`), and `--variants` random slim
+   samples of `morph_net.keras.profile`), and `--variants` random slim
    variants of it that the fit never sees: each channel group keeps a
    fraction drawn uniformly from [0.2, 1.0], seeded.
 2. Time all of them at batch 1 in one interleaved run (`tf.function`,
@@ -54,7 +54,7 @@ from morph_net.keras import slim_model  # pylint: disable=g-import-not-at-top
 from morph_net.network_regularizers import hardware  # pylint: disable=g-import-not-at-top
 from morph_net.network_regularizers import latency_regularizer  # pylint: disable=g-import-not-at-top
 from morph_net.tools import analyze  # pylint: disable=g-import-not-at-top
-from morph_net.tools import profile  # pylint: disable=g-import-not-at-top
+from morph_net.keras import profile  # pylint: disable=g-import-not-at-top
 
 PRESETS = ('K80', 'T4', 'V100', 'A100', 'H100', 'TPUv4', 'FLOP_LATENCY',
            'MEMORY_LATENCY')

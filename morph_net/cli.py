@@ -235,7 +235,7 @@ def _slim_functions():
 
 
 def cmd_profile(args):
-  """Fits a latency model of this machine (morph_net.tools.profile)."""
+  """Fits a latency model of this machine (morph_net.keras.profile)."""
   try:
     widths = [float(w) for w in args.widths.split(',')]
   except ValueError:
@@ -249,7 +249,7 @@ def cmd_profile(args):
                    % (args.output, out_dir))
   models = [load_model(path) for path in args.models]
   from morph_net.network_regularizers import hardware  # pylint: disable=g-import-not-at-top
-  from morph_net.tools import profile  # pylint: disable=g-import-not-at-top
+  from morph_net.keras import profile  # pylint: disable=g-import-not-at-top
   spec, fit = profile.profile_hardware(
       models, args.name, multipliers=widths, batch_size=args.batch_size,
       repeats=args.repeats, log=_progress)

@@ -1,8 +1,8 @@
 """The package's import graph runs one way, and modules stay small.
 
 framework <- regularizers (op_regularizers, probabilistic_gating,
-network_regularizers) <- keras / tools <- cli: no module imports from a
-higher layer, and no morph_net import hides inside a function (the way to
+network_regularizers) <- tools (reports, the exporter, configurable ops)
+<- keras (the Keras workflow) <- cli: no module imports from a higher layer, and no morph_net import hides inside a function (the way to
 dodge an import cycle).
 """
 
@@ -13,7 +13,7 @@ import pytest
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent / 'morph_net'
 _RANK = {'framework': 0, 'op_regularizers': 1, 'probabilistic_gating': 1,
-         'network_regularizers': 1, 'tools': 2, 'keras': 2, 'cli': 3}
+         'network_regularizers': 1, 'tools': 2, 'keras': 3, 'cli': 4}
 _MAX_LINES = 500
 
 
@@ -71,3 +71,4 @@ def test_modules_stay_under_the_size_limit(path):
   lines = len(path.read_text().splitlines())
   assert lines <= _MAX_LINES, '%s has %d lines (limit %d): split it' % (
       path, lines, _MAX_LINES)
+

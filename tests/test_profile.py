@@ -14,7 +14,7 @@ from morph_net import cli
 from morph_net.network_regularizers import hardware
 from morph_net.network_regularizers import latency_calculator
 from morph_net.network_regularizers import latency_regularizer
-from morph_net.tools import profile
+from morph_net.keras import profile
 
 _BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
                       'benchmarks', 'latency_model.py')

@@ -8,7 +8,7 @@ BF16, 3350 GB/s HBM3), L4 (121 TFLOPS FP16, 300 GB/s GDDR6), TPU v4
 FLOP_LATENCY and MEMORY_LATENCY are idealized devices with infinite
 bandwidth or infinite compute: latency then equals FLOPs or bytes moved.
 
-A spec measured on your own machine (`morph_net.tools.profile`, or
+A spec measured on your own machine (`morph_net.keras.profile`, or
 `morphnet profile`) is a JSON file {"name", "peak_compute",
 "memory_bandwidth", "op_overhead"}; `get_hardware` loads it from its path,
 or by name from the directories in $MORPHNET_HARDWARE_PATH (os.pathsep

@@ -15,7 +15,7 @@ a layer's arithmetic and is not counted, except the unfused BatchNorm scale
 that Keras 3 traces, which stands for the BatchNorm: so a Keras model and the
 same network built with FusedBatchNorm cost the same.
 
-Two refinements for specs measured on a device (`morph_net.tools.profile`):
+Two refinements for specs measured on a device (`morph_net.keras.profile`):
 depthwise (linear) convs compute at `depthwise_compute` GFLOP/s instead of
 `peak_compute` (a CPU runs them far below its dense peak), and every op whose
 output keeps at least one alive channel costs `op_overhead` ns more (launch
@@ -202,7 +202,7 @@ class LatencyCalculator:
     """(FLOPs, bytes, is depthwise, output alive) per op, numpy arrays.
 
     With the current alive channels, in the calculator's op order: what a
-    latency model is fitted on (`morph_net.tools.profile`).
+    latency model is fitted on (`morph_net.keras.profile`).
     """
     reg, alive = self._manager.class_vectors()
     compute, memory, _, _ = self._times(reg, alive, tf.float64)
