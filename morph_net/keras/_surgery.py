@@ -18,6 +18,7 @@ import importlib
 import keras
 
 from morph_net.keras import _blocks
+from morph_net.keras import _width_rules as rules
 
 
 def _no_rebuild(*args, **kwargs):
@@ -85,9 +86,7 @@ def _narrowed_shape(leaf, shape, new_in):
       axes = len(contracted)
   if axes == 1:
     return shape[:-1] + (new_in,)
-  inner = 1
-  for d in shape[len(shape) - axes + 1:]:
-    inner *= int(d)
+  inner = rules.block_size(shape, axes)
   if new_in % inner:
     raise NotImplementedError(
         'slim_model: EinsumDense %r (%s) reads channels over %d input axes '

@@ -65,6 +65,16 @@ def einsum_channel_axes(equation):
       ',')[0]))
 
 
+def block_size(shape, axes):
+  """Channels per step of the first of `shape`'s last `axes` axes (the
+  channels are those axes flattened row-major: a head of head-size
+  channels, for [.., heads, head size])."""
+  size = 1
+  for d in shape[len(shape) - axes + 1:]:
+    size *= int(d)
+  return size
+
+
 def _einsum_output(config, width):
   """Channels over several output axes (heads x head size) are flattened
   row-major, so a width must be whole blocks of the first axis: that axis
@@ -72,9 +82,7 @@ def _einsum_output(config, width):
   shape = config['output_shape']
   shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]
   n = min(einsum_channel_axes(config['equation']), len(shape))
-  rest = 1
-  for d in shape[len(shape) - n + 1:]:
-    rest *= int(d)
+  rest = block_size(shape, n)
   if width % rest:
     raise ValueError(
         'EinsumDense %r (%s) has channels over %d output axes %s; slim_model '

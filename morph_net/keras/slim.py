@@ -133,12 +133,7 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
     return _slim_subclassed(analysis, structure, transfer_weights, round_to,
                             input_signature)
   _slim_plan.as_functional(model)
-  counts, alive = analysis.resolve(structure)
-  if transfer_weights and alive is None and counts:
-    raise ValueError(
-        'transfer_weights=True needs to know which channels are alive: pass '
-        'the network regularizer or a {layer key: boolean vector} dict, '
-        'not alive counts.')
+  counts, alive = _resolve(analysis, structure, transfer_weights)
   if transfer_weights and alive is None:
     alive = {}
   plan, widths = plan_structure(analysis, counts, alive, round_to, warn=True)
@@ -155,18 +150,24 @@ def slim_model(model, structure, transfer_weights=False, round_to=1,
   return new_model
 
 
-def _slim_subclassed(analysis, structure, transfer_weights, round_to,
-                     input_signature):
-  """A subclassed model, narrowed in place like a custom layer (its `call`
-  runs on narrower sublayers), inside a functional `SlimModel` over its
-  inputs, which saves and reloads it at the slim widths."""
-  model = analysis.model
+def _resolve(analysis, structure, transfer_weights):
+  """The structure's counts and alive channels; transfer needs the latter."""
   counts, alive = analysis.resolve(structure)
   if transfer_weights and alive is None and counts:
     raise ValueError(
         'transfer_weights=True needs to know which channels are alive: pass '
         'the network regularizer or a {layer key: boolean vector} dict, '
         'not alive counts.')
+  return counts, alive
+
+
+def _slim_subclassed(analysis, structure, transfer_weights, round_to,
+                     input_signature):
+  """A subclassed model, narrowed in place like a custom layer (its `call`
+  runs on narrower sublayers), inside a functional `SlimModel` over its
+  inputs, which saves and reloads it at the slim widths."""
+  model = analysis.model
+  counts, alive = _resolve(analysis, structure, transfer_weights)
   _structure.check_round_to(round_to)
   rounded = {k: analysis.round_count(k, c, round_to)
              for k, c in counts.items()}
