@@ -56,7 +56,7 @@ from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g
 from morph_net.tools import analyze as analyze_lib  # pylint: disable=g-import-not-at-top
 from morph_net.tools import structure_exporter  # pylint: disable=g-import-not-at-top
 
-TOLERANCE = 5e-3  # issue 10: within 0.5%
+TOLERANCE = 5e-3  # within 0.5%
 
 
 # ------------------------------------------------------------ the builders

@@ -1,4 +1,4 @@
-"""Saves that never destroy (issue 26): RegularizedModel.save is atomic,
+"""Saves that never destroy: RegularizedModel.save is atomic,
 `morphnet slim` never writes onto its input nor over a file without
 --overwrite, and the CLI names a custom class it cannot load."""
 

@@ -1,6 +1,6 @@
 """Attention heads are channel groups; channels may span several axes.
 
-The costs here are derived by hand from the layer shapes (MISSION.md's
+The costs here are derived by hand from the layer shapes (the README's
 FLOP formulas: 2 x MACs; attention products 2 x T x S x H x d each), and
 pruned heads are checked against the same network built with fewer heads.
 """

@@ -1,4 +1,4 @@
-"""keras-hub backbones from small explicit configs (issue 10 acceptance).
+"""keras-hub backbones from small explicit configs.
 
 No presets, no downloads: every backbone is built from a tiny config in
 benchmarks/keras_hub_zoo.py, which also holds the INDEPENDENT counter: it

@@ -1,6 +1,6 @@
 """No plausible-looking garbage: bad values fail loudly, files are kept.
 
-Covers issue 13: NaN/inf sources and thresholds, structure files that are
+Covers NaN/inf sources and thresholds, structure files that are
 never overwritten, stale temp files, the optimizer in save/load_weights,
 combining regularizers (and refusing to nest wrappers), CLI bad input.
 The resume-after-SIGKILL fault test is in test_reliability_resume.py.

@@ -1,4 +1,4 @@
-"""Round 3 of "no silent wrong result" (issue 26): unreachable budgets,
+"""No silent wrong result, round 3: unreachable budgets,
 reruns in a used directory, write errors that name no file."""
 
 import errno

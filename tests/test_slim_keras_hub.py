@@ -1,4 +1,4 @@
-"""slim_model through layers with prunable sublayers (blocks, issue 10).
+"""slim_model through layers with prunable sublayers (blocks).
 
 Width rules (`register_width_rule(cls, sublayers=..., output=...)`) say how a
 block's config sets its sublayers' widths; attention keeps whole heads, and

@@ -18,7 +18,7 @@ _CONV_LAYOUT = {
     'Conv2D': (0, 2, True),
     'Conv3D': (0, 3, True),
     'DepthwiseConv2dNative': (0, 2, True),
-    # Transposed convs: positions of the (smaller) input, see MISSION.md.
+    # Transposed convs: positions of the (smaller) input.
     'Conv2DBackpropInput': (2, 2, False),
     'Conv3DBackpropInputV2': (2, 3, False),
 }
