@@ -277,7 +277,7 @@ def test_warns_when_term_dominates(digits):
   messages = _warnings_of(lambda: trainer.fit(
       digits[0][:64], digits[1][:64], batch_size=32, epochs=1, verbose=0))
   dominating = [m for m in messages if '(dominating)' in m]
-  assert len(dominating) == 1 and 'Lower the strength' in dominating[0]
+  assert len(dominating) == 1 and 'lower the strength' in dominating[0]
 
 
 def test_the_recommended_strength_is_not_called_dominating(digits):

@@ -132,16 +132,18 @@ class BudgetMonitor(keras.callbacks.Callback):
                      strength * self._first_cost <= 1.01)
       if (holding and not recommended
           and penalty > self.dominance * max(task, 1e-12)):
+        # No prediction and no fixed value to go to: the same strength can
+        # remove nothing on one network and most channels on another.
         self._warn('dominating', (
             'strength x regularization term (%.4g) is more than %g x the '
-            'task loss (%.4g): the regularizer, not the data, is training '
-            'the network and will remove most channels. %s' % (
-                penalty, self.dominance, task,
+            'task loss (%.4g): the regularizer, not the data, drives the '
+            'training now (the cost is %.3g x its start). %s' % (
+                penalty, self.dominance, task, cost / self._first_cost,
                 'The target is more than this task can give up: raise '
                 'target_cost (the strength is %.3g at the target).'
                 % strength if self.target_cost else
-                'Lower the strength (e.g. to 1 / initial cost) or pass '
-                'target_cost instead.')))
+                'If channels die faster than you want, lower the strength; '
+                'to name the cost you want, pass target_cost=... instead.')))
     if self._step % self.check_every == 0:
       self._check_hover()
     if self._step == self.patience and cost == self._first_cost and (
