@@ -574,6 +574,19 @@ REFUSED = {
 }
 
 
+def random_structure(model, analysis, signature, seed, low=0.3):
+  """Each count the exporter writes for `model`, times U(low, 1)."""
+  reg = flop_regularizer.GroupLassoFlopsRegularizer(
+      model, 1e-4, input_signature=signature)
+  counts = structure_exporter.StructureExporter(
+      reg.op_regularizer_manager).get_alive_counts()
+  # Drawn in network order: layer names (and so the exporter's key order)
+  # depend on how many layers the process built before this one.
+  rng = np.random.RandomState(seed)
+  return {k: max(1, int(counts[k] * rng.uniform(low, 1.0)))
+          for k in sorted(counts, key=analysis.order_index)}
+
+
 def workflow(name, builder=None, fraction=0.4, seed=0, save_dir=None):
   """The slim workflow on one backbone, as a user runs it; a dict of what
   held.
@@ -591,14 +604,8 @@ def workflow(name, builder=None, fraction=0.4, seed=0, save_dir=None):
   row = {'name': name}
   try:
     analysis = morph_keras.analysis_of(model, signature)
-    reg = flop_regularizer.GroupLassoFlopsRegularizer(
-        model, 1e-4, input_signature=signature)
-    counts = structure_exporter.StructureExporter(
-        reg.op_regularizer_manager).get_alive_counts()
     full = morph_keras.structure_cost(analysis, {})
-    rng = np.random.RandomState(seed)
-    start = {k: max(1, int(c * rng.uniform(0.3, 1.0)))
-             for k, c in counts.items()}
+    start = random_structure(model, analysis, signature, seed)
     target = fraction * full
     try:
       structure = morph_keras.expand_structure(analysis, start,

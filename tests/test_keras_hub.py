@@ -23,6 +23,7 @@ finding, so the test flips (XPASS fails) when the cause is fixed.
 
 import importlib.util
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -204,3 +205,22 @@ def test_expanded_structure_slims_reanalyzes_reloads_and_trains(name,
   step runs (benchmarks/keras_hub_zoo.py --workflow)."""
   row = zoo.workflow(name, save_dir=str(tmp_path))
   assert row['ok'], row
+
+
+@pytest.mark.parametrize('name', ['mit', 'cspdarknet'])
+def test_expanded_random_structures_honour_every_constraint(name):
+  """Config ties (SegFormer's q/k/v/sr/proj share `project_dim`, and the
+  projection is also tied to the residual stream) and split shares hold for
+  expand_structure's output from many random starts, not only the one the
+  workflow test draws: check_counts accepts each result."""
+  model, _, signature = zoo.BUILDERS[name]()
+  analysis = morph_keras.analysis_of(model, signature)
+  full = morph_keras.structure_cost(analysis, {})
+  for seed in range(8):
+    start = zoo.random_structure(model, analysis, signature, seed, low=0.1)
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', RuntimeWarning)  # short of target
+      counts = morph_keras.expand_structure(analysis, start,
+                                            target_cost=0.4 * full)
+    analysis.check_counts(counts)
+    assert morph_keras.structure_cost(analysis, counts) <= 0.4 * full

@@ -150,7 +150,9 @@ def expand_structure(model, structure, target_cost, cost='flops',
       _, widths, fixed = analysis.assign(counts_now, fix=True)
       if all(len({widths[k] for k in g}) <= 1 for g in ties):
         break
-      counts_now = _equalized(fixed, ties, widths, scaled)
+      counts_now = _equalized(analysis, fixed, ties, widths, scaled)
+    else:
+      _, widths, fixed = analysis.assign(counts_now, fix=True)
     return fixed
 
   if kind is None:
@@ -218,19 +220,32 @@ def _warn_if_short(cost, target_cost, counts, result):
       RuntimeWarning, stacklevel=3)
 
 
-def _equalized(counts, ties, widths, wanted):
+def _equalized(analysis, counts, ties, widths, wanted):
   """`counts` with each tie group's named members set to one count: the
-  width of a member the structure does not name (it keeps its width), or
-  of one that channel ties changed from `wanted`, else the largest."""
+  width of a member the structure does not name (it keeps its width), else
+  a count that the group's channel ties leave standing (a member tied to a
+  layer outside the group, such as a projection onto a residual stream,
+  must take that stream's width), preferring one that ties changed from
+  `wanted`, then the largest."""
   counts = dict(counts)
   for group in ties:
     named = [k for k in group if k in counts]
     if len({widths[k] for k in group}) <= 1 or not named:
       continue
     unnamed = [widths[k] for k in group if k not in counts]
-    forced = [counts[k] for k in named if counts[k] != wanted.get(k)]
-    value = (min(unnamed) if unnamed else min(forced) if forced
-             else max(counts[k] for k in named))
+    if unnamed:
+      counts.update({k: min(unnamed) for k in named})
+      continue
+    forced = {counts[k] for k in named if counts[k] != wanted.get(k)}
+    candidates = sorted(forced, reverse=True) + sorted(
+        {counts[k] for k in named} - forced, reverse=True)
+    for value in candidates:
+      trial = dict(counts, **{k: value for k in named})
+      _, trial_widths, _ = analysis.assign(trial, fix=True)
+      if len({trial_widths[k] for k in group}) <= 1:
+        break
+    else:
+      value = candidates[0]
     counts.update({k: value for k in named})
   return counts
 
