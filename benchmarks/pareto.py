@@ -57,6 +57,9 @@ Usage:
   python benchmarks/pareto.py --settings digits16/vgg/flops --families gamma
   python benchmarks/pareto.py --verdicts-only      # verdicts, plots, table
   python benchmarks/pareto.py --quick --out-dir /tmp/p   # smoke run
+  python benchmarks/pareto.py --method normalize='"auto"' \
+      --out-dir benchmarks/pareto_normalize_auto \
+      --width-from benchmarks/pareto_results.json     # a method variant
 
 Writes `<out-dir>/pareto_results.json` after every point (atomically; a
 rerun skips the finished points) and `<out-dir>/pareto_<task>_<net>_
@@ -95,9 +98,10 @@ METHOD = {
     'shrink_to': 0.5,              # learn one structure at 0.5 x seed cost
     'gamma_threshold': 1e-2,       # Gamma*Regularizer(model, this)
     'group_lasso_threshold': 1e-2,  # GroupLasso*Regularizer(model, this)
+    'normalize': False,            # Gamma/GroupLasso normalize= argument
     'figs_kwargs': {},             # LogisticSigmoid*Regularizer (defaults)
     # 'figs_prob': FiGS penalizing the gate probabilities, which the
-    # library's own stall warning advises under Adam (issue 23's table).
+    # library's own stall warning advises under Adam.
     'figs_prob_kwargs': {'regularize_on_mask': False},
     'gate_kwargs': {},             # LogisticSigmoidGating (defaults)
     'controller': 'default',       # add_regularizer(target_cost=T)
@@ -312,10 +316,12 @@ def make_regularizer(family, resource, model):
   suffix = 'FlopsRegularizer' if resource == 'flops' else (
       'ModelSizeRegularizer')
   if family == 'gamma':
-    return getattr(module, 'Gamma' + suffix)(model, METHOD['gamma_threshold'])
+    return getattr(module, 'Gamma' + suffix)(
+        model, METHOD['gamma_threshold'], normalize=METHOD['normalize'])
   if family == 'grouplasso':
     return getattr(module, 'GroupLasso' + suffix)(
-        model, METHOD['group_lasso_threshold'])
+        model, METHOD['group_lasso_threshold'],
+        normalize=METHOD['normalize'])
   if family in GATED_FAMILIES:
     return getattr(module, 'LogisticSigmoid' + suffix)(
         model, **METHOD[family + '_kwargs'])
@@ -688,6 +694,15 @@ def parse_args(argv=None):
                  help='trained seed weights and exported structures '
                  '(default: a directory in the temp dir named after '
                  '--out-dir)')
+  p.add_argument('--method', action='append', default=[],
+                 metavar='KNOB=JSON',
+                 help='a method variant: override one METHOD knob (e.g. '
+                 '--method normalize=\'"auto"\'); recorded in the results\' '
+                 'recipe, so give a variant its own --out-dir')
+  p.add_argument('--width-from', default=None, metavar='RESULTS_JSON',
+                 help='copy the width-multiplier points of another run with '
+                 'the same recipe but for METHOD (they do not depend on it) '
+                 'instead of training them again')
   p.add_argument('--verdicts-only', action='store_true',
                  help='recompute verdicts and plots from the saved results; '
                  'train nothing')
@@ -711,8 +726,43 @@ def select_settings(spec, quick=False):
   return chosen
 
 
+def apply_method(overrides):
+  """Sets METHOD knobs from 'knob=json' strings (a method variant)."""
+  for item in overrides:
+    knob, sep, value = item.partition('=')
+    if not sep or knob not in METHOD:
+      raise ValueError('--method %r: give KNOB=JSON with KNOB one of %s'
+                       % (item, ', '.join(sorted(METHOD))))
+    try:
+      METHOD[knob] = json.loads(value)
+    except ValueError:
+      raise ValueError('--method %r: %r is not JSON (quote strings: '
+                       '\'"auto"\')' % (item, value)) from None
+
+
+def copy_width_points(results, source_path, cfg):
+  """Width points of `source_path` into `results` when both runs share
+  every recipe field but the method's."""
+  with open(source_path) as f:
+    source = json.load(f)
+
+  def recipe(c):
+    return {k: v for k, v in (c or {}).items()
+            if k not in ('widths', 'budget_widths', 'method')}
+  if recipe(source.get('config')) != recipe(cfg):
+    raise ValueError('--width-from %s: its recipe (data, nets, training) '
+                     'differs from this run\'s; its width points do not '
+                     'apply.' % source_path)
+  copied = {k: v for k, v in source['points'].items()
+            if k.startswith('width|') and k not in results['points']}
+  results['points'].update(copied)
+  results.setdefault('seed_widths', {}).update(source.get('seed_widths', {}))
+  return len(copied)
+
+
 def main(argv=None):
   args = parse_args(argv)
+  apply_method(args.method)
   cfg = config(args.quick)
   settings = select_settings(args.settings, args.quick)
   families = [f.strip() for f in args.families.split(',') if f.strip()]
@@ -724,6 +774,9 @@ def main(argv=None):
   os.makedirs(args.out_dir, exist_ok=True)
   path = os.path.join(args.out_dir, 'pareto_results.json')
   results = load_results(path, cfg)
+  if args.width_from:
+    print('%d width points copied from %s' % (
+        copy_width_points(results, args.width_from, cfg), args.width_from))
   start = time.time()
 
   def stamp(msg):
