@@ -576,3 +576,37 @@ def test_forecast_keeps_a_gate_s_first_channel_alive():
   value = _forecast_while_falling(budget.CostForecast(reg, horizon=10),
                                   logits, start, 0.1)
   assert value == float(reg.get_cost())
+
+
+def test_controller_and_monitor_read_the_regularizers_norm_with_l1_fraction():
+  """With l1_fraction = 0.5 a group lasso channel's norm is 0.5 RMS(w) +
+  0.5 mean|w| (hand-computed here): the regularizer, the cost forecast and
+  the training monitor read that one number, so their alive sets agree."""
+  from morph_net.keras import _budget_monitor  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import model_size_regularizer  # pylint: disable=g-import-not-at-top
+  from morph_net.tools import structure_exporter  # pylint: disable=g-import-not-at-top
+  inputs = keras.Input((4,))
+  hidden = keras.layers.Dense(3, name='hidden')(inputs)
+  model = keras.Model(inputs, keras.layers.Dense(2, name='out')(hidden))
+  kernel = np.asarray([[0.6, 0.0, 1.0], [-0.6, 0.0, 0.0],
+                       [0.6, 0.02, 0.0], [-0.6, 0.0, 0.0]], np.float32)
+  model.get_layer('hidden').kernel.assign(kernel)
+  expected = 0.5 * np.sqrt(np.mean(kernel ** 2, axis=0)) + 0.5 * np.mean(
+      np.abs(kernel), axis=0)
+  # Channel 2: RMS 0.5, mean|w| 0.25 -> 0.375, under the threshold 0.4;
+  # RMS alone (0.5) would call it alive.
+  np.testing.assert_allclose(expected, [0.6, 0.0075, 0.375], rtol=1e-6)
+  reg = model_size_regularizer.GroupLassoModelSizeRegularizer(
+      model, 0.4, l1_fraction=0.5)
+  counts = structure_exporter.StructureExporter(
+      reg.op_regularizer_manager).get_alive_counts()
+  assert counts['hidden'] == 1
+  index = [i for i, s in enumerate(reg.op_regularizer_manager.sources)
+           if 'hidden' in s.op.name]
+  assert len(index) == 1
+  monitored, threshold = _budget_monitor._source_values(reg)[index[0]]
+  np.testing.assert_allclose(monitored, expected, rtol=1e-6)
+  assert threshold == 0.4
+  forecast = budget.CostForecast(reg, horizon=10)
+  _, forecast_norms = forecast._values()[index[0]]
+  np.testing.assert_allclose(forecast_norms.numpy(), expected, rtol=1e-6)

@@ -27,7 +27,8 @@ def _source_values(regularizer):
     kind = kind or 'group_lasso'
     value = tf.cast(tf.convert_to_tensor(s.param), tf.float32)
     norms = _proximal.channel_norms(
-        kind, value, _proximal.channel_axis(s, kind)).numpy()
+        kind, value, _proximal.channel_axis(s, kind),
+        _proximal.l1_fraction(s, kind)).numpy()
     if s.op.name in relative:  # measured in units of its own scale
       norms = norms / max(float(np.sqrt(np.mean(np.square(norms)))), 1e-12)
     out.append((norms, _proximal.threshold(s)))

@@ -85,18 +85,21 @@ def channel_axis(source, kind):
   return 0 if kind in ('gamma', 'gate') else source.setting[2]
 
 
-def channel_norms(kind, value, axis):
-  """r_c: |gamma|, or the RMS over the other axes of a kernel (a gate's
-  logits as they are)."""
+def l1_fraction(source, kind):
+  """The mean-|w| share of a group lasso source's norm (0 otherwise)."""
+  return float(source.setting[1]) if kind == 'group_lasso' else 0.0
+
+
+def channel_norms(kind, value, axis, l1_fraction=0.0):  # pylint: disable=redefined-outer-name
+  """r_c: |gamma|, a kernel's group lasso norm (the regularizer's own
+  definition, `group_lasso_regularizer.channel_norms`), or a gate's logits
+  as they are."""
   if kind == 'gate':
     return tf.reshape(value, [-1])
   if kind == 'gamma':
     return tf.abs(value)
-  value, axis = group_lasso_regularizer.by_channel(value, axis)
-  keep = group_lasso_regularizer.out_axes(value.shape.rank, axis)
-  axes = [a for a in range(value.shape.rank) if a not in keep]
-  norms = tf.sqrt(tf.reduce_mean(tf.square(value), axis=axes))
-  return tf.reshape(norms, [-1])
+  return group_lasso_regularizer.channel_norms(value, axis, l1_fraction,
+                                               floor=0.0)
 
 
 def scaled(kind, value, axis, scale):

@@ -192,6 +192,8 @@ class CostForecast:
                    for s in self._sources]
     self._axes = [0 if k == 'gate' else _proximal.channel_axis(s, k)
                   for s, k in zip(self._sources, self._kinds)]
+    self._l1 = [_proximal.l1_fraction(s, k)
+                for s, k in zip(self._sources, self._kinds)]
     self.horizon = _positive('horizon', horizon)
     self.smoothing = _fraction('smoothing', smoothing)
     self.z = float(z)
@@ -211,10 +213,11 @@ class CostForecast:
   def _values(self):
     """[(value, r)]: r the norms, or a gate's logits (its value)."""
     out = []
-    for s, kind, axis in zip(self._sources, self._kinds, self._axes):
+    for s, kind, axis, l1 in zip(self._sources, self._kinds, self._axes,
+                                 self._l1):
       value = tf.cast(tf.convert_to_tensor(s.param), tf.float32)
       out.append((value, value if kind == 'gate' else
-                  _proximal.channel_norms(kind, value, axis)))
+                  _proximal.channel_norms(kind, value, axis, l1)))
     return out
 
   def build(self):

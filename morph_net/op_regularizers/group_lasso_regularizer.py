@@ -56,18 +56,25 @@ def _out_axis_of(weight, reduce_dims):
   return kept[0] - rank
 
 
-def _norms(weight, out_axis, l1_fraction):
+def channel_norms(weight, out_axis, l1_fraction=0.0, floor=1e-30):
+  """Per output channel c: (1 - f) RMS(w[..., c]) + f mean|w[..., c]|, f =
+  l1_fraction, over every axis but the channel axes; a flat vector.
+
+  The one definition of a group lasso channel's norm: the regularizer, the
+  alive counts, the budget controller and the training monitor all read
+  it. `floor` bounds the mean square below (sqrt has an infinite slope at
+  0: an all-zero filter would give NaN gradients); 0 gives exact zeros.
+  """
   w, out_axis = by_channel(gamma_l1_regularizer.read(weight), out_axis)
   rank = w.shape.rank
   keep = out_axes(rank, out_axis)
   axes = [a for a in range(rank) if a not in keep]
   mean_square = tf.reduce_mean(tf.square(w), axis=axes)
-  # sqrt has an infinite slope at 0: an all-zero filter would give NaNs.
-  norms = tf.sqrt(tf.maximum(mean_square, 1e-30))
+  norms = tf.sqrt(tf.maximum(mean_square, floor) if floor else mean_square)
   if l1_fraction:
     norms = (1.0 - l1_fraction) * norms + l1_fraction * tf.reduce_mean(
         tf.abs(w), axis=axes)
-  return tf.reshape(norms, [-1]) if len(keep) > 1 else norms
+  return tf.reshape(norms, [-1])
 
 
 class GroupLassoRegularizer:
@@ -113,7 +120,7 @@ class GroupLassoRegularizer:
 
   @property
   def regularization_vector(self):
-    norms = _norms(self._weight, self._out_axis, self._l1_fraction)
+    norms = channel_norms(self._weight, self._out_axis, self._l1_fraction)
     _checks.check_finite(norms, [self._weight], [int(norms.shape[0])],
                          'kernel norm')
     return norms
@@ -137,7 +144,7 @@ class GroupLassoRegularizer:
       params: kernels (variables or tensors).
       settings: per kernel, a tuple (threshold, l1_fraction, out_axis).
     """
-    regs = [_norms(p, axis, f) for p, (_, f, axis) in zip(params, settings)]
+    regs = [channel_norms(p, axis, f) for p, (_, f, axis) in zip(params, settings)]
     reg = tf.concat(regs, 0) if len(regs) > 1 else regs[0]
     _checks.check_finite(reg, params, [int(r.shape[0]) for r in regs],
                          'kernel norm')
