@@ -224,3 +224,36 @@ def test_expanded_random_structures_honour_every_constraint(name):
                                             target_cost=0.4 * full)
     analysis.check_counts(counts)
     assert morph_keras.structure_cost(analysis, counts) <= 0.4 * full
+
+
+def test_a_rules_divisibility_is_a_count_quantum():
+  """SigLIP's encoder layer refuses hidden_dim % num_heads != 0 in its
+  __init__; its width rule says so (`divisible`), so the residual stream's
+  layers count in multiples of num_heads, expand_structure produces such
+  counts, and a count that breaks it is refused before any layer is built,
+  naming the number."""
+  model, _, signature = zoo.BUILDERS['siglip']()
+  analysis = morph_keras.analysis_of(model, signature)
+  blocks = [l for l in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
+            if type(l).__name__ == 'SigLIPEncoderLayer']
+  assert blocks
+  heads = blocks[0].num_heads
+  assert heads > 1
+  stream = [k for k in analysis.entries if analysis.quantum(k) == heads]
+  assert stream, {k: analysis.quantum(k) for k in analysis.entries}
+  start = zoo.random_structure(model, analysis, signature, seed=1)
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)
+    counts = morph_keras.expand_structure(
+        analysis, start,
+        target_cost=0.4 * morph_keras.structure_cost(analysis, {}))
+  analysis.check_counts(counts)
+  for key in stream:
+    if key in counts:
+      assert counts[key] % heads == 0, (key, counts[key])
+  # The residual stream's members share one count: move them together.
+  width = counts[next(k for k in stream if k in counts)]
+  broken = {k: (width + 1 if k in stream and c == width else c)
+            for k, c in counts.items()}
+  with pytest.raises(ValueError, match='multiple of %d' % heads):
+    morph_keras.slim_model(analysis, broken, input_signature=signature)

@@ -33,9 +33,10 @@ import math
 import numpy as np
 
 
-def count_quanta(manager):
+def count_quanta(manager, divisors=()):
   """{layer key: q} for the layers whose compute ops set a width (see the
-  module docstring); 1 where any count works."""
+  module docstring); 1 where any count works. `divisors`: more (tensor,
+  divisor of its width) pairs, e.g. from a layer's own config checks."""
   entries = manager.layers()
   if not entries:
     return {}
@@ -52,7 +53,7 @@ def count_quanta(manager):
   for i, labels in enumerate(key_labels):
     free = labels[owner[labels] < 0]
     owner[free] = i
-  divisors = _tensor_divisors(manager)
+  divisors = _tensor_divisors(manager, divisors)
   cols, vals, divs = [], [], []
   for tensor, divisor in divisors:
     labels = manager.channel_labels(tensor)
@@ -88,10 +89,12 @@ def count_quanta(manager):
   return dict(zip(keys, (int(q) for q in quanta.tolist())))
 
 
-def _tensor_divisors(manager):
+def _tensor_divisors(manager, extra=()):
   """(tensor, divisor of its width) for every analyzed tensor: a grouped
-  conv's input and output must divide into its groups."""
+  conv's input and output must divide into its groups; `extra` adds more."""
   groups = {}
+  for t, divisor in extra:
+    groups[t.name] = _lcm(groups.get(t.name, 1), int(divisor))
   for c in manager.compute_ops:
     if c.groups > 1 and not c.linear:
       for t in (c.input, c.output):

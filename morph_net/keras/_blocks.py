@@ -373,6 +373,30 @@ def _replace_after_build(new, old, width_of, input_width_of, clone_leaf,
   object.__setattr__(new, 'build', build)
 
 
+def config_divisors(model, key_of):
+  """[(key, m)]: the input channels of layer `key` must be a multiple of m
+  because a block's rule says its config requires it (`divisible`).
+  `key_of`: id(layer) -> structure key of every analyzed layer."""
+  out = []
+  for layer in keras_trace.layer_keys(model).values():
+    rule = rules.block_rule(layer)
+    if rule is None or not rule.divisible:
+      continue
+    config = layer_config(layer)
+    for pattern, field in rule.divisible.items():
+      value = config.get(field)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(
+            'The width rule of %s says its sublayers %r need input widths '
+            'that are multiples of config[%r], but layer %r has %r there.'
+            % (type(layer).__name__, pattern, field, layer.name, value))
+      for sub, _ in find(pattern, layer):
+        key = key_of.get(id(sub))
+        if key is not None and value > 1:
+          out.append((key, value))
+  return out
+
+
 def config_ties(model, key_of):
   """Lists of keys whose counts must be equal: one string config field of
   a block's width rule sets them all (e.g. SegFormer attention's q, k, v

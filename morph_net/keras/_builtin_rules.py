@@ -135,9 +135,11 @@ def _register_builtins():
   for tower in ('clip.clip_layers.CLIP', 'siglip.siglip_layers.SigLIP'):
     reg(hub + 'models.' + tower + 'VisionEmbedding',
         sublayers={'patch_embedding': 'hidden_dim'}, output='patch_embedding')
+  # Their __init__ requires hidden_dim % num_heads == 0.
   reg(hub + 'models.clip.clip_layers.CLIPEncoderLayer',
       sublayers={'dense_1': 'intermediate_dim'}, input_field='hidden_dim',
-      output='input', rebuild_sublayers=True)
+      output='input', rebuild_sublayers=True,
+      divisible={'query': 'num_heads'})
   siglip = hub + 'models.siglip.siglip_layers.'
   reg(siglip + 'SigLIPMLP', sublayers={'fc1': 'intermediate_dim',
                                        'fc2': 'hidden_dim'}, output='fc2')
@@ -168,7 +170,8 @@ def _register_builtins():
       rebuild_sublayers=True)
   _register_llm_decoders(reg, hub)
   reg(siglip + 'SigLIPEncoderLayer', sublayers={'mlp.fc1': 'intermediate_dim'},
-      input_field='hidden_dim', output='input', rebuild_sublayers=True)
+      input_field='hidden_dim', output='input', rebuild_sublayers=True,
+      divisible={'query': 'num_heads'})
   # The pooling head's hidden_dim is its probe's (query's) and output width;
   # its attention reads the input (keys, values) at whatever width it has.
   reg(siglip + 'SigLIPMultiHeadAttentionPooling',

@@ -105,6 +105,7 @@ class Analysis:
     self.narrowed_cache = {}
     self._quanta = None
     self._tie_groups = None
+    self._divisors = None
 
   def _labels_of(self, tensors):
     found = [self.manager.channel_labels(t) for t in tensors
@@ -180,7 +181,8 @@ class Analysis:
     shares, whole attention heads, a grouped conv's groups; see
     `framework.constraints`)."""
     if self._quanta is None:
-      self._quanta = constraints.count_quanta(self.manager)
+      self._quanta = constraints.count_quanta(self.manager,
+                                              self.config_divisors())
     return self._quanta.get(key, 1)
 
   def round_count(self, key, count, round_to=1):
@@ -190,6 +192,16 @@ class Analysis:
     (`check_counts`)."""
     step = round_to if round_to == 1 else _counts.lcm(round_to, self.quantum(key))
     return round_count(count, self.width(key), step)
+
+  def config_divisors(self):
+    """[(tensor, m)]: a block's config requires the tensor's width to be a
+    multiple of m (a width rule's `divisible`, e.g. hidden_dim % num_heads
+    in an encoder's __init__)."""
+    if self._divisors is None:
+      self._divisors = [
+          (self._all_entries[key].computes[0].input, m) for key, m in
+          _blocks.config_divisors(self.model, self.any_key_of)]
+    return self._divisors
 
   def tie_groups(self):
     """Lists of keys whose counts must be equal because one config field
@@ -295,6 +307,20 @@ class Analysis:
             'own); they would get %s.' % (
                 ', '.join(map(repr, group)),
                 ', '.join('%s: %d' % (k, widths[k]) for k in group)))
+    for tensor, m in self.config_divisors():
+      labels = self.manager.channel_labels(tensor)
+      total = int(round(float(values[labels].sum())))
+      if total % m:
+        keys = [k for k in counts if any(np.isin(l, labels).any()
+                                         for l in self.out_labels[k])]
+        raise ValueError(
+            'The counts of %s give op %r %d input channels; its layer\'s '
+            'block requires a multiple of %d (a config check such as '
+            'hidden_dim %% num_heads == 0). Give counts that are multiples '
+            'of %s (round_to or expand_structure give such counts).'
+            % (', '.join(map(repr, keys)) or 'the structure',
+               tensor.op.name, total, m,
+               ', '.join('%d for %r' % (self.quantum(k), k) for k in keys)))
     if alive:
       return
     for op_name, labels in self._tensor_labels():

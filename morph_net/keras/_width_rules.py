@@ -114,11 +114,16 @@ class BlockRule:
       built from its config, each sublayer with weights is replaced by a
       fresh copy built with its own width (so the layer's config keeps its
       original head count and does not describe the slim layer).
+    divisible: {sublayer pattern: config field}: the matched sublayers'
+      input channels must be a multiple of the layer's config[field] (e.g.
+      an encoder whose __init__ requires hidden_dim % num_heads == 0:
+      {'query': 'num_heads'}). The analysis makes it a count quantum.
   """
 
   def __init__(self, sublayers=None, input_field=(), output='input',
-               rebuild_sublayers=False):
+               rebuild_sublayers=False, divisible=None):
     self.sublayers = dict(sublayers or {})
+    self.divisible = dict(divisible or {})
     self.input_field = ((input_field,) if isinstance(input_field, str)
                         else tuple(input_field))
     self.output = output
@@ -135,7 +140,7 @@ _BLOCKS = {}  # class or 'module.QualName' -> BlockRule
 
 def register_width_rule(layer_class, config_field=None, sublayers=None,
                         input_field=(), output=None,
-                        rebuild_sublayers=False):
+                        rebuild_sublayers=False, divisible=None):
   """Declares how a layer class's config sets its width(s).
 
   A prunable layer: `config[config_field]` is its width. A layer with
@@ -151,6 +156,7 @@ def register_width_rule(layer_class, config_field=None, sublayers=None,
     input_field: for a block, config field(s) following its input width.
     output: for a block, 'input' or the pattern of its output sublayer.
     rebuild_sublayers: for a block, see `BlockRule`.
+    divisible: for a block, see `BlockRule`.
   """
   if isinstance(layer_class, str):
     if config_field is not None:
@@ -164,7 +170,7 @@ def register_width_rule(layer_class, config_field=None, sublayers=None,
       raise TypeError('A block rule needs `output`: \'input\' or the '
                       'pattern of the sublayer producing its output.')
     _BLOCKS[layer_class] = BlockRule(sublayers, input_field, output,
-                                     rebuild_sublayers)
+                                     rebuild_sublayers, divisible)
     return
   if not callable(config_field) and (
       not isinstance(config_field, str) or not config_field):
