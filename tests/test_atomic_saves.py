@@ -321,3 +321,37 @@ def test_cli_names_an_unimported_custom_class_and_imports_it(tmp_path,
   finally:
     keras.saving.get_custom_objects().pop('round3test>Doubler', None)
     sys.modules.pop('round3_layers', None)
+
+
+def test_an_interrupt_inside_the_zip_writer_is_reported_as_an_interrupt(
+    tmp_path):
+  """Ctrl-C while Keras writes the zip surfaces from zipfile as "Can't close
+  the ZIP file while there is an open writing handle" (a ValueError raised
+  while handling the KeyboardInterrupt). The save reports the interrupt,
+  the old file stays whole, and no temporary file is left."""
+  from morph_net.keras import _saving  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'model.keras'
+  path.write_bytes(b'the old model')
+
+  def write(tmp, overwrite=True):
+    del overwrite
+    with open(tmp, 'wb') as f:
+      f.write(b'half of a new')
+    try:
+      raise KeyboardInterrupt
+    except KeyboardInterrupt:
+      raise ValueError("Can't close the ZIP file while there is an open "
+                       'writing handle on it.')  # pylint: disable=raise-missing-from
+
+  with pytest.raises(KeyboardInterrupt):
+    _saving.save(write, str(path), True, ('.keras',))
+  assert path.read_bytes() == b'the old model'
+  assert sorted(os.listdir(tmp_path)) == ['model.keras']
+
+  def fails(tmp, overwrite=True):
+    del tmp, overwrite
+    raise ValueError('not an interrupt')
+
+  with pytest.raises(ValueError, match='not an interrupt'):
+    _saving.save(fails, str(path), True, ('.keras',))
+  assert path.read_bytes() == b'the old model'

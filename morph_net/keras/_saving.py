@@ -58,4 +58,25 @@ def save(write, filepath, overwrite, suffixes, **kwargs):
         os.fspath(filepath))
   with _atomic.atomic_path(filepath, suffix=suffix,
                            overwrite=overwrite) as tmp:
-    write(tmp, overwrite=True, **kwargs)
+    try:
+      write(tmp, overwrite=True, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except
+      interrupt = _interrupt_behind(e)
+      if interrupt is None:
+        raise
+      # Ctrl-C inside Keras's zip writer surfaces as zipfile's "Can't close
+      # the ZIP file while there is an open writing handle": say what
+      # happened (the temporary file is removed; `filepath` is untouched).
+      raise interrupt from None
+
+
+def _interrupt_behind(error):
+  """The KeyboardInterrupt an exception was raised while handling, if
+  any."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, KeyboardInterrupt):
+      return error
+    error = error.__context__
+  return None
