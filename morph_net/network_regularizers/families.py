@@ -121,6 +121,26 @@ def logistic_sigmoid(alive_threshold=0.1, regularize_on_mask=True,
       'after each prunable layer (or use gated_relu_activation()).')
 
 
+def one_threshold(name, value, threshold, default=None):
+  """The alive threshold given either by the family's own argument name
+  (`name`: the original MorphNet's, e.g. gamma_threshold) or by the name
+  every family shares, `threshold`.
+
+  Raises:
+    TypeError: both are given, or neither and there is no default.
+  """
+  if value is not None and threshold is not None:
+    raise TypeError('Give the alive threshold once: %s=%r or threshold=%r '
+                    '(the same argument).' % (name, value, threshold))
+  chosen = threshold if value is None else value
+  if chosen is None:
+    if default is None:
+      raise TypeError('Missing the alive threshold: give threshold= (or %s=, '
+                      'its original name).' % name)
+    return default
+  return chosen
+
+
 class _Named(gnr.NetworkRegularizer):
   """Builds the regularizer from a family and the subclass's resource."""
 
@@ -142,7 +162,8 @@ class GammaFamily(_Named):
     output_boundary: a Keras model, a concrete function, or the output ops
       of a `tf.compat.v1` graph.
     gamma_threshold: channels with |gamma| above it are alive (with
-      `normalize`, |gamma| / the RMS of the BatchNorm's |gamma|).
+      `normalize`, |gamma| / the RMS of the BatchNorm's |gamma|). Every
+      family also takes it as `threshold=`.
     op_handler_dict: extra op handlers merged into the default table.
     normalize: False (default): the original MorphNet's absolute |gamma|.
       'auto': a BatchNorm whose scale the loss does not see (it feeds other
@@ -153,10 +174,12 @@ class GammaFamily(_Named):
     **kwargs: the shared keyword arguments (module docstring).
   """
 
-  def __init__(self, output_boundary, gamma_threshold, op_handler_dict=None,
-               normalize=False, **kwargs):
-    self._build(output_boundary, gamma(gamma_threshold, normalize=normalize),
-                op_handler_dict, kwargs)
+  def __init__(self, output_boundary, gamma_threshold=None,
+               op_handler_dict=None, normalize=False, threshold=None,
+               **kwargs):
+    self._build(output_boundary, gamma(
+        one_threshold('gamma_threshold', gamma_threshold, threshold),
+        normalize=normalize), op_handler_dict, kwargs)
 
 
 class GroupLassoFamily(_Named):
@@ -186,15 +209,17 @@ class LogisticSigmoidFamily(_Named):
     output_boundary: as in `GammaFamily`.
     regularize_on_mask: the term uses the mask sampled in the same training
       step (True) or the gate probabilities sigmoid(logits) (False).
-    alive_threshold: a gate is alive when its probability reaches it.
+    alive_threshold: a gate is alive when its probability reaches it
+      (default 0.1; also `threshold=`).
     mask_as_alive_vector: alive from the (deterministic) mask instead.
     op_handler_dict: extra op handlers merged into the default table.
     **kwargs: the shared keyword arguments (module docstring).
   """
 
   def __init__(self, output_boundary, regularize_on_mask=True,
-               alive_threshold=0.1, mask_as_alive_vector=True,
-               op_handler_dict=None, **kwargs):
+               alive_threshold=None, mask_as_alive_vector=True,
+               op_handler_dict=None, threshold=None, **kwargs):
     self._build(output_boundary, logistic_sigmoid(
-        alive_threshold, regularize_on_mask, mask_as_alive_vector),
+        one_threshold('alive_threshold', alive_threshold, threshold, 0.1),
+        regularize_on_mask, mask_as_alive_vector),
                 op_handler_dict, kwargs)

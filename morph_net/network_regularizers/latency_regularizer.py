@@ -17,6 +17,9 @@ class _LatencyRegularizer(gnr.NetworkRegularizer):
 
   def __init__(self, output_boundary, family, hardware, batch_size, name,
                **kwargs):
+    if hardware is None:
+      raise TypeError('Missing hardware: give hardware= one of %s, or a '
+                      'HardwareSpec.' % ', '.join(sorted(hardware_lib.HARDWARE)))
     spec = hardware_lib.get_hardware(hardware)
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or (
         batch_size < 1):
@@ -41,11 +44,12 @@ class _LatencyRegularizer(gnr.NetworkRegularizer):
 class GammaLatencyRegularizer(_LatencyRegularizer):
   """Latency; sources are BatchNorm gammas, alive when |gamma| > threshold."""
 
-  def __init__(self, output_boundary, gamma_threshold, hardware,
+  def __init__(self, output_boundary, gamma_threshold=None, hardware=None,
                batch_size=1, op_handler_dict=None, normalize=False,
-               **kwargs):
-    super().__init__(output_boundary, families.gamma(gamma_threshold,
-                                                     normalize=normalize),
+               threshold=None, **kwargs):
+    super().__init__(output_boundary, families.gamma(
+        families.one_threshold('gamma_threshold', gamma_threshold, threshold),
+        normalize=normalize),
                      hardware, batch_size, 'GammaLatency',
                      op_handler_dict=op_handler_dict, **kwargs)
 
@@ -67,11 +71,14 @@ class LogisticSigmoidLatencyRegularizer(_LatencyRegularizer):
   """Latency; sources are LogisticSigmoidGating gates (FiGS)."""
 
   def __init__(self, output_boundary, hardware, batch_size=1,
-               regularize_on_mask=True, alive_threshold=0.1,
-               mask_as_alive_vector=True, op_handler_dict=None, **kwargs):
+               regularize_on_mask=True, alive_threshold=None,
+               mask_as_alive_vector=True, op_handler_dict=None,
+               threshold=None, **kwargs):
     super().__init__(output_boundary,
                      families.logistic_sigmoid(
-                         alive_threshold, regularize_on_mask,
-                         mask_as_alive_vector),
+                         families.one_threshold('alive_threshold',
+                                                alive_threshold, threshold,
+                                                0.1),
+                         regularize_on_mask, mask_as_alive_vector),
                      hardware, batch_size, 'LogisticSigmoidLatency',
                      op_handler_dict=op_handler_dict, **kwargs)
