@@ -84,3 +84,15 @@ def test_gate_threshold_by_either_name(cls, extra):
 def test_latency_without_hardware_names_the_choices():
   with pytest.raises(TypeError, match='hardware=.*V100'):
     latency_regularizer.GammaLatencyRegularizer(_bn_model(), threshold=0.1)
+
+
+def test_every_cost_is_float64_combined_included():
+  from morph_net.network_regularizers import combined  # pylint: disable=g-import-not-at-top
+  model = _bn_model()
+  flops = flop_regularizer.GammaFlopsRegularizer(model, threshold=0.1)
+  size = model_size_regularizer.GammaModelSizeRegularizer(model, threshold=0.1)
+  both = combined.CombinedRegularizer([(flops, 1.0), (size, 2.0)])
+  for reg in (flops, size, both):
+    assert reg.get_cost().dtype == 'float64', reg
+  assert float(both.get_cost()) == float(flops.get_cost()) + 2.0 * float(
+      size.get_cost())

@@ -151,8 +151,9 @@ class CombinedRegularizer:
                      for r, w in zip(self._regularizers, self._weights)])
 
   def get_cost(self, ops=None):
-    """sum_i weight_i x cost_i (each part's cost is logged on its own)."""
-    return tf.add_n([w * tf.cast(r.get_cost(ops), tf.float32)
+    """sum_i weight_i x cost_i (each part's cost is logged on its own), in
+    float64 like every regularizer's cost."""
+    return tf.add_n([w * tf.cast(r.get_cost(ops), tf.float64)
                      for r, w in zip(self._regularizers, self._weights)])
 
   def logged_values(self):
