@@ -74,12 +74,18 @@ def load_model(path):
 
 
 def layer_names(model):
-  """Names of every layer of a model, nested models included."""
-  names, stack = [], list(model.layers)
+  """Names of every layer of a model, nested models and layers included,
+  and their paths ('block/conv': what the exporter writes where nested
+  layers share a name)."""
+  names, stack = [], [('', layer) for layer in model.layers]
   while stack:
-    layer = stack.pop(0)
+    prefix, layer = stack.pop(0)
     names.append(layer.name)
-    stack.extend(getattr(layer, 'layers', []) or [])
+    if prefix:
+      names.append(prefix + '/' + layer.name)
+    path = prefix + '/' + layer.name if prefix else layer.name
+    stack.extend((path, sub) for sub in layer._flatten_layers(  # pylint: disable=protected-access
+        include_self=False, recursive=False))
   return names
 
 

@@ -180,3 +180,41 @@ def test_bad_option_values_are_usage_errors(capsys):
               '--round-to', '0'])
   assert e.value.code == 2
   assert 'positive integer' in capsys.readouterr().err
+
+
+def test_slim_accepts_the_path_keys_the_exporter_writes(tmp_path, capsys):
+  """Two nested models each holding a layer named 'fc': the exporter keys
+  them 'b1/fc' and 'b2/fc', and the CLI slims to those keys (it used to
+  refuse any key that is not a bare layer name)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
+  from morph_net.tools import structure_exporter  # pylint: disable=g-import-not-at-top
+
+  def block(name):
+    inputs = keras.Input((6,))
+    hidden = L.Dense(8, name='fc')(inputs)
+    return keras.Model(inputs, L.Dense(6, name='out')(hidden), name=name)
+
+  inputs = keras.Input((6,))
+  x = block('b1')(inputs)
+  x = block('b2')(x)
+  model = keras.Model(inputs, L.Dense(2, name='logits')(x))
+  counts = structure_exporter.StructureExporter(
+      flop_regularizer.GroupLassoFlopsRegularizer(
+          model, 0.0).op_regularizer_manager).get_alive_counts()
+  assert {'b1/fc', 'b2/fc'} <= set(counts), counts
+  structure = {'b1/fc': 3, 'b2/fc': 5}
+  seed_path = str(tmp_path / 'seed.keras')
+  model.save(seed_path)
+  structure_path = tmp_path / 'alive.json'
+  structure_path.write_text(json.dumps(structure))
+  out = str(tmp_path / 'slim.keras')
+  code, stdout, err = _main(capsys, 'slim', seed_path, str(structure_path),
+                            '-o', out)
+  assert code == 0, err
+  slim = keras.saving.load_model(out, compile=False)
+  assert slim.get_layer('b1').get_layer('fc').units == 3
+  assert slim.get_layer('b2').get_layer('fc').units == 5
+  data = np.ones((1, 6), np.float32)
+  assert slim(data).shape == (1, 2)
+  assert 'wrote' in stdout
