@@ -9,8 +9,8 @@ Network (input 8x8x3):
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
+from conftest import conv_bn_model
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.network_regularizers import model_size_regularizer
 from morph_net.tools import structure_exporter
@@ -56,10 +56,33 @@ FLOPS_COST, FLOPS_TERM, FLOPS_D1, FLOPS_D2 = expected(
 SIZE_COST, SIZE_TERM, SIZE_D1, SIZE_D2 = expected(K1_SIZE, K2_SIZE, KD_SIZE)
 
 
-def test_hand_numbers_are_what_we_think():
-  # 1152*3*2 + 288*2*4 + 2*4*5
-  assert FLOPS_COST == 6912 + 2304 + 40
-  assert SIZE_COST == 54 + 72 + 20
+def _tf_flops_of_convs_and_matmuls(model, input_shape):
+  """FLOPs of the Conv2D and MatMul ops of `model` at batch 1, as
+  TensorFlow's own op statistics (tf.profiler) count them."""
+  fn = tf.function(lambda x: model(x, training=False), autograph=False)
+  graph = fn.get_concrete_function(tf.TensorSpec((1,) + input_shape)).graph
+  types = {op.name: op.type for op in graph.get_operations()}
+  options = tf1.profiler.ProfileOptionBuilder.float_operation()
+  options['output'] = 'none'
+  nodes = [tf1.profiler.profile(graph, cmd='scope', options=options)]
+  total = 0
+  while nodes:
+    node = nodes.pop()
+    if types.get(node.name) in ('Conv2D', 'MatMul'):
+      total += node.float_ops
+    nodes.extend(node.children)
+  return total
+
+
+def test_hand_numbers_are_what_tf_counts_for_the_alive_network():
+  """The expected costs, counted another way: a network of only the alive
+  channels (conv1 2, conv2 4), its FLOPs by TensorFlow's op statistics and
+  its model size by its kernels' sizes."""
+  alive = conv_bn_model((H, W, C_IN), (ALIVE1, ALIVE2), N_OUT,
+                        strides=(1, 2))
+  assert _tf_flops_of_convs_and_matmuls(alive, (H, W, C_IN)) == FLOPS_COST
+  assert sum(int(np.prod(w.shape)) for w in alive.weights
+             if w.path.endswith('kernel')) == SIZE_COST
 
 
 def expected_grad(gamma, d):
@@ -86,18 +109,7 @@ def _kernels():
 
 def build_keras():
   k1, k2, kd = _kernels()
-  inputs = keras.Input((H, W, C_IN))
-  x = keras.layers.Conv2D(4, 3, padding='same', use_bias=False,
-                          name='conv1')(inputs)
-  x = keras.layers.BatchNormalization(name='bn1')(x)
-  x = keras.layers.ReLU()(x)
-  x = keras.layers.Conv2D(6, 3, strides=2, padding='same', use_bias=False,
-                          name='conv2')(x)
-  x = keras.layers.BatchNormalization(name='bn2')(x)
-  x = keras.layers.ReLU()(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
-  out = keras.layers.Dense(N_OUT, name='logits')(x)
-  model = keras.Model(inputs, out)
+  model = conv_bn_model((H, W, C_IN), (4, 6), N_OUT, strides=(1, 2))
   model.get_layer('conv1').set_weights([k1])
   model.get_layer('conv2').set_weights([k2])
   model.get_layer('logits').set_weights([kd, np.zeros(N_OUT, np.float32)])
