@@ -359,7 +359,7 @@ def run_cycles(args, cfg, data, seed_model, log_dir, stamp, start,
       make_regularizer=lambda m: flop_regularizer.GammaFlopsRegularizer(
           m, gamma_threshold=args.gamma_threshold),
       round_to=args.round_to, log_dir=log_dir,
-      save_every=cfg['save_every'])
+      save_every_n_steps=cfg['save_every'])
   for r in records:
     stamp('cycle %d: exported %s (%.3f MFLOPs, target %.3f), expanded %s '
           '(%.3f MFLOPs), held-out accuracy %.4f'

@@ -191,7 +191,7 @@ def test_run_cycles_refuses_a_directory_an_interrupted_run_used(tmp_path):
   log_dir = str(tmp_path / 'run')
   with pytest.raises(KeyboardInterrupt):
     cycles.run_cycles(_cycle_model(), interrupted_fit, log_dir=log_dir,
-                      save_every=1, target_cost=1e9)  # every step exported
+                      save_every_n_steps=1, target_cost=1e9)  # every step exported
   written = sorted(os.listdir(os.path.join(log_dir, 'cycle_1',
                                            'learned_structure')))
   assert written

@@ -137,8 +137,9 @@ def last_structure(log_dir, model=None, max_cost=None, cost='flops',
 
 def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
                target_cost=None, budget=None, make_regularizer=None,
-               cost='flops', round_to=1, log_dir=None, save_every=10,
-               verbose=False, return_models=False, input_signature=None):
+               cost='flops', round_to=1, log_dir=None, save_every_n_steps=10,
+               verbose=False, return_models=False, input_signature=None,
+               save_every=None):
   """Runs `num_cycles` MorphNet cycles from `model`; returns their records.
 
   Args:
@@ -162,12 +163,14 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
     log_dir: where each cycle's structures (`cycle_<i>/learned_structure`)
       and `cycles.json` go; a new temporary directory if None. It must not
       hold another run's files (see the module docstring).
-    save_every: export period during the shrink, in steps.
+    save_every_n_steps: export period during the shrink, in optimizer
+      steps (as `StructureExporterCallback`'s).
     verbose: print one line per cycle.
     return_models: also return the retrained models, one per cycle.
     input_signature: how to trace the model for costs and slimming, as
       for the regularizers (a text backbone's sequence length is None);
       `make_regularizer` must use the same.
+    save_every: the former name of `save_every_n_steps` (still accepted).
 
   Returns:
     A list with one dict per cycle: 'cycle', 'shrink_target', 'exported'
@@ -185,6 +188,8 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
                      % (num_cycles,))
   if target_cost is None and not 0.0 < float(shrink_to) < 1.0:
     raise ValueError('shrink_to must be in (0, 1), got %r.' % (shrink_to,))
+  if save_every is not None:
+    save_every_n_steps = save_every
   make_regularizer = make_regularizer or _default_regularizer
   log_dir = log_dir or tempfile.mkdtemp(prefix='morph_net_cycles_')
   claim_log_dir(log_dir)
@@ -203,7 +208,7 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
     cycle_dir = os.path.join(log_dir, 'cycle_%d' % cycle)
     exporter = budget_lib.only_at_or_under(
         callbacks_lib.StructureExporterCallback(
-            reg, cycle_dir, save_every, summary_subdir=None), target)
+            reg, cycle_dir, save_every_n_steps, summary_subdir=None), target)
     fit(trainer, 'shrink', [exporter])
     # Only files this shrink wrote: never another run's.
     structure, path = last_structure(cycle_dir, current, target, cost,
