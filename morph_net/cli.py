@@ -153,7 +153,7 @@ def _analyze(model, input_signature=None):
 
 
 def _save_model_atomically(model, path, overwrite=True):
-  from morph_net.tools import _atomic  # pylint: disable=g-import-not-at-top
+  from morph_net.framework import atomic_files as _atomic  # pylint: disable=g-import-not-at-top
   try:
     with _atomic.atomic_path(path, suffix='.keras',
                              overwrite=overwrite) as tmp:

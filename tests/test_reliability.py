@@ -23,7 +23,7 @@ from morph_net.network_regularizers import flop_regularizer
 from morph_net.network_regularizers import model_size_regularizer
 from morph_net.op_regularizers import _checks
 from morph_net.op_regularizers import logistic_sigmoid_regularizer
-from morph_net.tools import _atomic
+from morph_net.framework import atomic_files as _atomic
 from morph_net.tools import plot
 from morph_net.tools import structure_exporter
 

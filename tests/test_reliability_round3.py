@@ -22,7 +22,7 @@ from morph_net.network_regularizers import combined
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.network_regularizers import model_size_regularizer
 from morph_net.probabilistic_gating import activation_gating
-from morph_net.tools import _atomic
+from morph_net.framework import atomic_files as _atomic
 
 L = keras.layers
 # conv1 has no BatchNorm, so no Gamma source can remove its FLOPs:

@@ -1,8 +1,9 @@
 """Atomic file writes (temp file + rename) and cleanup of stale temp files.
 
-Every file morph_net writes (structure JSON, slim `.keras` models, plots) is
-first written to a hidden temp file in the destination directory, then
-renamed over the destination, so a reader never sees half a file. Temp
+Every file morph_net writes (structure JSON, slim `.keras` models, plots,
+hardware specs, cycle records) is first written to a hidden temp file in
+the destination directory, then renamed over the destination, so a reader
+never sees half a file. Temp
 names carry the writer's process id (`.tmp_morphnet_<pid>_<random><suffix>`):
 a later write in the same directory removes the temp files of writers that
 were killed (their process is gone and the file has not been touched for

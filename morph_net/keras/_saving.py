@@ -9,7 +9,7 @@ writer).
 import errno
 import os
 
-from morph_net.tools import _atomic
+from morph_net.framework import atomic_files as _atomic
 
 MODEL_SUFFIXES = ('.keras', '.h5', '.hdf5')
 WEIGHTS_SUFFIXES = ('.weights.h5',)

@@ -53,7 +53,7 @@ from morph_net.keras import expand as expand_lib
 from morph_net.keras import slim as slim_lib
 from morph_net.keras import training
 from morph_net.network_regularizers import flop_regularizer
-from morph_net.tools import _atomic
+from morph_net.framework import atomic_files as _atomic
 from morph_net.tools import structure_exporter
 
 __all__ = ['claim_log_dir', 'last_structure', 'run_cycles',

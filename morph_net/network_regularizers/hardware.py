@@ -24,6 +24,8 @@ import json
 import math
 import os
 
+from morph_net.framework import atomic_files
+
 HardwareSpec = collections.namedtuple(
     'HardwareSpec', ['name', 'peak_compute', 'memory_bandwidth',
                      'op_overhead', 'depthwise_compute'],
@@ -109,9 +111,7 @@ def save_hardware(spec, path, fit=None):
   data = get_hardware(spec)._asdict()
   if fit is not None:
     data['fit'] = fit
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(data, f, indent=2)
-    f.write('\n')
+  atomic_files.write_text(path, json.dumps(data, indent=2) + '\n')
 
 
 def load_hardware(path):

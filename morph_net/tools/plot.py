@@ -8,7 +8,7 @@ display needed).
 
 import os
 
-from morph_net.tools import _atomic
+from morph_net.framework import atomic_files as _atomic
 
 __all__ = ['check_format', 'plot_widths']
 

@@ -22,7 +22,7 @@ import tensorflow as tf
 from morph_net.framework import constraints
 from morph_net.framework import conv_op_handlers
 from morph_net.framework import op_handlers
-from morph_net.tools import _atomic
+from morph_net.framework import atomic_files as _atomic
 
 _DIRECTORY = 'learned_structure'
 _FILE_PREFIX = 'alive'
