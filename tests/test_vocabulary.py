@@ -96,3 +96,22 @@ def test_every_cost_is_float64_combined_included():
     assert reg.get_cost().dtype == 'float64', reg
   assert float(both.get_cost()) == float(flops.get_cost()) + 2.0 * float(
       size.get_cost())
+
+
+def test_one_spelling_table_for_resources():
+  """'FLOPs'/'flops', 'ModelSize'/'model_size'/'weights' name the same
+  resource in structure_cost as in the cost model; a typo lists them."""
+  import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import cost_model  # pylint: disable=g-import-not-at-top
+  model = _bn_model()
+  structure = {'c1': 2}
+  flops = mk.structure_cost(model, structure, cost='flops')
+  assert mk.structure_cost(model, structure, cost='FLOPs') == flops
+  size = mk.structure_cost(model, structure, cost='model_size')
+  for alias in ('ModelSize', 'weights', 'size'):
+    assert cost_model.resource_name(alias) == 'model_size'
+    assert mk.structure_cost(model, structure, cost=alias) == size
+  # c1 (3x3x3 -> 2) and c2 (1x1, 2 -> 2): weights 54 + 4.
+  assert size == 58
+  with pytest.raises(ValueError, match="'flops'.*got 'flopz'"):
+    mk.structure_cost(model, structure, cost='flopz')

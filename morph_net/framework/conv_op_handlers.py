@@ -10,22 +10,8 @@ import numpy as np
 
 from morph_net.framework import errors
 from morph_net.framework import op_handler
+from morph_net.framework import op_types
 from morph_net.framework import patterns
-
-# op type -> (activation input index, kernel spatial dims of the weight,
-#             whether positions are counted on the output (else on input)).
-_CONV_LAYOUT = {
-    'Conv2D': (0, 2, True),
-    'Conv3D': (0, 3, True),
-    'DepthwiseConv2dNative': (0, 2, True),
-    # Transposed convs: positions of the (smaller) input.
-    'Conv2DBackpropInput': (2, 2, False),
-    'Conv3DBackpropInputV2': (2, 3, False),
-}
-_WEIGHT_INDEX = {'Conv2DBackpropInput': 1, 'Conv3DBackpropInputV2': 1}
-# Kernel axis holding output channels (transposed kernels are [..., out, in]).
-_OUT_AXIS = {'Conv2DBackpropInput': -2, 'Conv3DBackpropInputV2': -2}
-
 
 def _activation_positions(op, ctx, act, out):
   """Per-example positions of a conv's input and output activations.
@@ -55,7 +41,7 @@ def conv_groups(op, ctx):
   A grouped conv's kernel holds in_channels / groups input channels; the
   graph has no groups attribute, so the count comes from the shapes.
   """
-  if op.type not in ('Conv2D', 'Conv3D'):
+  if op.type not in op_types.CONVS:
     return 1
   c_in = ctx.channels(op.inputs[0])
   k_in = op.inputs[1].shape.as_list()[-2]
@@ -70,9 +56,9 @@ def conv_groups(op, ctx):
 
 def is_depthwise(op, ctx):
   """A depthwise conv, or a grouped conv with one input channel per group."""
-  groups = conv_groups(op, ctx)
-  return (op.type == 'DepthwiseConv2dNative'
-          or (groups > 1 and op.inputs[1].shape.as_list()[-2] == 1))
+  return op_types.is_depthwise(op.type in op_types.DEPTHWISE_CONVS,
+                               conv_groups(op, ctx),
+                               op.inputs[1].shape.as_list())
 
 
 def _analyze_depthwise(op, ctx, mult):
@@ -100,22 +86,23 @@ class OutputNonPassthroughOpHandler(op_handler.OpHandler):
 
   def data_inputs(self, op, view):
     del view
-    return [_CONV_LAYOUT[op.type][0]]
+    return [op_types.CONV_LAYOUTS[op.type].activation_index]
 
   def analyze(self, op, ctx):
-    act_index, spatial, on_output = _CONV_LAYOUT[op.type]
-    act = op.inputs[act_index]
-    weight = op.inputs[_WEIGHT_INDEX.get(op.type, 1)]
+    layout = op_types.CONV_LAYOUTS[op.type]
+    act = op.inputs[layout.activation_index]
+    weight = op.inputs[layout.weight_index]
     groups = conv_groups(op, ctx)
     if is_depthwise(op, ctx):
       _analyze_depthwise(op, ctx, ctx.channels(op.outputs[0]) // groups)
       return
     in_pos, out_pos = _activation_positions(op, ctx, act, op.outputs[0])
     ctx.add_compute(op, act, op.outputs[0],
-                    positions=out_pos if on_output else in_pos,
-                    kernel_size=_kernel_size(weight, spatial),
-                    weight_index=_WEIGHT_INDEX.get(op.type, 1),
-                    groups=groups, out_axis=_OUT_AXIS.get(op.type, -1),
+                    positions=out_pos if layout.positions_on_output
+                    else in_pos,
+                    kernel_size=_kernel_size(weight, layout.spatial_dims),
+                    weight_index=layout.weight_index,
+                    groups=groups, out_axis=layout.out_axis,
                     in_positions=in_pos, out_positions=out_pos)
 
 
@@ -138,22 +125,18 @@ class MatMulOpHandler(op_handler.OpHandler):
   activations (no weight) is a leaf.
   """
 
-  def _has_weight(self, op, view):
-    weight = op.inputs[1]
-    return (view.variable(weight) is not None or view.source_of(weight).type
-            in ('Const', 'VarHandleOp', 'VariableV2', 'Variable'))
-
   def data_inputs(self, op, view):
-    if self._has_weight(op, view):
+    if op_types.is_weight(op.inputs[1], view):
       return [0]
     return [0, 1]
 
   def analyze(self, op, ctx):
-    if op.get_attr('transpose_a') or not self._has_weight(op, ctx.view):
-      return
     act, weight = op.inputs[0], op.inputs[1]
-    w_shape = weight.shape.as_list()
-    c_in = w_shape[1] if op.get_attr('transpose_b') else w_shape[0]
+    if op.get_attr('transpose_a') or not op_types.is_weight(weight, ctx.view):
+      return
+    in_axis, out_axis = op_types.kernel_channel_axes(
+        op.get_attr('transpose_b'))
+    c_in = weight.shape.as_list()[in_axis]
     positions = 1
     producer = act.op
     if producer.type == 'Reshape':
@@ -167,6 +150,5 @@ class MatMulOpHandler(op_handler.OpHandler):
     if ctx.view.channels(act) is None:
       ctx.set_channels(act, c_in)
     ctx.add_compute(op, act, op.outputs[0], positions=positions,
-                    kernel_size=1, weight_index=1,
-                    out_axis=-2 if op.get_attr('transpose_b') else -1,
+                    kernel_size=1, weight_index=1, out_axis=out_axis,
                     in_positions=positions, out_positions=positions)

@@ -15,9 +15,11 @@ The network's input (a data source) is
   parameter is [C] or [1, ..., 1, C].
 """
 
-_PLACEHOLDERS = ('Placeholder', 'PlaceholderWithDefault')
-_VARIABLES = ('VarHandleOp', 'VariableV2', 'Variable', 'TemporaryVariable')
-_CONSTANTS = ('Const', 'HostConst')
+from morph_net.framework import op_types
+
+# A TF1 scratch buffer is neither data nor a weight the analysis reads.
+_VARIABLES = op_types.VARIABLE_OPS + ('TemporaryVariable',)
+_CONSTANTS = op_types.CONSTANT_OPS + ('HostConst',)
 # Ops that make a constant from a shape (tf.zeros/ones of a large shape,
 # a random input image): candidates for the input of a constant-fed graph.
 _CONSTANT_MAKERS = _CONSTANTS + ('Fill', 'RandomUniform',
@@ -57,7 +59,7 @@ class DataFlow:
     view = self._view
     if op.name in view.input_ops:
       return boundaries
-    if op.type in _PLACEHOLDERS:
+    if op_types.is_input(op):
       return op.name not in view.captures
     return (not op.inputs and bool(op.outputs)
             and op.type not in _CONSTANTS + _VARIABLES)

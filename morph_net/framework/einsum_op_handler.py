@@ -27,8 +27,8 @@ import numpy as np
 
 from morph_net.framework import errors
 from morph_net.framework import op_handler
+from morph_net.framework import op_types
 
-_WEIGHT_SOURCES = ('Const', 'VarHandleOp', 'VariableV2', 'Variable')
 _SUPPORTED = (
     'Supported: a weight operand whose kernel has exactly one axis contracted '
     "with the activation's last (channel) axis and one axis that is the "
@@ -37,12 +37,6 @@ _SUPPORTED = (
     "'btc,chd->bthd', 'bthd,hde->bte'); or two activation operands "
     "(attention: 'btnh,bsnh->bnts', 'bnts,bsnh->btnh'). Reshape the kernel "
     'to that form, or register your own handler for this op type.')
-
-
-def is_weight(tensor, view):
-  """A parameter (a variable's value or a constant), not an activation."""
-  return (view.variable(tensor) is not None
-          or view.source_of(tensor).type in _WEIGHT_SOURCES)
 
 
 def _is_constant(tensor, view):
@@ -187,14 +181,15 @@ class EinsumOpHandler(op_handler.OpHandler):
 
   def data_inputs(self, op, view):
     return [i for i, t in enumerate(op.inputs)
-            if op_handler.is_float(t) and not is_weight(t, view)]
+            if op_handler.is_float(t) and not op_types.is_weight(t, view)]
 
   def analyze(self, op, ctx):
     parsed = self._terms(op)
     if parsed is None:
       raise self._error(op, 'its equation or operand ranks are not known')
     terms, out_term = parsed
-    weights = [i for i, t in enumerate(op.inputs) if is_weight(t, ctx.view)]
+    weights = [i for i, t in enumerate(op.inputs)
+               if op_types.is_weight(t, ctx.view)]
     if len(op.inputs) == 1:
       if terms[0][-1] == out_term[-1]:
         ctx.tie(op.outputs[0], op.inputs[0])  # a transpose keeping channels

@@ -14,13 +14,7 @@ import numpy as np
 
 from morph_net.framework import errors
 from morph_net.framework import op_handler
-
-_WEIGHT_SOURCES = ('Const', 'VarHandleOp', 'VariableV2', 'Variable')
-
-
-def _is_weight(tensor, view):
-  return (view.variable(tensor) is not None
-          or view.source_of(tensor).type in _WEIGHT_SOURCES)
+from morph_net.framework import op_types
 
 
 class GatherOpHandler(op_handler.OpHandler):
@@ -34,7 +28,7 @@ class GatherOpHandler(op_handler.OpHandler):
   handles_channel_axes = True
 
   def data_inputs(self, op, view):
-    if op.type == 'ResourceGather' or _is_weight(op.inputs[0], view):
+    if op.type == 'ResourceGather' or op_types.is_weight(op.inputs[0], view):
       return []
     return [0] if op_handler.is_float(op.inputs[0]) else []
 

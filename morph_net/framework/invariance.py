@@ -21,6 +21,7 @@ makes the source scale-dependent, which keeps the absolute signal.
 
 import collections
 
+from morph_net.framework import op_types
 from morph_net.framework import patterns
 
 # Ops through which a positive scale passes unchanged: f(a x) = a f(x).
@@ -32,16 +33,11 @@ _HOMOGENEOUS = frozenset([
     'DepthToSpace', 'Mean',
 ])
 # Linear ops with a weight: the scale passes to their output.
-_LINEAR = frozenset([
-    'Conv2D', 'Conv3D', 'DepthwiseConv2dNative', 'MatMul', 'BatchMatMul',
-    'BatchMatMulV2', 'BatchMatMulV3', 'Conv2DBackpropInput',
-    'Conv3DBackpropInputV2', 'Einsum',
-])
+_LINEAR = frozenset(op_types.CONV_LAYOUTS) | frozenset([
+    'MatMul', 'BatchMatMul', 'BatchMatMulV2', 'BatchMatMulV3', 'Einsum'])
 # A constant added before a normalization is removed by it; before a
 # nonlinearity it breaks homogeneity.
 _ADDS = frozenset(['BiasAdd', 'Add', 'AddV2', 'Sub'])
-_FUSED_BN = frozenset(['FusedBatchNorm', 'FusedBatchNormV2',
-                       'FusedBatchNormV3'])
 _MAX_OPS = 256  # a normalization is a few ops away; keeps the pass linear
 
 
@@ -97,7 +93,7 @@ def _step(op, tensor, view, facts):
   """How `op` treats its input `tensor`: 'normalized', 'linear' (a scale
   passes, a constant shift too), 'homogeneous' (a scale passes), 'add' (a
   parameter is added), or None (the scale is seen)."""
-  if op.type in _FUSED_BN and op.inputs[0].name == tensor.name:
+  if op.type in op_types.BATCH_NORMS and op.inputs[0].name == tensor.name:
     return 'normalized'
   fact = facts.first(op, patterns.BatchNormScale) if facts else None
   if fact is not None and tensor.name not in {

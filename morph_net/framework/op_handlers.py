@@ -14,17 +14,16 @@ from morph_net.framework import einsum_op_handler
 from morph_net.framework import gather_op_handler
 from morph_net.framework import grouping_op_handlers as grouping
 from morph_net.framework import op_handler
+from morph_net.framework import op_types
 from morph_net.framework import recurrent
 from morph_net.framework import reshape_op_handler
 
-_BATCH_NORMS = ('FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3')
-
 _FAMILIES = (
-    (op_handler.TerminalOpHandler(), (
-        'Placeholder', 'PlaceholderWithDefault', 'Const', 'ReadVariableOp',
-        'VarHandleOp', 'VariableV2', 'Variable', 'RandomUniform',
-        'RandomStandardNormal', 'TruncatedNormal')),
-    (grouping.GroupingOpHandler(), _BATCH_NORMS + (
+    (op_handler.TerminalOpHandler(), op_types.INPUT_OPS
+     + op_types.WEIGHT_SOURCES + (
+         'ReadVariableOp', 'RandomUniform', 'RandomStandardNormal',
+         'TruncatedNormal')),
+    (grouping.GroupingOpHandler(), op_types.BATCH_NORMS + (
         'Relu', 'Relu6', 'Elu', 'Selu', 'LeakyRelu', 'Sigmoid', 'Tanh',
         'Softplus', 'Softsign', 'Softmax', 'LogSoftmax', 'Identity',
         'Snapshot', 'StopGradient', 'PreventGradient', 'EnsureShape',
@@ -49,9 +48,9 @@ _FAMILIES = (
         'Squeeze', 'ExpandDims', 'Tile', 'BroadcastTo')),
     (reshape_op_handler.ReshapeOpHandler(), ('Reshape',)),
     (axis_ops.ConcatOpHandler(), ('ConcatV2',)),
-    (conv_op_handlers.OutputNonPassthroughOpHandler(), (
-        'Conv2D', 'Conv3D', 'Conv2DBackpropInput', 'Conv3DBackpropInputV2')),
-    (conv_op_handlers.DepthwiseConvOpHandler(), ('DepthwiseConv2dNative',)),
+    (conv_op_handlers.OutputNonPassthroughOpHandler(),
+     op_types.CONVS + op_types.TRANSPOSED_CONVS),
+    (conv_op_handlers.DepthwiseConvOpHandler(), op_types.DEPTHWISE_CONVS),
     (conv_op_handlers.MatMulOpHandler(), ('MatMul',)),
     (einsum_op_handler.EinsumOpHandler(), (
         'Einsum', 'BatchMatMulV2', 'BatchMatMulV3', 'BatchMatMul')),
@@ -70,7 +69,7 @@ _FAMILIES = (
 def default_op_handler_dict():
   """A fresh copy of the op-handler table."""
   table = {}
-  for handler, op_types in _FAMILIES:
-    for op_type in op_types:
+  for handler, family_types in _FAMILIES:
+    for op_type in family_types:
       table[op_type] = handler
   return table

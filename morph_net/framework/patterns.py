@@ -22,10 +22,10 @@ import numpy as np
 
 from morph_net.framework import errors
 from morph_net.framework import op_handler
+from morph_net.framework import op_types
 
 # Ops seen through when looking for a parameter behind a broadcast.
 _SEE_THROUGH = ('Cast', 'Identity', 'Reshape', 'ExpandDims')
-_VARIABLE_OPS = ('VarHandleOp', 'VariableV2', 'Variable')
 # Gate logits variables are recognized by this name (LogisticSigmoidGating
 # and the graph-mode helper create them with it).
 LOGITS_NAME = 'mask_logits'
@@ -151,7 +151,7 @@ def _is_logits(tensor, view, channels):
     var = view.variable(tensor)
     return var is not None and LOGITS_NAME in var.name
   source = view.source_of(tensor)
-  return source.type in _VARIABLE_OPS and LOGITS_NAME in source.name
+  return source.type in op_types.VARIABLE_OPS and LOGITS_NAME in source.name
 
 
 def _find_logits(mask, view, channels):
@@ -227,13 +227,13 @@ def _space_to_batch(op, view):
       % (op.name, op.type, producer.name))
 
 
-_BATCH_NORMS = ('FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3')
-_CONVS = ('Conv2D', 'Conv3D', 'DepthwiseConv2dNative')
+# Convs a dilation runs through SpaceToBatchND (not transposed ones).
+_CONVS = op_types.CONVS + op_types.DEPTHWISE_CONVS
 
 # Op type -> recognizers, tried in order; each op keeps every fact found.
 RECOGNIZERS = {
     'Mul': (_batch_norm_unfused, _gate),
-    **{t: (_batch_norm_fused,) for t in _BATCH_NORMS},
+    **{t: (_batch_norm_fused,) for t in op_types.BATCH_NORMS},
     **{t: (_space_to_batch,) for t in _CONVS},
 }
 

@@ -27,8 +27,8 @@ how to write one.
 
 import tensorflow as tf
 
-from morph_net.framework import einsum_op_handler
 from morph_net.framework import op_handler
+from morph_net.framework import op_types
 from morph_net.framework import recurrent
 
 _HANDLE_DTYPES = (tf.variant, tf.resource)
@@ -47,7 +47,7 @@ def _inputs(op, view):
   for i, t in enumerate(op.inputs):
     if not op_handler.is_float(t) or not op_handler.rank(t):
       continue  # ints (shapes, axes) and scalars carry no channels
-    if einsum_op_handler.is_weight(t, view):
+    if op_types.is_weight(t, view):
       if op_handler.rank(t) >= 2:
         kernels.append(i)
     else:

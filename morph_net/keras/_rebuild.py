@@ -11,6 +11,7 @@ mask with a core `Rescaling` layer) and loads without morph_net. Private to
 import keras
 import numpy as np
 
+from morph_net.framework import op_types
 from morph_net.keras import _blocks
 from morph_net.keras import _slim_plan as plan_lib
 from morph_net.keras import _surgery
@@ -299,8 +300,8 @@ def _slice_weight(layer, name, value, in_idx, out_idx, in_width, shape=None):
                                     out_idx is not None):
     return _slice_einsum(layer, name, value, in_idx, out_idx, shape)
   if rules.width_field(layer) is not None:
-    in_axis, out_axis = (-1, -2) if isinstance(layer, rules.CONV_TRANSPOSE) \
-        else (-2, -1)
+    in_axis, out_axis = op_types.kernel_channel_axes(
+        transposed=isinstance(layer, rules.CONV_TRANSPOSE))
     if name == 'kernel':
       return _take(_take(value, in_idx, in_axis), out_idx, out_axis)
     if name == 'bias':

@@ -42,6 +42,8 @@ import fnmatch
 
 import keras
 
+from morph_net.framework import op_types
+
 __all__ = ['BlockRule', 'block_rule', 'register_width_rule', 'width_field']
 
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -210,11 +212,11 @@ def width_field(layer):
 def is_depthwise(layer):
   """DepthwiseConv, or a Conv with one input channel per group (groups ==
   input channels, as in ConvNeXt): its output channels follow its input."""
-  if isinstance(layer, DEPTHWISE):
-    return True
+  if not isinstance(layer, _CONV):
+    return isinstance(layer, DEPTHWISE)
   kernel = getattr(layer, 'kernel', None)
-  return (isinstance(layer, _CONV) and getattr(layer, 'groups', 1) > 1
-          and kernel is not None and kernel.shape[-2] == 1)
+  return op_types.is_depthwise(False, getattr(layer, 'groups', 1),
+                               None if kernel is None else kernel.shape)
 
 
 def depth_multiplier(layer):

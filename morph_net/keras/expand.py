@@ -29,11 +29,9 @@ import keras  # pylint: disable=unused-import (doctests)
 
 from morph_net.keras import _structure
 from morph_net.keras import slim as slim_lib
+from morph_net.network_regularizers import cost_model
 
 __all__ = ['expand_structure', 'structure_cost']
-
-_COSTS = {'flops': 'flops', 'model_size': 'model_size',
-          'modelsize': 'model_size', 'activations': 'activations'}
 
 
 def structure_cost(model, structure, cost='flops', round_to=1,
@@ -251,8 +249,9 @@ def _equalized(analysis, counts, ties, widths, wanted):
 
 
 def _cost_kind(cost):
-  kind = _COSTS.get(str(cost).lower())
-  if kind is None:
-    raise ValueError("cost must be 'flops', 'model_size', 'activations' or a "
-                     'callable, got %r.' % (cost,))
-  return kind
+  try:
+    return cost_model.resource_name(cost)
+  except ValueError:
+    raise ValueError("cost must be 'flops', 'model_size', 'activations' (or "
+                     "an alias such as 'FLOPs', 'ModelSize', 'weights') or a "
+                     'callable keras.Model -> float, got %r.' % (cost,)) from None

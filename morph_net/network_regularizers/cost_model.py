@@ -30,17 +30,28 @@ _ALIASES = {'modelsize': 'model_size', 'size': 'model_size',
             'weights': 'model_size', 'activation_count': 'activations'}
 
 
+def resource_name(name):
+  """The canonical name ('flops', 'model_size', 'activations') of a
+  resource name or alias ('FLOPs', 'ModelSize', 'size', 'weights', ...).
+
+  Raises:
+    ValueError: an unknown name.
+  """
+  key = str(name).lower()
+  key = _ALIASES.get(key, key)
+  if key not in RESOURCES:
+    raise ValueError('Unknown resource %r; known: %s (or %s).'
+                     % (name, ', '.join(sorted(RESOURCES)),
+                        ', '.join(sorted(_ALIASES))))
+  return key
+
+
 def resource(name):
   """The coefficient function of a resource name ('flops', 'model_size',
   'activations'), or the argument itself if it is a function."""
   if callable(name):
     return name
-  key = _ALIASES.get(str(name).lower(), str(name).lower())
-  if key not in RESOURCES:
-    raise ValueError('Unknown resource %r; known: %s, or a function '
-                     'Compute -> resource_function.Coefficients.'
-                     % (name, ', '.join(sorted(RESOURCES))))
-  return RESOURCES[key]
+  return RESOURCES[resource_name(name)]
 
 
 class CostModel(cost_calculator.CostCalculator):

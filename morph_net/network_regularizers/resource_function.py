@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from morph_net.framework import channel_graph
-from morph_net.framework import conv_op_handlers
 from morph_net.framework import errors
+from morph_net.framework import op_types
 from morph_net.network_regularizers import hardware
 
 Coefficients = collections.namedtuple(
@@ -120,17 +120,18 @@ def op_compute(op):
   if op.type == 'MatMul':  # [rows, C_in] x [C_in, C_out]: one position
     return channel_graph.Compute(op, op.inputs[0], op.outputs[0], 1, 1,
                                  in_positions=1, out_positions=1)
-  layout = conv_op_handlers._CONV_LAYOUT.get(op.type)  # pylint: disable=protected-access
+  layout = op_types.CONV_LAYOUTS.get(op.type)
   if layout is None:
     return None
-  act_index, spatial, on_output = layout
-  weight_index = conv_op_handlers._WEIGHT_INDEX.get(op.type, 1)  # pylint: disable=protected-access
-  act, out = op.inputs[act_index], op.outputs[0]
-  kernel = op.inputs[weight_index].shape.as_list()[:spatial]
+  act, out = op.inputs[layout.activation_index], op.outputs[0]
+  weight = op.inputs[layout.weight_index]
+  kernel = weight.shape.as_list()[:layout.spatial_dims]
   return channel_graph.Compute(
-      op, act, out, _dynamic_positions(out if on_output else act),
+      op, act, out,
+      _dynamic_positions(out if layout.positions_on_output else act),
       int(np.prod(kernel, dtype=np.int64)),
-      linear=op.type == 'DepthwiseConv2dNative', weight_index=weight_index,
+      linear=op.type in op_types.DEPTHWISE_CONVS,
+      weight_index=layout.weight_index,
       in_positions=_dynamic_positions(act),
       out_positions=_dynamic_positions(out))
 
@@ -169,9 +170,8 @@ def _op_level(resource, op, is_regularization, num_alive_inputs,
 
 # Ops that move activations without computing on them: the roofline counts
 # their memory traffic (see `latency_calculator`).
-MEMORY_OPS = frozenset(['Add', 'AddV2', 'AddN', 'ConcatV2', 'FusedBatchNorm',
-                        'FusedBatchNormV2', 'FusedBatchNormV3', 'Mul', 'Relu',
-                        'Relu6', 'Sum'])
+MEMORY_OPS = frozenset(('Add', 'AddV2', 'AddN', 'ConcatV2', 'Mul', 'Relu',
+                        'Relu6', 'Sum') + op_types.BATCH_NORMS)
 
 
 def _moved_inputs(op):
@@ -180,8 +180,7 @@ def _moved_inputs(op):
   activation-shaped operands (not a [C] scale or bias)."""
   if op.type == 'ConcatV2':
     return [op.outputs[0]]
-  if op.type in ('Sum', 'FusedBatchNorm', 'FusedBatchNormV2',
-                 'FusedBatchNormV3'):
+  if op.type in ('Sum',) + op_types.BATCH_NORMS:
     return [op.inputs[0]]
   return [t for t in op.inputs if t.dtype.is_floating
           and t.shape.rank is not None and t.shape.rank >= 2]
