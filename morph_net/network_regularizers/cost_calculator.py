@@ -76,8 +76,7 @@ class CostCalculator:
       self._label_pairs = PairSums(self._manager, self._computes,
                                    self._manager.channel_labels)
     a_in, a_out, _, _, bil, _ = self._label_pairs.numpy(label_alive)
-    k_bi, k_in, k_out, _, _ = self._coeff.T
-    per_op = k_bi * bil + k_in * a_in + k_out * a_out
+    per_op = _cost_per_op(self._coeff.T, a_in, a_out, bil)
     return dict(zip(self._names, per_op.tolist()))
 
   def evaluate(self, label_alive):
@@ -115,8 +114,7 @@ class CostCalculator:
       if not self._num_ops:
         return tf.constant(0.0, tf.float64)
       a_in, a_out, _, _, bil, _ = self._sums(tf.float64)
-      k_bi, k_in, k_out, _, _ = coeff
-      return tf.reduce_sum(k_bi * bil + k_in * a_in + k_out * a_out)
+      return tf.reduce_sum(_cost_per_op(coeff, a_in, a_out, bil))
 
     return self._in_graph(build)
 
@@ -137,9 +135,15 @@ class CostCalculator:
     """{op name: cost} with the current alive channels (numpy, eager)."""
     a_in, a_out, _, _, bil, _ = (np.asarray(x)
                                  for x in self._sums(tf.float64))
-    k_bi, k_in, k_out, _, _ = self._coeff.T
-    per_op = k_bi * bil + k_in * a_in + k_out * a_out
+    per_op = _cost_per_op(self._coeff.T, a_in, a_out, bil)
     return dict(zip(self._names, per_op.tolist()))
+
+
+def _cost_per_op(coeff, a_in, a_out, bilinear):
+  """The cost of each op: k_bi sum(a_in a_out) + k_in a_in + k_out a_out
+  (numpy or TF), from its coefficient columns (k_bi, k_in, k_out, ...)."""
+  k_bi, k_in, k_out = coeff[0], coeff[1], coeff[2]
+  return k_bi * bilinear + k_in * a_in + k_out * a_out
 
 
 def get_input_activation(op):
