@@ -128,11 +128,9 @@ def _unpack(parts):
 
 
 def _predict(parts, peak, bandwidth, overhead, depthwise=None):
-  """ns: per op max(FLOPs / its rate, bytes / bandwidth), + overheads."""
-  flops, memory, linear, alive = _unpack(parts)
-  rate = np.where(linear, depthwise or peak, peak)
-  return (np.maximum(flops / rate, memory / bandwidth).sum()
-          + overhead * alive.sum())
+  """ns: the roofline of `latency_calculator.roofline_ns` over parts."""
+  return latency_calculator.roofline_ns(*_unpack(parts), peak, bandwidth,
+                                        overhead, depthwise)
 
 
 def _stack(samples):

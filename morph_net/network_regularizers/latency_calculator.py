@@ -214,6 +214,19 @@ class LatencyCalculator:
     return flops, np.asarray(memory) * bandwidth, linear, out_alive
 
 
+def roofline_ns(flops, memory, linear, alive, peak_compute, memory_bandwidth,
+                op_overhead=0.0, depthwise_compute=None):
+  """The roofline time (ns) of ops given as `roofline_parts` arrays: per op
+  max(FLOPs / its rate, bytes / bandwidth), plus op_overhead per op whose
+  output has an alive channel; depthwise (`linear`) ops compute at
+  depthwise_compute (peak_compute if None). GFLOP/s and GB/s are FLOPs and
+  bytes per ns. `LatencyCalculator.get_cost` is this sum, in TF."""
+  rate = np.where(linear, depthwise_compute or peak_compute, peak_compute)
+  return float(np.maximum(np.asarray(flops) / rate,
+                          np.asarray(memory) / memory_bandwidth).sum()
+               + op_overhead * np.asarray(alive).sum())
+
+
 _ELEMENTWISE = frozenset(['Add', 'AddV2', 'Mul', 'Sub'])
 
 
