@@ -24,8 +24,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from morph_net.framework import errors
+from morph_net.framework import shapes
 
-DEFAULT_AXES = (-1,)  # channels on the last axis
+DEFAULT_AXES = shapes.DEFAULT_AXES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +162,8 @@ class ChannelGraphBuilder:
     return self.channel_axes(tensor) != DEFAULT_AXES
 
   def positions(self, tensor):
-    """Product of the dims that are neither the batch nor channel axes."""
-    return positions(self.view, tensor, self.channel_axes(tensor))
+    """Per-example positions of `tensor` over its channel axes."""
+    return self.view.positions(tensor, self.channel_axes(tensor))
 
   def check_channel_axes(self, op, handler):
     """Refuses a tensor whose channels span several axes (attention heads,
@@ -442,20 +443,6 @@ def _weight_use(compute, view):
   weight = compute.op.inputs[compute.weight_index]
   return (compute.op.type, compute.weight_index, compute.groups,
           view.shape(weight), tuple(attrs))
-
-
-def positions(view, tensor, axes):
-  """Per-example positions of `tensor` whose channels are on `axes`."""
-  if axes == DEFAULT_AXES:
-    return view.positions(tensor)
-  shape = view.shape(tensor)
-  rank = len(shape)
-  first = 0 if view.one_example else 1
-  dims = [d for i, d in enumerate(shape[first:], first)
-          if i - rank not in axes]
-  if None in dims:
-    return None
-  return int(np.prod(dims, dtype=np.int64))
 
 
 def compile_patterns(patterns, what):

@@ -11,12 +11,12 @@ values on every call.
 
 import collections
 
-import numpy as np
 import tensorflow as tf
 
 from morph_net.framework import data_flow
 from morph_net.framework import errors
 from morph_net.framework import keras_trace
+from morph_net.framework import shapes
 from morph_net.framework.keras_trace import layer_keys  # pylint: disable=unused-import (re-exported)
 from morph_net.framework.keras_trace import tf_variable
 
@@ -25,7 +25,6 @@ from morph_net.framework.keras_trace import tf_variable
 _FORWARDING_OPS = frozenset(['Identity', 'Cast', 'ReadVariableOp', 'Enter',
                              'StopGradient', 'Snapshot', 'ExpandDims',
                              'Reshape', 'Squeeze'])
-
 
 
 class GraphView:
@@ -208,14 +207,11 @@ class GraphView:
     except (TypeError, ValueError, NotImplementedError):
       return None
 
-  def positions(self, tensor):
-    """Product of the dims between the batch and the channel axis (per
-    example: from axis 0 in a one-example trace)."""
-    first = 0 if self.one_example else 1
-    shape = self.shape(tensor)
-    if shape is None or any(d is None for d in shape[first:-1]):
-      return None
-    return int(np.prod(shape[first:-1], dtype=np.int64))
+  def positions(self, tensor, channel_axes=shapes.DEFAULT_AXES):
+    """Per-example positions of `tensor` whose channels are on
+    `channel_axes` (from axis 0 in a one-example trace)."""
+    return shapes.positions(self.shape(tensor), channel_axes,
+                            first=0 if self.one_example else 1)
 
   # ------------------------------------------------------------ parameters
   def source_of(self, tensor):

@@ -333,8 +333,7 @@ class OpRegularizerManager:
   def positions(self, tensor):
     """Per-example positions of `tensor`: its size over the batch and its
     channels (which may span several axes)."""
-    return channel_graph.positions(self._view, tensor,
-                                   self.channel_axes(tensor))
+    return self._view.positions(tensor, self.channel_axes(tensor))
 
   def has_channels(self, tensor):
     return tensor.name in self._tensor_nodes

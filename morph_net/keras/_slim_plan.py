@@ -12,6 +12,7 @@ import warnings
 import keras
 import numpy as np
 
+from morph_net.framework import shapes
 from morph_net.keras import _blocks
 from morph_net.keras import _plan_blocks
 from morph_net.keras._keras_graph import Channels
@@ -286,7 +287,7 @@ def _node_channels(plan, node, live, ctx):
       return Channels(width(node.outputs[0]))
     _check_channels_last(op, True)
     shape = live[0].shape
-    positions = int(np.prod(shape[1:-1]))
+    positions = shapes.positions(shape)
     kept = ins[0].kept
     if kept is not None:
       kept = (np.arange(positions)[:, None] * shape[-1] + kept).ravel()

@@ -24,6 +24,7 @@ import tensorflow as tf
 from morph_net.framework import channel_graph
 from morph_net.framework import errors
 from morph_net.framework import op_types
+from morph_net.framework import shapes
 from morph_net.network_regularizers import hardware
 
 Coefficients = collections.namedtuple(
@@ -104,9 +105,9 @@ MEMORY_BANDWIDTH = hardware.MEMORY_BANDWIDTH  # GB/s
 def _dynamic_positions(tensor):
   """Positions between the batch and channel axes: static when known,
   else read with tf.shape when the cost is computed."""
-  dims = tensor.shape.as_list()[1:-1]
-  if all(d is not None for d in dims):
-    return int(np.prod(dims, dtype=np.int64))
+  static = shapes.positions(tensor.shape.as_list())
+  if static is not None:
+    return static
   return tf.cast(tf.reduce_prod(tf.shape(tensor)[1:-1]), tf.float32)
 
 
