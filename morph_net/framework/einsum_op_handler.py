@@ -44,22 +44,47 @@ def _is_constant(tensor, view):
   return not view.depends_on_input(tensor, shapes=True) and view.fed_by_data()
 
 
+def split_equation(equation):
+  """(operand terms, output term) of an explicit einsum equation, or None.
+
+  >>> split_equation(b'btc, chd->bthd')
+  (['btc', 'chd'], 'bthd')
+  """
+  if isinstance(equation, bytes):
+    equation = equation.decode()
+  eq = equation.replace(' ', '')
+  if '->' not in eq:
+    return None
+  lhs, out = eq.split('->')
+  return lhs.split(','), out
+
+
+def kernel_letters(equation):
+  """(contracted, new) letters of a layer's kernel (the second operand):
+  those contracted with the activation (its input channels) and those new
+  in the output (its output channels), in the kernel's order.
+
+  >>> kernel_letters('btc,chd->bthd')
+  (['c'], ['h', 'd'])
+  """
+  (x, kernel), out = split_equation(equation)
+  return ([c for c in kernel if c in x and c not in out],
+          [c for c in kernel if c in out and c not in x])
+
+
 def parse_equation(equation, ranks):
   """(operand terms, output term) with '...' expanded, or None.
 
   >>> parse_equation('...c,cd->...d', [3, 2])
   (['abc', 'cd'], 'abd')
   """
-  if isinstance(equation, bytes):
-    equation = equation.decode()
-  eq = equation.replace(' ', '')
-  if '->' not in eq or None in ranks:
+  split = split_equation(equation)
+  if split is None or None in ranks:
     return None
-  lhs, out = eq.split('->')
-  terms = lhs.split(',')
+  terms, out = split
   if len(terms) != len(ranks):
     return None
-  used = set(eq)
+  used = set(''.join(terms) + out)
   spare = [c for c in string.ascii_letters if c not in used]
   widths = [r - (len(t) - 3) for t, r in zip(terms, ranks) if '...' in t]
   ellipsis = ''.join(spare[:max(widths, default=0)])

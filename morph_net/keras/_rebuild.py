@@ -11,6 +11,7 @@ mask with a core `Rescaling` layer) and loads without morph_net. Private to
 import keras
 import numpy as np
 
+from morph_net.framework import einsum_op_handler
 from morph_net.framework import op_types
 from morph_net.keras import _blocks
 from morph_net.keras import _slim_plan as plan_lib
@@ -255,12 +256,11 @@ def _slice_einsum(layer, name, value, in_idx, out_idx, shape):
   kernel [C, heads, head size], bias [heads, head size], output kernel
   [heads, head size, E]): the channels are those axes flattened row-major,
   so whole heads are whole blocks of rows or columns."""
-  lhs, out = layer.equation.split('->')
-  x_spec, kernel_spec = lhs.split(',')
   if name != 'kernel':  # the bias: over the output channel axes
     flat = value.reshape(-1)
     return _take(flat, out_idx, 0).reshape(shape)
-  n_in = sum(1 for c in kernel_spec if c in x_spec and c not in out)
+  (_, kernel_spec), out = einsum_op_handler.split_equation(layer.equation)
+  n_in = len(einsum_op_handler.kernel_letters(layer.equation)[0])
   if any(c in out for c in kernel_spec[:n_in]) or shape is None:
     raise NotImplementedError(
         'Cannot transfer the kernel of EinsumDense %r (%s): its input '

@@ -17,6 +17,7 @@ import importlib
 
 import keras
 
+from morph_net.framework import einsum_op_handler
 from morph_net.keras import _blocks
 from morph_net.keras import _width_rules as rules
 
@@ -78,9 +79,8 @@ def _narrowed_shape(leaf, shape, new_in):
     return shape
   axes = 1
   if isinstance(leaf, keras.layers.EinsumDense):
-    lhs, out = leaf.equation.split('->')
-    x_spec, kernel_spec = lhs.split(',')
-    contracted = [c for c in x_spec if c in kernel_spec and c not in out]
+    (x_spec, _), _ = einsum_op_handler.split_equation(leaf.equation)
+    contracted = einsum_op_handler.kernel_letters(leaf.equation)[0]
     tail = x_spec[-len(contracted):] if contracted else ''
     if contracted and sorted(tail) == sorted(contracted):
       axes = len(contracted)

@@ -42,6 +42,7 @@ import fnmatch
 
 import keras
 
+from morph_net.framework import einsum_op_handler
 from morph_net.framework import op_types
 
 __all__ = ['BlockRule', 'block_rule', 'register_width_rule', 'width_field']
@@ -61,10 +62,7 @@ _RULES[keras.layers.Dense] = 'units'
 def einsum_channel_axes(equation):
   """How many trailing output axes of an EinsumDense are its channels (the
   kernel's new output axes: 2 for 'abc,cde->abde')."""
-  inputs, out = equation.split('->')
-  kernel = inputs.split(',')[1]
-  return max(1, sum(1 for c in kernel if c in out and c not in inputs.split(
-      ',')[0]))
+  return max(1, len(einsum_op_handler.kernel_letters(equation)[1]))
 
 
 def block_size(shape, axes):
