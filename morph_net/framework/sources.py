@@ -5,12 +5,12 @@ import numpy as np
 import tensorflow as tf
 
 from morph_net.framework import channel_graph
+from morph_net.framework import keras_trace
 
 
 def variable_id(variable):
   """One id for a Keras variable and the backend variable it holds."""
-  inner = getattr(variable, 'value', None)
-  return id(inner if isinstance(inner, tf.Variable) else variable)
+  return id(keras_trace.tf_variable(variable))
 
 
 class VectorRegularizer:

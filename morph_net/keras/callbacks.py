@@ -12,6 +12,7 @@ import warnings
 import keras
 import tensorflow as tf
 
+from morph_net.framework import keras_trace
 from morph_net.op_regularizers import _checks
 from morph_net.tools import structure_exporter as structure_exporter_lib
 from morph_net.tools import summaries
@@ -118,7 +119,7 @@ class StructureExporterCallback(keras.callbacks.Callback):
     iterations = getattr(optimizer, 'iterations', None)
     if iterations is None:
       return self._local_step
-    value = getattr(iterations, 'value', iterations)  # keras.Variable
+    value = keras_trace.tf_variable(iterations)
     return int(tf.convert_to_tensor(value).numpy())
 
   def _save(self, step):

@@ -35,6 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from morph_net.framework import keras_trace
 from morph_net.keras import _floor
 from morph_net.keras import _saving
 from morph_net.keras import budget as budget_lib
@@ -397,7 +398,7 @@ def _warn_if_detached(model, regularizer):
   try:
     with tf.GradientTape() as tape:
       term = regularizer.get_regularization_term()
-    grads = tape.gradient(term, [v.value if hasattr(v, 'value') else v
+    grads = tape.gradient(term, [keras_trace.tf_variable(v)
                                  for v in variables])
   except Exception:  # pylint: disable=broad-except
     return  # Graph-mode regularizers etc.: nothing to check eagerly.
