@@ -7,7 +7,6 @@ SAME -> 32, BN, ReLU; global average pool; Dense 10. Seed FLOPs:
 
 import os
 import statistics
-import sys
 import warnings
 
 import keras
@@ -15,24 +14,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'benchmarks'))
+from conftest import benchmark
+from conftest import conv_bn_model
+import morph_net.keras as mk
+from morph_net.keras import budget
+from morph_net.keras import cycles
+from morph_net.network_regularizers import flop_regularizer
 
-import target_cost  # pylint: disable=g-import-not-at-top,wrong-import-position
-import morph_net.keras as mk  # pylint: disable=g-import-not-at-top,wrong-import-position
-from morph_net.keras import budget  # pylint: disable=g-import-not-at-top,wrong-import-position
-from morph_net.keras import cycles  # pylint: disable=g-import-not-at-top,wrong-import-position
-from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top,wrong-import-position
+target_cost = benchmark('target_cost')
 
 SEED_FLOPS = 2 * 64 * 9 * (1 * 16 + 16 * 32) + 2 * 32 * 10
-
-
-@pytest.fixture(scope='module')
-def digits():
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  d = load_digits()
-  return (d.images / 16.0).astype('float32')[..., None], d.target.astype(
-      'int32')
 
 
 def build_model(seed=0):
@@ -345,14 +336,9 @@ def test_only_at_or_under_skips_costlier_structures(digits, tmp_path):
 
 
 def _one_bn_model(gammas):
-  """conv 3x3 -> BN (the gammas given) -> ReLU -> GAP -> Dense 3."""
-  inputs = keras.Input((8, 8, 1))
-  x = keras.layers.Conv2D(len(gammas), 3, padding='same', use_bias=False,
-                          name='conv')(inputs)
-  x = keras.layers.BatchNormalization(name='bn')(x)
-  x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
-  model = keras.Model(inputs, keras.layers.Dense(3, name='logits')(x))
-  model.get_layer('bn').gamma.assign(np.asarray(gammas, np.float32))
+  """conv1 3x3 -> bn1 (the gammas given) -> ReLU -> GAP -> Dense 3."""
+  model = conv_bn_model((8, 8, 1), (len(gammas),), 3)
+  model.get_layer('bn1').gamma.assign(np.asarray(gammas, np.float32))
   return model
 
 
@@ -369,7 +355,7 @@ def _cost_with(reg, gamma, values):
 def test_substituted_sources_cost_what_if_values_and_restore():
   model = _one_bn_model([1.0, 0.5, 0.2, 0.005])
   reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
-  gamma = model.get_layer('bn').gamma
+  gamma = model.get_layer('bn1').gamma
   manager = reg.op_regularizer_manager
   now = float(reg.get_cost())
   what_if = [0.0, 0.0, 0.3, 0.0]  # one channel alive instead of three
@@ -400,7 +386,7 @@ def test_forecast_projects_measured_shrink_capped_by_the_penalty():
   start = np.asarray([1.0, 0.5, 0.105, 0.2], np.float32)
   model = _one_bn_model(start)
   reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
-  gamma = model.get_layer('bn').gamma
+  gamma = model.get_layer('bn1').gamma
   forecast = budget.CostForecast(reg, horizon=10)
   uncapped = _forecast_while_falling(forecast, gamma, start, 0.01)
   now = start - 0.03
@@ -418,7 +404,7 @@ def test_forecast_ignores_channels_that_only_fluctuate():
   start = np.asarray([1.0, 0.05], np.float32)
   model = _one_bn_model(start)
   reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
-  gamma = model.get_layer('bn').gamma
+  gamma = model.get_layer('bn1').gamma
   forecast = budget.CostForecast(reg, horizon=20)
   forecast.build()
   for k in range(41):
@@ -440,10 +426,14 @@ def test_proximal_step_snaps_channels_falling_under_the_threshold():
   one already under it (dead, maybe reviving) only gets the soft step."""
   model = _one_bn_model([0.5, 0.0105, 0.004, 0.0])
   reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
-  gamma = model.get_layer('bn').gamma
+  gamma = model.get_layer('bn1').gamma
   prox = budget.ProximalStep(reg)
   prox.build()
-  w = float(prox._term_weights()[0][0])  # pylint: disable=protected-access
+  # w: the term's slope in |gamma|, the same for each channel of one
+  # BatchNorm; apply(step / w) soft-thresholds the gammas by `step`.
+  with tf.GradientTape() as tape:
+    term = reg.get_regularization_term()
+  w = float(tape.gradient(term, gamma)[0])
   prox.apply(0.001 / w)
   np.testing.assert_allclose(gamma.numpy(), [0.499, 0.0, 0.003, 0.0],
                              atol=1e-6)
@@ -474,26 +464,27 @@ def test_target_cost_of_a_combined_regularizer_steers_by_its_forecast(digits):
   assert cost[-1] < 2.0  # shrinking toward the target (from 2.0)
 
 
-@pytest.mark.parametrize('exact_zeros,advice', [
-    (False, 'Use exact_zeros=True'), (True, 'Exact zeros are on')])
-def test_hover_advice_depends_on_exact_zeros(exact_zeros, advice):
-  """Half the gammas go back and forth across 1e-2 between checks."""
+@pytest.mark.parametrize('exact_zeros', [False, True])
+def test_hover_warning_counts_the_channels_and_fits_exact_zeros(exact_zeros):
+  """Half the gammas go back and forth across 1e-2 between checks: the
+  warning counts them, and advises exact_zeros=True only where it is off."""
   model = _one_bn_model([1.0, 1.0, 0.015, 0.015])
   reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
-  gamma = model.get_layer('bn').gamma
+  gamma = model.get_layer('bn1').gamma
   monitor = budget.BudgetMonitor(reg, 'FLOPs', 'regularization_term',
-                                 exact_zeros=exact_zeros)
+                                 check_every=1, exact_zeros=exact_zeros)
 
-  def wander():
+  def wander():  # the steps of a fit, as Keras calls its callbacks
     monitor.on_train_begin()
     for k in range(4):
       low = 0.008 if k % 2 else 0.015
       gamma.assign([1.0, 1.0, low, low])
-      monitor._check_hover()  # pylint: disable=protected-access
+      monitor.on_train_batch_end(k, {'FLOPs': float(reg.get_cost())})
 
   hovering = [m for m in _warnings_of(wander) if '(hovering)' in m]
-  assert len(hovering) == 1 and advice in hovering[0]
-  assert '2 of 4 channels' in hovering[0]
+  assert len(hovering) == 1
+  assert '2 of 4' in hovering[0]
+  assert ('exact_zeros=True' in hovering[0]) == (not exact_zeros)
 
 
 def test_substituted_sources_refuses_graph_mode_regularizers():
