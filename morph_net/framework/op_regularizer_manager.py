@@ -25,13 +25,12 @@ from morph_net.framework import keras_trace
 from morph_net.framework import op_handler
 from morph_net.framework import op_handlers
 from morph_net.framework import op_slice
+from morph_net.framework import op_types
 from morph_net.framework import patterns
 from morph_net.framework import sources as sources_lib
 from morph_net.framework import suggest
 
 
-# Ops that bring the data in (a traced model's inputs, graph placeholders).
-_INPUT_OPS = ('Placeholder', 'PlaceholderWithDefault')
 _CONSTANT = op_handler.TerminalOpHandler()  # see _handler_inputs
 
 
@@ -256,15 +255,8 @@ class OpRegularizerManager:
     # The outputs' and inputs' channels are the network's contract (its
     # logits, the data's width): never prune them, even if a source (a last
     # Dense kernel, a residual added to the input) reaches them.
-    fixed_ops = list(self._view.output_ops) + [
-        op for op in self._ops if op.type in _INPUT_OPS
-        or self._view.is_input_boundary(op) or self._view.is_network_input(op)]
-    out_labels = [labels[self._tensor_nodes[t.name]]
-                  for op in fixed_ops for t in op.outputs
-                  if t.name in self._tensor_nodes]
-    regularized = np.unique(src_labels)
-    if out_labels:
-      regularized = np.setdiff1d(regularized, np.concatenate(out_labels))
+    regularized = np.setdiff1d(np.unique(src_labels), np.union1d(
+        self.output_labels(), self.input_labels()))
     self._num_classes = len(regularized)
     label_to_class = np.full(max(len(labels), 1), self._num_classes,
                              dtype=np.int64)
@@ -337,6 +329,25 @@ class OpRegularizerManager:
 
   def has_channels(self, tensor):
     return tensor.name in self._tensor_nodes
+
+  def output_labels(self):
+    """Channel labels of the network's outputs: their width is the task's
+    (e.g. the number of classes), so no structure sets it."""
+    return self._labels_of_ops(self._view.output_ops)
+
+  def input_labels(self):
+    """Channel labels of the data fed to the network (placeholders, input
+    boundary ops, iterators): their width is the data's."""
+    view = self._view
+    return self._labels_of_ops(
+        op for op in self._ops if op_types.is_input(op)
+        or view.is_input_boundary(op) or view.is_network_input(op))
+
+  def _labels_of_ops(self, ops):
+    found = [self._labels[self._tensor_nodes[t.name]] for op in ops
+             for t in op.outputs if t.name in self._tensor_nodes]
+    return (np.unique(np.concatenate(found)) if found
+            else np.zeros([0], np.int64))
 
   def class_indices(self, tensor):
     """Regularized class index per channel; num_regularized_classes for an

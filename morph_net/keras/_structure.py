@@ -93,11 +93,8 @@ class Analysis:
     # Label arrays of each output a layer's width sets (one per call).
     self.out_labels = {k: [self.manager.channel_labels(t) for t in e.outputs]
                        for k, e in self.entries.items()}
-    self.output_labels = self._labels_of(
-        t for op in self.manager.view.output_ops for t in op.outputs)
-    self.input_labels = self._labels_of(
-        t for op in self.manager.ops if op.type == 'Placeholder'
-        for t in op.outputs)
+    self.output_labels = self.manager.output_labels()
+    self.input_labels = self.manager.input_labels()
     self._costs = {}
     self._var_ops = None  # id(tf.Variable) -> an analyzed op reading it
     # Narrowed copies of custom layers, by layer and widths (planning
@@ -106,11 +103,6 @@ class Analysis:
     self._quanta = None
     self._tie_groups = None
     self._divisors = None
-
-  def _labels_of(self, tensors):
-    found = [self.manager.channel_labels(t) for t in tensors
-             if self.manager.has_channels(t)]
-    return np.unique(np.concatenate(found)) if found else np.zeros([0], int)
 
   @property
   def num_labels(self):
@@ -126,9 +118,11 @@ class Analysis:
   def is_fixed(self, key):
     """Whether a layer's width is the task's or the data's (its channels
     are tied to the model's outputs or inputs): no structure may name it."""
-    return any(np.isin(l, self.output_labels).any() or
-               np.isin(l, self.input_labels).any()
-               for l in self.out_labels[key])
+    return self._tied_to(key, self.output_labels, self.input_labels)
+
+  def _tied_to(self, key, *labels):
+    return any(np.isin(l, x).any() for l in self.out_labels[key]
+               for x in labels)
 
   def weight_labels(self, layer):
     """Channel labels of the activation a channel-wise layer (a norm)
@@ -373,18 +367,14 @@ class Analysis:
           % ('; a depthwise conv follows its input' if depthwise else '',
              ', '.join('%s (%s)' % (k, type(view.layer(k)).__name__)
                        for k in sorted(unknown))))
-    fixed = [k for k in structure
-             if any(np.isin(l, self.output_labels).any()
-                    for l in self.out_labels[k])]
+    fixed = [k for k in structure if self._tied_to(k, self.output_labels)]
     if fixed:
       raise ValueError(
           'The structure names layers that produce the model\'s outputs (or '
           'are tied to them): %s. Their width is the task\'s (e.g. the '
           'number of classes); remove them from the structure.'
           % ', '.join(sorted(fixed, key=self._order.get)))
-    inputs = [k for k in structure
-              if any(np.isin(l, self.input_labels).any()
-                     for l in self.out_labels[k])]
+    inputs = [k for k in structure if self._tied_to(k, self.input_labels)]
     if inputs:
       raise ValueError(
           'The structure names layers whose output channels are tied to '
@@ -446,8 +436,7 @@ class Analysis:
     for key in keys:
       sums = [value[l].sum() for l in self.out_labels[key]]
       width = sums[0]
-      if any(abs(s - round(s)) > 1e-6 or abs(s - width) > 1e-6
-             for s in sums):
+      if any(abs(s - round(s)) > 1e-6 or abs(s - width) > 1e-6 for s in sums):
         tied = sorted({keys[i] for l in self.out_labels[key]
                        for i in setter[l] if i >= 0}, key=self._order.get)
         raise TiedCountsError(

@@ -110,11 +110,7 @@ def analyze(model_or_boundary, input_signature=None, input_boundary=None,
 
 def report_of(manager):
   """The `Report` of an analyzed network (see `analyze`)."""
-  output_labels = set()
-  for op in manager.view.output_ops:
-    for t in op.outputs:
-      if manager.has_channels(t):
-        output_labels.update(manager.channel_labels(t).tolist())
+  output_labels = set(manager.output_labels().tolist())
   everything = np.ones(manager.num_labels)
   flops = cost_model.CostModel(manager, 'flops').per_op(everything)
   weights = cost_model.CostModel(manager, 'model_size').per_op(everything)
