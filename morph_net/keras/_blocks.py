@@ -211,9 +211,11 @@ def from_config(layer, config):
                             if k in accepted})
 
 
-def clone_leaf(layer, width):
+def clone_leaf(layer, width, input_width=None):
   """An unbuilt copy of a layer from its config, its width (`filters`,
-  `units`, ...) set to `width` by its width rule (None: kept). A Lambda
+  `units`, ...) set to `width` by its width rule (None: kept), and the
+  config fields its rule says follow the input (`input_field`, e.g.
+  ConvNeXt's LayerScale: projection_dim) set to `input_width`. A Lambda
   is copied around its own function object (its config would need
   deserializing Python code, which Keras refuses in safe mode)."""
   if isinstance(layer, keras.layers.Lambda):
@@ -229,6 +231,10 @@ def clone_leaf(layer, width):
     # A grouped conv with one input channel per group keeps that shape.
     config['filters'] = int(width)
     config['groups'] = int(width) // rules.depth_multiplier(layer)
+  rule = rules.block_rule(layer)
+  if rule is not None and input_width is not None:
+    for field in rule.input_field:
+      config[field] = int(input_width)
   if isinstance(layer, keras.layers.Reshape) and width is not None:
     config['target_shape'] = tuple(config['target_shape'][:-1]) + (
         int(width),)

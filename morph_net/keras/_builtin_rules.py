@@ -81,6 +81,9 @@ def _register_builtins():
       sublayers={'query': _heads('key_dim'), 'key': _heads('key_dim'),
                  'value': _heads('value_dim')},
       output='attention_output')
+  # ConvNeXt's layer scale: a per-channel weight of its input's width.
+  reg('keras.src.applications.convnext.LayerScale',
+      input_field='projection_dim', output='input')
   hub = 'keras_hub.src.'
   for name in ('layers.modeling.transformer_encoder.TransformerEncoder',
                'layers.modeling.transformer_decoder.TransformerDecoder'):

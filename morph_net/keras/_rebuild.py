@@ -77,7 +77,8 @@ def _build_functional(plan, functional, name, new_layers, models, fold_gates,
       new_op = new_layers[id(op)][1]
     elif isinstance(op, keras.layers.Layer):
       if id(op) not in new_layers:
-        new_layers[id(op)] = (op, _blocks.clone_leaf(op, plan.layer_width.get(id(op))))
+        new_layers[id(op)] = (op, _blocks.clone_leaf(
+            op, plan.layer_width.get(id(op)), _input_width(plan, node)))
       new_op = new_layers[id(op)][1]
     elif id(node) in plan.sections:
       new_op = _new_split(op, plan.sections[id(node)])
@@ -89,7 +90,12 @@ def _build_functional(plan, functional, name, new_layers, models, fold_gates,
       kwargs = {}
     else:
       args, kwargs = node.arguments.fill_in(tensors)
-    outputs = keras.tree.flatten(new_op(*args, **kwargs))
+    try:
+      outputs = keras.tree.flatten(new_op(*args, **kwargs))
+    except (ValueError, TypeError) as e:
+      if not isinstance(op, keras.layers.Layer) or id(op) in plan.blocks:
+        raise
+      raise _leaf_error(op, node, _input_width(plan, node), e) from e
     for old, new in zip(node.outputs, outputs):
       tensors[id(old)] = new
   outputs = [tensors[id(x)] for x in functional.outputs]
@@ -99,6 +105,40 @@ def _build_functional(plan, functional, name, new_layers, models, fold_gates,
   if not top or not _surgery.needs_slim_model(model):
     return model
   return _surgery.SlimModel(*args, name=name)
+
+
+def _leaf_error(layer, node, new_width, error):
+  """A layer rebuilt from its config fails at its new input width: name it,
+  the config fields holding the old width, and the rule that fixes it."""
+  inputs = node.input_tensors
+  old_width = plan_lib.width(inputs[0]) if inputs else None
+  cls = type(layer)
+  try:
+    config = layer.get_config()
+  except Exception:  # pylint: disable=broad-except
+    config = {}
+  fields = [k for k, v in config.items() if isinstance(v, int) and
+            not isinstance(v, bool) and v == old_width]
+  fix = ('morph_net.keras.register_width_rule(%r, input_field=%r, '
+         "output='input')" % ('%s.%s' % (cls.__module__, cls.__qualname__),
+                              fields[0] if len(fields) == 1 else
+                              '<its config field of the input width>'))
+  first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  return NotImplementedError(
+      'slim_model: layer %r (%s) does not run at its new input width %s '
+      '(was %s) when rebuilt from its config (%s: %s). Its config holds a '
+      'width of its input%s: declare it with %s.' % (
+          layer.name, cls.__name__, new_width, old_width,
+          type(error).__name__, first[:200],
+          ' (%s)' % ', '.join('%s=%d' % (f, config[f]) for f in fields)
+          if fields else '', fix))
+
+
+def _input_width(plan, node):
+  """The slim width of a node's first input, or None if unknown."""
+  inputs = node.input_tensors
+  chans = plan.info.get(id(inputs[0])) if inputs else None
+  return None if chans is None else chans.width
 
 
 def _new_block(plan, block, record):
