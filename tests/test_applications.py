@@ -9,23 +9,17 @@ Each model is built with weights=None at a small input size. Two behaviours:
   StructureExporter and the manager's alive vectors).
 """
 
-import importlib.util
-import os
-
 import keras
 import numpy as np
 import pytest
 
+from conftest import benchmark
 from morph_net.framework import errors
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.network_regularizers import model_size_regularizer
 from morph_net.tools import structure_exporter
 
-_ZOO_PATH = os.path.join(os.path.dirname(__file__), os.pardir, 'benchmarks',
-                         'applications_zoo.py')
-_spec = importlib.util.spec_from_file_location('applications_zoo', _ZOO_PATH)
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
+zoo = benchmark('applications_zoo')
 
 TOLERANCE = 1e-3
 

@@ -21,8 +21,6 @@ A backbone that does not pass yet is marked xfail(strict=True) with the
 finding, so the test flips (XPASS fails) when the cause is fixed.
 """
 
-import importlib.util
-import os
 import warnings
 
 import numpy as np
@@ -32,16 +30,13 @@ pytest.importorskip('keras_hub')
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from conftest import benchmark  # pylint: disable=g-import-not-at-top
 from morph_net import keras as morph_keras  # pylint: disable=g-import-not-at-top
 from morph_net.framework import errors  # pylint: disable=g-import-not-at-top
 from morph_net.framework import op_regularizer_manager as orm  # pylint: disable=g-import-not-at-top
 from morph_net.tools import analyze as analyze_lib  # pylint: disable=g-import-not-at-top
 
-_ZOO_PATH = os.path.join(os.path.dirname(__file__), os.pardir, 'benchmarks',
-                         'keras_hub_zoo.py')
-_spec = importlib.util.spec_from_file_location('keras_hub_zoo', _ZOO_PATH)
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
+zoo = benchmark('keras_hub_zoo')
 
 TOL = zoo.TOLERANCE  # 0.5%
 

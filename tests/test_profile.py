@@ -10,14 +10,12 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import BENCHMARKS
 from morph_net import cli
 from morph_net.network_regularizers import hardware
 from morph_net.network_regularizers import latency_calculator
 from morph_net.network_regularizers import latency_regularizer
 from morph_net.keras import profile
-
-_BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                      'benchmarks', 'latency_model.py')
 
 
 def _tiny_cnn():
@@ -206,10 +204,10 @@ def test_morphnet_profile_rejects_bad_widths(tmp_path, capsys):
 # 10 tiny models.
 def test_latency_model_benchmark_quick_runs(tmp_path):
   out = tmp_path / 'latency.json'
-  proc = subprocess.run([sys.executable, _BENCH, '--quick', '--json',
-                         str(out)], capture_output=True, text=True,
-                        timeout=300,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(BENCHMARKS, 'latency_model.py'),
+       '--quick', '--json', str(out)], capture_output=True, text=True,
+      timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
   assert len(result['rows']) == 6  # 2 models x 3 variants

@@ -7,20 +7,16 @@ unchanged. The slim model's FLOPs by an independent forward-pass count equal
 reproduces its outputs (the surgery is re-applied at load).
 """
 
-import os
-import sys
-
 import keras
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'benchmarks'))
+from conftest import benchmark
+import morph_net.keras as mk
+from morph_net.network_regularizers import flop_regularizer
+from morph_net.tools import analyze
 
-import keras_hub_zoo  # pylint: disable=g-import-not-at-top,wrong-import-position
-import morph_net.keras as mk  # pylint: disable=g-import-not-at-top,wrong-import-position
-from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top,wrong-import-position
-from morph_net.tools import analyze  # pylint: disable=g-import-not-at-top,wrong-import-position
+keras_hub_zoo = benchmark('keras_hub_zoo')
 
 L = keras.layers
 

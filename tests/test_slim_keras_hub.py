@@ -8,25 +8,14 @@ one when the removed parts contributed nothing (their value projection or
 first MLP layer is zero), which is what the tests check.
 """
 
-import importlib.util
-import os
-
 import keras
 import numpy as np
 import pytest
 
+from conftest import benchmark
 from morph_net import keras as morph_keras
 from morph_net.keras import _structure
 from morph_net.keras import _width_rules
-
-
-def _zoo():
-  path = os.path.join(os.path.dirname(__file__), os.pardir, 'benchmarks',
-                      'keras_hub_zoo.py')
-  spec = importlib.util.spec_from_file_location('keras_hub_zoo', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _heads_alive(width, head_size, heads):
@@ -228,7 +217,7 @@ def test_vit_transfer_keeps_surviving_heads_and_mlp_units():
   transfer computes what the full model computes when the dropped heads'
   value projections and MLP units are zero."""
   pytest.importorskip('keras_hub')
-  zoo = _zoo()
+  zoo = benchmark('keras_hub_zoo')
   keras.utils.set_random_seed(0)
   model, data, _ = zoo.vit()
   analysis = _structure.Analysis(model)
@@ -265,7 +254,7 @@ def test_keras_hub_backbones_slim_with_transfer(name):
   """Alive vectors that respect the analysis' ties (one random choice per
   channel label, so whole heads) transfer through every nested layer."""
   pytest.importorskip('keras_hub')
-  zoo = _zoo()
+  zoo = benchmark('keras_hub_zoo')
   keras.utils.set_random_seed(0)
   model, data, _ = zoo.BUILDERS[name]()
   analysis, vectors = _label_vectors(zoo, model, seed=1)
@@ -296,7 +285,7 @@ def test_grouped_query_decoders_slim_by_whole_heads_with_transfer(name):
   model's outputs when the dropped heads and units were zero, and whose
   FLOPs equal structure_cost."""
   pytest.importorskip('keras_hub')
-  zoo = _zoo()
+  zoo = benchmark('keras_hub_zoo')
   keras.utils.set_random_seed(0)
   model, data, _ = zoo.MORE[name]()
   analysis, vectors = _label_vectors(zoo, model, seed=3)
