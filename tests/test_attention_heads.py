@@ -221,13 +221,6 @@ def test_tie_axes_projection_and_permutation():
   assert lb[0] != lb[1]
 
 
-def _digits():
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  d = load_digits()
-  x = np.repeat((d.images / 16.0)[..., None], 3, -1).astype('float32')
-  return x, d.target
-
-
 def _vit_classifier(heads=4, hidden=16, mlp=32, num_layers=2):
   vit_backbone = pytest.importorskip('keras_hub.src.models.vit.vit_backbone')
   backbone = vit_backbone.ViTBackbone(
@@ -240,14 +233,15 @@ def _vit_classifier(heads=4, hidden=16, mlp=32, num_layers=2):
   return keras.Model(inputs, keras.layers.Dense(10, name='logits')(pooled))
 
 
-def _train_vit(mlp, strength, num_layers=2, optimizer=None):
-  """Trains `_vit_classifier(mlp=mlp, num_layers=num_layers)` on digits for
-  8 epochs (~350 steps; Adam(3e-3) unless `optimizer`) under GroupLasso
-  FLOPs with exact zeros at `strength` / initial cost, the residual
-  stream's producers blacklisted. Returns the data, the model, the
-  regularizer, the initial cost and the alive counts."""
+def _train_vit(digits, mlp, strength, num_layers=2, optimizer=None):
+  """Trains `_vit_classifier(mlp=mlp, num_layers=num_layers)` on the
+  digits (as 3-channel images) for 8 epochs (~350 steps; Adam(3e-3) unless
+  `optimizer`) under GroupLasso FLOPs with exact zeros at `strength` /
+  initial cost, the residual stream's producers blacklisted. Returns the
+  data, the model, the regularizer, the initial cost and the alive
+  counts."""
   keras.utils.set_random_seed(0)
-  x, y = _digits()
+  x, y = np.repeat(digits[0], 3, -1), digits[1]
   model = _vit_classifier(mlp=mlp, num_layers=num_layers)
   reg = flop_regularizer.GroupLassoFlopsRegularizer(
       model, threshold=1e-2,
@@ -277,7 +271,7 @@ def _assert_slim_vit_retrains(model, counts, x, y):
   assert slim.evaluate(x[:1400], y[:1400], verbose=0) < 0.5 * first
 
 
-def test_vit_trained_with_group_lasso_loses_whole_heads():
+def test_vit_trained_with_group_lasso_loses_whole_heads(digits):
   """A keras-hub ViT on sklearn digits (17 tokens, 2 blocks of 4 heads of
   4 dims), GroupLasso FLOPs with exact zeros, 8 epochs (~350 steps).
 
@@ -289,7 +283,7 @@ def test_vit_trained_with_group_lasso_loses_whole_heads():
   with no head (a custom layer keeps its sublayers), and the strength here
   leaves some in each block.
   """
-  x, y, model, reg, full, counts = _train_vit(mlp=32, strength=5.0)
+  x, y, model, reg, full, counts = _train_vit(digits, mlp=32, strength=5.0)
   queries = {k: v for k, v in counts.items() if k.endswith('mha/query')}
   assert len(queries) == 2
   for key, n in queries.items():
@@ -308,7 +302,7 @@ def test_vit_trained_with_group_lasso_loses_whole_heads():
   _assert_slim_vit_retrains(model, counts, x, y)
 
 
-def test_vit_loses_whole_heads_and_mlp_units_in_one_run():
+def test_vit_loses_whole_heads_and_mlp_units_in_one_run(digits):
   """One ViT block (4 heads of 4 dims, a 128-unit MLP) under SGD with
   momentum: heads and MLP units die in the same run, and the slim ViT
   retrains.
@@ -324,7 +318,7 @@ def test_vit_loses_whole_heads_and_mlp_units_in_one_run():
   over seeds 0, 1, 2: 3, 1 and 3 heads left, 119, 120 and 122 units.
   """
   x, y, model, reg, full, counts = _train_vit(
-      mlp=128, strength=0.1, num_layers=1,
+      digits, mlp=128, strength=0.1, num_layers=1,
       optimizer=keras.optimizers.SGD(0.05, momentum=0.9, clipnorm=1.0))
   leaf = {k.split('/')[-1]: v for k, v in counts.items()}  # unique here
   query, units = leaf.get('query'), leaf.get('dense_1')

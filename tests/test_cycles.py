@@ -6,31 +6,19 @@ import os
 import keras
 import pytest
 
+from conftest import benchmark
+from conftest import conv_bn_model
 import morph_net.keras as mk
 from morph_net.keras import cycles
 
 
 def build_model():
-  keras.utils.set_random_seed(0)
-  inputs = keras.Input((8, 8, 1))
-  x = keras.layers.Conv2D(8, 3, padding='same', use_bias=False,
-                          name='conv1')(inputs)
-  x = keras.layers.BatchNormalization(name='bn1')(x)
-  x = keras.layers.ReLU()(x)
-  x = keras.layers.Conv2D(16, 3, padding='same', use_bias=False,
-                          name='conv2')(x)
-  x = keras.layers.BatchNormalization(name='bn2')(x)
-  x = keras.layers.ReLU()(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
-  return keras.Model(inputs, keras.layers.Dense(10, name='logits')(x))
+  return conv_bn_model((8, 8, 1), (8, 16), 10, seed=0)
 
 
 @pytest.fixture(scope='module')
-def data():
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  d = load_digits()
-  x = (d.images[:384] / 16.0).astype('float32')[..., None]
-  return x, d.target[:384].astype('int32')
+def data(digits):
+  return digits[0][:384], digits[1][:384]
 
 
 def test_two_cycles_return_and_save_records(data, tmp_path):
@@ -118,13 +106,10 @@ def test_two_cycles_on_a_small_bert(tmp_path):
   model of cycle 1 (attention rebuilt by heads, the MLP narrowed) is
   analyzed, regularized and slimmed again in cycle 2."""
   pytest.importorskip('keras_hub')
-  import sys  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
   from morph_net.tools import analyze  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), 'benchmarks'))
-  import keras_hub_zoo  # pylint: disable=g-import-not-at-top
+  keras_hub_zoo = benchmark('keras_hub_zoo')
   keras.utils.set_random_seed(0)
   bert, data, _ = keras_hub_zoo.bert(seq=8, hidden=16, intermediate=32)
   pooled = bert(bert.input)['pooled_output']

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 import keras
 
+from conftest import conv_bn
 import morph_net.keras as mk
 from morph_net.framework import grouping_regularizers
 from morph_net.framework import op_regularizer_manager as orm
@@ -27,12 +28,6 @@ def set_gamma(model, name, gamma):
   model.get_layer(name).set_weights(
       [gamma, np.zeros(n, np.float32), np.zeros(n, np.float32),
        np.ones(n, np.float32)])
-
-
-def conv_bn(x, filters, name, kernel=1, strides=1):
-  x = L.Conv2D(filters, kernel, strides=strides, padding='same',
-               use_bias=False, name=name)(x)
-  return L.BatchNormalization(name=name + '_bn')(x)
 
 
 def alive_counts(reg):

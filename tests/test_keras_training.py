@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import conv_bn_model
 import morph_net.keras as mk
 from morph_net.network_regularizers import flop_regularizer
 
@@ -33,16 +34,8 @@ def data():
 
 
 def build_model(seed=0):
-  keras.utils.set_random_seed(seed)
-  inputs = keras.Input((14, 14, 1))
-  x = keras.layers.Conv2D(8, 3, use_bias=False, name='conv1')(inputs)
-  x = keras.layers.BatchNormalization(name='bn1')(x)
-  x = keras.layers.ReLU()(x)
-  x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False, name='conv2')(x)
-  x = keras.layers.BatchNormalization(name='bn2')(x)
-  x = keras.layers.ReLU()(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
-  return keras.Model(inputs, keras.layers.Dense(10, name='logits')(x))
+  return conv_bn_model((14, 14, 1), (8, 8), 10, strides=(1, 2),
+                       padding='valid', seed=seed)
 
 
 def make_trainer(strength_times_inverse_cost, lr=0.05):

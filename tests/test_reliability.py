@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import conv_bn_model
 import morph_net.keras as mk
 from morph_net import cli
 from morph_net.network_regularizers import combined
@@ -31,12 +32,8 @@ L = keras.layers
 
 
 def _model(seed=0):
-  keras.utils.set_random_seed(seed)
-  inputs = keras.Input((6, 6, 3))
-  x = L.Conv2D(4, 3, name='conv1')(inputs)
-  x = L.ReLU()(L.BatchNormalization(name='bn1')(x))
-  x = L.GlobalAveragePooling2D()(x)
-  return keras.Model(inputs, L.Dense(2, name='logits')(x))
+  return conv_bn_model((6, 6, 3), (4,), 2, padding='valid', use_bias=True,
+                       seed=seed)
 
 
 @pytest.fixture(scope='module')

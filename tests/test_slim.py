@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import conv_bn
 import morph_net.keras as mk
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.probabilistic_gating import activation_gating
@@ -27,23 +28,17 @@ DEAD = {
 }
 
 
-def _conv_bn(x, filters, kernel, name, strides=1):
-  x = L.Conv2D(filters, kernel, strides=strides, padding='same',
-               use_bias=False, name=name)(x)
-  return L.BatchNormalization(name=name + '_bn')(x)
-
-
 def _seed_model(k=1):
   """Residual add, depthwise conv, concat, separable conv, Flatten+Dense."""
   inputs = keras.Input((8, 8, 3))
-  x = L.ReLU()(_conv_bn(inputs, 8 * k, 3, 'stem'))
-  r = L.ReLU()(_conv_bn(x, 6 * k, 3, 'res_a'))
-  r = _conv_bn(r, 8 * k, 3, 'res_b')
+  x = L.ReLU()(conv_bn(inputs, 8 * k, 'stem', 3))
+  r = L.ReLU()(conv_bn(x, 6 * k, 'res_a', 3))
+  r = conv_bn(r, 8 * k, 'res_b', 3)
   x = L.ReLU()(L.Add(name='add')([x, r]))
   a = L.DepthwiseConv2D(3, padding='same', use_bias=False, name='dw')(x)
   a = L.ReLU()(L.BatchNormalization(name='dw_bn')(a))
-  a = L.ReLU()(_conv_bn(a, 6 * k, 1, 'pw'))
-  b = L.ReLU()(_conv_bn(x, 4 * k, 3, 'branch'))
+  a = L.ReLU()(conv_bn(a, 6 * k, 'pw', 1))
+  b = L.ReLU()(conv_bn(x, 4 * k, 'branch', 3))
   x = L.Concatenate(name='concat')([a, b])
   x = L.SeparableConv2D(8 * k, 3, strides=2, padding='same', use_bias=False,
                         name='sep')(x)

@@ -2,20 +2,16 @@
 
 import glob
 
-import keras
 import tensorflow as tf
 
+from conftest import conv_bn_model
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.tools import summaries
 
 
 def _model():
-  inputs = keras.Input((8, 8, 3))
-  x = keras.layers.Conv2D(4, 3, name='conv')(inputs)
-  x = keras.layers.BatchNormalization(name='bn')(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
-  model = keras.Model(inputs, keras.layers.Dense(2, name='head')(x))
-  model.get_layer('bn').gamma.assign([1.0, 0.0, 1.0, 0.0])
+  model = conv_bn_model((8, 8, 3), (4,), 2, padding='valid', use_bias=True)
+  model.get_layer('bn1').gamma.assign([1.0, 0.0, 1.0, 0.0])
   return model
 
 
@@ -25,7 +21,7 @@ def test_summaries_are_written_and_readable(tmp_path):
   with writer.as_default():
     written = summaries.write_summaries(reg, step=7)
   writer.flush()
-  assert written['morph_net/alive/conv'] == 2
+  assert written['morph_net/alive/conv1'] == 2
   assert written['morph_net/FLOPs'] == 2 * 36 * 27 * 2 + 2 * 2 * 2
   events = glob.glob(str(tmp_path / 'events.out.tfevents.*'))
   assert events
@@ -33,6 +29,6 @@ def test_summaries_are_written_and_readable(tmp_path):
   for event in tf.compat.v1.train.summary_iterator(events[0]):
     for value in event.summary.value:
       tags[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)))
-  assert tags['morph_net/alive/conv'] == (7, 2.0)
+  assert tags['morph_net/alive/conv1'] == (7, 2.0)
   assert tags['morph_net/FLOPs'][1] == written['morph_net/FLOPs']
   assert 'morph_net/regularization_term' in tags
