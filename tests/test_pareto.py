@@ -1,17 +1,20 @@
-"""benchmarks/pareto.py: verdict arithmetic, tasks, resumability, smoke run."""
+"""benchmarks/pareto.py: verdict arithmetic, tasks, resumability, smoke run.
+
+The arithmetic and the tasks are fast tests; whatever builds or analyzes
+the benchmark's networks is slow-marked (.ci/run runs all but the smoke
+run).
+"""
 
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'benchmarks'))
+from conftest import benchmark
 
-import pareto  # pylint: disable=g-import-not-at-top,wrong-import-position
+pareto = benchmark('pareto')
 
 E = math.e
 
@@ -138,6 +141,7 @@ def test_make_task_is_deterministic_and_splits_70_30():
   assert a[0].shape[1:] == (16, 16, 1)
 
 
+@pytest.mark.slow  # ~8 s: builds, analyzes and slims both networks twice
 @pytest.mark.parametrize('net', pareto.NETS)
 def test_width_multiplier_and_gated_seed_slim_to_the_same_network(net):
   import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
@@ -168,6 +172,9 @@ def test_select_settings():
 
 
 # ------------------------------------------------------------ resuming
+# Each run below analyzes the benchmark's networks for their costs (the
+# fits are stand-ins): ~15 s together, so they are slow-marked; .ci/run
+# runs them.
 @pytest.fixture
 def fake_training(monkeypatch):
   """Replaces every fit with a cheap stand-in; counts the calls."""
@@ -215,6 +222,7 @@ def _saved(tmp_path):
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_points_and_adds_new_seeds(tmp_path,
                                                          fake_training):
   _quick(tmp_path, '--families', 'gamma,figs')
@@ -235,6 +243,7 @@ def test_rerun_skips_finished_points_and_adds_new_seeds(tmp_path,
   assert all(v['seeds'] == 3 for v in verdicts)
 
 
+@pytest.mark.slow
 def test_a_cut_run_keeps_its_points_and_the_rerun_does_the_rest(
     tmp_path, fake_training):
   fake_training['fail_after'] = 4
@@ -249,6 +258,7 @@ def test_a_cut_run_keeps_its_points_and_the_rerun_does_the_rest(
   assert len(_saved(tmp_path)['points']) == total
 
 
+@pytest.mark.slow
 def test_results_of_another_recipe_are_refused(tmp_path, fake_training):
   del fake_training
   _quick(tmp_path, '--families', 'gamma')
@@ -260,6 +270,7 @@ def test_results_of_another_recipe_are_refused(tmp_path, fake_training):
     _quick(tmp_path, '--families', 'gamma')
 
 
+@pytest.mark.slow
 def test_verdicts_only_trains_nothing_and_writes_verdicts_and_plot(
     tmp_path, fake_training):
   _quick(tmp_path, '--families', 'grouplasso')
@@ -280,7 +291,7 @@ def test_verdicts_only_trains_nothing_and_writes_verdicts_and_plot(
 
 
 # ------------------------------------------------------------ smoke run
-@pytest.mark.slow
+@pytest.mark.slow  # not run by .ci/run
 def test_quick_run_end_to_end(tmp_path):
   """--quick for real: every family shrinks, expands, retrains (~2 min)."""
   result = _quick(tmp_path)
