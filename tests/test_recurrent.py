@@ -68,8 +68,9 @@ def test_gru_with_sliced_kernels_gets_no_unroll_promise():
   with pytest.raises(errors.UnsupportedOpError) as info:
     flop_regularizer.GammaFlopsRegularizer(model, 0.01)
   message = str(info.value)
-  assert 'Unrolling alone would not make it exact' in message
-  assert 'reset_after=True' in message
+  # The facts: the cell, the settings that make it countable, no promise.
+  assert '(GRUCell)' in message
+  assert 'reset_after=True' in message and 'implementation=2' in message
   assert 'counts exactly' not in message
 
 

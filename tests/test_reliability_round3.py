@@ -50,9 +50,9 @@ def test_target_under_the_floor_is_refused_naming_floor_and_holder():
   with pytest.raises(ValueError) as info:
     mk.add_regularizer(model, reg, target_cost=FLOOR / 2)
   message = str(info.value)
-  assert 'target_cost=4,608 is below' in message
-  assert 'conv1 9,216 FLOPs (1 input and 8 output channels' in message
-  assert 'Pass target_cost >= 9,216' in message
+  # The facts: the target, the floor, the layer that holds it, the bound.
+  assert '4,608' in message and 'conv1' in message
+  assert 'target_cost >= 9,216' in message
   assert mk.add_regularizer(model, reg, target_cost=FLOOR).target_cost == (
       FLOOR)
 
@@ -124,11 +124,11 @@ def test_fit_warns_when_the_floor_rises_over_the_target():
     trainer.fit(x, np.zeros(8, 'int32'), batch_size=8, epochs=2, verbose=0,
                 callbacks=[Pin()])
   floor_warnings = [str(w.message) for w in caught
-                    if 'lowest FLOPs this network can reach' in str(w.message)]
+                    if '{:,}'.format(pinned_floor) in str(w.message)]
   assert len(floor_warnings) == 1, floor_warnings
-  assert 'changed from 9,216 to %s' % '{:,}'.format(pinned_floor) in (
-      floor_warnings[0])
-  assert 'is now below it' in floor_warnings[0]
+  # The facts: the old floor, and the target that is now under the new one.
+  assert '9,216' in floor_warnings[0]
+  assert '{:,}'.format(int(target)) in floor_warnings[0]
 
 
 def test_monitor_warns_once_when_the_target_moves_under_the_floor():
@@ -198,7 +198,7 @@ def test_run_cycles_refuses_a_directory_an_interrupted_run_used(tmp_path):
   calls.clear()
   with pytest.raises(ValueError) as info:
     cycles.run_cycles(_cycle_model(), interrupted_fit, log_dir=log_dir)
-  assert 'holds another run of run_cycles (cycle_1, cycles_run.json)' in str(
+  assert 'cycle_1' in str(info.value) and 'cycles_run.json' in str(
       info.value)
   assert not calls  # refused before training
   assert sorted(os.listdir(os.path.join(
