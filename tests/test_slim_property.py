@@ -7,22 +7,18 @@ what `structure_cost` said: by an independent count of its forward pass and
 by its own analysis.
 """
 
-import os
-import sys
-
 import keras
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'benchmarks'))
+from conftest import benchmark
+import morph_net.keras as mk
+from morph_net.tools import analyze
+from test_slim_custom_layers import ConvBlock
+from test_slim_custom_layers import ResNet
+from test_slim_custom_layers import SeqBlock
 
-import keras_hub_zoo  # pylint: disable=g-import-not-at-top,wrong-import-position
-import morph_net.keras as mk  # pylint: disable=g-import-not-at-top,wrong-import-position
-from morph_net.tools import analyze  # pylint: disable=g-import-not-at-top,wrong-import-position
-from test_slim_custom_layers import ConvBlock  # pylint: disable=g-import-not-at-top,wrong-import-position
-from test_slim_custom_layers import ResNet  # pylint: disable=g-import-not-at-top,wrong-import-position
-from test_slim_custom_layers import SeqBlock  # pylint: disable=g-import-not-at-top,wrong-import-position
+keras_hub_zoo = benchmark('keras_hub_zoo')
 
 L = keras.layers
 
