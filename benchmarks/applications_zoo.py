@@ -12,8 +12,14 @@ Conformance: for the channel class tied across the most regularizer sources
 everywhere (when the class has several sources), and zeroing it in every
 source kills it in every conv that produces it and in the exported structure.
 
+Workflow (--workflow): a random structure (each exported count x U(0.3,
+1), drawn in network order) expanded by `expand_structure` to 0.4 x the
+FLOPs, slimmed by `slim_model`; its FLOPs by the independent count and by
+`analyze(slim)` must equal `structure_cost`.
+
   python benchmarks/applications_zoo.py [--size 224] [--models ResNet50 ...]
   python benchmarks/applications_zoo.py --all --size 96   # every model
+  python benchmarks/applications_zoo.py --all --size 64 --workflow
 """
 
 import argparse
@@ -237,6 +243,41 @@ def run_one(name, size=224, conformance=True):
   return result
 
 
+def workflow(name, size=64, fraction=0.4, seed=1):
+  """The slim workflow on one model; a dict: 'ok', 'ratio' (the expanded
+  structure's FLOPs / the model's), 'counted' and 'reanalyzed' (the slim
+  model's independent count and its own analysis equal structure_cost),
+  or 'error'."""
+  import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
+  from morph_net.tools import analyze  # pylint: disable=g-import-not-at-top
+  keras.backend.clear_session()
+  keras.utils.set_random_seed(0)
+  row = {'model': name}
+  try:
+    model = build(name, size)
+    analysis = mk.analysis_of(model)
+    reg = flop_regularizer.GroupLassoFlopsRegularizer(model, 1e-4)
+    counts = structure_exporter.StructureExporter(
+        reg.op_regularizer_manager).get_alive_counts()
+    rng = np.random.RandomState(seed)
+    start = {k: max(1, int(counts[k] * rng.uniform(0.3, 1.0)))
+             for k in sorted(counts, key=analysis.order_index)}
+    full = mk.structure_cost(analysis, {})
+    structure = mk.expand_structure(analysis, start,
+                                    target_cost=fraction * full)
+    cost = mk.structure_cost(analysis, structure)
+    slim = mk.slim_model(analysis, structure)
+    row['ratio'] = cost / full
+    row['counted'] = abs(independent_counts(slim)[0] - cost) <= 1e-9 * cost
+    row['reanalyzed'] = abs(analyze.analyze(slim).flops - cost) <= (
+        1e-9 * cost)
+  except Exception as e:  # pylint: disable=broad-except
+    row['error'] = '%s: %s' % (type(e).__name__,
+                               (str(e).strip().splitlines() or [''])[0][:300])
+  row['ok'] = bool(row.get('counted') and row.get('reanalyzed'))
+  return row
+
+
 def verdict(r):
   return (abs(r['flops'] / r['ref_flops'] - 1) <= TOLERANCE
           and abs(r['weights'] / r['ref_weights'] - 1) <= TOLERANCE)
@@ -252,10 +293,26 @@ def main():
                       help='run every model in keras.applications')
   parser.add_argument('--no-conformance', action='store_true',
                       help='skip the channel-grouping check')
+  parser.add_argument('--workflow', action='store_true',
+                      help='slim each model to a random expanded structure '
+                      '(module docstring)')
   args = parser.parse_args()
   names = list(args.models) + (list(EXTRA) if args.extra else [])
   if args.all:
     names = all_models()
+  if args.workflow:
+    rows = []
+    for name in names:
+      start = time.time()
+      row = workflow(name, args.size)
+      rows.append(row)
+      print('%-18s %s %6.3f %5.0fs %s' % (
+          name, 'PASS' if row['ok'] else 'FAIL', row.get('ratio', 0.0),
+          time.time() - start, row.get('error', '')), flush=True)
+    failed = [r['model'] for r in rows if not r['ok']]
+    print('FAILED: %s' % failed if failed else 'ALL PASS (%d models)'
+          % len(rows))
+    return 1 if failed else 0
   print('%-18s %-10s %7s %14s %14s %9s %9s %6s %5s  %s' % (
       'model', 'family', 'time_s', 'our_FLOPs', 'ref_FLOPs', 'ratio',
       'size_rat', 'groups', 'tied', 'verdict'))

@@ -165,6 +165,25 @@ def test_zoo_model(name):
   assert zoo.verdict(result), result
 
 
+@pytest.mark.parametrize('name', ['MobileNetV3Small', 'EfficientNetB0'])
+def test_slim_workflow(name):
+  """A random structure expanded to 0.4 x the FLOPs slims, and the slim
+  model's FLOPs by layer shapes and by its own analysis equal
+  structure_cost (benchmarks/applications_zoo.py --workflow)."""
+  row = zoo.workflow(name, size=32)
+  assert row['ok'], row
+  assert 0.3 < row['ratio'] <= 0.4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', zoo.all_models())
+def test_zoo_workflow(name):
+  """Every keras.applications model slims to a random expanded structure
+  at its exact cost."""
+  row = zoo.workflow(name, size=64)  # build() raises the minimum sizes
+  assert row['ok'], row
+
+
 def test_spatial_crop_passes_channels_but_channel_slice_does_not():
   """Cropping2D (NASNet) keeps channels; slicing the channel axis cuts ties."""
   keras.backend.clear_session()
