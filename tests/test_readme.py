@@ -142,3 +142,16 @@ def test_readme_example_runs(index, tmp_path, monkeypatch, capsys):
   code = _RUNNABLE[index].replace("'/tmp/run'", repr(str(tmp_path)))
   exec(compile(code, 'README.md[%d]' % index, 'exec'), {})  # pylint: disable=exec-used
   assert "{'conv': 16}" in capsys.readouterr().out
+
+
+def test_every_handler_the_readme_names_is_public():
+  """A user extending the table starts from the handlers the README lists:
+  each is in morph_net.framework.__all__."""
+  from morph_net import framework  # pylint: disable=g-import-not-at-top
+  named = {h for h in _readme_handlers().values() if h is not None}
+  assert named
+  missing = sorted(named - set(framework.__all__))
+  assert not missing, missing
+  for name in named:
+    assert getattr(framework, name) is type(next(
+        v for v in _TABLE.values() if type(v).__name__ == name)), name
