@@ -86,10 +86,8 @@ def _readme_handler_of(op_type, listed):
 
 
 _TABLE = op_handlers.default_op_handler_dict()
-# A row the README has wrong: strict, so the fix of the row turns it into
-# a failure that asks for this mark to go.
 # Op types the README is known to describe wrongly (op type -> why); each
-# is an xfail that turns into a failure once the README is fixed.
+# is a strict xfail, which fails once the README is fixed.
 _STALE = {}
 
 
