@@ -302,34 +302,33 @@ class Analysis:
                 ', '.join(map(repr, group)),
                 ', '.join('%s: %d' % (k, widths[k]) for k in group)))
     for tensor, m in self.config_divisors():
-      labels = self.manager.channel_labels(tensor)
-      total = int(round(float(values[labels].sum())))
+      total = int(round(float(values[self.manager.channel_labels(tensor)]
+                              .sum())))
       if total % m:
-        keys = [k for k in counts if any(np.isin(l, labels).any()
-                                         for l in self.out_labels[k])]
-        raise ValueError(
-            'The counts of %s give op %r %d input channels; its layer\'s '
-            'block requires a multiple of %d (a config check such as '
-            'hidden_dim %% num_heads == 0). Give counts that are multiples '
-            'of %s (round_to or expand_structure give such counts).'
-            % (', '.join(map(repr, keys)) or 'the structure',
-               tensor.op.name, total, m,
-               ', '.join('%d for %r' % (self.quantum(k), k) for k in keys)))
+        raise self._count_error(
+            counts, tensor.op.name, self.manager.channel_labels(tensor),
+            '%d input channels; its layer\'s block requires a multiple of %d '
+            '(a config check such as hidden_dim %% num_heads == 0)'
+            % (total, m))
     if alive:
       return
     for op_name, labels in self._tensor_labels():
       total = float(values[labels].sum())
-      if abs(total - round(total)) <= 1e-6:
-        continue
-      keys = [k for k in counts if any(np.isin(l, labels).any()
-                                       for l in self.out_labels[k])]
-      raise ValueError(
-          'The counts of %s give op %r %g channels: it keeps a share of '
-          'their channels (a split into parts, whole attention heads, a '
-          'grouped convolution\'s groups). Give counts that are multiples '
-          'of %s (round_to or expand_structure give such counts).'
-          % (', '.join(map(repr, keys)) or 'the structure', op_name, total,
-             ', '.join('%d for %r' % (self.quantum(k), k) for k in keys)))
+      if abs(total - round(total)) > 1e-6:
+        raise self._count_error(
+            counts, op_name, labels, '%g channels: it keeps a share of their '
+            'channels (a split into parts, whole attention heads, a grouped '
+            'convolution\'s groups)' % total)
+
+  def _count_error(self, counts, op_name, labels, what):
+    """The error for counts giving op `op_name` (`labels`) `what`."""
+    keys = [k for k in counts if any(np.isin(l, labels).any()
+                                     for l in self.out_labels[k])]
+    return ValueError(
+        'The counts of %s give op %r %s. Give counts that are multiples of '
+        '%s (round_to or expand_structure give such counts).'
+        % (', '.join(map(repr, keys)) or 'the structure', op_name, what,
+           ', '.join('%d for %r' % (self.quantum(k), k) for k in keys)))
 
   def _tensor_labels(self):
     """(op name, channel labels) of every analyzed tensor."""
