@@ -100,11 +100,7 @@ class CostCalculator:
     return self._pairs(*self._manager.class_vectors(), dtype)
 
   def _in_graph(self, fn):
-    view = self._manager.view
-    if view.eager:
-      return fn()
-    with view.graph.as_default():
-      return fn()
+    return in_graph(self._manager, fn)
 
   def get_cost(self, ops=None):
     """Resource cost with the current alive channels (float64 scalar)."""
@@ -144,6 +140,16 @@ def _cost_per_op(coeff, a_in, a_out, bilinear):
   (numpy or TF), from its coefficient columns (k_bi, k_in, k_out, ...)."""
   k_bi, k_in, k_out = coeff[0], coeff[1], coeff[2]
   return k_bi * bilinear + k_in * a_in + k_out * a_out
+
+
+def in_graph(manager, fn):
+  """fn() in the graph the manager analyzed (a tf.compat.v1 graph), or
+  eagerly for a Keras model or tf.function."""
+  view = manager.view
+  if view.eager:
+    return fn()
+  with view.graph.as_default():
+    return fn()
 
 
 def get_input_activation(op):

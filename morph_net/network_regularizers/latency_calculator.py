@@ -150,11 +150,7 @@ class LatencyCalculator:
                     tf.zeros([], dtype))
 
   def _in_graph(self, fn):
-    view = self._manager.view
-    if view.eager:
-      return fn()
-    with view.graph.as_default():
-      return fn()
+    return cost_calculator.in_graph(self._manager, fn)
 
   def _mask(self, ops, dtype):
     if ops is None or not len(ops):  # no ops: all of them (as CostCalculator)
