@@ -33,11 +33,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 os.pardir))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
 from morph_net.network_regularizers import model_size_regularizer  # pylint: disable=g-import-not-at-top
 from morph_net.op_regularizers import group_lasso_regularizer  # pylint: disable=g-import-not-at-top
 from morph_net.tools import structure_exporter  # pylint: disable=g-import-not-at-top
+import keras_hub_zoo  # pylint: disable=g-import-not-at-top,wrong-import-order (the random structure of its workflow)
 
 MODELS = ('ResNet50', 'ResNet50V2', 'MobileNet', 'MobileNetV2', 'InceptionV3',
           'DenseNet121', 'Xception', 'EfficientNetB0', 'VGG16')
@@ -256,12 +258,7 @@ def workflow(name, size=64, fraction=0.4, seed=1):
   try:
     model = build(name, size)
     analysis = mk.analysis_of(model)
-    reg = flop_regularizer.GroupLassoFlopsRegularizer(model, 1e-4)
-    counts = structure_exporter.StructureExporter(
-        reg.op_regularizer_manager).get_alive_counts()
-    rng = np.random.RandomState(seed)
-    start = {k: max(1, int(counts[k] * rng.uniform(0.3, 1.0)))
-             for k in sorted(counts, key=analysis.order_index)}
+    start = keras_hub_zoo.random_structure(model, analysis, None, seed)
     full = mk.structure_cost(analysis, {})
     structure = mk.expand_structure(analysis, start,
                                     target_cost=fraction * full)

@@ -4,7 +4,7 @@ Reading: structure JSON (validated), `.keras` models (with a clear error
 naming any custom class this process has not imported, and the
 `--custom-module` option that imports it). Outputs: `check_output` refuses
 an input's path and, without `--overwrite`, an existing file (`cli.py`
-writes through the one atomic writer, `morph_net.tools._atomic`).
+writes through the one atomic writer, `morph_net.framework.atomic_files`).
 """
 
 import importlib

@@ -77,15 +77,12 @@ def layer_names(model):
   """Names of every layer of a model, nested models and layers included,
   and their paths ('block/conv': what the exporter writes where nested
   layers share a name)."""
-  names, stack = [], [('', layer) for layer in model.layers]
-  while stack:
-    prefix, layer = stack.pop(0)
+  from morph_net.framework import keras_trace  # pylint: disable=g-import-not-at-top
+  names = []
+  for path, layer in keras_trace._layer_paths(model):  # pylint: disable=protected-access
     names.append(layer.name)
-    if prefix:
-      names.append(prefix + '/' + layer.name)
-    path = prefix + '/' + layer.name if prefix else layer.name
-    stack.extend((path, sub) for sub in layer._flatten_layers(  # pylint: disable=protected-access
-        include_self=False, recursive=False))
+    if path != layer.name:
+      names.append(path)
   return names
 
 

@@ -74,7 +74,7 @@ def count_quanta(manager, divisors=()):
     q = c // np.gcd(c, m)
     for key_index, value in zip(k.tolist(), q.tolist()):
       if value > 1:
-        quanta[key_index] = _lcm(quanta[key_index], value)
+        quanta[key_index] = math.lcm(int(quanta[key_index]), value)
   # Tied keys (sharing labels) take each other's constraints.
   by_owner = {}
   for i, labels in enumerate(key_labels):
@@ -83,7 +83,7 @@ def count_quanta(manager, divisors=()):
   for members in by_owner.values():
     q = 1
     for i in members:
-      q = _lcm(q, int(quanta[i]))
+      q = math.lcm(q, int(quanta[i]))
     for i in members:
       quanta[i] = q
   return dict(zip(keys, (int(q) for q in quanta.tolist())))
@@ -94,11 +94,11 @@ def _tensor_divisors(manager, extra=()):
   conv's input and output must divide into its groups; `extra` adds more."""
   groups = {}
   for t, divisor in extra:
-    groups[t.name] = _lcm(groups.get(t.name, 1), int(divisor))
+    groups[t.name] = math.lcm(groups.get(t.name, 1), int(divisor))
   for c in manager.compute_ops:
     if c.groups > 1 and not c.linear:
       for t in (c.input, c.output):
-        groups[t.name] = _lcm(groups.get(t.name, 1), c.groups)
+        groups[t.name] = math.lcm(groups.get(t.name, 1), int(c.groups))
   seen = set()
   out = []
   for op in manager.ops:
@@ -108,7 +108,3 @@ def _tensor_divisors(manager, extra=()):
       seen.add(t.name)
       out.append((t, groups.get(t.name, 1)))
   return out
-
-
-def _lcm(a, b):
-  return a * b // math.gcd(a, b)

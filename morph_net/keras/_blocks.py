@@ -245,6 +245,11 @@ def _takes_base_arguments(params):
   return any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
+# What a get_config() that does not work raises (keras-hub layers without
+# one, or reading attributes they never set).
+CONFIG_ERRORS = (NotImplementedError, AttributeError, TypeError)
+
+
 def layer_config(layer, known=()):
   """`layer.get_config()`, or for a layer without a working one (keras-hub's
   ViT MLP has none; DeiTEncoder's reads an attribute it never sets) its
@@ -252,7 +257,7 @@ def layer_config(layer, known=()):
   (`known`: arguments the width rule sets)."""
   try:
     return layer.get_config()
-  except (NotImplementedError, AttributeError, TypeError):
+  except CONFIG_ERRORS:
     pass  # keras-hub's SwinTransformer layers call get_config on a class
   return config_from_attributes(layer, known)
 

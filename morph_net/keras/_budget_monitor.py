@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from morph_net.framework import sources
 from morph_net.keras import _proximal
 from morph_net.op_regularizers import group_lasso_regularizer
 
@@ -31,7 +32,7 @@ def _source_values(regularizer):
         _proximal.l1_fraction(s, kind)).numpy()
     if s.op.name in relative:  # measured in units of its own scale
       norms = norms / max(float(np.sqrt(np.mean(np.square(norms)))), 1e-12)
-    out.append((norms, _proximal.threshold(s)))
+    out.append((norms, sources.threshold(s)))
   return out
 
 

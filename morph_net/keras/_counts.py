@@ -39,7 +39,3 @@ def round_count(count, original, round_to):
   if count <= original:
     rounded = min(rounded, original)
   return rounded
-
-
-def lcm(a, b):
-  return a * b // math.gcd(a, b)

@@ -31,6 +31,7 @@ by about the learning rate whatever it costs.
 import numpy as np
 import tensorflow as tf
 
+from morph_net.framework import sources
 from morph_net.keras import _distribute
 from morph_net.op_regularizers import gamma_l1_regularizer
 from morph_net.op_regularizers import group_lasso_regularizer
@@ -73,12 +74,6 @@ def every_source_has_a_kind(regularizer, proximal=True):
 def supports_exact_zeros(regularizer):
   """Whether every source of `regularizer` admits the proximal step."""
   return every_source_has_a_kind(regularizer)
-
-
-def threshold(source):
-  """The alive threshold of a source's channels."""
-  setting = source.setting
-  return float(setting[0] if isinstance(setting, tuple) else setting)
 
 
 def channel_axis(source, kind):
@@ -139,7 +134,7 @@ class ProximalStep:
     self._kinds = [source_kind(s) for s in self._sources]
     self._axes = [channel_axis(s, k)
                   for s, k in zip(self._sources, self._kinds)]
-    self._thresholds = [threshold(s) for s in self._sources]
+    self._thresholds = [sources.threshold(s) for s in self._sources]
     # Scale-free sources are alive relative to their own scale (their
     # threshold is in units of the RMS of their norms).
     relative = getattr(regularizer.op_regularizer_manager,
@@ -206,10 +201,6 @@ class ProximalStep:
       return
     initial = _distribute.in_replica_context(
         lambda: self._term_weights() + self._norms())
-    initial = [tf.zeros_like(r) if w is None else w
-               for w, r in zip(initial[:len(self._sources)],
-                               initial[len(self._sources):])] + list(
-                                   initial[len(self._sources):])
     n = len(self._sources)
     self._weights = [tf.Variable(w, trainable=False, name='morph_net_w_%d' % i)
                      for i, w in enumerate(initial[:n])]

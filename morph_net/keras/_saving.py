@@ -2,8 +2,8 @@
 
 `RegularizedModel.save` and `save_weights` go through `save`: an
 interrupted save (Ctrl-C, a killed job, a full disk) leaves the file that
-was there, never half a model (`morph_net.tools._atomic`, the one atomic
-writer).
+was there, never half a model (`morph_net.framework.atomic_files`, the
+one atomic writer).
 """
 
 import errno

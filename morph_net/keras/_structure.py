@@ -17,6 +17,7 @@ vectors, 1 for the alive channels and 0 for the dead ones. Private to
 `morph_net.keras`.
 """
 
+import math
 import numbers
 import warnings
 
@@ -184,7 +185,7 @@ class Analysis:
     round_to > 1, of the layer's quantum (not above its width unless the
     count is). Unrounded counts must be multiples already
     (`check_counts`)."""
-    step = round_to if round_to == 1 else _counts.lcm(round_to, self.quantum(key))
+    step = round_to if round_to == 1 else math.lcm(round_to, self.quantum(key))
     return round_count(count, self.width(key), step)
 
   def config_divisors(self):

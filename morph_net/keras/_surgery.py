@@ -19,6 +19,7 @@ import keras
 
 from morph_net.framework import einsum_op_handler
 from morph_net.keras import _blocks
+from morph_net.keras import _keras_graph
 from morph_net.keras import _width_rules as rules
 
 
@@ -255,7 +256,7 @@ def _config_works(layer):
   try:
     layer.get_config()
     return True
-  except (NotImplementedError, AttributeError, TypeError):
+  except _blocks.CONFIG_ERRORS:
     return False
 
 
@@ -275,8 +276,7 @@ def _is_custom(op):
   """A layer whose class is not Keras's own, or a subclassed model
   (functional and Sequential models, and ops, are not)."""
   if isinstance(op, keras.Model):
-    return not (isinstance(op, keras.Sequential) or
-                hasattr(op, '_nodes_by_depth'))
+    return _keras_graph.is_subclassed(op)
   return isinstance(op, keras.layers.Layer) and not type(
       op).__module__.startswith('keras.')
 

@@ -190,7 +190,7 @@ class CostForecast:
     self._sources = list(self._manager.sources)
     self._kinds = [_proximal.source_kind(s, proximal=False)
                    for s in self._sources]
-    self._axes = [0 if k == 'gate' else _proximal.channel_axis(s, k)
+    self._axes = [_proximal.channel_axis(s, k)
                   for s, k in zip(self._sources, self._kinds)]
     self._l1 = [_proximal.l1_fraction(s, k)
                 for s, k in zip(self._sources, self._kinds)]
@@ -216,8 +216,7 @@ class CostForecast:
     for s, kind, axis, l1 in zip(self._sources, self._kinds, self._axes,
                                  self._l1):
       value = tf.cast(tf.convert_to_tensor(s.param), tf.float32)
-      out.append((value, value if kind == 'gate' else
-                  _proximal.channel_norms(kind, value, axis, l1)))
+      out.append((value, _proximal.channel_norms(kind, value, axis, l1)))
     return out
 
   def build(self):

@@ -117,9 +117,10 @@ def last_structure(log_dir, model=None, max_cost=None, cost='flops',
   Files are taken in (step, rerun) order, last first (see
   `structure_exporter.structure_files`); with `paths` (e.g. a
   `StructureExporterCallback`'s `saved_paths`) only those files, last
-  first. With `model` and `max_cost`, the last one whose `structure_cost`
-  on `model` is at most `max_cost` (so the choice does not depend on how
-  the exporter was configured). (None, None) if there is none.
+  first. With `model` (or its analysis) and `max_cost`, the last one whose
+  `structure_cost` on `model` is at most `max_cost` (so the choice does not
+  depend on how the exporter was configured). (None, None) if there is
+  none.
   """
   if paths is None:
     candidates = [p for _, _, p in reversed(
@@ -210,15 +211,15 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
         callbacks_lib.StructureExporterCallback(
             reg, cycle_dir, save_every_n_steps, summary_subdir=None), target)
     fit(trainer, 'shrink', [exporter])
+    # One trace of the current network serves the choice of structure, its
+    # cost, the expansion and the slim model.
+    analysis = slim_lib.analysis_of(current, sig)
     # Only files this shrink wrote: never another run's.
-    structure, path = last_structure(cycle_dir, current, target, cost,
+    structure, path = last_structure(cycle_dir, analysis, target, cost,
                                      paths=exporter.saved_paths)
     met = structure is not None
     if structure is None:  # nothing at or under the target: take the end
-      structure = slim_lib.resolve_structure(current, reg, sig)[0]
-    # One trace of the current network serves the cost, the expansion and
-    # the slim model.
-    analysis = slim_lib.analysis_of(current, sig)
+      structure = analysis.resolve(reg)[0]
     exported_cost = expand_lib.structure_cost(analysis, structure, cost=cost)
     expanded = expand_lib.expand_structure(analysis, structure, budget,
                                            cost=cost, round_to=round_to)

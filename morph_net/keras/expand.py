@@ -53,7 +53,6 @@ def structure_cost(model, structure, cost='flops', round_to=1,
   """
   kind = _cost_kind(cost)
   analysis = _structure.analysis_of(model, input_signature)
-  model = analysis.model
   counts, _ = analysis.resolve(structure)
   return _cost(analysis, counts, kind, round_to)
 
@@ -126,13 +125,19 @@ def expand_structure(model, structure, target_cost, cost='flops',
                      % (target_cost,))
   kind = None if callable(cost) else _cost_kind(cost)
   analysis = _structure.analysis_of(model, input_signature)
-  model = analysis.model
   counts, _ = analysis.resolve(structure)
 
   quanta = {k: analysis.quantum(k) for k in counts}
   ties = analysis.tie_groups()
 
+  scaled_at, cost_at = {}, {}  # the search asks for a w more than once
+
   def scale(w):
+    if w not in scaled_at:
+      scaled_at[w] = _scaled(w)
+    return scaled_at[w]
+
+  def _scaled(w):
     # Multiples of each layer's quantum (split shares, whole attention
     # heads, groups; see framework.constraints) and of round_to.
     scaled = {k: analysis.round_count(
@@ -153,13 +158,14 @@ def expand_structure(model, structure, target_cost, cost='flops',
       _, widths, fixed = analysis.assign(counts_now, fix=True)
     return fixed
 
-  if kind is None:
-    def evaluate(scaled):
-      return float(cost(slim_lib.slim_model(
+  def evaluate(scaled):
+    key = tuple(sorted(scaled.items()))
+    if key not in cost_at:
+      cost_at[key] = (float(cost(slim_lib.slim_model(
           analysis, scaled, input_signature=input_signature)))
-  else:
-    def evaluate(scaled):
-      return _cost(analysis, scaled, kind, fix=True)
+                      if kind is None else
+                      _cost(analysis, scaled, kind, fix=True))
+    return cost_at[key]
 
   lo = 0.0
   lowest = evaluate(scale(lo))
