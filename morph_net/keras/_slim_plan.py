@@ -102,7 +102,10 @@ def make_plan(analysis, widths, alive, round_to=1, warn=False):
   """
   check_round_to(round_to)
   model = as_functional(analysis.model)
-  plan = _propagate(analysis, model, widths, alive, round_to, set())
+  # Per-label widths depend on `widths` only, not on which removals are
+  # forced: computed once for every pass.
+  values = analysis.assign(widths, fix=True)[0]
+  plan = _propagate(analysis, model, widths, values, alive, round_to, set())
   if not plan.outputs_removed:
     return plan
   order = {k: i for i, k in enumerate(analysis.entries)}
@@ -111,16 +114,17 @@ def make_plan(analysis, widths, alive, round_to=1, warn=False):
   forced = set()
   for key in zeros:  # Removing this one alone kills an output.
     others = set(zeros) - {key}
-    if _propagate(analysis, model, widths, alive, round_to,
+    if _propagate(analysis, model, widths, values, alive, round_to,
                   others).outputs_removed:
       forced.add(key)
-  plan = _propagate(analysis, model, widths, alive, round_to, forced)
+  plan = _propagate(analysis, model, widths, values, alive, round_to, forced)
   for key in zeros:  # Removals that only kill an output together.
     if not plan.outputs_removed:
       break
     if key not in forced:
       forced.add(key)
-      plan = _propagate(analysis, model, widths, alive, round_to, forced)
+      plan = _propagate(analysis, model, widths, values, alive, round_to,
+                        forced)
   plan.forced = tuple(sorted(forced, key=order.get))
   if warn:
     for key in plan.forced:
@@ -131,10 +135,10 @@ def make_plan(analysis, widths, alive, round_to=1, warn=False):
   return plan
 
 
-def _propagate(analysis, model, widths, alive, round_to, forced):
+def _propagate(analysis, model, widths, values, alive, round_to, forced):
   plan = Plan(model)
   plan.analysis, plan.alive = analysis, alive
-  plan.label_values = analysis.assign(widths, fix=True)[0]
+  plan.label_values = values
   for x in model.inputs:
     plan.info[id(x)] = Channels(width(x))
   ctx = (analysis, widths, alive, round_to, forced, alive is not None)

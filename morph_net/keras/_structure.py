@@ -292,8 +292,9 @@ class Analysis:
     every analyzed tensor gets a whole number of channels (a split's
     slices, whole attention heads) and layers one config field sets have
     equal counts. Layers given alive vectors keep whichever channels are
-    alive, so only pure counts are checked for whole slices."""
-    values, widths, _ = self.assign(counts)
+    alive, so only pure counts are checked for whole slices. Returns
+    `assign(counts)`, which the check computed."""
+    values, widths, fixed = self.assign(counts)
     for group in self.tie_groups():
       if len({widths[k] for k in group}) > 1:
         raise TiedCountsError(
@@ -311,15 +312,14 @@ class Analysis:
             '%d input channels; its layer\'s block requires a multiple of %d '
             '(a config check such as hidden_dim %% num_heads == 0)'
             % (total, m))
-    if alive:
-      return
-    for op_name, labels in self._tensor_labels():
+    for op_name, labels in [] if alive else self._tensor_labels():
       total = float(values[labels].sum())
       if abs(total - round(total)) > 1e-6:
         raise self._count_error(
             counts, op_name, labels, '%g channels: it keeps a share of their '
             'channels (a split into parts, whole attention heads, a grouped '
             'convolution\'s groups)' % total)
+    return values, widths, fixed
 
   def _count_error(self, counts, op_name, labels, what):
     """The error for counts giving op `op_name` (`labels`) `what`."""

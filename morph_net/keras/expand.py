@@ -62,9 +62,8 @@ def _cost(analysis, counts, kind, round_to=1, fix=False):
   _structure.check_round_to(round_to)
   rounded = {k: analysis.round_count(k, c, round_to)
              for k, c in counts.items()}
-  if not fix:
-    analysis.check_counts(rounded)
-  values, widths, _ = analysis.assign(rounded, fix=fix)
+  values, widths, _ = (analysis.assign(rounded, fix=True) if fix else
+                       analysis.check_counts(rounded))
   if any(w == 0 for w in widths.values()):  # topology morphing
     plan, widths = slim_lib.plan_structure(analysis, counts, None, round_to,
                                            fix=fix)

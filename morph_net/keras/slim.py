@@ -171,11 +171,10 @@ def _slim_subclassed(analysis, structure, transfer_weights, round_to,
   _structure.check_round_to(round_to)
   rounded = {k: analysis.round_count(k, c, round_to)
              for k, c in counts.items()}
-  analysis.check_counts(rounded, alive)
+  values, widths, _ = analysis.check_counts(rounded, alive)
   if alive is not None:
     alive = {k: _pad(v, rounded[k], analysis.width(k))
              for k, v in alive.items()}
-  values, widths, _ = analysis.assign(rounded)
   zero = [k for k, w in widths.items() if w == 0]
   if zero:
     raise NotImplementedError(
@@ -269,13 +268,12 @@ def plan_structure(analysis, counts, alive, round_to=1, warn=False,
   """
   rounded = {k: analysis.round_count(k, c, round_to)
              for k, c in counts.items()}
-  if not fix:
-    analysis.check_counts(rounded, alive)
+  _, widths, _ = (analysis.assign(rounded, fix=True) if fix else
+                  analysis.check_counts(rounded, alive))
   if alive is not None:
     alive = {k: _pad(v, rounded[k], analysis.width(k))
              for k, v in alive.items()}
     analysis.assign_alive(alive)
-  _, widths, _ = analysis.assign(rounded, fix=fix)
   plan = _slim_plan.make_plan(analysis, widths, alive, round_to, warn)
   _check_reached(analysis, plan, widths)
   for key in plan.forced:
