@@ -135,15 +135,20 @@ def import_custom_modules(names):
 
 
 # ---------------------------------------------------------------- outputs
+def check_output_dir(path):
+  """Refuses an output path whose directory is missing."""
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise CLIError('output %s: directory %s does not exist'
+                   % (path, directory))
+
+
 def check_output(path, inputs, overwrite):
   """Refuses an output path that is one of `inputs`, or that exists
   without `overwrite`, or whose directory is missing."""
   if not path.endswith('.keras'):
     raise CLIError('output %s: must end with .keras' % path)
-  directory = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory):
-    raise CLIError('output %s: directory %s does not exist'
-                   % (path, directory))
+  check_output_dir(path)
   if not os.path.exists(path):
     return
   for source in inputs:

@@ -28,6 +28,7 @@ import zipfile
 
 from morph_net._cli_files import check_file
 from morph_net._cli_files import check_output
+from morph_net._cli_files import check_output_dir
 from morph_net._cli_files import CLIError
 from morph_net._cli_files import custom_class_message
 from morph_net._cli_files import import_custom_modules
@@ -150,11 +151,9 @@ def _analyze(model, input_signature=None):
 
 
 def _save_model_atomically(model, path, overwrite=True):
-  from morph_net.framework import atomic_files as _atomic  # pylint: disable=g-import-not-at-top
+  from morph_net.keras import _saving  # pylint: disable=g-import-not-at-top
   try:
-    with _atomic.atomic_path(path, suffix='.keras',
-                             overwrite=overwrite) as tmp:
-      model.save(tmp)
+    _saving.save(model.save, path, overwrite, _saving.MODEL_SUFFIXES)
   except FileExistsError:
     raise CLIError('output %s: was created by someone else while the slim '
                    'model was built; it was kept. Pass --overwrite to '
@@ -246,10 +245,7 @@ def cmd_profile(args):
   if not widths or not all(0 < w <= 1 for w in widths):
     raise CLIError('--widths %r: expected comma-separated multipliers in '
                    '(0, 1], e.g. 0.25,0.5,1' % args.widths)
-  out_dir = os.path.dirname(os.path.abspath(args.output))
-  if not os.path.isdir(out_dir):
-    raise CLIError('output %s: directory %s does not exist'
-                   % (args.output, out_dir))
+  check_output_dir(args.output)
   models = [load_model(path) for path in args.models]
   from morph_net.network_regularizers import hardware  # pylint: disable=g-import-not-at-top
   from morph_net.keras import profile  # pylint: disable=g-import-not-at-top
@@ -291,10 +287,7 @@ def cmd_plot(args):
     order = [l.name for l in report.layers if l.name in structure]
     learned = {n: structure[n] for n in order + [
         n for n in structure if n not in order]}
-  out_dir = os.path.dirname(os.path.abspath(args.output))
-  if not os.path.isdir(out_dir):
-    raise CLIError('output %s: directory %s does not exist'
-                   % (args.output, out_dir))
+  check_output_dir(args.output)
   try:
     plot.plot_widths(learned, args.output, seed=seed,
                      title=args.title or os.path.basename(args.structure),
