@@ -249,6 +249,8 @@ class OpRegularizerManager:
       by_kind.setdefault(s.regularizer_cls, []).append((s, nodes))
     self._source_batches = [(cls, [s for s, _ in items])
                             for cls, items in by_kind.items()]
+    self._relative = sources_lib.relative_plans(self._source_batches,
+                                                self._normalized)
     ordered_nodes = [n for items in by_kind.values() for _, n in items]
     src_labels = (labels[np.concatenate(ordered_nodes)] if ordered_nodes
                   else np.zeros([0], np.int64))
@@ -417,7 +419,7 @@ class OpRegularizerManager:
       decorate = functools.partial(self._decorator, **self._decorator_params)
     reg, alive = sources_lib.source_vectors(
         self._source_batches, self._param, decorate,
-        lambda s: len(self._tensor_nodes[s.tensor.name]), self._normalized)
+        lambda s: len(self._tensor_nodes[s.tensor.name]), self._relative)
     classes = tf.constant(self._source_classes)
     n = self._num_classes
     class_reg = self._grouping.segment_reduce(reg, classes,

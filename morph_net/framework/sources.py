@@ -22,7 +22,7 @@ class VectorRegularizer:
 
 
 def source_vectors(source_batches, read, decorate=None, size=None,
-                   normalized=frozenset()):
+                   relative_plan=None):
   """(regularization, alive) of every source channel, float32, in batch order.
 
   Args:
@@ -31,11 +31,12 @@ def source_vectors(source_batches, read, decorate=None, size=None,
     read: source -> the value to read for its variable.
     decorate: optional op regularizer -> op regularizer, applied source by
       source (opt-in; not vectorized); `size(source)` gives its channels.
-    normalized: names of source ops whose vectors are measured relative to
-      the source's own scale (`relative`).
+    relative_plan: `relative_plans(source_batches, normalized)`, for
+      sources measured relative to their own scale (`relative`); None if
+      there are none.
   """
   regs, alives = [], []
-  for cls, sources in source_batches:
+  for i, (cls, sources) in enumerate(source_batches):
     values = [read(s) for s in sources]
     settings = [s.setting for s in sources]
     if getattr(cls, 'takes_variables', False):  # e.g. gates' records
@@ -44,9 +45,8 @@ def source_vectors(source_batches, read, decorate=None, size=None,
     else:
       reg, alive = cls.batch_vectors(values, settings)
     reg = tf.cast(reg, tf.float32)
-    if any(s.op.name in normalized for s in sources):
-      counts = [cls.num_channels(s.param, s.setting) for s in sources]
-      reg, alive = relative(reg, alive, sources, counts, normalized)
+    if relative_plan and relative_plan[i] is not None:
+      reg, alive = relative(reg, alive, relative_plan[i])
     regs.append(reg)
     alives.append(tf.cast(alive, tf.float32))
   reg = tf.concat(regs, 0) if len(regs) > 1 else regs[0]
@@ -71,7 +71,27 @@ def threshold(source):
   return float(setting[0] if isinstance(setting, tuple) else setting)
 
 
-def relative(reg, alive, sources, counts, normalized):
+def relative_plans(source_batches, normalized):
+  """Per source batch, what `relative` needs (None for a batch without a
+  normalized source): a channel's source index, its flag, its threshold,
+  and the number of sources. It depends on the analysis only: computed
+  once per manager, not per step."""
+  plans = []
+  for cls, sources in source_batches:
+    if not any(s.op.name in normalized for s in sources):
+      plans.append(None)
+      continue
+    counts = [cls.num_channels(s.param, s.setting) for s in sources]
+    plans.append((
+        np.repeat(np.arange(len(sources)), counts).astype(np.int32),
+        np.repeat([s.op.name in normalized for s in sources], counts),
+        np.repeat([threshold(s) if s.op.name in normalized else 0.0
+                   for s in sources], counts).astype(np.float32),
+        len(sources)))
+  return plans
+
+
+def relative(reg, alive, plan):
   """Vectors of scale-free sources measured in units of their own scale.
 
   A normalized source's regularization r_c becomes r_c / s, s = RMS of
@@ -86,18 +106,12 @@ def relative(reg, alive, sources, counts, normalized):
 
   Args:
     reg, alive: one batch's concatenated vectors.
-    sources: the batch's sources; `counts` their channel counts.
-    normalized: names of the source ops to normalize.
+    plan: the batch's entry of `relative_plans`.
   """
-  segments = np.repeat(np.arange(len(sources)), counts)
-  ids = tf.constant(segments, tf.int32)
+  ids, flags, limits, num_sources = plan
   mean_square = tf.math.unsorted_segment_mean(tf.square(reg), ids,
-                                              len(sources))
+                                              num_sources)
   scale = tf.sqrt(mean_square + 1e-24)
-  flags = tf.constant(np.repeat([s.op.name in normalized for s in sources],
-                                counts))
-  limits = np.repeat([threshold(s) if s.op.name in normalized else 0.0
-                      for s in sources], counts).astype(np.float32)
   rel = reg / tf.gather(scale, ids)
   return (tf.where(flags, rel, reg),
           tf.where(flags, rel > limits, tf.cast(alive, tf.bool)))
