@@ -27,8 +27,9 @@ L = keras.layers
 # interrupt landed inside `save`, then waits for 'go' (or 'stop'), ignoring
 # a late SIGINT while it waits.
 _CHILD = r'''
-import signal, sys
+import faulthandler, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # background jobs ignore it
+faulthandler.register(signal.SIGUSR1)  # the test dumps the stacks of a stuck child
 import numpy as np
 import keras
 import morph_net.keras as mk
@@ -85,6 +86,7 @@ class _Child:
           [sys.executable, '-c', _CHILD, path], stdin=subprocess.PIPE,
           stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     self.lines = queue.Queue()
+    self.events = []  # what the test saw and did, for a failure message
     threading.Thread(target=self._read, daemon=True).start()
 
   def _read(self):
@@ -104,6 +106,7 @@ class _Child:
       if line is None:
         with open(self._log) as f:
           pytest.fail('the saving child died: %s' % f.read()[-3000:])
+      self.events.append(' '.join(line))
       if line and line[0] in words:
         return line
 
@@ -122,14 +125,21 @@ class _Child:
     a program swallowed: press again.
     """
     for _ in range(24):
+      self.events.append('SIGINT')
       self.proc.send_signal(signal.SIGINT)
       line = self.next(('interrupted',), timeout=5)
       if line is not None:
         return line
+    self.proc.send_signal(signal.SIGUSR1)  # faulthandler: where it is stuck
+    time.sleep(2)
     self.proc.kill()
-    pytest.fail('the saving child ignored SIGINT for 2 minutes')
+    with open(self._log) as f:
+      pytest.fail('the saving child ignored SIGINT for 2 minutes; the '
+                  'test saw and did: %s; its stacks:\n%s'
+                  % (', '.join(self.events[-30:]), f.read()[-6000:]))
 
   def say(self, text):
+    self.events.append(text)
     self.proc.stdin.write(text + '\n')
     self.proc.stdin.flush()
 
@@ -355,3 +365,48 @@ def test_an_interrupt_inside_the_zip_writer_is_reported_as_an_interrupt(
   with pytest.raises(ValueError, match='not an interrupt'):
     _saving.save(fails, str(path), True, ('.keras',))
   assert path.read_bytes() == b'the old model'
+
+
+def _swallowed_sigint():
+  """A SIGINT delivered here and swallowed, as C code that clears Python
+  errors does (NumPy's __array__ probe turned one into a TypeError)."""
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1.0)  # the handler runs on the next bytecode
+  except KeyboardInterrupt:
+    pass
+
+
+def test_a_swallowed_interrupt_still_stops_the_save(tmp_path):
+  from morph_net.keras import _saving  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'model.keras'
+  path.write_bytes(b'the old model')
+
+  def turned_into_type_error(tmp, overwrite=True):
+    del overwrite
+    with open(tmp, 'wb') as f:
+      f.write(b'half of a new')
+    _swallowed_sigint()
+    raise TypeError("__array__() got an unexpected keyword argument 'copy'")
+
+  with pytest.raises(KeyboardInterrupt, match='keeps what it held'):
+    _saving.save(turned_into_type_error, str(path), True, ('.keras',))
+  assert path.read_bytes() == b'the old model'
+  assert sorted(os.listdir(tmp_path)) == ['model.keras']
+
+  def finished_anyway(tmp, overwrite=True):
+    del overwrite
+    _swallowed_sigint()
+    with open(tmp, 'wb') as f:
+      f.write(b'the new model')
+
+  with pytest.raises(KeyboardInterrupt, match='was completed'):
+    _saving.save(finished_anyway, str(path), True, ('.keras',))
+  assert path.read_bytes() == b'the new model'
+  assert sorted(os.listdir(tmp_path)) == ['model.keras']
+  # The handler in place before the save is back, and a save with no
+  # interrupt raises nothing.
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  _saving.save(lambda tmp, overwrite=True: open(tmp, 'wb').close(),
+               str(path), True, ('.keras',))
+  assert path.read_bytes() == b''

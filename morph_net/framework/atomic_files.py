@@ -13,7 +13,9 @@ were killed (their process is gone and the file has not been touched for
 import contextlib
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 
 __all__ = ['atomic_path', 'naming_destination', 'write_text',
@@ -118,14 +120,18 @@ def atomic_path(path, suffix='', overwrite=True):
       (see `naming_destination`), and `path` is unchanged.
   """
   directory = os.path.dirname(os.path.abspath(path))
-  remove_stale_temp_files(directory)
+  tmp = None
   try:
-    fd, tmp = tempfile.mkstemp(prefix='%s%d_' % (_PREFIX, os.getpid()),
-                               suffix=suffix, dir=directory)
-  except OSError as e:
-    _reraise_naming(e, path)
-  os.close(fd)
-  try:
+    # A Ctrl-C between creating the temp file and knowing its name would
+    # leave it behind: it is delivered once `tmp` is set (and removed).
+    with _interrupts_deferred():
+      remove_stale_temp_files(directory)
+      try:
+        fd, tmp = tempfile.mkstemp(prefix='%s%d_' % (_PREFIX, os.getpid()),
+                                   suffix=suffix, dir=directory)
+      except OSError as e:
+        _reraise_naming(e, path)
+      os.close(fd)
     yield tmp
     _default_permissions(tmp)
     _fsync(tmp)
@@ -136,9 +142,33 @@ def atomic_path(path, suffix='', overwrite=True):
   except OSError as e:
     _reraise_naming(e, path)
   finally:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
+    with _interrupts_deferred():  # a second Ctrl-C: remove first
+      if tmp is not None:
+        with contextlib.suppress(OSError):
+          os.remove(tmp)
   _fsync(directory)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+  """SIGINT (Ctrl-C) that arrives while the body runs is delivered when it
+  ends, to the handler in place before. Only the main thread handles
+  signals; elsewhere, or where SIGINT is not handled from Python, this
+  does nothing."""
+  previous = None
+  if threading.current_thread() is threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+  if not callable(previous):
+    yield
+    return
+  held = []
+  signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    if held:
+      previous(signal.SIGINT, held[0])
 
 
 def _reraise_naming(error, path):

@@ -6,8 +6,11 @@ was there, never half a model (`morph_net.framework.atomic_files`, the
 one atomic writer).
 """
 
+import contextlib
 import errno
 import os
+import signal
+import threading
 
 from morph_net.framework import atomic_files as _atomic
 
@@ -48,6 +51,9 @@ def save(write, filepath, overwrite, suffixes, **kwargs):
       would prompt on stdin).
     OSError: the write failed; the message names `filepath`, which keeps
       what it held.
+    KeyboardInterrupt: a Ctrl-C arrived during the save, also where the
+      code it landed in swallowed it or turned it into another error (the
+      message says whether `filepath` holds the new file or the old one).
   """
   suffix = _suffix(filepath, kwargs.get('zipped'), suffixes)
   if suffix is None:
@@ -56,18 +62,53 @@ def save(write, filepath, overwrite, suffixes, **kwargs):
     raise FileExistsError(
         errno.EEXIST, 'exists and overwrite=False; nothing was written',
         os.fspath(filepath))
-  with _atomic.atomic_path(filepath, suffix=suffix,
-                           overwrite=overwrite) as tmp:
-    try:
-      write(tmp, overwrite=True, **kwargs)
-    except Exception as e:  # pylint: disable=broad-except
-      interrupt = _interrupt_behind(e)
-      if interrupt is None:
-        raise
-      # Ctrl-C inside Keras's zip writer surfaces as zipfile's "Can't close
-      # the ZIP file while there is an open writing handle": say what
-      # happened (the temporary file is removed; `filepath` is untouched).
-      raise interrupt from None
+  with _noting_interrupts() as noted:
+    with _atomic.atomic_path(filepath, suffix=suffix,
+                             overwrite=overwrite) as tmp:
+      try:
+        write(tmp, overwrite=True, **kwargs)
+      except Exception as e:  # pylint: disable=broad-except
+        interrupt = _interrupt_behind(e)
+        if interrupt is None and not noted:
+          raise
+        # Ctrl-C inside third-party code can surface as another error
+        # (zipfile's "Can't close the ZIP file while there is an open
+        # writing handle", NumPy's "__array__() got an unexpected keyword
+        # argument 'copy'"): say what happened (the temporary file is
+        # removed; `filepath` is untouched).
+        raise interrupt or KeyboardInterrupt(
+            'Ctrl-C during the save of %s, which keeps what it held'
+            % os.fspath(filepath)) from None
+  if noted:
+    # C code swallowed the Ctrl-C and the save finished: `filepath` holds
+    # the new file; stop as the user asked.
+    raise KeyboardInterrupt('Ctrl-C during the save of %s, which was '
+                            'completed' % os.fspath(filepath))
+
+
+@contextlib.contextmanager
+def _noting_interrupts():
+  """Yields a list that gets an entry for each SIGINT delivered while the
+  body runs; the SIGINT handler in place still runs as before. Only the
+  main thread receives signals (elsewhere, and where SIGINT is ignored or
+  not handled from Python, the list stays empty)."""
+  noted = []
+  previous = None
+  if threading.current_thread() is threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+  if not callable(previous):
+    yield noted
+    return
+
+  def note(signum, frame):
+    noted.append(signum)
+    previous(signum, frame)
+
+  signal.signal(signal.SIGINT, note)
+  try:
+    yield noted
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def _interrupt_behind(error):
