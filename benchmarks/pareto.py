@@ -105,7 +105,8 @@ METHOD = {
     'figs_prob_kwargs': {'regularize_on_mask': False},
     'gate_kwargs': {},             # LogisticSigmoidGating (defaults)
     'controller': 'default',       # add_regularizer(target_cost=T)
-    'shrink_learning_rate': 1e-2,  # Adam, constant, from the trained seed
+    'shrink_optimizer': 'adam',    # 'adam' or 'momentum' (SGD, 0.9)
+    'shrink_learning_rate': 1e-2,  # constant, from the trained seed
     'shrink_epochs': 6,
     'export_every_steps': 10,
 }
@@ -328,6 +329,19 @@ def make_regularizer(family, resource, model):
   raise ValueError('unknown family %r' % (family,))
 
 
+def shrink_optimizer(name):
+  """The shrink's optimizer: 'adam' (Adam) or 'momentum' (SGD with momentum
+  0.9), at METHOD['shrink_learning_rate'], constant."""
+  import keras  # pylint: disable=g-import-not-at-top
+  lr = METHOD['shrink_learning_rate']
+  if name == 'adam':
+    return keras.optimizers.Adam(lr)
+  if name == 'momentum':
+    return keras.optimizers.SGD(lr, momentum=0.9)
+  raise ValueError("shrink_optimizer must be 'adam' or 'momentum', got %r"
+                   % (name,))
+
+
 def shrink(seed_model, family, resource, data, epochs, log_dir):
   """Learns one structure: the seed shrunk toward shrink_to x its cost.
 
@@ -350,7 +364,7 @@ def shrink(seed_model, family, resource, data, epochs, log_dir):
       reg, log_dir, METHOD['export_every_steps'], summary_subdir=None),
                                      target)
   keras.utils.set_random_seed(SHRINK_SEED)
-  trainer.compile(keras.optimizers.Adam(METHOD['shrink_learning_rate']),
+  trainer.compile(shrink_optimizer(METHOD['shrink_optimizer']),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   trainer.fit(data[0], data[1], batch_size=BATCH, epochs=epochs, verbose=0,
               callbacks=[exporter])
