@@ -35,6 +35,12 @@ import keras
 import morph_net.keras as mk
 from morph_net.network_regularizers import flop_regularizer
 
+def tell(line):
+  # One write per line: print() writes the text and the newline apart, and
+  # a Ctrl-C between them glued 'saved 50' and 'interrupted ...' together.
+  sys.stdout.write(line + '\n')
+  sys.stdout.flush()
+
 def command():
   while True:
     try:
@@ -63,10 +69,10 @@ def main(path):
         trainer.save(path)
         in_save = False
         saved = version
-        print('saved %d' % saved, flush=True)
+        tell('saved %d' % saved)
     except KeyboardInterrupt:
       pass
-    print('interrupted %d %d %d' % (saved, version, in_save), flush=True)
+    tell('interrupted %d %d %d' % (saved, version, in_save))
     if command() != 'go':
       return
 
@@ -410,3 +416,27 @@ def test_a_swallowed_interrupt_still_stops_the_save(tmp_path):
   _saving.save(lambda tmp, overwrite=True: open(tmp, 'wb').close(),
                str(path), True, ('.keras',))
   assert path.read_bytes() == b''
+
+
+def test_a_programs_own_sigint_handler_is_left_alone(tmp_path):
+  """A handler that only asks the program to stop (no exception) runs,
+  and the save completes without raising."""
+  from morph_net.keras import _saving  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'model.keras'
+  asked = []
+  previous = signal.signal(signal.SIGINT,
+                           lambda signum, frame: asked.append(signum))
+  try:
+    def write(tmp, overwrite=True):
+      del overwrite
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.5)
+      with open(tmp, 'wb') as f:
+        f.write(b'the new model')
+
+    _saving.save(write, str(path), True, ('.keras',))
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert asked == [signal.SIGINT]
+  assert path.read_bytes() == b'the new model'
+  assert sorted(os.listdir(tmp_path)) == ['model.keras']

@@ -89,14 +89,15 @@ def save(write, filepath, overwrite, suffixes, **kwargs):
 @contextlib.contextmanager
 def _noting_interrupts():
   """Yields a list that gets an entry for each SIGINT delivered while the
-  body runs; the SIGINT handler in place still runs as before. Only the
-  main thread receives signals (elsewhere, and where SIGINT is ignored or
-  not handled from Python, the list stays empty)."""
+  body runs, where SIGINT raises KeyboardInterrupt (Python's default
+  handler, which still runs). Only the main thread receives signals; a
+  program's own SIGINT handler (e.g. "stop after this epoch") is left
+  alone, and the list stays empty."""
   noted = []
   previous = None
   if threading.current_thread() is threading.main_thread():
     previous = signal.getsignal(signal.SIGINT)
-  if not callable(previous):
+  if previous is not signal.default_int_handler:
     yield noted
     return
 
