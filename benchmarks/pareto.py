@@ -342,6 +342,38 @@ def shrink_optimizer(name):
                    % (name,))
 
 
+def shrink_fit(seed_model, family, resource, data, epochs, optimizer=None,
+               callbacks=None, monitor=True):
+  """The shrink's fit, on a copy of the trained seed: the family's
+  regularizer toward METHOD['shrink_to'] x its cost under `target_cost`
+  (family None: no regularizer, a control), `optimizer` (a
+  `shrink_optimizer` name; METHOD's if None), `callbacks(reg, target)` the
+  fit's callbacks.
+
+  Returns:
+    (model, regularizer, start cost, target); the last three None for the
+    control.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
+  model = keras.models.clone_model(seed_model)
+  model.set_weights(seed_model.get_weights())
+  trainer, reg, start, target, extra = model, None, None, None, []
+  if family is not None:
+    reg = make_regularizer(family, resource, model)
+    start = float(reg.get_cost())
+    target = METHOD['shrink_to'] * start
+    trainer = mk.add_regularizer(model, reg, target_cost=target,
+                                 monitor=monitor)
+    extra = list(callbacks(reg, target)) if callbacks else []
+  keras.utils.set_random_seed(SHRINK_SEED)
+  trainer.compile(shrink_optimizer(optimizer or METHOD['shrink_optimizer']),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  trainer.fit(data[0], data[1], batch_size=BATCH, epochs=epochs, verbose=0,
+              callbacks=extra)
+  return model, reg, start, target
+
+
 def shrink(seed_model, family, resource, data, epochs, log_dir):
   """Learns one structure: the seed shrunk toward shrink_to x its cost.
 
@@ -350,24 +382,15 @@ def shrink(seed_model, family, resource, data, epochs, log_dir):
     target, or the end of the shrink if none was), 'met', 'target',
     'start_cost', 'end_cost', 'learned_cost' (in the resource's unit).
   """
-  import keras  # pylint: disable=g-import-not-at-top
   import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
   from morph_net.keras import budget  # pylint: disable=g-import-not-at-top
   from morph_net.keras import cycles  # pylint: disable=g-import-not-at-top
-  model = keras.models.clone_model(seed_model)
-  model.set_weights(seed_model.get_weights())
-  reg = make_regularizer(family, resource, model)
-  start = float(reg.get_cost())
-  target = METHOD['shrink_to'] * start
-  trainer = mk.add_regularizer(model, reg, target_cost=target)
-  exporter = budget.only_at_or_under(mk.StructureExporterCallback(
-      reg, log_dir, METHOD['export_every_steps'], summary_subdir=None),
-                                     target)
-  keras.utils.set_random_seed(SHRINK_SEED)
-  trainer.compile(shrink_optimizer(METHOD['shrink_optimizer']),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  trainer.fit(data[0], data[1], batch_size=BATCH, epochs=epochs, verbose=0,
-              callbacks=[exporter])
+  model, reg, start, target = shrink_fit(
+      seed_model, family, resource, data, epochs,
+      callbacks=lambda reg, target: [budget.only_at_or_under(
+          mk.StructureExporterCallback(reg, log_dir,
+                                       METHOD['export_every_steps'],
+                                       summary_subdir=None), target)])
   # log_dir is new for every shrink: every file in it is this shrink's.
   learned, _ = cycles.last_structure(log_dir, seed_model, target,
                                      cost=COST_NAMES[resource])

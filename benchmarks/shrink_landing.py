@@ -85,27 +85,20 @@ def parse_args(argv=None):
 def shrink(seed_model, family, resource, data, optimizer, epochs):
   """pareto.shrink's fit, with `optimizer` and a per-step cost record."""
   import keras  # pylint: disable=g-import-not-at-top
-  import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
-  model = keras.models.clone_model(seed_model)
-  model.set_weights(seed_model.get_weights())
-  reg = pareto.make_regularizer(family, resource, model)
-  start = float(reg.get_cost())
-  target = pareto.METHOD['shrink_to'] * start
-  trainer = mk.add_regularizer(model, reg, target_cost=target,
-                               monitor=False)
   steps = []
 
   class Record(keras.callbacks.Callback):
 
-    def on_train_batch_end(self, batch, logs=None):
-      steps.append(float(logs[reg.cost_name]) / target)
+    def __init__(self, reg, target):
+      super().__init__()
+      self._reg, self._target = reg, target
 
-  keras.utils.set_random_seed(pareto.SHRINK_SEED)
-  trainer.compile(pareto.shrink_optimizer(optimizer),
-                  keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True))
-  trainer.fit(data[0], data[1], batch_size=pareto.BATCH, epochs=epochs,
-              verbose=0, callbacks=[Record()])
+    def on_train_batch_end(self, batch, logs=None):
+      steps.append(float(logs[self._reg.cost_name]) / self._target)
+
+  model, reg, _, target = pareto.shrink_fit(
+      seed_model, family, resource, data, epochs, optimizer,
+      callbacks=lambda reg, target: [Record(reg, target)], monitor=False)
   per_epoch = len(steps) // epochs
   end = float(reg.get_cost()) / target
   return dict(end=end, in_band=BAND[0] <= end <= BAND[1],
@@ -154,14 +147,8 @@ def recalibrated(model, x):
 def control(seed_model, data, optimizer, epochs):
   """The shrink's fit with no regularizer: what the optimizer alone does
   to the seed's held-out accuracy."""
-  import keras  # pylint: disable=g-import-not-at-top
-  model = keras.models.clone_model(seed_model)
-  model.set_weights(seed_model.get_weights())
-  keras.utils.set_random_seed(pareto.SHRINK_SEED)
-  model.compile(pareto.shrink_optimizer(optimizer),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  model.fit(data[0], data[1], batch_size=pareto.BATCH, epochs=epochs,
-            verbose=0)
+  model = pareto.shrink_fit(seed_model, None, None, data, epochs,
+                            optimizer)[0]
   return dict(accuracy=recalibrated_accuracy(model, data),
               moving_stats_accuracy=pareto.accuracy(model, data))
 

@@ -18,8 +18,8 @@ import tempfile
 import threading
 import time
 
-__all__ = ['atomic_path', 'naming_destination', 'write_text',
-           'remove_stale_temp_files', 'STALE_AFTER_S']
+__all__ = ['atomic_path', 'interrupts_noted', 'naming_destination',
+           'write_text', 'remove_stale_temp_files', 'STALE_AFTER_S']
 
 _PREFIX = '.tmp_morphnet_'
 _OURS = re.compile(r'^\.tmp_morphnet_(\d+)_')
@@ -150,25 +150,57 @@ def atomic_path(path, suffix='', overwrite=True):
 
 
 @contextlib.contextmanager
-def _interrupts_deferred():
-  """SIGINT (Ctrl-C) that arrives while the body runs is delivered when it
-  ends, to the handler in place before. Only the main thread handles
-  signals; elsewhere, or where SIGINT is not handled from Python, this
-  does nothing."""
+def _sigint_swapped(accept, wrap):
+  """While the body runs, SIGINT goes to `wrap(previous)`, where the
+  handler in place, `previous`, satisfies `accept`; yields `previous`, or
+  None where nothing was swapped. Only the main thread handles signals:
+  elsewhere `previous` is None."""
   previous = None
   if threading.current_thread() is threading.main_thread():
     previous = signal.getsignal(signal.SIGINT)
-  if not callable(previous):
-    yield
+  if not accept(previous):
+    yield None
     return
-  held = []
-  signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+  signal.signal(signal.SIGINT, wrap(previous))
   try:
-    yield
+    yield previous
   finally:
     signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+  """SIGINT (Ctrl-C) that arrives while the body runs is delivered when it
+  ends, to the handler in place before (where SIGINT is handled from
+  Python, in the main thread)."""
+  held = []
+  previous = None
+  try:
+    with _sigint_swapped(callable, lambda _: lambda signum, frame:
+                         held.append(frame)) as previous:
+      yield
+  finally:
     if held:
       previous(signal.SIGINT, held[0])
+
+
+@contextlib.contextmanager
+def interrupts_noted():
+  """Yields a list that gets an entry for each SIGINT delivered while the
+  body runs, where SIGINT raises KeyboardInterrupt (Python's default
+  handler, which still runs). A program's own SIGINT handler (e.g. "stop
+  after this epoch") is left alone, and so is every thread but the main
+  one: the list stays empty."""
+  noted = []
+
+  def wrap(previous):
+    def note(signum, frame):
+      noted.append(signum)
+      previous(signum, frame)
+    return note
+
+  with _sigint_swapped(lambda h: h is signal.default_int_handler, wrap):
+    yield noted
 
 
 def _reraise_naming(error, path):

@@ -6,11 +6,8 @@ was there, never half a model (`morph_net.framework.atomic_files`, the
 one atomic writer).
 """
 
-import contextlib
 import errno
 import os
-import signal
-import threading
 
 from morph_net.framework import atomic_files as _atomic
 
@@ -62,7 +59,7 @@ def save(write, filepath, overwrite, suffixes, **kwargs):
     raise FileExistsError(
         errno.EEXIST, 'exists and overwrite=False; nothing was written',
         os.fspath(filepath))
-  with _noting_interrupts() as noted:
+  with _atomic.interrupts_noted() as noted:
     with _atomic.atomic_path(filepath, suffix=suffix,
                              overwrite=overwrite) as tmp:
       try:
@@ -84,32 +81,6 @@ def save(write, filepath, overwrite, suffixes, **kwargs):
     # the new file; stop as the user asked.
     raise KeyboardInterrupt('Ctrl-C during the save of %s, which was '
                             'completed' % os.fspath(filepath))
-
-
-@contextlib.contextmanager
-def _noting_interrupts():
-  """Yields a list that gets an entry for each SIGINT delivered while the
-  body runs, where SIGINT raises KeyboardInterrupt (Python's default
-  handler, which still runs). Only the main thread receives signals; a
-  program's own SIGINT handler (e.g. "stop after this epoch") is left
-  alone, and the list stays empty."""
-  noted = []
-  previous = None
-  if threading.current_thread() is threading.main_thread():
-    previous = signal.getsignal(signal.SIGINT)
-  if previous is not signal.default_int_handler:
-    yield noted
-    return
-
-  def note(signum, frame):
-    noted.append(signum)
-    previous(signum, frame)
-
-  signal.signal(signal.SIGINT, note)
-  try:
-    yield noted
-  finally:
-    signal.signal(signal.SIGINT, previous)
 
 
 def _interrupt_behind(error):
