@@ -383,7 +383,17 @@ def _swallowed_sigint():
     pass
 
 
-def test_a_swallowed_interrupt_still_stops_the_save(tmp_path):
+@pytest.fixture
+def default_sigint():
+  """Python's default SIGINT handler for the test's duration: a process
+  started in the background (`pytest &`) inherits SIGINT ignored."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)
+
+
+def test_a_swallowed_interrupt_still_stops_the_save(tmp_path, default_sigint):
+  del default_sigint
   from morph_net.keras import _saving  # pylint: disable=g-import-not-at-top
   path = tmp_path / 'model.keras'
   path.write_bytes(b'the old model')
