@@ -198,8 +198,9 @@ def _two_gates(seed=0):
 def test_gates_move_by_their_cost_weight_only_when_decoupled(decoupled):
   """FLOPs per channel: g1's 2 x (4 + 32) = 72, g2's 2 x (8 + 2) = 20.
   Inside Adam both logits fall by about the learning rate per step;
-  decoupled (exact_zeros=True: the term's gradient step after the update)
-  g1's fall about 72/20 times faster than g2's."""
+  decoupled (exact_zeros=True: the gate step after the update, with no
+  task gradient here) g1's fall about 72/20 times faster than g2's (a
+  little more as g1 nears 0, where sigmoid' is larger)."""
   model = _two_gates()
   reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(
       model, regularize_on_mask=False)
@@ -210,8 +211,8 @@ def test_gates_move_by_their_cost_weight_only_when_decoupled(decoupled):
   before = [model.get_layer(n).mask_logits.numpy().copy()
             for n in ('g1', 'g2')]
   x = np.zeros((64, 4), 'float32')  # no data: only the term moves gates
-  trainer.fit(x, np.zeros((64, 2), 'float32'), batch_size=16, epochs=3,
-              verbose=0)
+  trainer.fit(x, np.zeros((64, 2), 'float32'), batch_size=16,
+              epochs=1 if decoupled else 3, verbose=0)
   fall = [float(np.mean(b - model.get_layer(n).mask_logits.numpy()))
           for b, n in zip(before, ('g1', 'g2'))]
   assert fall[0] > 0 and fall[1] > 0, fall

@@ -22,11 +22,22 @@ threshold] freely.
 
 Supported sources: BatchNorm gammas (Gamma regularizers) and group lasso
 with l1_fraction=0. LogisticSigmoid gates have no zero to snap to: their
-logits take the term's gradient step after each update instead, outside the
-optimizer (decoupled, like the gammas' shrink under Adam), so that each
-gate moves in proportion to its cost weight; inside Adam every logit moves
-by about the learning rate whatever it costs.
+logits leave the optimizer altogether (`GateStep`). The gradient of the
+task loss that reaches them through their training masks is collected
+during the step (`activation_gating.task_gradients_diverted`), and after
+the update each logit takes one step down the regularized loss,
+task gradient + strength x term gradient, divided by one running RMS of
+that gradient over all gates, times `gate_rate`. One scale for every gate
+keeps the balance of the two gradients, so a gate settles where its
+channel's value to the task equals strength x its cost weight (the
+optimality condition of task + strength x term) under any optimizer; the
+scale only sets the speed, in logits per step. Inside Adam every logit
+would move by about the learning rate whatever its channel costs, and
+inside SGD the logits would move far slower than the weights (their
+gradients are 1e-4..1e-3).
 """
+
+import contextlib
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +47,10 @@ from morph_net.keras import _distribute
 from morph_net.op_regularizers import gamma_l1_regularizer
 from morph_net.op_regularizers import group_lasso_regularizer
 from morph_net.op_regularizers import logistic_sigmoid_regularizer
+from morph_net.probabilistic_gating import activation_gating
+
+# Logits per step of a gate whose gradient is at the gates' RMS.
+DEFAULT_GATE_RATE = 0.05
 
 
 def source_kind(source, proximal=True):
@@ -119,7 +134,7 @@ class ProximalStep:
       with l1_fraction=0, or is not a variable.
   """
 
-  def __init__(self, regularizer):
+  def __init__(self, regularizer, gate_rate=DEFAULT_GATE_RATE):
     if not supports_exact_zeros(regularizer):
       kinds = sorted({s.regularizer_cls.__name__ for s in getattr(
           regularizer.op_regularizer_manager, 'sources', [])})
@@ -142,6 +157,16 @@ class ProximalStep:
     self._relative = [s.op.name in relative for s in self._sources]
     self._weights = None
     self._alive = None
+    gates = [s.param for s, k in zip(self._sources, self._kinds)
+             if k == 'gate']
+    self._gate_step = GateStep(gates, gate_rate) if gates else None
+
+  def diverting(self):
+    """Context for building or tracing the training step: gates hand their
+    task gradient to the gate step instead of the optimizer."""
+    if self._gate_step is None:
+      return contextlib.nullcontext()
+    return self._gate_step.diverting()
 
   @property
   def variables(self):
@@ -199,6 +224,8 @@ class ProximalStep:
     """Creates the weight cache and the alive flags (eagerly, once)."""
     if self._weights is not None:
       return
+    if self._gate_step is not None:
+      self._gate_step.build()
     initial = _distribute.in_replica_context(
         lambda: self._term_weights() + self._norms())
     n = len(self._sources)
@@ -217,8 +244,10 @@ class ProximalStep:
     return self._thresholds[i] * tf.sqrt(tf.reduce_mean(tf.square(norms))
                                          + 1e-24)
 
-  def apply(self, step, optimizer=None):
-    """Shrinks the sources by `step` (= learning rate x strength).
+  def apply(self, step, optimizer=None, strength=None):
+    """Shrinks the sources by `step` (= learning rate x strength); gates
+    take `GateStep`'s step with `strength` (or, without it or with a
+    multi-replica strategy, the term's step `step` x w alone).
 
     Returns the per-channel shrink of this step, step x w_c, one vector
     per source (what the penalty alone moves each norm per step).
@@ -248,6 +277,12 @@ class ProximalStep:
     step = tf.cast(step, tf.float32) * _momentum_gain(optimizer)
     shrinks = []
     grads, weights = self._term_gradients()
+    gate_moves = None
+    if (self._gate_step is not None and self._gate_step.active and
+        strength is not None):
+      gate_moves = self._gate_step.apply(
+          [w for w, k in zip(weights, self._kinds) if k == 'gate'],
+          tf.cast(strength, tf.float32))
     for i, (p, cache, alive, g, w, kind, axis) in enumerate(zip(
         self.variables, self._weights, self._alive, grads, weights,
         self._kinds, self._axes)):
@@ -255,10 +290,12 @@ class ProximalStep:
         shrinks.append(self._relative_step(i, p, alive, g, step))
         continue
       if kind == 'gate':
-        # A gate has no zero to snap to: its logits take the term's
-        # gradient step here, outside the optimizer, so that each gate
-        # moves by its own cost weight (Adam would move every logit by
-        # about its learning rate, whatever the weight).
+        if gate_moves is not None:
+          shrinks.append(gate_moves.pop(0))
+          continue
+        # No collected task gradient (several replicas): the term's
+        # gradient step alone, outside the optimizer, so that each gate
+        # moves by its own cost weight.
         shrinks.append(step * w)
         p.assign(tf.cast(tf.cast(tf.convert_to_tensor(p), tf.float32)
                          - tf.reshape(step * w, p.shape), p.dtype))
@@ -297,6 +334,74 @@ class ProximalStep:
     alive.assign(tf.cast(~under, tf.float32))
     p.assign(tf.cast(scaled(kind, value, axis, scale), p.dtype))
     return tf.maximum(before - norms * scale, 0.0)
+
+
+class GateStep:
+  """The gates' own step (see the module docstring).
+
+  Args:
+    logits: the gates' logit variables.
+    gate_rate: logits per step of a gate whose regularized-loss gradient is
+      at the running RMS of all gates' (a number > 0).
+  """
+
+  def __init__(self, logits, gate_rate=DEFAULT_GATE_RATE):
+    rate = float(gate_rate)
+    if not (np.isfinite(rate) and rate > 0):
+      raise ValueError('gate_rate must be a finite number > 0, got %r.'
+                       % (gate_rate,))
+    self.rate = rate
+    self._logits = list(logits)
+    self._slots = None
+    self.active = False
+
+  def build(self):
+    """The task-gradient slots (eagerly, once). Under a strategy with
+    several replicas the gates stay in the optimizer (the slots would need
+    cross-replica sums) and `active` stays False."""
+    if self._slots is not None:
+      return
+    self._slots = []
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+      return
+    self._slots = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False,
+                               name='morph_net_gate_task_gradient')
+                   for v in self._logits]
+    self._square = tf.Variable(0.0, trainable=False,
+                               name='morph_net_gate_mean_square')
+    self._count = tf.Variable(0.0, trainable=False, name='morph_net_gate_steps')
+    self.active = True
+
+  def diverting(self):
+    self.build()
+    if not self.active:
+      return contextlib.nullcontext()
+    return activation_gating.task_gradients_diverted(
+        list(zip(self._logits, self._slots)))
+
+  def apply(self, term_gradients, strength):
+    """Steps every gate by -rate x (task + strength x term gradient) / RMS
+    and clears the slots. Returns, per gate, what the term alone moved its
+    logits this step (rate x strength x term gradient / RMS)."""
+    task = [tf.reshape(s.read_value(), [-1]) for s in self._slots]
+    total = [t + strength * tf.reshape(w, [-1])
+             for t, w in zip(task, term_gradients)]
+    decay = 0.99
+    count = self._count.assign_add(1.0)
+    square = self._square.assign(
+        decay * self._square +
+        (1.0 - decay) * tf.reduce_mean(tf.square(tf.concat(total, 0))))
+    rms = tf.sqrt(square / (1.0 - tf.pow(decay, count)))
+    scale = tf.math.divide_no_nan(self.rate, rms)
+    moves = []
+    for v, slot, g, w in zip(self._logits, self._slots, total,
+                             term_gradients):
+      v.assign(tf.cast(tf.convert_to_tensor(v) -
+                       tf.cast(tf.reshape(scale * g, v.shape), v.dtype),
+                       v.dtype))
+      slot.assign(tf.zeros_like(slot))
+      moves.append(scale * strength * tf.reshape(w, [-1]))
+    return moves
 
 
 def _momentum_gain(optimizer):

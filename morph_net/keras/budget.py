@@ -26,6 +26,7 @@ Four pieces, wired in by `add_regularizer(model, reg, target_cost=T)` (or
   moved after `patience` steps; each warning says what to change.
 """
 
+import contextlib
 import math
 import numbers
 
@@ -297,6 +298,12 @@ class BudgetStep:
     if self.forecast is not None:
       self.forecast.build()
 
+  def diverting(self):
+    """Context for the training step: see `ProximalStep.diverting`."""
+    if self.proximal is None:
+      return contextlib.nullcontext()
+    return self.proximal.diverting()
+
   def after_update(self, strength, learning_rate, optimizer=None):
     """Proximal step, then strength update from the new cost.
 
@@ -305,7 +312,8 @@ class BudgetStep:
     shrinks = None
     if self.proximal is not None:
       shrinks = self.proximal.apply(tf.cast(learning_rate, tf.float32) *
-                                    tf.cast(strength, tf.float32), optimizer)
+                                    tf.cast(strength, tf.float32), optimizer,
+                                    strength=strength)
     forecast = None
     if self.controller is not None:
       if self.forecast is not None:

@@ -28,7 +28,10 @@ from morph_net.keras import _structure
 from morph_net.keras import _slim_plan
 from morph_net.probabilistic_gating import activation_gating
 
-__all__ = ['add_gates']
+__all__ = ['GATE_DEFAULTS', 'add_gates']
+
+# add_gates' LogisticSigmoidGating arguments unless the caller gives them.
+GATE_DEFAULTS = {'straight_through': True, 'temperature': 0.5}
 
 # Layers that act channel by channel: a gate goes after them.
 _CHANNELWISE = (keras.layers.BatchNormalization, keras.layers.Activation,
@@ -49,7 +52,13 @@ def add_gates(model, layers=None, input_signature=None, **gate_kwargs):
     input_signature: as for the regularizers, to trace a model whose input
       shape is not known.
     **gate_kwargs: `LogisticSigmoidGating` arguments (e.g. log_odds_init,
-      temperature).
+      temperature). Unless given, the gates sample with
+      `straight_through=True` at `temperature=0.5` (`GATE_DEFAULTS`): the
+      forward mask is a hard 0/1 sample and the task's gradient reaches
+      every logit. At the layer's own default (0.001, the original's) the
+      relaxed mask is flat almost everywhere and the logits get a gradient
+      in about one step in a thousand, so what they learn does not follow
+      the task.
 
   Returns:
     A new functional model. Gate layers are named '<layer>_gate'.
@@ -61,6 +70,7 @@ def add_gates(model, layers=None, input_signature=None, **gate_kwargs):
       log_odds_init is not > 0 (the gated model would not compute the
       original's outputs).
   """
+  gate_kwargs = dict(GATE_DEFAULTS, **gate_kwargs)
   if float(gate_kwargs.get('log_odds_init', 2.5)) <= 0:
     raise ValueError(
         'log_odds_init must be > 0 so that every gate starts open and the '

@@ -248,9 +248,10 @@ class RegularizedModel(keras.Model):
 
   def train_step(self, data):
     """Keras' step, then the proximal step and the strength update."""
-    logs = super().train_step(data)
     if self._budget_step is None:
-      return logs
+      return super().train_step(data)
+    with self._budget_step.diverting():  # gates: task gradient to GateStep
+      logs = super().train_step(data)
     forecast = self._budget_step.after_update(self._strength,
                                               self.optimizer.learning_rate,
                                               self.optimizer)

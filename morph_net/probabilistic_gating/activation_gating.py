@@ -17,6 +17,7 @@ gradient reaches `mask_logits` whether or not the forward pass and the
 regularization term share a `tf.GradientTape` or `tf.function` trace.
 """
 
+import contextlib
 import weakref
 
 import keras
@@ -84,6 +85,7 @@ class _GateRecord:
     self.straight_through = straight_through
     self.noise = None
     self.temperature = None
+    self.diverted_to = None  # see `task_gradients_diverted`
 
 
 _RECORDS = {}
@@ -140,6 +142,47 @@ def record_sample(param, noise, temperature):
   rec = gate_record(param)
   if rec is not None:
     rec.noise, rec.temperature = noise, temperature
+
+
+@contextlib.contextmanager
+def task_gradients_diverted(slots):
+  """While the body runs (builds or traces a training step), gates take no
+  gradient through their training mask: each adds it to its slot instead.
+
+  `slots`: pairs (a gate's logits variable, a variable of its shape). The
+  gradient of the loss with respect to the logits, through the mask, is
+  added to the slot, and the logits variable receives zeros from that path,
+  so an optimizer leaves the logits alone and whoever owns the slots steps
+  them (`morph_net.keras._proximal.ProximalStep`). The switch is read when
+  the gate is called: a `tf.function` traced inside the body keeps it, one
+  traced outside does not have it.
+  """
+  records = []
+  for param, slot in slots:
+    rec = gate_record(param)
+    if rec is None:
+      raise ValueError('%r is not the logits variable of a gate.' % (param,))
+    records.append((rec, rec.diverted_to))
+    rec.diverted_to = slot
+  try:
+    yield
+  finally:
+    for rec, previous in records:
+      rec.diverted_to = previous
+
+
+def _diverted(logits, slot):
+  """logits, whose gradient is added to `slot` (and not passed on)."""
+
+  @tf.custom_gradient
+  def identity(x):
+    def grad(upstream):
+      with tf.control_dependencies([slot.assign_add(
+          tf.cast(upstream, slot.dtype))]):
+        return tf.zeros_like(upstream)
+    return tf.identity(x), grad
+
+  return identity(logits)
 
 
 def current_sample(param):
@@ -262,6 +305,9 @@ class LogisticSigmoidGating(keras.layers.Layer):
   def call(self, inputs, training=None):
     logits = tf.cast(tf.convert_to_tensor(self.mask_logits), tf.float32)
     if training:
+      rec = gate_record(self.mask_logits)
+      if rec is not None and rec.diverted_to is not None:
+        logits = _diverted(logits, rec.diverted_to)
       noise = logistic_noise(logits.shape, self.seed_generator)
       temperature = self._current_temperature()
       mask = sampled_mask(logits, noise, temperature, self.straight_through)
