@@ -38,6 +38,7 @@ and prints a table. A report, not a test: it always exits 0.
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import statistics
@@ -111,6 +112,15 @@ def shrink(seed_model, family, resource, data, optimizer, epochs):
               moving_stats_accuracy=pareto.accuracy(model, data))
 
 
+def gated_name(gate_kwargs):
+  """The gated seed's file stem: a seed trained with other gate arguments
+  is another seed."""
+  if not gate_kwargs:
+    return 'gated'
+  return 'gated_' + hashlib.sha1(json.dumps(
+      gate_kwargs, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def recalibrated_accuracy(model, data):
   """Held-out accuracy after BatchNorm's moving statistics are recomputed
   from the training set (`recalibrated`)."""
@@ -119,10 +129,16 @@ def recalibrated_accuracy(model, data):
 
 def recalibrated(model, x):
   """A copy of `model` whose BatchNorms' moving mean and variance are the
-  exact statistics of their inputs over `x` (one pass, training mode)."""
+  exact statistics of their inputs over `x` (one pass, training mode; FiGS
+  gates apply their inference masks in it, as they will at inference,
+  instead of sampling)."""
   import keras  # pylint: disable=g-import-not-at-top
+  from morph_net.probabilistic_gating import activation_gating  # pylint: disable=g-import-not-at-top
   copy = keras.models.clone_model(model)
   copy.set_weights(model.get_weights())
+  for layer in copy.layers:
+    if isinstance(layer, activation_gating.LogisticSigmoidGating):
+      layer.call = _inference_call(layer)
   norms = [layer for layer in copy.layers
            if isinstance(layer, keras.layers.BatchNormalization)]
   if norms:
@@ -142,6 +158,13 @@ def recalibrated(model, x):
       layer.moving_variance.assign(np.maximum(
           second / count - np.square(mean), 0.0).astype(np.float32))
   return copy
+
+
+def _inference_call(layer):
+  def call(inputs, training=None):
+    del training
+    return type(layer).call(layer, inputs, training=False)
+  return call
 
 
 def control(seed_model, data, optimizer, epochs):
@@ -232,7 +255,7 @@ def main(argv=None):
       model = pareto.build_net(net, data[0].shape[1:], gated)
       path = os.path.join(args.work_dir, '%s%s_%s_%s.weights.h5' % (
           'quick_' if args.quick else '', task, net,
-          'gated' if gated else 'plain'))
+          gated_name(pareto.METHOD['gate_kwargs']) if gated else 'plain'))
       if os.path.exists(path):
         model.load_weights(path)
       else:

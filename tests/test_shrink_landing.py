@@ -38,6 +38,36 @@ def test_recalibrated_batchnorm_holds_the_exact_statistics_of_its_inputs():
   np.testing.assert_allclose(out.std(0), 1.0, atol=1e-2)
 
 
+def test_recalibration_reads_gates_as_at_inference():
+  """A FiGS gate masks by 1[logit > 0] in the recalibration pass (not a
+  sample), so the next BatchNorm gets the statistics inference feeds it;
+  the gated seed's file is named after its gate arguments."""
+  import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((4,))
+  x = L.BatchNormalization(name='bn')(L.Dense(6, name='h')(inputs))
+  x = L.BatchNormalization(name='bn2')(L.Dense(5, name='h2')(x))
+  gated = mk.add_gates(keras.Model(inputs, L.Dense(2, name='o')(x)))
+  gated.get_layer('h_gate').mask_logits.assign(  # near 0: samples vary
+      [2.5, -0.2, 0.2, -0.2, 0.2, 2.5])
+  data = np.random.RandomState(0).normal(1.0, 3.0, (1100, 4)).astype(
+      np.float32)
+  copy = shrink_landing.recalibrated(gated, data)
+  fed = keras.Model(copy.inputs, copy.get_layer('bn2').input)(
+      data, training=False).numpy()
+  got = copy.get_layer('bn2')
+  # (bn normalizes each batch of 512 by its own statistics in the pass:
+  # close to, not exactly, the whole set's)
+  np.testing.assert_allclose(got.moving_mean.numpy(), fed.mean(0),
+                             rtol=1e-2, atol=1e-2)
+  np.testing.assert_allclose(got.moving_variance.numpy(), fed.var(0),
+                             rtol=1e-2)
+  assert shrink_landing.gated_name({}) == 'gated'
+  named = shrink_landing.gated_name({'temperature': 0.5})
+  assert named.startswith('gated_') and named != shrink_landing.gated_name(
+      {'temperature': 0.001})
+
+
 def test_quick_run_records_landing_and_the_control_and_resumes(tmp_path):
   path = str(tmp_path / 'landing.json')
   args = ['--quick', '--families', 'gamma', '--optimizers', 'adam',
