@@ -164,9 +164,10 @@ class BudgetMonitor(keras.callbacks.Callback):
               if strength and self._first_strength else float('nan'))
     return ('The controller has raised the strength %.3g-fold and the '
             'sources still do not respond to the term: LogisticSigmoid '
-            'gates regularized on the sampled mask (regularize_on_mask=True)'
-            ' get tiny steps under Adam - use regularize_on_mask=False or '
-            'SGD with momentum; otherwise raise the learning rate, or '
+            'gates that sample at a temperature far under 0.5 pass a '
+            'gradient in few steps - build them with add_gates (straight-'
+            'through at 0.5) or LogisticSigmoidGating(straight_through='
+            'True, temperature=0.5); otherwise raise the learning rate, or '
             'lower the threshold.' % raised)
 
   def _check_hover(self):
