@@ -72,6 +72,11 @@ def main(path):
         tell('saved %d' % saved)
     except KeyboardInterrupt:
       pass
+    except SystemError as e:  # Ctrl-C inside C code outside the save
+      # (NumPy's __array__ in bias.assign): "returned a result with an
+      # exception set", the KeyboardInterrupt as its cause.
+      if not isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+        raise
     tell('interrupted %d %d %d' % (saved, version, in_save))
     if command() != 'go':
       return

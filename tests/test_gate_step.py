@@ -139,3 +139,26 @@ def test_add_gates_samples_straight_through_at_half_temperature():
                         straight_through=False).get_layer('hidden_gate')
   assert not chosen.straight_through
   assert chosen.temperature == pytest.approx(0.001)
+
+
+def test_gates_sampling_too_cold_for_the_task_are_named():
+  """At the layer's default temperature (0.001, the original's) the task
+  gradient reaches a logit in about one step in a thousand: the gate step
+  says so, naming the gates; add_gates' gates pass without a word."""
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((8,))
+  x = activation_gating.LogisticSigmoidGating(name='cold_gate')(
+      L.Dense(8, name='hidden')(inputs))
+  model = keras.Model(inputs, L.Dense(1, name='out')(x))
+  reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
+  with pytest.warns(UserWarning, match=r'cold_gate \(0.001\)'):
+    mk.add_regularizer(model, reg, target_cost=0.5 * float(reg.get_cost()),
+                       monitor=False)
+  gated = mk.add_gates(keras.Model(inputs, L.Dense(1, name='out2')(
+      L.Dense(8, name='hidden2')(inputs))))
+  reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(gated)
+  import warnings  # pylint: disable=g-import-not-at-top
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    mk.add_regularizer(gated, reg, target_cost=0.5 * float(reg.get_cost()),
+                       monitor=False)

@@ -38,6 +38,7 @@ gradients are 1e-4..1e-3).
 """
 
 import contextlib
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -364,6 +365,7 @@ class GateStep:
     self._slots = []
     if tf.distribute.get_strategy().num_replicas_in_sync > 1:
       return
+    _warn_if_cold(self._logits)
     self._slots = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False,
                                name='morph_net_gate_task_gradient')
                    for v in self._logits]
@@ -402,6 +404,30 @@ class GateStep:
       slot.assign(tf.zeros_like(slot))
       moves.append(scale * strength * tf.reshape(w, [-1]))
     return moves
+
+
+# Under this temperature a sampled mask passes the task's gradient in few
+# steps (at logit 2.5 and 0.1, in about 1 step in 15; at 0.001, 1 in 1,000).
+COLD_TEMPERATURE = 0.1
+
+
+def _warn_if_cold(logits):
+  """Warns once for gates (Keras layers) that sample too cold for the gate
+  step to see the task."""
+  cold = []
+  for v in logits:
+    rec = activation_gating.gate_record(v)
+    layer = rec.layer() if rec is not None and rec.layer else None
+    if (layer is not None and layer.annealing_schedule is None and
+        layer.temperature < COLD_TEMPERATURE):
+      cold.append('%s (%g)' % (layer.name, layer.temperature))
+  if cold:
+    warnings.warn(
+        'Gates %s sample at a temperature under %g: the task\'s gradient '
+        'reaches their logits in few steps, so the gate step follows the '
+        'cost alone. Build them with add_gates (straight-through at 0.5) or '
+        'LogisticSigmoidGating(straight_through=True, temperature=0.5).'
+        % (', '.join(cold), COLD_TEMPERATURE), stacklevel=4)
 
 
 def _momentum_gain(optimizer):

@@ -86,6 +86,7 @@ class _GateRecord:
     self.noise = None
     self.temperature = None
     self.diverted_to = None  # see `task_gradients_diverted`
+    self.layer = None  # weak reference to the Keras layer, if one built it
 
 
 _RECORDS = {}
@@ -281,6 +282,7 @@ class LogisticSigmoidGating(keras.layers.Layer):
                                    trainable=False)
     register_gate(self.mask_logits, self.keep_first_channel_alive,
                   self.straight_through)
+    gate_record(self.mask_logits).layer = weakref.ref(self)
 
   @property
   def temperature(self):
