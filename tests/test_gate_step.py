@@ -162,3 +162,21 @@ def test_gates_sampling_too_cold_for_the_task_are_named():
     warnings.simplefilter('error')
     mk.add_regularizer(gated, reg, target_cost=0.5 * float(reg.get_cost()),
                        monitor=False)
+
+
+@pytest.mark.parametrize('compile_kwargs', [{'run_eagerly': True},
+                                            {'jit_compile': True}])
+def test_the_gate_step_runs_eagerly_and_under_xla(compile_kwargs):
+  """The task gradient is collected in an eager step and in an XLA-compiled
+  one too: the gates of the spare channels close, the others stay open."""
+  model = _probe_model()
+  reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
+  start = float(reg.get_cost())
+  trainer = mk.add_regularizer(model, reg, target_cost=0.55 * start,
+                               monitor=False)
+  trainer.compile(keras.optimizers.SGD(1e-2, momentum=0.9), 'mse',
+                  **compile_kwargs)
+  x, y = _data()
+  trainer.fit(x, y, batch_size=32, epochs=12, verbose=0)
+  logits = _logits(model)
+  assert np.all(logits[:USEFUL] > 0) and np.all(logits[USEFUL:] < 0), logits
