@@ -180,3 +180,21 @@ def test_the_gate_step_runs_eagerly_and_under_xla(compile_kwargs):
   trainer.fit(x, y, batch_size=32, epochs=12, verbose=0)
   logits = _logits(model)
   assert np.all(logits[:USEFUL] > 0) and np.all(logits[USEFUL:] < 0), logits
+
+
+def test_the_gate_step_unscales_a_loss_scale_optimizers_gradient():
+  """Under a LossScaleOptimizer the collected gradient is of the scaled
+  loss (x 32768 here): divided back, the gates learn what they learn
+  without it."""
+  model = _probe_model()
+  reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
+  start = float(reg.get_cost())
+  trainer = mk.add_regularizer(model, reg, target_cost=0.55 * start,
+                               monitor=False)
+  trainer.compile(keras.optimizers.LossScaleOptimizer(
+      keras.optimizers.SGD(1e-2, momentum=0.9)), 'mse')
+  x, y = _data()
+  trainer.fit(x, y, batch_size=32, epochs=12, verbose=0)
+  logits = _logits(model)
+  assert np.all(logits[:USEFUL] > 0) and np.all(logits[USEFUL:] < 0), logits
+  assert np.all(np.isfinite(logits))

@@ -283,7 +283,7 @@ class ProximalStep:
         strength is not None):
       gate_moves = self._gate_step.apply(
           [w for w, k in zip(weights, self._kinds) if k == 'gate'],
-          tf.cast(strength, tf.float32))
+          tf.cast(strength, tf.float32), optimizer)
     for i, (p, cache, alive, g, w, kind, axis) in enumerate(zip(
         self.variables, self._weights, self._alive, grads, weights,
         self._kinds, self._axes)):
@@ -381,20 +381,32 @@ class GateStep:
     return activation_gating.task_gradients_diverted(
         list(zip(self._logits, self._slots)))
 
-  def apply(self, term_gradients, strength):
+  def apply(self, term_gradients, strength, optimizer=None):
     """Steps every gate by -rate x (task + strength x term gradient) / RMS
     and clears the slots. Returns, per gate, what the term alone moved its
-    logits this step (rate x strength x term gradient / RMS)."""
-    task = [tf.reshape(s.read_value(), [-1]) for s in self._slots]
+    logits this step (rate x strength x term gradient / RMS).
+
+    Under a `keras.optimizers.LossScaleOptimizer` the collected gradient is
+    of the scaled loss: it is divided by the scale, and a step whose scaled
+    gradient overflowed (the optimizer skips it too) moves no gate.
+    """
+    task = tf.concat([tf.reshape(s.read_value(), [-1])
+                      for s in self._slots], 0)
+    loss_scale = getattr(optimizer, 'dynamic_scale', None)
+    if loss_scale is not None:
+      task = task / tf.cast(loss_scale, tf.float32)
+    finite = tf.reduce_all(tf.math.is_finite(task))
+    task = tf.where(finite, task, tf.zeros_like(task))
+    sizes = [int(np.prod(v.shape)) for v in self._logits]
     total = [t + strength * tf.reshape(w, [-1])
-             for t, w in zip(task, term_gradients)]
+             for t, w in zip(tf.split(task, sizes), term_gradients)]
     decay = 0.99
-    count = self._count.assign_add(1.0)
-    square = self._square.assign(
-        decay * self._square +
-        (1.0 - decay) * tf.reduce_mean(tf.square(tf.concat(total, 0))))
-    rms = tf.sqrt(square / (1.0 - tf.pow(decay, count)))
-    scale = tf.math.divide_no_nan(self.rate, rms)
+    count = self._count.assign_add(tf.where(finite, 1.0, 0.0))
+    square = self._square.assign(tf.where(
+        finite, decay * self._square + (1.0 - decay) * tf.reduce_mean(
+            tf.square(tf.concat(total, 0))), self._square))
+    rms = tf.sqrt(tf.math.divide_no_nan(square, 1.0 - tf.pow(decay, count)))
+    scale = tf.where(finite, tf.math.divide_no_nan(self.rate, rms), 0.0)
     moves = []
     for v, slot, g, w in zip(self._logits, self._slots, total,
                              term_gradients):
