@@ -103,7 +103,13 @@ METHOD = {
     # 'figs_prob': FiGS penalizing the gate probabilities, which the
     # library's own stall warning advises under Adam.
     'figs_prob_kwargs': {'regularize_on_mask': False},
-    'gate_kwargs': {},             # LogisticSigmoidGating (defaults)
+    # LogisticSigmoidGating arguments of the gated seeds. {}: the layer's
+    # defaults (temperature 0.001, the original's), the baseline's; at
+    # 0.001 a logit sees the task in about one step in a thousand and the
+    # library warns. The library's recommended gates are add_gates':
+    # --method gate_kwargs='{"temperature": 0.5, "straight_through": true}'
+    # (benchmarks/pareto_figs_gate_step*).
+    'gate_kwargs': {},
     'controller': 'default',       # add_regularizer(target_cost=T)
     'shrink_optimizer': 'adam',    # 'adam' or 'momentum' (SGD, 0.9)
     'shrink_learning_rate': 1e-2,  # constant, from the trained seed
