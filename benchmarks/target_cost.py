@@ -60,6 +60,9 @@ def parse_args(argv=None):
   p.add_argument('--optimizers', nargs='*', default=None,
                  choices=sorted(OPTIMIZERS))
   p.add_argument('--epochs', type=int, default=None)
+  p.add_argument('--family', default='gamma', choices=('gamma', 'figs'),
+                 help='figs: the network with add_gates and the '
+                 'LogisticSigmoid FLOPs regularizer')
   p.add_argument('--json', default=None, help='also write the runs here')
   return p.parse_args(argv)
 
@@ -106,6 +109,8 @@ class StepLog(keras.callbacks.Callback):
   def on_train_batch_end(self, batch, logs=None):
     self.values.append(float(logs[self.name]))
     self.strengths.append(float(logs['strength']))
+    if not self._gammas:
+      return
     g = np.concatenate([np.asarray(v) for v in self._gammas])
     above = np.abs(g) > self._threshold
     if self._touched_zero is None:
@@ -114,10 +119,21 @@ class StepLog(keras.callbacks.Callback):
     self.violations += int(np.sum(~above & ~self._touched_zero))
 
 
-def run(optimizer, seed, epochs, data):
-  """One fit toward 0.4 x the seed's FLOPs; the measures, / T."""
+def run(optimizer, seed, epochs, data, family='gamma'):
+  """One fit toward 0.4 x the seed's FLOPs; the measures, / T.
+
+  family 'figs': the same network with `add_gates` (straight-through at
+  0.5) and LogisticSigmoidFlopsRegularizer; the gammas are not regularized
+  (no exact-zeros check).
+  """
   model = build_model(seed)
-  reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+  if family == 'figs':
+    model = mk.add_gates(model)
+    reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
+  elif family == 'gamma':
+    reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+  else:
+    raise ValueError('family must be gamma or figs, got %r' % (family,))
   target = 0.4 * float(reg.get_cost())
   trainer = mk.add_regularizer(model, reg, target_cost=target, monitor=False)
   trainer.compile(OPTIMIZERS[optimizer](),
@@ -125,7 +141,8 @@ def run(optimizer, seed, epochs, data):
                       from_logits=True), metrics=['accuracy'])
   start = trainer.strength
   costs = StepLog(reg.cost_name, [model.get_layer(n).gamma
-                                 for n in ('bn1', 'bn2')], 1e-2)
+                                 for n in ('bn1', 'bn2')]
+                  if family == 'gamma' else [], 1e-2)
   with tempfile.TemporaryDirectory() as log_dir:
     exporter = budget.only_at_or_under(mk.StructureExporterCallback(
         reg, log_dir, 20, summary_subdir=None), target)
@@ -137,7 +154,7 @@ def run(optimizer, seed, epochs, data):
     slim = float(mk.structure_cost(mk.slim_model(model, structure),
                                    {})) / target
   ends = [c / target for c in history[reg.cost_name]]
-  return dict(optimizer=optimizer, seed=seed, end=ends[-1],
+  return dict(optimizer=optimizer, seed=seed, family=family, end=ends[-1],
               last3=all(BAND[0] <= e <= BAND[1] for e in ends[-3:]),
               lowest=min(costs.values) / target, slim=slim,
               zeros_violations=costs.violations,
@@ -183,7 +200,7 @@ def main(argv=None):
   runs = []
   for name in names:
     for seed in seeds:
-      r = run(name, seed, epochs, data)
+      r = run(name, seed, epochs, data, args.family)
       runs.append(r)
       print('[%6.0fs] %-8s seed %d: end %.2f, lowest %.2f, slim %s, '
             'epochs %s' % (time.time() - start, name, seed, r['end'],

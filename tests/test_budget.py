@@ -84,6 +84,23 @@ def test_target_cost_lands_over_seeds(digits, optimizer):
       r['lowest'] for r in runs]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('optimizer', ['momentum', 'adam'])
+def test_target_cost_lands_with_gates_over_seeds(digits, optimizer):
+  """FiGS gates (add_gates) under the gate step, judged as
+  benchmarks/target_cost.py --family figs judges them: most runs end in the
+  band, every exported structure is at or under the target, and the
+  typical run does not undershoot deeply."""
+  runs = [target_cost.run(optimizer, seed, 15, digits, family='figs')
+          for seed in range(8)]
+  ends = [round(r['end'], 3) for r in runs]
+  assert sum(target_cost.in_band(r) for r in runs) >= 6, ends
+  assert all(r['slim'] is not None and r['slim'] <= 1.0 for r in runs), [
+      r['slim'] for r in runs]
+  assert statistics.median(r['lowest'] for r in runs) >= 0.5, [
+      r['lowest'] for r in runs]
+
+
 def _simulated_plant(forecast):
   """A plant whose cost falls toward 100 / (1 + strength) with a lag (the
   sources take time to reach zero); T = 40 is its equilibrium at strength

@@ -33,6 +33,21 @@ def test_quick_run_reaches_the_target_and_reports_it(tmp_path):
   assert row['exact-zeros violations'] == '0'
 
 
+def test_quick_run_with_gates_records_its_family():
+  """--family figs: the same net with add_gates and the LogisticSigmoid
+  FLOPs regularizer; the run moves the cost and says which family ran."""
+  result = target_cost.main(['--quick', '--family', 'figs'])
+  (run,) = result['runs']
+  assert run['family'] == 'figs' and run['lowest'] < 2.5
+  assert run['zeros_violations'] == 0  # no gammas are checked for gates
+
+
+def test_an_unknown_family_is_refused():
+  import pytest  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='family must be gamma or figs'):
+    target_cost.run('sgd', 0, 1, None, family='lasso')
+
+
 def test_table_counts_the_band_per_optimizer():
   runs = [dict(optimizer='adam', end=e, last3=l3, lowest=lo, slim=s,
                accuracy=0.9, zeros_violations=z)
