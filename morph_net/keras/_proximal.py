@@ -353,6 +353,7 @@ class GateStep:
                        % (gate_rate,))
     self.rate = rate
     self._logits = list(logits)
+    self._sizes = [int(np.prod(v.shape)) for v in self._logits]
     self._slots = None
     self.active = False
 
@@ -397,9 +398,8 @@ class GateStep:
       task = task / tf.cast(loss_scale, tf.float32)
     finite = tf.reduce_all(tf.math.is_finite(task))
     task = tf.where(finite, task, tf.zeros_like(task))
-    sizes = [int(np.prod(v.shape)) for v in self._logits]
     total = [t + strength * tf.reshape(w, [-1])
-             for t, w in zip(tf.split(task, sizes), term_gradients)]
+             for t, w in zip(tf.split(task, self._sizes), term_gradients)]
     decay = 0.99
     count = self._count.assign_add(tf.where(finite, 1.0, 0.0))
     square = self._square.assign(tf.where(
