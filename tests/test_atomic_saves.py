@@ -41,6 +41,15 @@ def tell(line):
   sys.stdout.write(line + '\n')
   sys.stdout.flush()
 
+def caused_by_interrupt(e):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, KeyboardInterrupt):
+      return True
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return False
+
 def command():
   while True:
     try:
@@ -74,8 +83,11 @@ def main(path):
       pass
     except SystemError as e:  # Ctrl-C inside C code outside the save
       # (NumPy's __array__ in bias.assign): "returned a result with an
-      # exception set", the KeyboardInterrupt as its cause.
-      if not isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+      # exception set", the KeyboardInterrupt as its cause; TensorFlow's
+      # traceback filter re-raises it 'from None', which can drop the
+      # cause, so the message is what tells.
+      if not (caused_by_interrupt(e)
+              or 'returned a result with an exception set' in str(e)):
         raise
     tell('interrupted %d %d %d' % (saved, version, in_save))
     if command() != 'go':
