@@ -41,6 +41,10 @@ and Dense(10) at the end):
 - resnet: a stem conv of 16 and 2x2 max pooling, then one basic residual
   block a stage (16-32-64; from stage 2 on stride 2 and a 1x1 projection
   shortcut, conv + BN).
+- vgg_x<K> (not in SETTINGS; name its settings, e.g. --settings
+  'digits16/vgg_x4/*'): the vgg stack with every width x K, e.g. vgg_x4 =
+  64-128-256-512, a seed whose early layers are wide for its task, as
+  Inception's are for ImageNet.
 
 FiGS needs gates: its seed is the same network with a
 `LogisticSigmoidGating` after each prunable conv (after the ReLU, or after
@@ -146,6 +150,7 @@ RESNET_WIDTHS = (16, 32, 64)  # stem, then one basic block a stage
 DEVELOPMENT_SETTING = 'digits16/vgg/flops'
 SETTINGS = tuple('%s/%s/%s' % (t, n, r) for t in TASKS for n in NETS
                  for r in RESOURCES)
+WIDE_VGG_PREFIX = 'vgg_x'  # vgg_x<K>: VGG_WIDTHS x K, outside SETTINGS
 
 QUICK = dict(digits=240, epochs=2, widths=(0.5, 1.0),
              budget_widths=(0.7,), seeds=2, shrink_epochs=2,
@@ -154,6 +159,30 @@ QUICK = dict(digits=240, epochs=2, widths=(0.5, 1.0),
 
 def is_development(setting):
   return setting == DEVELOPMENT_SETTING
+
+
+def vgg_widths(kind):
+  """The stage widths of 'vgg' or 'vgg_x<K>' (K >= 1), else None."""
+  if kind == 'vgg':
+    return VGG_WIDTHS
+  if kind.startswith(WIDE_VGG_PREFIX):
+    factor = kind[len(WIDE_VGG_PREFIX):]
+    if factor.isdigit() and int(factor) >= 1:
+      return tuple(int(factor) * w for w in VGG_WIDTHS)
+  return None
+
+
+def all_settings(results):
+  """SETTINGS, then the vgg_x<K> settings that `results` has points of."""
+  extra = []
+  for key in results.get('points', {}):
+    parts = key.split('|')
+    if parts[0] == 'width' and parts[2] not in NETS:
+      for r in RESOURCES:
+        setting = '%s/%s/%s' % (parts[1], parts[2], r)
+        if setting not in extra:
+          extra.append(setting)
+  return tuple(SETTINGS) + tuple(sorted(extra))
 
 
 # ----------------------------------------------------------------- data
@@ -229,7 +258,8 @@ def _conv_bn(keras, x, width, name, stride=1, kernel=3, relu=True,
 
 
 def build_net(kind, input_shape, gated=False, name=None):
-  """A seed network ('vgg' or 'resnet'); gated: FiGS gates after each conv.
+  """A seed network ('vgg', 'vgg_x<K>' or 'resnet'); gated: FiGS gates
+  after each conv.
 
   Prunable convs are named 'conv<stage>' (vgg) or 'stem',
   'b<stage>_conv1', 'b<stage>_conv2', 'b<stage>_proj' (resnet).
@@ -244,8 +274,8 @@ def build_net(kind, input_shape, gated=False, name=None):
           name=conv_name + '_gate', **METHOD['gate_kwargs'])(x)
   inputs = keras.Input(input_shape, name='image')
   x = inputs
-  if kind == 'vgg':
-    for s, width in enumerate(VGG_WIDTHS):
+  if vgg_widths(kind):
+    for s, width in enumerate(vgg_widths(kind)):
       x = _conv_bn(keras, x, width, 'conv%d' % s, gate=gate)
       if s < len(VGG_WIDTHS) - 1:
         x = keras.layers.MaxPooling2D(name='pool%d' % s)(x)
@@ -761,10 +791,17 @@ def select_settings(spec, quick=False):
     return [s for s in SETTINGS if not is_development(s)]
   chosen = []
   for pattern in spec.split(','):
-    hits = [s for s in SETTINGS if fnmatch.fnmatch(s, pattern.strip())]
+    pattern = pattern.strip()
+    candidates = SETTINGS
+    parts = pattern.split('/')
+    if len(parts) == 3 and vgg_widths(parts[1]) and parts[1] not in NETS:
+      candidates = tuple('%s/%s/%s' % (t, parts[1], r) for t in TASKS
+                         for r in RESOURCES)
+    hits = [s for s in candidates if fnmatch.fnmatch(s, pattern)]
     if not hits:
-      raise ValueError('no setting matches %r; settings: %s'
-                       % (pattern, ', '.join(SETTINGS)))
+      raise ValueError('no setting matches %r; settings: %s, and the same '
+                       'with a wider vgg named, e.g. digits16/%s4/flops'
+                       % (pattern, ', '.join(SETTINGS), WIDE_VGG_PREFIX))
     chosen += [s for s in hits if s not in chosen]
   return chosen
 
@@ -826,13 +863,14 @@ def main(argv=None):
     print('[%6.0fs] %s' % (time.time() - start, msg), flush=True)
 
   def finish(chosen):
-    results['verdicts'] = compute_verdicts(results, SETTINGS, FAMILIES)
+    results['verdicts'] = compute_verdicts(results, all_settings(results),
+                                           FAMILIES)
     save_results(results, path)
     for s in chosen:
       plot_setting(results, s, args.out_dir)
 
   if args.verdicts_only:
-    finish(SETTINGS)
+    finish(all_settings(results))
     print(verdict_table(results['verdicts']), flush=True)
     return results
 

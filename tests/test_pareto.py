@@ -171,6 +171,25 @@ def test_select_settings():
     pareto.select_settings('digits16/alexnet/flops')
 
 
+def test_wider_vgg_seeds_are_named_settings_outside_the_default_run():
+  assert pareto.select_settings('digits16/vgg_x4/*') == [
+      'digits16/vgg_x4/flops', 'digits16/vgg_x4/size']
+  assert not any('vgg_x' in s for s in pareto.select_settings(None))
+  assert not any('vgg_x' in s for s in pareto.select_settings('*/*/*'))
+  for bad in ('digits16/vgg_x0/flops', 'digits16/vgg_x/flops',
+              'digits16/vgg_xx/size'):
+    with pytest.raises(ValueError, match='no setting matches'):
+      pareto.select_settings(bad)
+  wide = pareto.build_net('vgg_x2', (16, 16, 1))
+  assert pareto.prunable_widths(wide) == {
+      'conv%d' % i: 2 * w for i, w in enumerate(pareto.VGG_WIDTHS)}
+  # Their verdicts come with the default ones once their points exist.
+  results = {'points': {'width|digits16|vgg_x2|w=1|seed=100': {},
+                        'width|digits16|vgg|w=1|seed=100': {}}}
+  assert pareto.all_settings(results) == tuple(pareto.SETTINGS) + (
+      'digits16/vgg_x2/flops', 'digits16/vgg_x2/size')
+
+
 # ------------------------------------------------------------ resuming
 # Each run below analyzes the benchmark's networks for their costs (the
 # fits are stand-ins): ~15 s together, so they are slow-marked; .ci/run
