@@ -93,6 +93,8 @@ def test_morphnet_profile_writes_a_spec_the_latency_regularizer_loads(
   expected = profile.predict_latency(profile.roofline_parts(model), spec)
   assert float(calculator.get_cost()) * 1e-9 == pytest.approx(expected,
                                                               rel=1e-6)
+  # ... and so does the regularizer's own cost (its calculator is that).
+  assert float(reg.get_cost()) * 1e-9 == pytest.approx(expected, rel=1e-6)
 
 
 # ----------------------------------- op_overhead and depthwise_compute
