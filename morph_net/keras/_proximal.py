@@ -9,8 +9,13 @@ the RMS norm of a filter) and w_c its weight in the term (d term / d r_c).
 For BatchNorm gammas this is the soft threshold sign(g) max(|g| - eta
 strength w, 0): under plain SGD the update is ISTA (the exact proximal
 gradient method); under heavy-ball momentum eta is the optimizer's
-effective step lr (1 - m^t) / (1 - m); under Adam it is decoupled, like
-AdamW's weight decay.
+effective step lr (1 - m^t) / (1 - m); under Adam (and AdamW, Nadam) the
+step is taken in Adam's own metric: channel c's step is divided by
+sqrt(v_hat_c), the root of Adam's second moment of its task gradient,
+relative to that root's RMS over all channels (`adam_preconditioners`).
+The decoupled step (AdamW's decay) would balance the penalty against
+Adam's normalized step, about 1 for any channel with a steady gradient
+whatever it is worth, and channels died together.
 
 On top of the soft threshold, a channel whose norm falls from above the
 alive threshold to at or under it is set to exactly 0 in that step (a hard
@@ -52,6 +57,9 @@ from morph_net.probabilistic_gating import activation_gating
 
 # Logits per step of a gate whose gradient is at the gates' RMS.
 DEFAULT_GATE_RATE = 0.05
+# Under Adam, the largest factor by which the proximal step of a channel
+# with a quiet gradient exceeds the decoupled step (`adam_preconditioners`).
+ADAM_METRIC_CAP = 10.0
 
 
 def source_kind(source, proximal=True):
@@ -278,6 +286,7 @@ class ProximalStep:
     step = tf.cast(step, tf.float32) * _momentum_gain(optimizer)
     shrinks = []
     grads, weights = self._term_gradients()
+    metric = self._adam_metric(optimizer)
     gate_moves = None
     if (self._gate_step is not None and self._gate_step.active and
         strength is not None):
@@ -303,19 +312,33 @@ class ProximalStep:
         continue
       w = tf.where(w > 0, w, cache)
       cache.assign(w)
-      shrinks.append(step * w)
+      t = step * w if metric[i] is None else step * w * metric[i]
+      shrinks.append(t)
       value = tf.cast(tf.convert_to_tensor(p), tf.float32)
       norms = channel_norms(kind, value, axis)
       limit = self._limit(i, norms)
       # prox of t r_c: scale the channel by max(0, 1 - t / r_c)
       # (the soft threshold for a scalar gamma) ...
-      scale = tf.maximum(0.0, 1.0 - tf.math.divide_no_nan(step * w, norms))
+      scale = tf.maximum(0.0, 1.0 - tf.math.divide_no_nan(t, norms))
       # ... and a channel falling under the alive threshold goes to 0.
       under = norms * scale <= limit
       scale = tf.where(under & (alive > 0.5), 0.0, scale)
       alive.assign(tf.cast(~under, tf.float32))
       p.assign(tf.cast(scaled(kind, value, axis, scale), p.dtype))
     return shrinks
+
+  def _adam_metric(self, optimizer):
+    """Per source, the channels' step factors in an Adam-family
+    optimizer's own metric, or None (see `adam_preconditioners`)."""
+    n = len(self._sources)
+    plain = [kind == 'gate' or self._relative[i]
+             for i, kind in enumerate(self._kinds)]
+    if all(plain):
+      return [None] * n
+    roots = adam_channel_roots(optimizer, [
+        None if plain[i] else (p, self._kinds[i], self._axes[i])
+        for i, p in enumerate(self.variables)])
+    return adam_preconditioners(roots)
 
   def _relative_step(self, i, p, alive, grad, step):
     """A source measured relative to its own scale (`normalized_sources`):
@@ -442,6 +465,81 @@ def _warn_if_cold(logits):
         % (', '.join(cold), COLD_TEMPERATURE), stacklevel=4)
 
 
+def _adam_state(optimizer):
+  """The Adam-family Keras optimizer (Adam, AdamW, Nadam) behind
+  `optimizer` (unwrapping loss scaling), or None."""
+  inner = getattr(optimizer, 'inner_optimizer', optimizer)
+  if inner is None or not any(k.__name__ in ('Adam', 'Nadam')
+                              for k in type(inner).__mro__):
+    return None
+  if not (hasattr(inner, '_velocities') and
+          hasattr(inner, '_get_variable_index')):
+    return None
+  return inner
+
+
+def adam_channel_roots(optimizer, entries):
+  """Per entry (variable, kind, channel axis) or None: the channels'
+  sqrt(v_hat), v_hat Adam's bias-corrected second moment of the task
+  gradient (a group lasso channel: the root of its entries' mean), or None
+  for every entry if `optimizer` is not an Adam-family optimizer that holds
+  the variable."""
+  inner = _adam_state(optimizer)
+  if inner is None:
+    return [None] * len(entries)
+  t = tf.maximum(tf.cast(inner.iterations, tf.float32), 1.0)
+  correction = 1.0 - tf.pow(tf.cast(inner.beta_2, tf.float32), t)
+  hats = getattr(inner, '_velocity_hats', None)
+  roots = []
+  for entry in entries:
+    if entry is None:
+      roots.append(None)
+      continue
+    variable, kind, axis = entry
+    try:
+      index = inner._get_variable_index(variable)  # pylint: disable=protected-access
+    except (KeyError, ValueError, AttributeError):
+      return [None] * len(entries)  # a source the optimizer does not train
+    moments = (hats[index] if getattr(inner, 'amsgrad', False) and hats
+               else inner._velocities[index])  # pylint: disable=protected-access
+    v = tf.cast(tf.convert_to_tensor(moments), tf.float32) / correction
+    if kind == 'gamma':
+      roots.append(tf.sqrt(tf.reshape(v, [-1])))
+    else:
+      keep = group_lasso_regularizer.out_axes(v.shape.rank, axis)
+      roots.append(tf.sqrt(tf.reshape(tf.reduce_mean(
+          v, axis=[a for a in range(v.shape.rank) if a not in keep]), [-1])))
+  return roots
+
+
+def adam_preconditioners(roots, cap=ADAM_METRIC_CAP):
+  """Step factors R / max(sqrt(v_hat_c), R / cap) per channel, R the RMS of
+  sqrt(v_hat) over every channel of every source (None entries stay None;
+  all None, or R = 0: all None).
+
+  Adam moves a variable by lr x m_hat / (sqrt(v_hat) + eps): every channel
+  at about lr per step, whatever its gradient's size. A decoupled shrink
+  of lr x strength x w_c (AdamW's) therefore balances strength x w_c
+  against m_hat / sqrt(v_hat), a number in [-1, 1] that does not say
+  what the channel is worth, and channels die together once the strength
+  passes it. Taking the proximal step in Adam's metric, lr x strength x
+  w_c / sqrt(v_hat_c), balances m_hat_c against strength x w_c (x R): the
+  optimality condition of task + strength x term, as under SGD. R keeps
+  the step's overall size that of the decoupled step, so the strength
+  keeps its scale; `cap` bounds the factor of a channel whose gradient is
+  (so far) near zero, so that one quiet batch does not remove it at once.
+  """
+  present = [r for r in roots if r is not None]
+  if not present:
+    return roots
+  scale = tf.sqrt(tf.reduce_mean(tf.concat([tf.square(r) for r in present],
+                                           0)))
+  ok = scale > 0.0
+  return [None if r is None else tf.where(
+      ok, tf.math.divide_no_nan(scale, tf.maximum(r, scale / cap)),
+      tf.ones_like(r)) for r in roots]
+
+
 def _momentum_gain(optimizer):
   """(1 - m^t) / (1 - m) for a heavy-ball optimizer at iteration t, else 1."""
   momentum = _momentum_of(optimizer)
@@ -455,10 +553,9 @@ def _momentum_gain(optimizer):
 def _momentum_of(optimizer):
   """The momentum m of a heavy-ball Keras optimizer (SGD, RMSprop), else 0.
 
-  Adam-family first moments are averages of gradients, not displacements,
-  and Adam's step is bounded by ~ learning rate whatever the gradient's
-  size: the decoupled step (gain 1, like AdamW's weight decay) returns a
-  gamma to 0 once strength x w_c >= ~1, which the controller reaches.
+  Adam-family first moments are averages of gradients, not displacements:
+  their gain is 1, and the step is taken in Adam's metric instead
+  (`adam_preconditioners`).
   """
   inner = getattr(optimizer, 'inner_optimizer', optimizer)  # loss scaling
   if inner is None or not any(k.__name__ in ('SGD', 'RMSprop')
