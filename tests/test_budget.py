@@ -264,6 +264,34 @@ def _warnings_of(fit):
   return [str(w.message) for w in caught if 'morph_net (' in str(w.message)]
 
 
+class _Holder:
+  strength = 1.0
+
+
+def test_no_dominating_warning_under_a_target():
+  """Under a target the strength is the controller's: a penalty 1000x the
+  task loss at the target is no mistake (the same numbers with a fixed
+  strength are warned about)."""
+  model = _one_bn_model([0.5, 0.5])
+  reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+  cost = float(reg.get_cost())
+  logs = {'FLOPs': cost, 'regularization_term': 1000.0, 'loss': 1000.1}
+
+  def warned(target):
+    monitor = budget.BudgetMonitor(reg, 'FLOPs', 'regularization_term',
+                                   target_cost=target)
+    monitor.set_model(_Holder())
+    monitor.on_train_begin()
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always')
+      for step in range(3):
+        monitor.on_train_batch_end(step, dict(logs))
+    return [str(w.message) for w in caught if '(dominating)' in str(w.message)]
+
+  assert not warned(cost)  # at the target
+  assert len(warned(None)) == 1  # fixed strength 1.0, far above 1 / cost
+
+
 def test_warns_when_cost_stalls(digits):
   model = build_model()
   reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)

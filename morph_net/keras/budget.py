@@ -22,8 +22,8 @@ Four pieces, wired in by `add_regularizer(model, reg, target_cost=T)` (or
   the sources oscillate (see `morph_net.keras._proximal`).
 * `BudgetMonitor` (a callback, added by `RegularizedModel.fit`) warns, once
   per kind, when sources hover within a factor 2 of the alive threshold,
-  when strength x term dominates the task loss, or when the cost has not
-  moved after `patience` steps; each warning says what to change.
+  when a fixed strength x term dominates the task loss, or when the cost
+  has not moved after `patience` steps; each warning says what to change.
 """
 
 import contextlib
