@@ -105,8 +105,9 @@ def _fit_budget(tf, keras, strategy, mode):
   'target': the controller (rate 0.2) toward a quarter of the initial cost:
   its forecast is far above that from the first step, so the strength
   changes every step; the proximal step is on (the default with
-  target_cost), and so are the forecast's running averages. 'exact_zeros': a
-  fixed strength, proximal step only.
+  target_cost), and so are the forecast's running averages. 'target_adam':
+  the same under Adam (the proximal step reads Adam's second moments).
+  'exact_zeros': a fixed strength, proximal step only.
   """
   import morph_net.keras  # pylint: disable=g-import-not-at-top
   from morph_net.keras import budget  # pylint: disable=g-import-not-at-top
@@ -117,7 +118,7 @@ def _fit_budget(tf, keras, strategy, mode):
       gamma = model.get_layer('bn').gamma
       gamma.assign(np.asarray(BUDGET_GAMMAS, np.float32))
       reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
-      if mode == 'target':
+      if mode in ('target', 'target_adam'):
         control = budget.StrengthController(0.25 * float(reg.get_cost()),
                                             rate=0.2, patience=0)
         trainer = morph_net.keras.add_regularizer(
@@ -125,7 +126,9 @@ def _fit_budget(tf, keras, strategy, mode):
       else:
         trainer = morph_net.keras.add_regularizer(
             model, reg, strength=5e-4, exact_zeros=True, monitor=False)
-      trainer.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE),
+      optimizer = (keras.optimizers.Adam(0.01) if mode == 'target_adam'
+                   else keras.optimizers.SGD(LEARNING_RATE))
+      trainer.compile(optimizer=optimizer,
                       loss=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True))
   except Exception as e:  # pylint: disable=broad-except
@@ -226,7 +229,7 @@ def _main(argv):
            'loop_1': _custom_loop(tf, keras, None),
            'loop_2': _custom_loop(tf, keras, mirrored),
            'loop_1_no_term': _custom_loop(tf, keras, None, strength=0.0)}
-    for mode in ('target', 'exact_zeros'):
+    for mode in ('target', 'exact_zeros', 'target_adam'):
       out['%s_1' % mode] = _fit_budget(tf, keras, None, mode)
       out['%s_2' % mode] = _fit_budget(tf, keras, mirrored, mode)
   elif mode == 'worker':
@@ -338,7 +341,7 @@ def test_custom_loop_with_two_mirrored_replicas_matches_one_device(runs):
                        mirrored['loop_1']['weights'], 'fit vs custom loop')
 
 
-@pytest.mark.parametrize('mode', ['target', 'exact_zeros'])
+@pytest.mark.parametrize('mode', ['target', 'exact_zeros', 'target_adam'])
 def test_budget_trajectory_with_two_mirrored_replicas_matches_one_device(
     runs, mode):
   one, two = runs['mirrored']['%s_1' % mode], runs['mirrored']['%s_2' % mode]
