@@ -515,7 +515,7 @@ def adam_channel_roots(optimizer, entries):
 def adam_preconditioners(roots, cap=ADAM_METRIC_CAP):
   """Step factors R / max(sqrt(v_hat_c), R / cap) per channel, R the RMS of
   sqrt(v_hat) over every channel of every source (None entries stay None;
-  all None, or R = 0: all None).
+  R = 0, no gradient seen yet: factor 1, the decoupled step).
 
   Adam moves a variable by lr x m_hat / (sqrt(v_hat) + eps): every channel
   at about lr per step, whatever its gradient's size. A decoupled shrink
@@ -524,9 +524,9 @@ def adam_preconditioners(roots, cap=ADAM_METRIC_CAP):
   what the channel is worth, and channels die together once the strength
   passes it. Taking the proximal step in Adam's metric, lr x strength x
   w_c / sqrt(v_hat_c), balances m_hat_c against strength x w_c (x R): the
-  optimality condition of task + strength x term, as under SGD. R keeps
-  the step's overall size that of the decoupled step, so the strength
-  keeps its scale; `cap` bounds the factor of a channel whose gradient is
+  optimality condition of task + strength x term, as under SGD. R puts
+  the factors around 1, so the strength keeps roughly its scale; `cap`
+  bounds the factor of a channel whose gradient is
   (so far) near zero, so that one quiet batch does not remove it at once.
   """
   present = [r for r in roots if r is not None]
