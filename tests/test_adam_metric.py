@@ -1,5 +1,5 @@
 """The proximal step under Adam, taken in Adam's own metric
-(morph_net.keras._proximal.adam_preconditioners)."""
+(morph_net.keras._adam_metric.adam_preconditioners)."""
 
 import keras
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import morph_net.keras as mk
-from morph_net.keras import _proximal
+from morph_net.keras import _adam_metric
 from morph_net.keras import budget
 from morph_net.network_regularizers import flop_regularizer
 
@@ -23,16 +23,16 @@ def _term_slope(reg, gamma):
 
 def test_preconditioners_are_rms_over_root_capped():
   roots = [tf.constant([2.0, 1.0]), None, tf.constant([0.5, 0.0])]
-  factors = _proximal.adam_preconditioners(roots, cap=10.0)
+  factors = _adam_metric.adam_preconditioners(roots, cap=10.0)
   rms = np.sqrt(np.mean([4.0, 1.0, 0.25, 0.0]))
   assert factors[1] is None
   np.testing.assert_allclose(factors[0].numpy(), [rms / 2.0, rms], rtol=1e-6)
   np.testing.assert_allclose(factors[2].numpy(), [rms / 0.5, 10.0],
                              rtol=1e-6)
   # No gradient seen anywhere yet: the decoupled step.
-  zero = _proximal.adam_preconditioners([tf.zeros(3)])
+  zero = _adam_metric.adam_preconditioners([tf.zeros(3)])
   np.testing.assert_array_equal(zero[0].numpy(), np.ones(3))
-  assert _proximal.adam_preconditioners([None, None]) == [None, None]
+  assert _adam_metric.adam_preconditioners([None, None]) == [None, None]
 
 
 @pytest.mark.parametrize('wrap', [False, True])
@@ -52,7 +52,7 @@ def test_adam_step_divides_by_each_channel_s_root_second_moment(wrap):
   shrinks = prox.apply(0.01 / w, optimizer)
   roots = np.array([2e-3, 1e-3, 0.5e-3, 0.0])
   rms = np.sqrt(np.mean(roots ** 2))
-  factors = rms / np.maximum(roots, rms / _proximal.ADAM_METRIC_CAP)
+  factors = rms / np.maximum(roots, rms / _adam_metric.ADAM_METRIC_CAP)
   np.testing.assert_allclose(gamma.numpy(), 0.5 - 0.01 * factors, rtol=1e-5)
   np.testing.assert_allclose(shrinks[0].numpy(), 0.01 * factors,
                              rtol=1e-5)

@@ -58,3 +58,39 @@ def test_channels_first_models_are_refused_naming_the_layer():
   with pytest.raises(errors.UnsupportedOpError,
                      match="'cf'.*channels_first.*channels_last"):
     mk.structure_cost(model, {})
+
+
+def _embedding_stream():
+  """Token ids -> Embedding -> LayerNorm -> + Dense branch -> LayerNorm ->
+  pooled -> Dense 'head': a residual stream started by a table."""
+  ids = keras.Input((6,), dtype='int32')
+  stream = keras.layers.LayerNormalization(name='ln0')(
+      keras.layers.Embedding(20, 8, name='table')(ids))
+  branch = keras.layers.Dense(8, name='branch')(
+      keras.layers.Dense(16, activation='relu', name='inner')(stream))
+  x = keras.layers.LayerNormalization(name='ln1')(
+      keras.layers.Add()([stream, branch]))
+  pooled = keras.layers.GlobalAveragePooling1D()(x)
+  return keras.Model(ids, keras.layers.Dense(3, name='head')(pooled))
+
+
+def test_a_stream_started_by_an_embedding_keeps_its_width():
+  """slim_model narrows no embedding table, so the layers adding into its
+  stream are fixed like the data's: not regularized, refused by name, and
+  a regularizer's structure leaves them whole (it built a model whose
+  residual add failed, [.., 12] vs [.., 16], on keras-hub's BERT)."""
+  from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
+  model = _embedding_stream()
+  with pytest.raises(ValueError, match='embedding lookup'):
+    mk.slim_model(model, {'branch': 6})
+  reg = flop_regularizer.GroupLassoFlopsRegularizer(model, 1e-3)
+  for name in ('branch', 'inner'):  # both lose half their channels
+    kernel = model.get_layer(name).kernel
+    value = kernel.numpy()
+    value[:, ::2] = 0.0
+    kernel.assign(value)
+  slim = mk.slim_model(model, reg)
+  assert slim.get_layer('inner').units == 8  # the branch's inside: pruned
+  assert slim.get_layer('branch').units == 8  # the stream: whole
+  out = slim.predict(np.zeros((2, 6), 'int32'), verbose=0)
+  assert out.shape == (2, 3)

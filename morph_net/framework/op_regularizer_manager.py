@@ -339,11 +339,15 @@ class OpRegularizerManager:
 
   def input_labels(self):
     """Channel labels of the data fed to the network (placeholders, input
-    boundary ops, iterators): their width is the data's."""
+    boundary ops, iterators): their width is the data's. An embedding
+    lookup's channels count too: their width is the table's, and no slim
+    model narrows a table, so a residual stream they start (a
+    transformer's) keeps its width."""
     view = self._view
     return self._labels_of_ops(
         op for op in self._ops if op_types.is_input(op)
-        or view.is_input_boundary(op) or view.is_network_input(op))
+        or view.is_input_boundary(op) or view.is_network_input(op)
+        or op_types.is_embedding_lookup(op, view))
 
   def _labels_of_ops(self, ops):
     found = [self._labels[self._tensor_nodes[t.name]] for op in ops
@@ -491,4 +495,3 @@ class OpRegularizerManager:
             'Source %r: parameter size differs from channel count.'
             % s.op.name)
     return True
-

@@ -102,3 +102,11 @@ def is_depthwise(depthwise_type, groups, kernel_shape):
     return True
   return bool(groups > 1 and kernel_shape is not None
               and list(kernel_shape)[-2] == 1)
+
+
+def is_embedding_lookup(op, view):
+  """A gather from a weight: an embedding table looked up by ids."""
+  if op.type == 'ResourceGather':
+    return True
+  return (op.type in ('GatherV2', 'Gather') and bool(op.inputs) and
+          is_weight(op.inputs[0], view))

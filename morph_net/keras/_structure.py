@@ -378,8 +378,8 @@ class Analysis:
     if inputs:
       raise ValueError(
           'The structure names layers whose output channels are tied to '
-          'the model\'s inputs (e.g. added to them): %s. Their width is the '
-          'data\'s; remove them from the structure.'
+          'the model\'s inputs or an embedding lookup (e.g. added to them): '
+          '%s. Their width is the data\'s or a table\'s; remove them.'
           % ', '.join(sorted(inputs, key=self._order.get)))
 
   # ------------------------------------------------------ label vectors
