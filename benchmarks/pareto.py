@@ -683,6 +683,18 @@ def verdict_table(verdicts):
 
 
 # ----------------------------------------------------------------- plots
+def _gates_label(gate_kwargs):
+  """'T=0.5, straight-through' for {'temperature': 0.5, 'straight_through':
+  True}; 'at the layer's defaults' for none."""
+  if not gate_kwargs:
+    return 'at the layer\'s defaults'
+  names = {'temperature': 'T'}
+  return ', '.join(
+      ('straight-through' if v else 'not straight-through')
+      if k == 'straight_through' else '%s=%s' % (names.get(k, k), v)
+      for k, v in sorted(gate_kwargs.items()))
+
+
 def plot_setting(results, setting, out_dir):
   """pareto_<task>_<net>_<resource>.png: the curves and learned widths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -698,7 +710,8 @@ def plot_setting(results, setting, out_dir):
   styles = {'width': ('o-', 'k', 'width multiplier'),
             'gamma': ('s--', 'C0', 'Gamma'),
             'grouplasso': ('^--', 'C1', 'GroupLasso'),
-            'figs': ('D--', 'C2', 'FiGS (LogisticSigmoid), defaults'),
+            'figs': ('D--', 'C2', 'FiGS, gates %s' % _gates_label(
+                cfg['method'].get('gate_kwargs'))),
             'figs_prob': ('v--', 'C3', 'FiGS, regularize_on_mask=False')}
   for name, rows in cur.items():
     style, color, label = styles[name]

@@ -328,3 +328,9 @@ def test_quick_run_end_to_end(tmp_path):
         v['ci95'][1])
   assert os.path.getsize(str(tmp_path / 'out' /
                              'pareto_digits16_vgg_flops.png')) > 0
+
+
+def test_plot_label_says_which_gates_ran():
+  assert pareto._gates_label({}) == 'at the layer\'s defaults'  # pylint: disable=protected-access
+  assert pareto._gates_label({'temperature': 0.5, 'straight_through': True}) == (  # pylint: disable=protected-access
+      'straight-through, T=0.5')
