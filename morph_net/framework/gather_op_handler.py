@@ -28,7 +28,7 @@ class GatherOpHandler(op_handler.OpHandler):
   handles_channel_axes = True
 
   def data_inputs(self, op, view):
-    if op.type == 'ResourceGather' or op_types.is_weight(op.inputs[0], view):
+    if op_types.is_embedding_lookup(op, view):
       return []
     return [0] if op_handler.is_float(op.inputs[0]) else []
 

@@ -17,15 +17,22 @@ from morph_net.op_regularizers import group_lasso_regularizer
 ADAM_METRIC_CAP = 10.0
 
 
-def _adam_state(optimizer):
-  """The Adam-family Keras optimizer (Adam, AdamW, Nadam) behind
-  `optimizer` (unwrapping loss scaling), or None."""
+def optimizer_of(optimizer, class_names):
+  """The Keras optimizer behind `optimizer` (unwrapping loss scaling) if
+  its class or a base class is named in `class_names`, else None."""
   inner = getattr(optimizer, 'inner_optimizer', optimizer)
-  if inner is None or not any(k.__name__ in ('Adam', 'Nadam')
+  if inner is None or not any(k.__name__ in class_names
                               for k in type(inner).__mro__):
     return None
-  if not (hasattr(inner, '_velocities') and
-          hasattr(inner, '_get_variable_index')):
+  return inner
+
+
+def _adam_state(optimizer):
+  """The Adam-family Keras optimizer (Adam, AdamW, Nadam) behind
+  `optimizer`, or None."""
+  inner = optimizer_of(optimizer, ('Adam', 'Nadam'))
+  if inner is None or not (hasattr(inner, '_velocities') and
+                           hasattr(inner, '_get_variable_index')):
     return None
   return inner
 

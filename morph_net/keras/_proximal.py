@@ -52,6 +52,7 @@ from morph_net.framework import sources
 from morph_net.keras import _distribute
 from morph_net.keras._adam_metric import adam_channel_roots
 from morph_net.keras._adam_metric import adam_preconditioners
+from morph_net.keras._adam_metric import optimizer_of
 from morph_net.op_regularizers import gamma_l1_regularizer
 from morph_net.op_regularizers import group_lasso_regularizer
 from morph_net.op_regularizers import logistic_sigmoid_regularizer
@@ -163,6 +164,10 @@ class ProximalStep:
     relative = getattr(regularizer.op_regularizer_manager,
                        'normalized_sources', frozenset())
     self._relative = [s.op.name in relative for s in self._sources]
+    # Sources whose step Adam's metric scales: gammas and group lasso
+    # measured absolutely (gates take GateStep's step).
+    self._preconditioned = [k != 'gate' and not r
+                            for k, r in zip(self._kinds, self._relative)]
     self._weights = None
     self._alive = None
     gates = [s.param for s, k in zip(self._sources, self._kinds)
@@ -329,15 +334,11 @@ class ProximalStep:
   def _adam_metric(self, optimizer):
     """Per source, the channels' step factors in an Adam-family
     optimizer's own metric, or None (see `adam_preconditioners`)."""
-    n = len(self._sources)
-    plain = [kind == 'gate' or self._relative[i]
-             for i, kind in enumerate(self._kinds)]
-    if all(plain):
-      return [None] * n
-    roots = adam_channel_roots(optimizer, [
-        None if plain[i] else (p, self._kinds[i], self._axes[i])
-        for i, p in enumerate(self.variables)])
-    return adam_preconditioners(roots)
+    if not any(self._preconditioned):
+      return [None] * len(self._sources)
+    return adam_preconditioners(adam_channel_roots(optimizer, [
+        (p, kind, axis) if on else None for p, kind, axis, on in zip(
+            self.variables, self._kinds, self._axes, self._preconditioned)]))
 
   def _relative_step(self, i, p, alive, grad, step):
     """A source measured relative to its own scale (`normalized_sources`):
@@ -481,9 +482,8 @@ def _momentum_of(optimizer):
   their gain is 1, and the step is taken in Adam's metric instead
   (`adam_preconditioners`).
   """
-  inner = getattr(optimizer, 'inner_optimizer', optimizer)  # loss scaling
-  if inner is None or not any(k.__name__ in ('SGD', 'RMSprop')
-                              for k in type(inner).__mro__):
+  inner = optimizer_of(optimizer, ('SGD', 'RMSprop'))
+  if inner is None:
     return 0.0
   momentum = float(getattr(inner, 'momentum', 0.0) or 0.0)
   return momentum if 0.0 < momentum < 1.0 else 0.0
