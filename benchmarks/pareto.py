@@ -99,7 +99,11 @@ from scipy import stats  # pylint: disable=g-import-not-at-top
 # and judge that change on the held-out settings, never on the development
 # one alone; never per setting, never until the answer looks good.
 METHOD = {
-    'shrink_to': 0.5,              # learn one structure at 0.5 x seed cost
+    # 0.5: learn one structure at 0.5 x the seed's cost and scale it to
+    # every budget (the paper's recipe); 'budget': learn one structure per
+    # budget, shrinking toward that budget's cost, then fit it to the
+    # budget with expand_structure (the shrink stops at or under it).
+    'shrink_to': 0.5,
     'gamma_threshold': 1e-2,       # Gamma*Regularizer(model, this)
     'group_lasso_threshold': 1e-2,  # GroupLasso*Regularizer(model, this)
     'normalize': False,            # Gamma/GroupLasso normalize= argument
@@ -379,12 +383,12 @@ def shrink_optimizer(name):
 
 
 def shrink_fit(seed_model, family, resource, data, epochs, optimizer=None,
-               callbacks=None, monitor=True):
+               callbacks=None, monitor=True, target=None):
   """The shrink's fit, on a copy of the trained seed: the family's
-  regularizer toward METHOD['shrink_to'] x its cost under `target_cost`
-  (family None: no regularizer, a control), `optimizer` (a
-  `shrink_optimizer` name; METHOD's if None), `callbacks(reg, target)` the
-  fit's callbacks.
+  regularizer toward `target` (in the resource's unit; None:
+  METHOD['shrink_to'] x its cost) under `target_cost` (family None: no
+  regularizer, a control), `optimizer` (a `shrink_optimizer` name;
+  METHOD's if None), `callbacks(reg, target)` the fit's callbacks.
 
   Returns:
     (model, regularizer, start cost, target); the last three None for the
@@ -398,7 +402,11 @@ def shrink_fit(seed_model, family, resource, data, epochs, optimizer=None,
   if family is not None:
     reg = make_regularizer(family, resource, model)
     start = float(reg.get_cost())
-    target = METHOD['shrink_to'] * start
+    if target is None:
+      if not isinstance(METHOD['shrink_to'], (int, float)):
+        raise ValueError("METHOD['shrink_to'] is %r: give the shrink its "
+                         'target (one per budget)' % (METHOD['shrink_to'],))
+      target = METHOD['shrink_to'] * start
     trainer = mk.add_regularizer(model, reg, target_cost=target,
                                  monitor=monitor)
     extra = list(callbacks(reg, target)) if callbacks else []
@@ -410,8 +418,9 @@ def shrink_fit(seed_model, family, resource, data, epochs, optimizer=None,
   return model, reg, start, target
 
 
-def shrink(seed_model, family, resource, data, epochs, log_dir):
-  """Learns one structure: the seed shrunk toward shrink_to x its cost.
+def shrink(seed_model, family, resource, data, epochs, log_dir, target=None):
+  """Learns one structure: the seed shrunk toward `target` (None:
+  METHOD['shrink_to'] x its cost).
 
   Returns:
     dict: 'learned' ({layer: count}, the last export at or under the
@@ -422,7 +431,7 @@ def shrink(seed_model, family, resource, data, epochs, log_dir):
   from morph_net.keras import budget  # pylint: disable=g-import-not-at-top
   from morph_net.keras import cycles  # pylint: disable=g-import-not-at-top
   model, reg, start, target = shrink_fit(
-      seed_model, family, resource, data, epochs,
+      seed_model, family, resource, data, epochs, target=target,
       callbacks=lambda reg, target: [budget.only_at_or_under(
           mk.StructureExporterCallback(reg, log_dir,
                                        METHOD['export_every_steps'],
@@ -637,6 +646,19 @@ def curves(results, setting, widths, budget_widths, families=FAMILIES):
   return out
 
 
+def per_budget(method):
+  """Whether `method` learns one structure per budget."""
+  return method['shrink_to'] == 'budget'
+
+
+def recipe_label(method):
+  if per_budget(method):
+    return ('shrink to each budget, expand_structure to it (one structure '
+            'per budget)')
+  return ('shrink to %g x, expand_structure to each budget'
+          % method['shrink_to'])
+
+
 def compute_verdicts(results, settings=SETTINGS, families=FAMILIES):
   """One verdict per (setting, family) with a complete curve."""
   cfg = results['config']
@@ -654,8 +676,7 @@ def compute_verdicts(results, settings=SETTINGS, families=FAMILIES):
       out.append(dict(
           setting=setting, resource=setting.split('/')[2],
           development=is_development(setting), family=family,
-          recipe='shrink to %g x, expand_structure to each budget' %
-          cfg['method']['shrink_to'],
+          recipe=recipe_label(cfg['method']),
           flops_saving_at_equal_accuracy=v['saving'], ci95=v['ci95'],
           per_budget=[dict(budget=p[2], cost=p[0], saving=s, censored=c,
                            accuracy_gain_at_equal_cost=g)
@@ -735,23 +756,29 @@ def plot_setting(results, setting, out_dir):
   seed_widths = results.get('seed_widths', {}).get('%s/%s' % (task, net), {})
   names = sorted(seed_widths, key=lambda n: (n != 'stem', n))  # net order
   x = np.arange(len(names))
-  fams = [f for f in FAMILIES if point_key('shrink', setting, f) in
-          results['shrinks']]
+  # The structure learned at 0.5 x (or, one per budget, at the largest).
+  suffix = (('b=%g' % max(cfg['budget_widths']),)
+            if per_budget(cfg['method']) else ())
+  fams = [f for f in FAMILIES if point_key('shrink', setting, f, *suffix)
+          in results['shrinks']]
   for i, family in enumerate(fams):
-    learned = results['shrinks'][point_key('shrink', setting, family)][
-        'learned']
+    learned = results['shrinks'][point_key('shrink', setting, family,
+                                           *suffix)]['learned']
     bx.bar(x + (i - (len(fams) - 1) / 2) * 0.8 / max(1, len(fams)),
            [learned.get(n, seed_widths[n]) / seed_widths[n] for n in names],
            0.8 / max(1, len(fams)), color=styles[family][1],
            label=styles[family][2])
-  bx.axhline(METHOD['shrink_to'], color='0.5', lw=0.8, ls=':')
+  if not per_budget(cfg['method']):
+    bx.axhline(cfg['method']['shrink_to'], color='0.5', lw=0.8, ls=':')
   bx.set_xticks(x)
   bx.set_xticklabels(['%s (%d)' % (n, seed_widths[n]) for n in names],
                      rotation=45, ha='right', fontsize=8)
   bx.set_ylabel('learned width / seed width')
-  bx.set_title('structure learned at %g x the seed\'s %s' % (
-      cfg['method']['shrink_to'], 'FLOPs' if resource == 'flops' else
-      'model size'))
+  unit = 'FLOPs' if resource == 'flops' else 'model size'
+  bx.set_title('structure learned at the b=%g budget\'s %s' % (
+      max(cfg['budget_widths']), unit) if per_budget(cfg['method']) else
+               'structure learned at %g x the seed\'s %s' % (
+                   cfg['method']['shrink_to'], unit))
   if fams:
     bx.legend(fontsize=8)
   fig.tight_layout()
@@ -827,10 +854,17 @@ def apply_method(overrides):
       raise ValueError('--method %r: give KNOB=JSON with KNOB one of %s'
                        % (item, ', '.join(sorted(METHOD))))
     try:
-      METHOD[knob] = json.loads(value)
+      parsed = json.loads(value)
     except ValueError:
       raise ValueError('--method %r: %r is not JSON (quote strings: '
                        '\'"auto"\')' % (item, value)) from None
+    if knob == 'shrink_to' and parsed != 'budget' and not (
+        isinstance(parsed, (int, float)) and not isinstance(parsed, bool)
+        and 0 < parsed < 1):
+      raise ValueError('--method %r: shrink_to is a fraction of the seed\'s '
+                       'cost in (0, 1), or "budget" (one shrink per budget)'
+                       % (item,))
+    METHOD[knob] = parsed
 
 
 def copy_width_points(results, source_path, cfg):
@@ -969,21 +1003,30 @@ def main(argv=None):
                   plain, scaled_structure(seed_widths, w), task, s)
     for family in families:
       gated = family in GATED_FAMILIES
-      skey = point_key('shrink', setting, family)
-      if skey not in results['shrinks']:
-        t = time.time()
-        info = shrink(trained_seed(task, net, gated), family, resource,
-                      task_data(task), cfg['method']['shrink_epochs'],
-                      tempfile.mkdtemp(prefix='shrink_', dir=work))
-        info['wall_s'] = round(time.time() - t, 1)
-        results['shrinks'][skey] = info
-        save_results(results, path)
-        stamp('%s: learned %s (%.3f x seed, target met: %s; %.0f s)' % (
-            skey, info['learned'], info['learned_cost'] / info['start_cost'],
-            info['met'], info['wall_s']))
-      learned = results['shrinks'][skey]['learned']
+
+      def learned_structure(skey, target=None):
+        if skey not in results['shrinks']:
+          t = time.time()
+          info = shrink(trained_seed(task, net, gated), family, resource,
+                        task_data(task), cfg['method']['shrink_epochs'],
+                        tempfile.mkdtemp(prefix='shrink_', dir=work),
+                        **({} if target is None else dict(target=target)))
+          info['wall_s'] = round(time.time() - t, 1)
+          results['shrinks'][skey] = info
+          save_results(results, path)
+          stamp('%s: learned %s (%.3f x seed, target met: %s; %.0f s)' % (
+              skey, info['learned'],
+              info['learned_cost'] / info['start_cost'], info['met'],
+              info['wall_s']))
+        return results['shrinks'][skey]['learned']
+
       for b in cfg['budget_widths']:
         budget = costs(plain, scaled_structure(seed_widths, b))[resource]
+        if per_budget(cfg['method']):
+          learned = learned_structure(
+              point_key('shrink', setting, family, 'b=%g' % b), budget)
+        else:
+          learned = learned_structure(point_key('shrink', setting, family))
         counts = {k: int(v) for k, v in mk.expand_structure(
             net_model(task, net, gated), learned, target_cost=budget,
             cost=COST_NAMES[resource]).items()}

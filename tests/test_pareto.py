@@ -197,7 +197,8 @@ def test_wider_vgg_seeds_are_named_settings_outside_the_default_run():
 @pytest.fixture
 def fake_training(monkeypatch):
   """Replaces every fit with a cheap stand-in; counts the calls."""
-  calls = {'retrain': 0, 'shrink': 0, 'train': 0, 'fail_after': None}
+  calls = {'retrain': 0, 'shrink': 0, 'train': 0, 'fail_after': None,
+           'targets': []}
   known = {}  # costs by structure: each analysis traces the model
 
   def retrain_point(seed_model, structure, data, epochs, seed):
@@ -212,13 +213,19 @@ def fake_training(monkeypatch):
     cost = known[key]
     return 0.1 * math.log(cost['flops']) + 0.001 * seed, dict(cost)
 
-  def shrink(seed_model, family, resource, data, epochs, log_dir):
+  def shrink(seed_model, family, resource, data, epochs, log_dir,
+             target=None):
     del family, data, epochs, log_dir
     calls['shrink'] += 1
-    learned = {k: max(1, v // 2) for k, v in pareto.prunable_widths(
-        seed_model).items()}
+    calls['targets'].append(target)
     full = pareto.costs(seed_model, {})[resource]
-    return dict(learned=learned, met=True, target=0.5 * full,
+    # A stand-in structure: half of every width, or a quarter under a
+    # target below 0.3 x the seed's cost.
+    div = 4 if target is not None and target < 0.3 * full else 2
+    learned = {k: max(1, v // div) for k, v in pareto.prunable_widths(
+        seed_model).items()}
+    return dict(learned=learned, met=True,
+                target=0.5 * full if target is None else target,
                 start_cost=full, end_cost=0.4 * full, learned_cost=0.3 * full)
 
   def train(model, data, epochs, seed):
@@ -307,6 +314,54 @@ def test_verdicts_only_trains_nothing_and_writes_verdicts_and_plot(
   assert verdicts[0]['development'] is True
   assert os.path.getsize(str(tmp_path / 'out' /
                              'pareto_digits16_vgg_flops.png')) > 0
+
+
+@pytest.mark.slow
+def test_one_structure_per_budget(tmp_path, fake_training, monkeypatch):
+  """shrink_to='budget': one shrink per budget, toward that budget's cost;
+  the default: one shrink toward 0.5 x, scaled to every budget."""
+  monkeypatch.setitem(pareto.METHOD, 'shrink_to', pareto.METHOD['shrink_to'])
+  budgets = (0.35, 0.7)
+  monkeypatch.setitem(pareto.QUICK, 'budget_widths', budgets)
+  _quick(tmp_path, '--families', 'gamma')
+  assert fake_training['targets'] == [None]
+  default = _saved(tmp_path)
+  assert default['verdicts'][0]['recipe'] == (
+      'shrink to 0.5 x, expand_structure to each budget')
+  fake_training['targets'] = []
+  out = tmp_path / 'per_budget'
+  pareto.main(['--quick', '--out-dir', str(out), '--work-dir',
+               str(tmp_path / 'work'), '--families', 'gamma', '--method',
+               'shrink_to="budget"'])
+  seed = pareto.build_net('vgg', (16, 16, 1))
+  widths = pareto.prunable_widths(seed)
+  expected = [pareto.costs(seed, pareto.scaled_structure(widths, b))['flops']
+              for b in budgets]
+  assert fake_training['targets'] == expected
+  with open(str(out / 'pareto_results.json')) as f:
+    saved = json.load(f)
+  assert sorted(saved['shrinks']) == [
+      'shrink|digits16/vgg/flops|gamma|b=%g' % b for b in budgets]
+  assert saved['verdicts'][0]['recipe'].startswith('shrink to each budget')
+  # Each budget's points are its own shrink's structure fit to the budget:
+  # the small budget's (a quarter of every width, scaled up) differs from
+  # the default run's (half of every width, scaled down).
+  small = [p['structure'] for k, p in saved['points'].items()
+           if k.startswith('morph|') and '|b=0.35|' in k]
+  assert small and all(s != default['points'][k]['structure']
+                       for k, s in saved['points'].items()
+                       if k.startswith('morph|') and '|b=0.35|' in k)
+  for p in saved['points'].values():
+    if 'budget' in p:
+      assert p['cost']['flops'] <= p['budget'] * (1 + 1e-9)
+
+
+@pytest.mark.parametrize('bad', ['1.5', '0', '"auto"', 'true'])
+def test_shrink_to_is_checked(bad, monkeypatch):
+  monkeypatch.setitem(pareto.METHOD, 'shrink_to', pareto.METHOD['shrink_to'])
+  with pytest.raises(ValueError, match='shrink_to is a fraction'):
+    pareto.apply_method(['shrink_to=%s' % bad])
+  assert pareto.METHOD['shrink_to'] == 0.5
 
 
 # ------------------------------------------------------------ smoke run
