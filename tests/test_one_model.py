@@ -50,6 +50,18 @@ def _dilated_cnn():
   return keras.Model(inputs, L.Dense(4, name='logits')(x))
 
 
+def _dilated_1d():
+  # Keras runs a 1-D conv as a 2-D one: SpaceToBatchND -> ExpandDims ->
+  # Conv2D -> Squeeze -> BatchToSpaceND. Counted on its sub-images, the
+  # conv lost a factor of its output length over the sub-image's.
+  inputs = keras.Input((19, 4))
+  x = L.Conv1D(6, 3, dilation_rate=2, name='dil_valid')(inputs)
+  x = L.Conv1D(8, 3, dilation_rate=2, padding='same', name='dil_same')(x)
+  x = L.Conv1D(6, 2, dilation_rate=3, padding='causal', name='dil_causal')(x)
+  x = L.GlobalAveragePooling1D()(x)
+  return keras.Model(inputs, L.Dense(4, name='logits')(x))
+
+
 def _einsum_mlp():
   inputs = keras.Input((5, 6))  # a sequence of 5 tokens of width 6
   x = L.EinsumDense('abc,cd->abd', output_shape=(None, 16), bias_axes='d',
@@ -84,6 +96,7 @@ def _grouped_conv():
 
 
 _MODELS = {'plain_cnn': _plain_cnn, 'dilated': _dilated_cnn,
+           'dilated_1d': _dilated_1d,
            'einsum_mlp': _einsum_mlp, 'csp_split': _csp_block,
            'grouped_conv': _grouped_conv}
 
@@ -95,8 +108,9 @@ def independent_flops(model):
   Dense / EinsumDense with a [C_in, C_out] kernel: 2 x positions x C_in x
   C_out (positions: the input's dims between batch and channels).
   """
+  convs = (L.Conv1D, L.Conv2D)
   layers = [l for l in model.layers
-            if isinstance(l, (L.Conv2D, L.Dense, L.EinsumDense))]
+            if isinstance(l, convs + (L.Dense, L.EinsumDense))]
   probe = keras.Model(model.inputs,
                       [l.input for l in layers] + [l.output for l in layers])
   shape = [2] + list(model.inputs[0].shape[1:])
@@ -106,7 +120,7 @@ def independent_flops(model):
   for layer, x, y in zip(layers, ins, outs):
     x_shape, y_shape = tuple(x.shape), tuple(y.shape)
     kernel = tuple(layer.kernel.shape)
-    if isinstance(layer, L.Conv2D):
+    if isinstance(layer, convs):
       positions = np.prod(y_shape[1:-1])
       total += 2.0 * positions * np.prod(kernel[:-1]) * kernel[-1]
     else:

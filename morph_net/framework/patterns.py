@@ -193,25 +193,43 @@ def _gate(op, view):
   return None
 
 
-def _through_identities(tensor):
-  while tensor.op.type == 'Identity' and tensor.op.inputs:
+# A 1-D conv runs as a 2-D one on an added axis: ExpandDims before it,
+# Squeeze after it, between SpaceToBatchND and BatchToSpaceND.
+_INTO_CONV = ('Identity', 'ExpandDims')
+_OUT_OF_CONV = ('Identity', 'Squeeze')
+
+
+def _through_into_conv(tensor):
+  while tensor.op.type in _INTO_CONV and tensor.op.inputs:
     tensor = tensor.op.inputs[0]
   return tensor
 
 
+def _consumers_out_of_conv(tensor):
+  """The consumers of `tensor`, looking through Identity and Squeeze."""
+  found = []
+  for c in tensor.consumers():
+    if c.type in _OUT_OF_CONV and c.outputs:
+      found += _consumers_out_of_conv(c.outputs[0])
+    else:
+      found.append(c)
+  return found
+
+
 def _space_to_batch(op, view):
-  """A conv between SpaceToBatchND and BatchToSpaceND with one block shape.
+  """A conv between SpaceToBatchND and BatchToSpaceND with one block shape
+  (a 1-D conv: with ExpandDims and Squeeze around it).
 
   Raises:
     UnsupportedOpError: the conv reads a space-to-batch tensor but its
       result does not go back through a BatchToSpaceND of the same block
       (its positions per example would be unknown).
   """
-  producer = view.resolve(_through_identities(op.inputs[0]).op)
+  producer = view.resolve(_through_into_conv(op.inputs[0]).op)
   if producer.type != 'SpaceToBatchND':
     return None
   block = view.static_value(producer.inputs[1])
-  consumers = [c for c in op.outputs[0].consumers()
+  consumers = [c for c in _consumers_out_of_conv(op.outputs[0])
                if c.type == 'BatchToSpaceND']
   for c in consumers:
     if block is not None and np.array_equal(
