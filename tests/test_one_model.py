@@ -207,3 +207,73 @@ def test_nested_blocks_with_colliding_names_export_distinct_keys():
   slim = mk.slim_model(model, counts)
   assert slim.get_layer('b1').get_layer('fc').units == 2
   assert slim.get_layer('b2').get_layer('fc').units == 32
+
+
+# ------------------------------------------- removals and what they take
+def _chain_into_concat():
+  inputs = keras.Input((8, 8, 3))
+  a = L.Conv2D(4, 3, padding='same', name='a')(inputs)
+  b = L.Conv2D(5, 3, padding='same', name='b')(a)  # read only by c
+  c = L.Conv2D(6, 3, padding='same', name='c')(b)
+  return keras.Model(inputs, L.Conv2D(2, 1, name='head')(
+      L.Concatenate()([c, a])))
+
+
+def _chain_into_add():
+  inputs = keras.Input((8, 8, 3))
+  a = L.Conv2D(4, 3, padding='same', name='a')(inputs)
+  b = L.Conv2D(5, 3, padding='same', name='b')(a)
+  c = L.Conv2D(4, 3, padding='same', name='c')(b)
+  return keras.Model(inputs, L.Conv2D(2, 1, name='head')(L.Add()([a, c])))
+
+
+def _spatial_concat():
+  inputs = keras.Input((8, 8, 3))
+  a = L.Conv2D(6, 3, padding='same', name='a')(inputs)
+  b = L.Conv2D(6, 3, padding='same', name='b')(inputs)
+  x = L.Concatenate(axis=1)([a, b])  # 16 x 8: rows, not channels
+  g = L.Conv2D(6, 1, activation='sigmoid', name='g')(x)
+  x = L.Conv2D(4, 3, name='c2')(L.Multiply()([x, g]))
+  return keras.Model(inputs, L.Dense(3, name='fc')(
+      L.GlobalAveragePooling2D()(x)))
+
+
+@pytest.mark.parametrize('build, structure, gone', [
+    # b fed only c: removing c leaves b unread, and the rebuild drops it.
+    (_chain_into_concat, {'c': 0}, {'b', 'c'}),
+    # The zero ties a and c; a keeps one channel (the output needs it).
+    (_chain_into_add, {'c': 0}, {'b', 'c'}),
+    # Along rows, dropping a would halve what g and c2 see: a is kept.
+    (_spatial_concat, {'g': 0}, set()),
+])
+def test_structure_cost_is_the_cost_of_what_slim_keeps(build, structure,
+                                                       gone):
+  keras.utils.set_random_seed(3)
+  model = build()
+  planned = mk.structure_cost(model, structure)
+  with pytest.warns(UserWarning):
+    slim = mk.slim_model(model, structure)
+  names = {l.name for l in slim.layers}
+  assert not gone & names
+  assert independent_flops(slim) == pytest.approx(planned, rel=1e-9)
+  assert analyze.analyze(slim).flops == pytest.approx(planned, rel=1e-9)
+  for layer in model.layers:  # what survives reads what it read before
+    if layer.name in names and not isinstance(layer, L.InputLayer):
+      assert slim.get_layer(layer.name).output.shape[:-1] == (
+          layer.output.shape[:-1])
+
+
+def test_slim_warns_about_a_layer_only_removed_layers_read():
+  with pytest.warns(UserWarning, match=r"'b' \(5 channels\) is left out"):
+    mk.slim_model(_chain_into_concat(), {'c': 0})
+
+
+def test_expand_structure_lands_on_the_slim_cost_with_a_removed_branch():
+  model = _chain_into_concat()
+  target = 0.5 * analyze.analyze(model).flops
+  counts = mk.expand_structure(model, {'a': 4, 'b': 5, 'c': 0}, target)
+  with pytest.warns(UserWarning, match='left out'):
+    slim = mk.slim_model(model, counts)
+  actual = independent_flops(slim)
+  assert actual == pytest.approx(mk.structure_cost(model, counts), rel=1e-9)
+  assert 0.9 * target <= actual <= target

@@ -34,6 +34,17 @@ _RESHAPING = (keras.layers.Reshape, keras.layers.Permute,
 _DROPS_INPUTS = (keras.layers.Add, keras.layers.Concatenate)
 
 
+def _drops_inputs(node):
+  """Whether a removed input can leave the node: an Add, or a Concatenate
+  along the channel axis (along another axis the output's shape, and what
+  reads it, would change)."""
+  op = node.operation
+  if isinstance(op, keras.layers.Concatenate):
+    rank = len(node.outputs[0].shape)
+    return op.axis in (-1, rank - 1)
+  return isinstance(op, _DROPS_INPUTS)
+
+
 class Plan:
   """What survives of `model` under planned widths.
 
@@ -46,7 +57,12 @@ class Plan:
     first_node: id(layer) -> its first call node.
     layer_width: id(layer) -> width to set in its config.
     sections: id(node) -> new split sizes of a channel split.
-    removed: keys of prunable layers that disappear.
+    removed: keys of prunable layers that disappear: zero-width ones,
+      those a removed branch takes along, and those no model output reads
+      any more (their only consumers disappeared; the rebuild, from the
+      outputs back, leaves them out).
+    dropped: keys of every analyzed layer that disappears (depthwise ones
+      too): their ops cost nothing in the slim model.
     forced: keys of zero-width layers kept at `round_to` channels.
     blocks: ids of the layers with prunable sublayers (see `_blocks`) that
       are rebuilt by their width rule.
@@ -63,6 +79,7 @@ class Plan:
     self.layer_width = {}
     self.sections = {}
     self.removed = set()
+    self.dropped = set()
     self.seen = set()  # ids of the layers reached as call nodes
     self.forced = ()
     self.blocks = set()
@@ -107,7 +124,7 @@ def make_plan(analysis, widths, alive, round_to=1, warn=False):
   values = analysis.assign(widths, fix=True)[0]
   plan = _propagate(analysis, model, widths, values, alive, round_to, set())
   if not plan.outputs_removed:
-    return plan
+    return _drop_dead_ends(plan, analysis, widths, warn)
   order = {k: i for i, k in enumerate(analysis.entries)}
   zeros = sorted((k for k, w in widths.items() if w == 0),
                  key=order.get, reverse=True)
@@ -132,7 +149,57 @@ def make_plan(analysis, widths, alive, round_to=1, warn=False):
           'Layer %r has no alive channels but its removal would disconnect '
           'the model output; keeping %d channel(s).'
           % (key, analysis.round_count(key, 1, round_to)))
+  return _drop_dead_ends(plan, analysis, widths, warn)
+
+
+def _drop_dead_ends(plan, analysis, widths, warn):
+  """Adds to `plan.removed` / `plan.dropped` the layers no surviving model
+  output reads: walking back from the outputs over surviving tensors (a
+  used nested model: from all its surviving outputs, as it is rebuilt
+  whole)."""
+  used = set()
+  _walk_back(plan, plan.model, used)
+  dead = plan.seen - used
+  dead = _with_sublayers(plan, dead) - _with_sublayers(plan, used)
+  dead_ends = {k for i, k in analysis.key_of.items() if i in dead} - (
+      plan.removed)
+  if warn:
+    for key in sorted(k for k in dead_ends if widths.get(k)):
+      warnings.warn(
+          'Layer %r (%d channels) is left out of the slim model: only '
+          'removed layers read it.' % (key, widths[key]))
+  plan.removed |= dead_ends
+  plan.dropped = plan.removed | {k for i, k in analysis.any_key_of.items()
+                                 if i in dead}
   return plan
+
+
+def _walk_back(plan, functional, used):
+  needed = {id(t) for t in functional.outputs if not plan.is_removed(t)}
+  for node in reversed(graph_nodes(functional)):
+    if not any(id(t) in needed for t in node.outputs):
+      continue
+    op = node.operation
+    used.add(id(op))
+    if id(node) in plan.identity:
+      ins = [plan.identity[id(node)]]
+    else:
+      ins = plan.kept_inputs.get(id(node), node.input_tensors)
+    needed |= {id(t) for t in ins if not plan.is_removed(t)}
+    if is_model(op) and not is_subclassed(op):
+      _walk_back(plan, as_functional(op), used)
+
+
+def _with_sublayers(plan, layer_ids):
+  """The ids and, recursively, the ids of the layers' sublayers."""
+  out = set(layer_ids)
+  for i in layer_ids:
+    node = plan.first_node.get(i)
+    flatten = getattr(getattr(node, 'operation', None), '_flatten_layers',
+                      None)
+    if flatten is not None:
+      out |= {id(l) for l in flatten(include_self=False, recursive=True)}
+  return out
 
 
 def _propagate(analysis, model, widths, values, alive, round_to, forced):
@@ -157,7 +224,7 @@ def _walk(plan, functional, ctx):
     if is_model(op) and not is_subclassed(op) and len(live) == len(ins):
       _nested(plan, node, ctx)
       continue
-    if isinstance(op, _DROPS_INPUTS):
+    if _drops_inputs(node):
       if not live:
         _set(plan, node.outputs, REMOVED)
         continue

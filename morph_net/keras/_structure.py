@@ -36,7 +36,6 @@ check_count = _counts.check_count
 check_round_to = _counts.check_round_to
 round_count = _counts.round_count
 
-
 _CACHE_ATTR = '_morph_net_analyses'  # on the model: {signature: Analysis}
 
 
@@ -101,9 +100,7 @@ class Analysis:
     # Narrowed copies of custom layers, by layer and widths (planning
     # builds them to learn their output widths; see _slim_plan._narrowed).
     self.narrowed_cache = {}
-    self._quanta = None
-    self._tie_groups = None
-    self._divisors = None
+    self._quanta = self._tie_groups = self._divisors = None  # lazy
 
   @property
   def num_labels(self):
@@ -485,10 +482,13 @@ class Analysis:
     return value
 
   # --------------------------------------------------------------- cost
-  def cost(self, values, resource):
+  def cost(self, values, resource, dropped=()):
+    """The cost at label `values`; `dropped` layers' ops cost nothing."""
     if resource not in self._costs:
       self._costs[resource] = cost_model.CostModel(self.manager, resource)
-    return self._costs[resource].evaluate(values)
+    gone = {c.op.name for k in dropped for c in self._all_entries[k].computes}
+    per_op = self._costs[resource].per_op(values)
+    return float(sum(v for n, v in per_op.items() if n not in gone))
 
 
 def _vectors_from_regularizer(regularizer):
