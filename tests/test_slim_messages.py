@@ -94,3 +94,74 @@ def test_a_stream_started_by_an_embedding_keeps_its_width():
   assert slim.get_layer('branch').units == 8  # the stream: whole
   out = slim.predict(np.zeros((2, 6), 'int32'), verbose=0)
   assert out.shape == (2, 3)
+
+
+class HeldSublayers(keras.Model):
+  """stem -> a -> b -> fc, with a and b held where `mode` says."""
+
+  def __init__(self, mode='attr', keep_mode=True, **kwargs):
+    super().__init__(**kwargs)
+    self.mode, self._keep_mode = mode, keep_mode
+    self.stem = L.Conv2D(6, 3, padding='same', name='stem')
+    a = L.Conv2D(6, 3, padding='same', name='a')
+    b = L.Conv2D(5, 3, padding='same', name='b')
+    if mode == 'attr':
+      self.a, self.b = a, b
+    elif mode == 'list':
+      self.convs = [a, b]
+    else:
+      self.convs = {'a': a, 'b': b}
+    self.pool = L.GlobalAveragePooling2D()
+    self.fc = L.Dense(3, name='fc')
+
+  def call(self, x):
+    if self.mode == 'attr':
+      a, b = self.a, self.b
+    elif self.mode == 'list':
+      a, b = self.convs
+    else:
+      a, b = self.convs['a'], self.convs['b']
+    return self.fc(self.pool(b(a(self.stem(x)))))
+
+  def get_config(self):
+    config = super().get_config()
+    if self._keep_mode:
+      config['mode'] = self.mode
+    return config
+
+
+def _held(mode, keep_mode=True):
+  keras.utils.set_random_seed(0)
+  model = HeldSublayers(mode, keep_mode)
+  model(np.zeros((1, 8, 8, 3), 'float32'))
+  kernel, bias = model.stem.get_weights()
+  kernel[..., 4:], bias[4:] = 0.0, 0.0  # stem channels 4, 5 are dead
+  model.stem.set_weights([kernel, bias])
+  return model
+
+
+@pytest.mark.parametrize('mode', ['attr', 'list'])
+def test_a_subclassed_model_transfers_what_it_holds_in_attributes_or_lists(
+    mode):
+  model = _held(mode)
+  x = np.random.RandomState(0).rand(2, 8, 8, 3).astype('float32')
+  slim = mk.slim_model(model, {'stem': np.arange(6) < 4},
+                       transfer_weights=True)
+  np.testing.assert_allclose(slim(x), model(x), atol=1e-5)
+
+
+def test_sublayers_in_a_dict_are_refused_not_reinitialized():
+  # They were rebuilt fresh and random, silently, with transfer_weights.
+  with pytest.raises(NotImplementedError,
+                     match=r"'a', 'b' in a container slim_model does not"):
+    mk.slim_model(_held('dict'), {'stem': np.arange(6) < 4},
+                  transfer_weights=True)
+
+
+def test_a_config_that_does_not_rebuild_the_model_is_refused():
+  # Without 'mode' in its config the copy held a and b as attributes and
+  # ran them fresh and random, silently.
+  with pytest.raises(NotImplementedError,
+                     match=r'built again from its config.*convs\[0\]'):
+    mk.slim_model(_held('list', keep_mode=False),
+                  {'stem': np.arange(6) < 4}, transfer_weights=True)

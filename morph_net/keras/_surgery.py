@@ -188,7 +188,9 @@ def _copy(layer, leaf_shape, clone, made, record, prefix):
     new.build_from_config(build_config)  # its build makes sublayers
   made[id(layer)] = (layer, new)
   old_children = _children_by_key(layer)
-  for (attr, index), child in _children_by_key(new).items():
+  new_children = _children_by_key(new)
+  _check_pairs(layer, old_children, new_children)
+  for (attr, index), child in new_children.items():
     old = old_children.get((attr, index))
     if old is None or not old.weights:
       continue
@@ -197,6 +199,32 @@ def _copy(layer, leaf_shape, clone, made, record, prefix):
                                else '.%d' % index))
     replace(new, attr, index, child, fresh)
   return new
+
+
+def _check_pairs(layer, old_children, new_children):
+  """Every weighted sublayer of `layer` has its place in the copy (else
+  the copy would run a fresh, untransferred sublayer there)."""
+  reached = {id(c) for c in old_children.values()}
+  unreached = [s.name for s in layer._flatten_layers(  # pylint: disable=protected-access
+      include_self=False, recursive=False)
+               if s.weights and id(s) not in reached]
+  if unreached:
+    raise NotImplementedError(
+        'slim_model: %r (%s) holds weighted sublayer(s) %s in a container '
+        'slim_model does not walk (a dict, a tuple, a nested list); it '
+        'narrows sublayers held in attributes or flat lists. Hold them '
+        'there.' % (layer.name, type(layer).__name__, ', '.join(
+            map(repr, unreached))))
+  moved = sorted('%s%s' % (a, '' if i is None else '[%d]' % i)
+                 for (a, i) in set(old_children) ^ set(new_children)
+                 if (a, i) in new_children or old_children[(a, i)].weights)
+  if moved:
+    raise NotImplementedError(
+        'slim_model: %r (%s) built again from its config does not hold its '
+        'sublayers where the original does (%s differ): its get_config '
+        'leaves out an __init__ argument that decides them. Return every '
+        '__init__ argument from get_config.' % (
+            layer.name, type(layer).__name__, ', '.join(moved)))
 
 
 def _children_by_key(layer):
