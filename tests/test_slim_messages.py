@@ -38,6 +38,15 @@ def test_expand_warns_when_it_cannot_reach_its_target():
   assert 0.98 * 0.5 * full <= mk.structure_cost(model, counts) <= 0.5 * full
 
 
+def test_expand_says_a_short_landing_upward_is_granularity():
+  # FLOPs = 12 h; 71 lies between h = 5 (60) and h = 6 (72). The warning
+  # said the counts "cannot grow further" whenever they grew at all.
+  with pytest.warns(RuntimeWarning, match='next step up') as caught:
+    counts = mk.expand_structure(_mlp(), {'hidden': 1}, target_cost=71)
+  assert counts == {'hidden': 5}
+  assert not any('cannot grow' in str(w.message) for w in caught)
+
+
 def test_a_lambda_layer_slims_without_unsafe_deserialization():
   inputs = keras.Input((4,))
   x = L.Dense(8, name='hidden')(inputs)

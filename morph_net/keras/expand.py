@@ -177,7 +177,7 @@ def expand_structure(model, structure, target_cost, cost='flops',
   hi = 1.0
   while evaluate(scale(hi)) <= target_cost:
     if scale(2 * hi) == scale(hi):  # The cost does not grow with the counts.
-      _warn_if_short(evaluate(scale(hi)), target_cost, counts, scale(hi))
+      _warn_if_short(evaluate(scale(hi)), target_cost, counts, stalled=True)
       return scale(hi)
     lo, hi = hi, hi * 2
     if hi > _structure.MAX_GROWTH:
@@ -194,7 +194,7 @@ def expand_structure(model, structure, target_cost, cost='flops',
     else:
       hi = mid
   result = scale(lo)
-  _warn_if_short(evaluate(result), target_cost, counts, result)
+  _warn_if_short(evaluate(result), target_cost, counts, stalled=False)
   return result
 
 
@@ -203,15 +203,15 @@ def expand_structure(model, structure, target_cost, cost='flops',
 LANDING = 0.98
 
 
-def _warn_if_short(cost, target_cost, counts, result):
-  """A structure that cannot grow to its target: say so, and why."""
+def _warn_if_short(cost, target_cost, counts, stalled):
+  """A structure that cannot grow to its target: say so, and why
+  (`stalled`: doubling the scale no longer changed the counts)."""
   if cost >= LANDING * target_cost:
     return
   if not any(counts.values()):
     why = ('every layer of the structure has 0 channels (removed '
            'branches), and zero counts stay zero: there is nothing to scale')
-  elif result == counts or all(
-      c == 0 or r >= c for c, r in zip(counts.values(), result.values())):
+  elif stalled:
     why = ('the counts cannot grow further: the layers it names are at '
            '%dx their width or their growth does not raise the cost, and '
            'the layers it does not name keep their width'
