@@ -174,3 +174,31 @@ def test_a_config_that_does_not_rebuild_the_model_is_refused():
                      match=r'built again from its config.*convs\[0\]'):
     mk.slim_model(_held('list', keep_mode=False),
                   {'stem': np.arange(6) < 4}, transfer_weights=True)
+
+
+def _prelu_net(shared_axes):
+  inputs = keras.Input((6, 6, 3))
+  x = L.Conv2D(8, 3, padding='same', name='c1')(inputs)
+  x = L.PReLU(shared_axes=shared_axes, name='prelu',
+              alpha_initializer=keras.initializers.RandomUniform(0.1, 0.9))(x)
+  x = L.Conv2D(4, 3, name='c2')(x)
+  return keras.Model(inputs, L.Dense(3, name='fc')(
+      L.GlobalAveragePooling2D()(x)))
+
+
+def test_a_prelu_with_one_alpha_a_channel_slims_and_transfers():
+  keras.utils.set_random_seed(0)
+  model = _prelu_net([1, 2])  # alpha (1, 1, 8): a channel vector
+  kernel, bias = model.get_layer('c1').get_weights()
+  kernel[..., 4:], bias[4:] = 0.0, 0.0
+  model.get_layer('c1').set_weights([kernel, bias])
+  slim = mk.slim_model(model, {'c1': np.arange(8) < 4},
+                       transfer_weights=True)
+  assert slim.get_layer('prelu').get_weights()[0].shape == (1, 1, 4)
+  x = np.random.RandomState(1).rand(2, 6, 6, 3).astype('float32')
+  np.testing.assert_allclose(slim(x), model(x), atol=1e-5)
+
+
+def test_a_prelu_with_an_alpha_per_position_is_refused_by_name():
+  with pytest.raises(NotImplementedError, match=r"'prelu' \(PReLU\)"):
+    mk.slim_model(_prelu_net(None), {'c1': 4})

@@ -346,8 +346,10 @@ def _slice_weight(layer, name, value, in_idx, out_idx, in_width, shape=None):
       return _take(_take(value, in_idx, in_axis), out_idx, out_axis)
     if name == 'bias':
       return _take(value, out_idx, 0)
-  # Channel-wise layers (BatchNormalization, ...): 1-D weights over the
-  # input channels; anything else must not depend on the width.
-  if in_idx is not None and value.ndim == 1 and value.shape[0] == in_width:
-    return _take(value, in_idx, 0)
+  # Channel-wise layers (BatchNormalization, PReLU, ...): weights over the
+  # input channels, (C,) or (1, ..., 1, C); anything else must not depend
+  # on the width.
+  if (in_idx is not None and value.ndim >= 1 and value.shape[-1] == in_width
+      and all(d == 1 for d in value.shape[:-1])):
+    return _take(value, in_idx, -1)
   return value

@@ -391,7 +391,10 @@ def _node_channels(plan, node, live, ctx):
   # Channels the analysis tied (Add, Multiply, ...) were checked to agree,
   # so a merge takes its first input of the output's width.
   channel_ins = [c for t, c in zip(live, ins) if width(t) == out_w]
-  has_matrix = any(len(w.shape) > 1 for w in getattr(op, 'weights', []))
+  # A weight over more than the channels (a channel vector such as
+  # PReLU's alpha with shared_axes=[1, 2], (1, 1, C), is not).
+  has_matrix = any(len(w.shape) > 1 and any(d != 1 for d in w.shape[:-1])
+                   for w in getattr(op, 'weights', []))
   axis = getattr(op, 'axis', -1)
   last_axis = axis in (-1, len(live[0].shape) - 1, [-1],
                        [len(live[0].shape) - 1])
@@ -402,7 +405,8 @@ def _node_channels(plan, node, live, ctx):
       'Layer %r (%s) receives pruned channels (from %s) but slim_model does '
       'not know how its channels map. Supported: prunable layers, '
       'depthwise convs, Flatten, merges, nested functional/Sequential '
-      'models and channel-wise layers.'
+      'models and channel-wise layers (weights of shape (C,) or (1, ..., '
+      '1, C)).'
       % (name, type(op).__name__, _origin_names(ins)))
 
 
