@@ -70,6 +70,32 @@ def test_inf_kernel_group_lasso_raises_naming_kernel():
     reg.get_cost()
 
 
+def test_nan_gamma_in_a_tf1_graph_fails_the_session_run():
+  # Graph mode skipped the check: get_cost counted the NaN channel as dead
+  # and the exporter wrote a structure from it.
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [None, 6, 6, 3])
+    kernel = tf.compat.v1.get_variable('k', [3, 3, 3, 4])
+    gamma = tf.compat.v1.get_variable('gamma', initializer=tf.ones([4]))
+    y = tf.compat.v1.nn.fused_batch_norm(
+        tf.nn.conv2d(x, kernel, 1, 'SAME'), gamma, tf.zeros([4]))[0]
+    head = tf.compat.v1.get_variable('head', [4, 2])
+    y = tf.matmul(tf.reduce_mean(y, [1, 2]), head)
+    reg = flop_regularizer.GammaFlopsRegularizer([y.op], 0.1)
+    exporter = structure_exporter.StructureExporter(
+        reg.op_regularizer_manager)
+    cost = reg.get_cost()
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      assert sess.run(cost) == 2 * 36 * 27 * 4 + 2 * 4 * 2
+      sess.run(gamma.assign([np.nan, 1.0, 1.0, 1.0]))
+      for fetch in (cost, reg.get_regularization_term(), exporter.tensors):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match="Non-finite gamma.*'gamma'"):
+          sess.run(fetch)
+
+
 def test_nan_gate_logits_raise():
   logits = tf.constant([1.0, np.nan])
   reg = logistic_sigmoid_regularizer.LogisticSigmoidRegularizer(logits)

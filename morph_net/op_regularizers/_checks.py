@@ -57,6 +57,10 @@ def check_threshold(name, value, upper=None):
 
 
 def _variable_name(param):
+  op = getattr(param, 'op', None)  # a graph read: name its variable
+  while op is not None and op.type in ('ReadVariableOp', 'Identity') and (
+      op.inputs):
+    param, op = op.inputs[0], op.inputs[0].op
   name = getattr(param, 'path', None) or getattr(param, 'name', None)
   name = str(name) if name else '<unnamed tensor>'
   return name[:-2] if name.endswith(':0') else name
@@ -65,6 +69,11 @@ def _variable_name(param):
 def check_finite(values, params, sizes, what):
   """Raises NonFiniteSourceError if `values` (eager) holds NaN or inf.
 
+  In a `tf.compat.v1` graph, returns `values` checked when the session
+  runs them (a NaN/inf raises InvalidArgumentError naming the sources),
+  so no cost or exported structure is computed from them; inside a
+  `tf.function` (a Keras training step) `values` as they are.
+
   Args:
     values: the concatenated per-channel values of `params` (1-D).
     params: the source variables, in concatenation order.
@@ -72,10 +81,16 @@ def check_finite(values, params, sizes, what):
     what: what a value is, for the message (e.g. 'gamma', 'kernel norm').
   """
   if not tf.executing_eagerly():
-    return
+    if tf.compat.v1.get_default_graph().building_function:
+      return values
+    return tf.debugging.check_numerics(values, (
+        'Non-finite %s in regularizer sources %s: NaN/inf channels cannot '
+        'be classified alive or dead (training probably diverged: lower the '
+        'learning rate or the strength)' % (what, ', '.join(
+            repr(_variable_name(p)) for p in params[:_MAX_VARIABLES_SHOWN]))))
   finite = tf.math.is_finite(values)
   if bool(tf.reduce_all(finite)):
-    return
+    return values
   values = np.asarray(values)
   bad_variables = []
   start = 0

@@ -40,8 +40,8 @@ class GammaL1Regularizer:
   @property
   def regularization_vector(self):
     value = read(self._gamma)
-    _checks.check_finite(value, [self._gamma], [int(value.shape[0])],
-                         'gamma')
+    value = _checks.check_finite(value, [self._gamma],
+                                 [int(value.shape[0])], 'gamma')
     return tf.abs(value)
 
   @property
@@ -66,8 +66,8 @@ class GammaL1Regularizer:
     # Gammas are 1-D already; reshaping each would add an op per BatchNorm.
     values = [v if v.shape.rank == 1 else tf.reshape(v, [-1]) for v in values]
     gammas = tf.concat(values, axis=0) if len(values) > 1 else values[0]
-    _checks.check_finite(gammas, params, [int(v.shape[0]) for v in values],
-                         'gamma')
+    gammas = _checks.check_finite(
+        gammas, params, [int(v.shape[0]) for v in values], 'gamma')
     reg = tf.abs(gammas)
     if len(set(thresholds)) == 1:
       return reg, reg > thresholds[0]

@@ -121,8 +121,8 @@ class GroupLassoRegularizer:
   @property
   def regularization_vector(self):
     norms = channel_norms(self._weight, self._out_axis, self._l1_fraction)
-    _checks.check_finite(norms, [self._weight], [int(norms.shape[0])],
-                         'kernel norm')
+    norms = _checks.check_finite(norms, [self._weight],
+                                 [int(norms.shape[0])], 'kernel norm')
     return norms
 
   @property
@@ -146,8 +146,8 @@ class GroupLassoRegularizer:
     """
     regs = [channel_norms(p, axis, f) for p, (_, f, axis) in zip(params, settings)]
     reg = tf.concat(regs, 0) if len(regs) > 1 else regs[0]
-    _checks.check_finite(reg, params, [int(r.shape[0]) for r in regs],
-                         'kernel norm')
+    reg = _checks.check_finite(reg, params, [int(r.shape[0]) for r in regs],
+                               'kernel norm')
     thresholds = [t for t, _, _ in settings]
     if len(set(thresholds)) == 1:
       return reg, reg > thresholds[0]

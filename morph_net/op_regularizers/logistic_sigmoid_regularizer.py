@@ -61,7 +61,7 @@ def gate_vectors(params, settings, variables=None):
     variables = params
   sizes = [int(v.shape[0]) for v in values]
   logits = tf.concat(values, 0) if len(values) > 1 else values[0]
-  _checks.check_finite(logits, params, sizes, 'gate logits')
+  logits = _checks.check_finite(logits, params, sizes, 'gate logits')
   prob = tf.sigmoid(logits)
   records = [activation_gating.gate_record(v) for v in variables]
   first = np.zeros(sum(sizes), bool)
