@@ -368,3 +368,20 @@ def test_tf_function_with_input_signature(keras_model):
   grad = tape.gradient(term, keras_model.get_layer('bn2').gamma)
   np.testing.assert_allclose(np.asarray(grad),
                              expected_grad(GAMMA2, FLOPS_D2), rtol=1e-5)
+
+
+def test_graph_matmul_with_the_weight_first_is_refused_by_name():
+  # W h^T puts the units on axis 0: it was skipped, costing nothing.
+  from morph_net.framework import errors  # pylint: disable=g-import-not-at-top
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [None, 6, 6, 3])
+    kernel = tf.compat.v1.get_variable('k', [3, 3, 3, 4])
+    gamma = tf.compat.v1.get_variable('gamma', initializer=tf.ones([4]))
+    h = tf.reduce_mean(tf.compat.v1.nn.fused_batch_norm(
+        tf.nn.conv2d(x, kernel, 1, 'SAME'), gamma, tf.zeros([4]))[0], [1, 2])
+    weight = tf.compat.v1.get_variable('w', [10, 4])
+    logits = tf.matmul(weight, h, transpose_b=True, name='logits')
+    with pytest.raises(errors.UnsupportedOpError,
+                       match="MatMul 'logits' has its weight as the first"):
+      flop_regularizer.GammaFlopsRegularizer([logits.op], 0.1)

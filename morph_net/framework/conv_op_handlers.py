@@ -132,7 +132,17 @@ class MatMulOpHandler(op_handler.OpHandler):
 
   def analyze(self, op, ctx):
     act, weight = op.inputs[0], op.inputs[1]
-    if op.get_attr('transpose_a') or not op_types.is_weight(weight, ctx.view):
+    weighted = op_types.is_weight(weight, ctx.view)
+    if (op_types.is_weight(act, ctx.view) and not weighted) or (
+        weighted and op.get_attr('transpose_a')):
+      raise errors.UnsupportedOpError(
+          'MatMul %r has its weight as the first operand, or a transposed '
+          'activation (transpose_a): its output channels are not on the '
+          'last axis of a [batch, channels] activation, so they cannot be '
+          'counted or pruned. Write it as tf.matmul(x, w) with x [batch, '
+          'in] and w [in, out] (transpose_b=True for a w of [out, in]).'
+          % op.name)
+    if op.get_attr('transpose_a') or not weighted:
       return
     in_axis, out_axis = op_types.kernel_channel_axes(
         op.get_attr('transpose_b'))
