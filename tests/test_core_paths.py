@@ -385,3 +385,20 @@ def test_graph_matmul_with_the_weight_first_is_refused_by_name():
     with pytest.raises(errors.UnsupportedOpError,
                        match="MatMul 'logits' has its weight as the first"):
       flop_regularizer.GammaFlopsRegularizer([logits.op], 0.1)
+
+
+@pytest.mark.parametrize('channels', [3, 6])
+def test_graph_nchw_is_refused_by_name(channels):
+  # With C == W (6) the channels-last reading was silently wrong; otherwise
+  # a grouped-conv error that never said NCHW.
+  from morph_net.framework import errors  # pylint: disable=g-import-not-at-top
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [None, channels, 6, 6])
+    kernel = tf.compat.v1.get_variable('k', [3, 3, channels, 4])
+    y = tf.nn.conv2d(x, kernel, 1, 'SAME', data_format='NCHW', name='conv')
+    head = tf.compat.v1.get_variable('head', [4, 2])
+    logits = tf.matmul(tf.reduce_mean(y, [2, 3]), head)
+    with pytest.raises(errors.UnsupportedOpError,
+                       match="'conv' \\(type Conv2D\\) uses data_format 'NCHW'"):
+      flop_regularizer.GroupLassoFlopsRegularizer([logits.op], 0.1)

@@ -169,6 +169,7 @@ class ChannelGraphBuilder:
     """Refuses a tensor whose channels span several axes (attention heads,
     a transposed or split channel axis) to a handler that reads them from
     the last axis only."""
+    _check_channels_last(op)
     if getattr(handler, 'handles_channel_axes', False):
       return
     for i in self.data_inputs(op, handler):
@@ -454,3 +455,20 @@ def compile_patterns(patterns, what):
     except re.error as e:
       raise ValueError('Invalid %s regex %r: %s' % (what, p, e)) from None
   return compiled
+
+
+def _check_channels_last(op):
+  """Refuses an op computing on channels-first data (NCHW, NCDHW): every
+  handler reads channels from the last axis."""
+  try:
+    data_format = op.get_attr('data_format')
+  except (ValueError, TypeError):
+    return
+  if isinstance(data_format, bytes):
+    data_format = data_format.decode()
+  if isinstance(data_format, str) and data_format.startswith('NC'):
+    raise errors.UnsupportedOpError(
+        'Op %r (type %s) uses data_format %r: morph_net analyzes '
+        'channels-last graphs only (NHWC, NDHWC), with channels on the last '
+        'axis. Build the graph channels-last (transpose the input once).'
+        % (op.name, op.type, data_format))
