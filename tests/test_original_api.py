@@ -155,6 +155,44 @@ def test_latency_function_takes_the_slower_bound(graph):
     rf.latency_function_factory('V100', 0)
 
 
+@pytest.mark.parametrize('batch', [1, 3])
+def test_the_originals_latency_cost_calculator_is_the_regularizers(
+    graph, batch):
+  # The original's LatencyRegularizer built CostCalculator(manager,
+  # latency_function_factory(hardware, B)); it raised a TypeError here.
+  image = tf1.placeholder(tf.float32, [None, 8, 8, 3])
+  net = tf.nn.relu(_conv_bn(tf.nn.relu(_conv_bn(image, 8, 'a')), 6, 'b'))
+  logits = tf.matmul(tf.reduce_mean(net, [1, 2]), tf1.get_variable(
+      'fc', [6, 4]))
+  reg = latency_regularizer.GammaLatencyRegularizer(
+      [logits.op], 0.1, 'V100', batch_size=batch)
+  calc = cost_calculator.CostCalculator(
+      reg.op_regularizer_manager, rf.latency_function_factory('V100', batch))
+  cost, expected, term, expected_term = _run(
+      calc.get_cost(), reg.get_cost(), calc.get_regularization_term(),
+      reg.get_regularization_term())
+  assert cost == pytest.approx(expected) and cost > 0
+  assert term == pytest.approx(expected_term)
+  with pytest.raises(ValueError, match='memory_function is an op-level'):
+    cost_calculator.CostCalculator(reg.op_regularizer_manager,
+                                   rf.memory_function)
+
+
+def test_op_level_flops_of_an_atrous_conv_count_its_real_positions(graph):
+  # The conv runs on 2 x 2 space-to-batch sub-images of 4 x 4 positions:
+  # counted there, its FLOPs were a quarter of the 8 x 8 output's.
+  image = tf1.placeholder(tf.float32, [None, 8, 8, 3])
+  net = tf.nn.atrous_conv2d(image, tf1.get_variable('k', [3, 3, 3, 5]), 2,
+                            'SAME')
+  conv = next(op for op in graph.get_operations() if op.type == 'Conv2D')
+  flops = rf.flop_function(conv, False, 3, 5, 0, 0, 2)  # static sizes
+  assert flops == 2 * 2 * 64 * 9 * 3 * 5
+  logits = tf.matmul(tf.reduce_mean(net, [1, 2]), tf1.get_variable(
+      'fc', [5, 2]))
+  reg = flop_regularizer.GroupLassoFlopsRegularizer([logits.op], 1e-3)
+  assert _run(reg.get_cost())[0] == 2 * 64 * 9 * 3 * 5 + 2 * 5 * 2
+
+
 def test_memory_of_a_matmul_is_a_tensor_of_rows_weights_and_outputs(graph):
   matmul = tf.matmul(tf.zeros([1, 6]), tf1.get_variable('m', [6, 3])).op
   cost = rf.memory_function(matmul, False, 5, 2, 0.0, 0.0, 8)

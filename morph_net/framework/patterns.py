@@ -19,6 +19,7 @@ import collections
 import dataclasses
 
 import numpy as np
+import tensorflow as tf
 
 from morph_net.framework import errors
 from morph_net.framework import op_handler
@@ -243,6 +244,23 @@ def _space_to_batch(op, view):
       'dilation_rate, tf.nn.atrous_conv2d) trace as SpaceToBatchND -> conv '
       '-> BatchToSpaceND; other uses of SpaceToBatchND are not supported.'
       % (op.name, op.type, producer.name))
+
+
+def dilated_output(op):
+  """(block, BatchToSpaceND output) of a conv run on a space-to-batch
+  view of its input, read from the graph alone (the op-level resource
+  functions have no view); None for any other op."""
+  if not op.inputs:
+    return None
+  producer = _through_into_conv(op.inputs[0]).op
+  if producer.type != 'SpaceToBatchND':
+    return None
+  block = tf.get_static_value(producer.inputs[1])
+  for c in _consumers_out_of_conv(op.outputs[0]):
+    if c.type == 'BatchToSpaceND' and block is not None and np.array_equal(
+        tf.get_static_value(c.inputs[1]), block):
+      return tuple(int(b) for b in np.ravel(block)), c.outputs[0]
+  return None
 
 
 # Convs a dilation runs through SpaceToBatchND (not transposed ones).

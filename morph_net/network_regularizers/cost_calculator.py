@@ -32,9 +32,34 @@ class CostCalculator:
     coeff_fn: Compute -> `resource_function.Coefficients`.
     batch_size: B, multiplies every op's cost.
     op_filter: optional predicate on Compute entries that count.
+
+  The original's construction of a latency cost,
+  `CostCalculator(manager, resource_function.latency_function_factory(
+  hardware, batch_size))`, gives the latency regularizers' own calculator
+  (`latency_calculator.LatencyCalculator`: a roofline is a max of two
+  bounds, not coefficients).
   """
 
+  def __new__(cls, manager, coeff_fn, batch_size=1, op_filter=None):
+    spec = getattr(coeff_fn, 'hardware_spec', None)
+    if cls is not CostCalculator or spec is None:
+      return super().__new__(cls)
+    if op_filter is not None:
+      raise ValueError('A latency CostCalculator takes no op_filter; pass '
+                       'the ops to get_cost(ops) instead.')
+    from morph_net.network_regularizers import latency_calculator  # pylint: disable=g-import-not-at-top
+    return latency_calculator.LatencyCalculator.from_spec(
+        manager, spec, batch_size=coeff_fn.batch_size * batch_size)
+
   def __init__(self, manager, coeff_fn, batch_size=1, op_filter=None):
+    if getattr(coeff_fn, 'op_level_only', False):
+      raise ValueError(
+          '%s is an op-level function (op, is_regularization, alive and '
+          'regularization counts, ...); CostCalculator takes a function of '
+          'a Compute entry: resource_function.flop_function, '
+          'model_size_function, activation_count_function, or '
+          'latency_function_factory(hardware, batch_size) for latency.'
+          % getattr(coeff_fn, '__name__', coeff_fn))
     self._manager = manager
     computes = [c for c in manager.compute_ops
                 if op_filter is None or op_filter(c)]

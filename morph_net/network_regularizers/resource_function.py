@@ -24,6 +24,7 @@ import tensorflow as tf
 from morph_net.framework import channel_graph
 from morph_net.framework import errors
 from morph_net.framework import op_types
+from morph_net.framework import patterns
 from morph_net.framework import shapes
 from morph_net.network_regularizers import hardware
 
@@ -127,14 +128,19 @@ def op_compute(op):
   act, out = op.inputs[layout.activation_index], op.outputs[0]
   weight = op.inputs[layout.weight_index]
   kernel = weight.shape.as_list()[:layout.spatial_dims]
+  in_positions, out_positions = _dynamic_positions(act), _dynamic_positions(
+      out)
+  dilated = patterns.dilated_output(op)  # on space-to-batch sub-images
+  if dilated is not None:
+    in_positions *= int(np.prod(dilated[0]))
+    out_positions = _dynamic_positions(dilated[1])
   return channel_graph.Compute(
       op, act, out,
-      _dynamic_positions(out if layout.positions_on_output else act),
+      out_positions if layout.positions_on_output else in_positions,
       int(np.prod(kernel, dtype=np.int64)),
       linear=op.type in op_types.DEPTHWISE_CONVS,
       weight_index=layout.weight_index,
-      in_positions=_dynamic_positions(act),
-      out_positions=_dynamic_positions(out))
+      in_positions=in_positions, out_positions=out_positions)
 
 
 def is_flop_op(op):
@@ -253,6 +259,10 @@ def latency_function(op, is_regularization, num_alive_inputs,
   return tf.where(memory_time > compute_time, memory_term, compute_term)
 
 
+memory_function.op_level_only = True
+latency_function.op_level_only = True
+
+
 def latency_function_factory(hardware_name, batch_size):
   """`latency_function` bound to a hardware spec and batch size.
 
@@ -279,4 +289,7 @@ def latency_function_factory(hardware_name, batch_size):
                             spec.peak_compute, spec.memory_bandwidth,
                             batch_size)
 
+  # CostCalculator(manager, this) builds the latency calculator of `spec`.
+  latency_for_hardware.hardware_spec = spec
+  latency_for_hardware.batch_size = batch_size
   return latency_for_hardware
