@@ -402,3 +402,33 @@ def test_graph_nchw_is_refused_by_name(channels):
     with pytest.raises(errors.UnsupportedOpError,
                        match="'conv' \\(type Conv2D\\) uses data_format 'NCHW'"):
       flop_regularizer.GroupLassoFlopsRegularizer([logits.op], 0.1)
+
+
+@pytest.mark.parametrize('op', ['space_to_depth', 'depth_to_space'])
+def test_graph_space_to_depth_follows_its_input_channels(op):
+  # Both were leaves: a conv after them counted every input channel, dead
+  # or alive.
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3])
+    kernel = tf.compat.v1.get_variable('k', [3, 3, 3, 8])
+    gamma = tf.compat.v1.get_variable('gamma', initializer=tf.ones([8]))
+    h = tf.compat.v1.nn.fused_batch_norm(
+        tf.nn.conv2d(x, kernel, 1, 'SAME'), gamma, tf.zeros([8]))[0]
+    h = getattr(tf.nn, op)(h, 2)  # 4x4x32 or 16x16x2
+    c_in = 32 if op == 'space_to_depth' else 2
+    positions = 16 if op == 'space_to_depth' else 256
+    k2 = tf.compat.v1.get_variable('k2', [1, 1, c_in, 4])
+    y = tf.reduce_mean(tf.nn.conv2d(h, k2, 1, 'SAME'), [1, 2])
+    logits = tf.matmul(y, tf.compat.v1.get_variable('fc', [4, 2]))
+    reg = flop_regularizer.GammaFlopsRegularizer([logits.op], 0.1)
+    cost = reg.get_cost()
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      # depth_to_space: output channel j is made of inputs j and j + 2
+      # (and j + 4, j + 6): killing 0, 2, 4, 6 kills output channel 0.
+      sess.run(gamma.assign([0.0, 1.0] * 4))
+      alive_next = 16 if op == 'space_to_depth' else 1  # 4 x 4, or 1
+      assert sess.run(cost) == (2 * 64 * 27 * 4
+                                + 2 * positions * alive_next * 4
+                                + 2 * 4 * 2)

@@ -12,6 +12,7 @@ removes (a mean over a head's dims keeps the head axis).
 
 import numpy as np
 
+from morph_net.framework import errors
 from morph_net.framework import op_handler
 
 
@@ -277,3 +278,23 @@ def _axis_map(op, ctx, in_rank, out_rank):
     return {a: i for i, a in enumerate(kept)}
   # Tile, BroadcastTo: axes aligned from the end.
   return {a: a + out_rank - in_rank for a in range(in_rank)}
+
+
+class SpaceToDepthOpHandler(op_handler.ValueOpHandler):
+  """SpaceToDepth and DepthToSpace (NHWC, block b): channel k of the deep
+  side is channel k mod C of the shallow side (C its channel count): a
+  SpaceToDepth output holds b x b copies of every input channel (a conv
+  after it reads b^2 x alive inputs); the b x b input channels that make
+  one DepthToSpace output channel live or die with it."""
+
+  def analyze(self, op, ctx):
+    inp, out = op.inputs[0], op.outputs[0]
+    shallow, deep = (inp, out) if op.type == 'SpaceToDepth' else (out, inp)
+    c_shallow, c_deep = ctx.channels(shallow), ctx.channels(deep)
+    if not c_shallow or not c_deep or c_deep % c_shallow:
+      raise errors.ChannelMismatchError(
+          'Op %r (%s) has %s channels on its deep side and %s on the '
+          'other: not a whole number of blocks.'
+          % (op.name, op.type, c_deep, c_shallow))
+    k = np.arange(c_deep)
+    ctx.tie_index(deep, k, shallow, k % c_shallow)

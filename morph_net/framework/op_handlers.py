@@ -59,7 +59,8 @@ _FAMILIES = (
     (axis_ops.UnpackOpHandler(), ('Unpack',)),
     (axis_ops.RollOpHandler(), ('Roll',)),
     (gather_op_handler.GatherOpHandler(), ('GatherV2', 'ResourceGather')),
-    (op_handler.LeafOpHandler(), ('SpaceToDepth', 'DepthToSpace')),
+    (grouping.SpaceToDepthOpHandler(),
+     ('SpaceToDepth', 'DepthToSpace')),
     # Refused with the reason and the fix (unroll=True): loops and their
     # TensorList plumbing, fused cuDNN RNNs.
     (recurrent.RecurrentLoopOpHandler(), recurrent.LOOP_OP_TYPES),

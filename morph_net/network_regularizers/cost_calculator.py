@@ -40,10 +40,16 @@ class CostCalculator:
   bounds, not coefficients).
   """
 
-  def __new__(cls, manager, coeff_fn, batch_size=1, op_filter=None):
-    spec = getattr(coeff_fn, 'hardware_spec', None)
-    if cls is not CostCalculator or spec is None:
+  def __new__(cls, *args, **kwargs):
+    if cls is not CostCalculator:  # a subclass, e.g. CostModel
       return super().__new__(cls)
+    return cls._latency_calculator(*args, **kwargs) or super().__new__(cls)
+
+  @staticmethod
+  def _latency_calculator(manager, coeff_fn, batch_size=1, op_filter=None):
+    spec = getattr(coeff_fn, 'hardware_spec', None)
+    if spec is None:
+      return None
     if op_filter is not None:
       raise ValueError('A latency CostCalculator takes no op_filter; pass '
                        'the ops to get_cost(ops) instead.')
