@@ -90,8 +90,8 @@ class ValueOpHandler(OpHandler):
 class LeafOpHandler(OpHandler):
   """An op whose output channels are unrelated to its input channels.
 
-  Examples: a Reshape that mixes channels, Mean over the channel axis,
-  SpaceToDepth. Input and output are analyzed but never tied.
+  Examples: a Reshape that mixes channels, Mean over the channel axis.
+  Input and output are analyzed but never tied.
   """
 
   handles_channel_axes = True  # nothing is tied, whatever the axes
