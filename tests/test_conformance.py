@@ -775,6 +775,12 @@ def test_suggests_leaf_when_channels_change_and_nothing_else_is_read():
   assert 'LeafOpHandler' in text and 'GroupingOpHandler' not in text
 
 
+def test_a_loss_as_the_output_boundary_is_told_to_pass_the_logits():
+  # It was told to register the loss as a LeafOpHandler.
+  text = _suggestion(lambda x: tf.nn.l2_loss(x, name='op'), [None, 8])
+  assert 'looks like a loss' in text and 'LeafOpHandler' not in text
+
+
 def test_suggests_nothing_for_a_second_activation_input():
   text = _suggestion(lambda a, b: tf.concat([a, b], -1, name='op'),
                      [None, 4, 8], [None, 4, 3])

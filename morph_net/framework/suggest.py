@@ -63,6 +63,11 @@ def _handle_input(op):
   return None
 
 
+# Op types of losses (SoftmaxCrossEntropyWithLogits, L2Loss, ...): a user
+# passed the loss as the output boundary.
+_LOSS_WORDS = ('CrossEntropy', 'Loss')
+
+
 def suggest_handler(op, view):
   """A sentence for the error about `op` (which has no handler).
 
@@ -77,6 +82,11 @@ def suggest_handler(op, view):
   """
   if recurrent.loop_of(op) is not None:
     return recurrent.explain(op, view)
+  if any(w in op.type for w in _LOSS_WORDS):
+    return ('%s looks like a loss: the output boundary is the network\'s '
+            'output (the op computing the logits, e.g. the last MatMul or '
+            'BiasAdd), not the loss computed from it. Pass that op instead.'
+            % op.type)
   handle = _handle_input(op)
   if handle is not None:
     i, t = handle
