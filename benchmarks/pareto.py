@@ -398,8 +398,10 @@ def shrink_fit(seed_model, family, resource, data, epochs, optimizer=None,
   import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
   model = keras.models.clone_model(seed_model)
   model.set_weights(seed_model.get_weights())
-  trainer, reg, start, target, extra = model, None, None, None, []
-  if family is not None:
+  trainer, reg, start, extra = model, None, None, []
+  if family is None:
+    target = None  # the control: no regularizer, no target
+  else:
     reg = make_regularizer(family, resource, model)
     start = float(reg.get_cost())
     if target is None:

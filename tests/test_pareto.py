@@ -356,6 +356,22 @@ def test_one_structure_per_budget(tmp_path, fake_training, monkeypatch):
       assert p['cost']['flops'] <= p['budget'] * (1 + 1e-9)
 
 
+def test_shrink_fit_shrinks_toward_the_target_it_is_given():
+  # A given target was reset to None before use (the per-budget run died).
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  seed = pareto.build_net('vgg', (16, 16, 1))
+  rng = np.random.RandomState(0)
+  data = (rng.rand(64, 16, 16, 1).astype('float32'),
+          rng.randint(0, 10, 64), None, None)
+  full = pareto.costs(seed, {})['flops']
+  _, _, start, target = pareto.shrink_fit(seed, 'gamma', 'flops', data, 1,
+                                          target=0.3 * full)
+  assert start == full and target == 0.3 * full
+  _, _, _, default = pareto.shrink_fit(seed, 'gamma', 'flops', data, 1)
+  assert default == pareto.METHOD['shrink_to'] * full
+
+
 @pytest.mark.parametrize('bad', ['1.5', '0', '"auto"', 'true'])
 def test_shrink_to_is_checked(bad, monkeypatch):
   monkeypatch.setitem(pareto.METHOD, 'shrink_to', pareto.METHOD['shrink_to'])
