@@ -25,6 +25,7 @@ from morph_net.framework.grouping_op_handlers import IdentityNOpHandler
 from morph_net.framework.grouping_op_handlers import PadOpHandler
 from morph_net.framework.grouping_op_handlers import ReductionOpHandler
 from morph_net.framework.grouping_op_handlers import SameChannelsOpHandler
+from morph_net.framework.grouping_op_handlers import SpaceToDepthOpHandler
 from morph_net.framework.grouping_op_handlers import TransposeOpHandler
 from morph_net.framework.grouping_regularizers import L2GroupingRegularizer
 from morph_net.framework.grouping_regularizers import MaxGroupingRegularizer
@@ -53,6 +54,7 @@ __all__ = [
     'PackOpHandler', 'PadOpHandler', 'ProbabilisticGroupingRegularizer',
     'RecurrentLoopOpHandler', 'ReductionOpHandler', 'ReshapeOpHandler',
     'RollOpHandler', 'SameChannelsOpHandler', 'Slice', 'SliceOpHandler',
+    'SpaceToDepthOpHandler',
     'SplitOpHandler', 'TerminalOpHandler', 'TransposeOpHandler',
     'UnknownShapeError', 'UnpackOpHandler', 'UnsupportedOpError',
     'ValueOpHandler', 'default_op_handler_dict',

@@ -24,6 +24,16 @@ from morph_net.framework import errors
 from morph_net.network_regularizers import resource_function
 
 
+# (manager, hardware spec, batch_size=) -> the latency calculator; set by
+# `latency_calculator` (which imports this module) through
+# `register_spec_calculator`.
+_SPEC_CALCULATOR = [None]
+
+
+def register_spec_calculator(build):
+  _SPEC_CALCULATOR[0] = build
+
+
 class CostCalculator:
   """Evaluates cost and term for a manager with a coefficient function.
 
@@ -53,9 +63,8 @@ class CostCalculator:
     if op_filter is not None:
       raise ValueError('A latency CostCalculator takes no op_filter; pass '
                        'the ops to get_cost(ops) instead.')
-    from morph_net.network_regularizers import latency_calculator  # pylint: disable=g-import-not-at-top
-    return latency_calculator.LatencyCalculator.from_spec(
-        manager, spec, batch_size=coeff_fn.batch_size * batch_size)
+    return _SPEC_CALCULATOR[0](manager, spec,
+                               batch_size=coeff_fn.batch_size * batch_size)
 
   def __init__(self, manager, coeff_fn, batch_size=1, op_filter=None):
     if getattr(coeff_fn, 'op_level_only', False):

@@ -238,3 +238,8 @@ def _moves_activations(op, manager):
 
 
 _flatten = cost_calculator.flatten_indices
+
+
+# CostCalculator(manager, resource_function.latency_function_factory(...)),
+# the original's construction, builds this calculator.
+cost_calculator.register_spec_calculator(LatencyCalculator.from_spec)
