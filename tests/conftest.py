@@ -75,6 +75,18 @@ def conv_bn(x, filters, name, kernel=1, strides=1):
   return keras.layers.BatchNormalization(name=name + '_bn')(x)
 
 
+def graph_conv_bn(x, filters):
+  """In a tf.compat.v1 graph: 3x3 conv (variable 'k') -> fused batch
+  norm (gamma variable 'gamma', ones). Returns (output, gamma)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  kernel = tf.compat.v1.get_variable(
+      'k', [3, 3, x.shape.as_list()[-1], filters])
+  gamma = tf.compat.v1.get_variable('gamma', initializer=tf.ones([filters]))
+  y = tf.compat.v1.nn.fused_batch_norm(
+      tf.nn.conv2d(x, kernel, 1, 'SAME'), gamma, tf.zeros([filters]))[0]
+  return y, gamma
+
+
 def conv_bn_model(input_shape=(8, 8, 3), widths=(4, 6), classes=5,
                   strides=1, padding='same', use_bias=False, seed=None):
   """conv1 -> bn1 -> ReLU -> conv2 -> ... -> global mean -> Dense `logits`.

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import conv_bn_model
+from conftest import graph_conv_bn
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.network_regularizers import model_size_regularizer
 from morph_net.tools import structure_exporter
@@ -376,10 +377,7 @@ def test_graph_matmul_with_the_weight_first_is_refused_by_name():
   graph = tf.Graph()
   with graph.as_default():
     x = tf.compat.v1.placeholder(tf.float32, [None, 6, 6, 3])
-    kernel = tf.compat.v1.get_variable('k', [3, 3, 3, 4])
-    gamma = tf.compat.v1.get_variable('gamma', initializer=tf.ones([4]))
-    h = tf.reduce_mean(tf.compat.v1.nn.fused_batch_norm(
-        tf.nn.conv2d(x, kernel, 1, 'SAME'), gamma, tf.zeros([4]))[0], [1, 2])
+    h = tf.reduce_mean(graph_conv_bn(x, 4)[0], [1, 2])
     weight = tf.compat.v1.get_variable('w', [10, 4])
     logits = tf.matmul(weight, h, transpose_b=True, name='logits')
     with pytest.raises(errors.UnsupportedOpError,
@@ -411,10 +409,7 @@ def test_graph_space_to_depth_follows_its_input_channels(op):
   graph = tf.Graph()
   with graph.as_default():
     x = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3])
-    kernel = tf.compat.v1.get_variable('k', [3, 3, 3, 8])
-    gamma = tf.compat.v1.get_variable('gamma', initializer=tf.ones([8]))
-    h = tf.compat.v1.nn.fused_batch_norm(
-        tf.nn.conv2d(x, kernel, 1, 'SAME'), gamma, tf.zeros([8]))[0]
+    h, gamma = graph_conv_bn(x, 8)
     h = getattr(tf.nn, op)(h, 2)  # 4x4x32 or 16x16x2
     c_in = 32 if op == 'space_to_depth' else 2
     positions = 16 if op == 'space_to_depth' else 256

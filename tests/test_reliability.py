@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import conv_bn_model
+from conftest import graph_conv_bn
 import morph_net.keras as mk
 from morph_net import cli
 from morph_net.network_regularizers import combined
@@ -76,10 +77,7 @@ def test_nan_gamma_in_a_tf1_graph_fails_the_session_run():
   graph = tf.Graph()
   with graph.as_default():
     x = tf.compat.v1.placeholder(tf.float32, [None, 6, 6, 3])
-    kernel = tf.compat.v1.get_variable('k', [3, 3, 3, 4])
-    gamma = tf.compat.v1.get_variable('gamma', initializer=tf.ones([4]))
-    y = tf.compat.v1.nn.fused_batch_norm(
-        tf.nn.conv2d(x, kernel, 1, 'SAME'), gamma, tf.zeros([4]))[0]
+    y, gamma = graph_conv_bn(x, 4)
     head = tf.compat.v1.get_variable('head', [4, 2])
     y = tf.matmul(tf.reduce_mean(y, [1, 2]), head)
     reg = flop_regularizer.GammaFlopsRegularizer([y.op], 0.1)
