@@ -94,6 +94,24 @@ def test_nan_gamma_in_a_tf1_graph_fails_the_session_run():
           sess.run(fetch)
 
 
+def test_a_graph_batch_norm_on_batch_moments_is_named_in_the_error():
+  # The error said to add a BatchNormalization, though the graph had one.
+  from morph_net.framework import errors  # pylint: disable=g-import-not-at-top
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [None, 6, 6, 3])
+    h = tf.nn.conv2d(x, tf.compat.v1.get_variable('k', [3, 3, 3, 4]), 1,
+                     'SAME')
+    mean, var = tf.nn.moments(h, [0, 1, 2])
+    h = tf.nn.batch_normalization(h, mean, var, tf.zeros([4]),
+                                  tf.compat.v1.get_variable('g', [4]), 1e-3)
+    logits = tf.matmul(tf.reduce_mean(h, [1, 2]),
+                       tf.compat.v1.get_variable('fc', [4, 2]))
+    with pytest.raises(errors.NoRegularizerSourceError,
+                       match='scaled by batch moments'):
+      flop_regularizer.GammaFlopsRegularizer([logits.op], 0.1)
+
+
 def test_nan_gate_logits_raise():
   logits = tf.constant([1.0, np.nan])
   reg = logistic_sigmoid_regularizer.LogisticSigmoidRegularizer(logits)

@@ -83,7 +83,10 @@ def gamma(gamma_threshold, grouping=None, normalize=False):
       sources_description='BatchNorm scales (FusedBatchNorm, or the unfused '
       'scale Keras 3 traces; BatchNormalization needs scale=True)',
       remedy='Add BatchNormalization (with scale=True) after your '
-      'convolutions, or use a GroupLasso regularizer.',
+      'convolutions, or use a GroupLasso regularizer. (A graph batch norm '
+      'scaled by batch moments, tf.nn.moments + tf.nn.batch_normalization '
+      'in training mode, is not recognized: its scale depends on the data. '
+      'Use tf.compat.v1.nn.fused_batch_norm, or moving statistics.)',
       normalize=check_normalize(normalize),
       normalizable=lambda source: 'gamma')
 
