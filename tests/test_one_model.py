@@ -265,7 +265,8 @@ def test_structure_cost_is_the_cost_of_what_slim_keeps(build, structure,
 
 def test_slim_warns_about_a_layer_only_removed_layers_read():
   with pytest.warns(UserWarning, match=r"'b' \(5 channels\) is left out"):
-    mk.slim_model(_chain_into_concat(), {'c': 0})
+    slim = mk.slim_model(_chain_into_concat(), {'c': 0})
+  assert 'b' not in {layer.name for layer in slim.layers}
 
 
 def test_expand_structure_lands_on_the_slim_cost_with_a_removed_branch():

@@ -217,26 +217,37 @@ def _consumers_out_of_conv(tensor):
   return found
 
 
+def _dilation(op, resolve, static_value):
+  """(SpaceToBatchND producer, its block, the BatchToSpaceND output with
+  the same block or None) of a conv reading a space-to-batch tensor (a 1-D
+  conv: with ExpandDims and Squeeze around it); None for any other op."""
+  if not op.inputs:
+    return None
+  producer = resolve(_through_into_conv(op.inputs[0]).op)
+  if producer.type != 'SpaceToBatchND':
+    return None
+  block = static_value(producer.inputs[1])
+  for c in _consumers_out_of_conv(op.outputs[0]):
+    if c.type == 'BatchToSpaceND' and block is not None and np.array_equal(
+        static_value(c.inputs[1]), block):
+      return producer, tuple(int(b) for b in np.ravel(block)), c.outputs[0]
+  return producer, block, None
+
+
 def _space_to_batch(op, view):
-  """A conv between SpaceToBatchND and BatchToSpaceND with one block shape
-  (a 1-D conv: with ExpandDims and Squeeze around it).
+  """A conv between SpaceToBatchND and BatchToSpaceND with one block shape.
 
   Raises:
     UnsupportedOpError: the conv reads a space-to-batch tensor but its
       result does not go back through a BatchToSpaceND of the same block
       (its positions per example would be unknown).
   """
-  producer = view.resolve(_through_into_conv(op.inputs[0]).op)
-  if producer.type != 'SpaceToBatchND':
+  found = _dilation(op, view.resolve, view.static_value)
+  if found is None:
     return None
-  block = view.static_value(producer.inputs[1])
-  consumers = [c for c in _consumers_out_of_conv(op.outputs[0])
-               if c.type == 'BatchToSpaceND']
-  for c in consumers:
-    if block is not None and np.array_equal(
-        view.static_value(c.inputs[1]), block):
-      return SpaceToBatch(tuple(int(b) for b in np.ravel(block)),
-                          c.outputs[0])
+  producer, block, output = found
+  if output is not None:
+    return SpaceToBatch(block, output)
   raise errors.UnsupportedOpError(
       'Op %r (%s) reads a SpaceToBatchND tensor (%r), but its output does '
       'not go through a BatchToSpaceND with the same block shape, so its '
@@ -250,17 +261,8 @@ def dilated_output(op):
   """(block, BatchToSpaceND output) of a conv run on a space-to-batch
   view of its input, read from the graph alone (the op-level resource
   functions have no view); None for any other op."""
-  if not op.inputs:
-    return None
-  producer = _through_into_conv(op.inputs[0]).op
-  if producer.type != 'SpaceToBatchND':
-    return None
-  block = tf.get_static_value(producer.inputs[1])
-  for c in _consumers_out_of_conv(op.outputs[0]):
-    if c.type == 'BatchToSpaceND' and block is not None and np.array_equal(
-        tf.get_static_value(c.inputs[1]), block):
-      return tuple(int(b) for b in np.ravel(block)), c.outputs[0]
-  return None
+  found = _dilation(op, lambda o: o, tf.get_static_value)
+  return None if found is None or found[2] is None else found[1:]
 
 
 # Convs a dilation runs through SpaceToBatchND (not transposed ones).

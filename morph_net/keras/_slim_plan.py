@@ -34,15 +34,19 @@ _RESHAPING = (keras.layers.Reshape, keras.layers.Permute,
 _DROPS_INPUTS = (keras.layers.Add, keras.layers.Concatenate)
 
 
+def _concat_on_channels(node):
+  op = node.operation
+  return isinstance(op, keras.layers.Concatenate) and op.axis in (
+      -1, len(node.outputs[0].shape) - 1)
+
+
 def _drops_inputs(node):
   """Whether a removed input can leave the node: an Add, or a Concatenate
   along the channel axis (along another axis the output's shape, and what
   reads it, would change)."""
-  op = node.operation
-  if isinstance(op, keras.layers.Concatenate):
-    rank = len(node.outputs[0].shape)
-    return op.axis in (-1, rank - 1)
-  return isinstance(op, _DROPS_INPUTS)
+  if isinstance(node.operation, keras.layers.Concatenate):
+    return _concat_on_channels(node)
+  return isinstance(node.operation, _DROPS_INPUTS)
 
 
 class Plan:
@@ -363,8 +367,7 @@ def _node_channels(plan, node, live, ctx):
     if kept is not None:
       kept = (np.arange(positions)[:, None] * shape[-1] + kept).ravel()
     return Channels(positions * ins[0].width, kept, ins[0].origin)
-  if isinstance(op, keras.layers.Concatenate) and (
-      op.axis in (-1, len(node.outputs[0].shape) - 1)):
+  if _concat_on_channels(node):
     offsets = np.cumsum([0] + [width(t) for t in node.input_tensors])
     offset_of = {id(t): o for t, o in zip(node.input_tensors, offsets)}
     kept = None
