@@ -12,7 +12,10 @@ retrained from scratch with one recipe and several seeds:
   (export with `StructureExporterCallback` + `budget.only_at_or_under`),
   then scale that one learned structure to each budget with
   `expand_structure` (up or down; the budgets are the width curve's costs
-  at BUDGET_WIDTHS), `slim_model`, retrain from scratch.
+  at BUDGET_WIDTHS), `slim_model`, retrain from scratch. With METHOD
+  ['cycles'] = 2 (MorphNet x2, as `run_cycles(num_cycles=2)`), the first
+  structure is expanded to the seed's cost, trained, and shrunk again; the
+  second structure is the one scaled to the budgets.
 
 The verdict of a (setting, family) is the cost saved at equal held-out
 accuracy: each MorphNet point's accuracy is located on the width curve
@@ -104,6 +107,13 @@ METHOD = {
     # budget, shrinking toward that budget's cost, then fit it to the
     # budget with expand_structure (the shrink stops at or under it).
     'shrink_to': 0.5,
+    # 1: the paper's MorphNet x1 (one shrink of the trained seed). 2: x2:
+    # the x1 structure is expanded to the seed's cost, trained with the
+    # seed's recipe, and that network is shrunk again toward shrink_to x
+    # its cost; the second structure is the one scaled to every budget
+    # (as run_cycles(num_cycles=2) does). Not with 'budget' or gated
+    # families (slim_model folds the gates away).
+    'cycles': 1,
     'gamma_threshold': 1e-2,       # Gamma*Regularizer(model, this)
     'group_lasso_threshold': 1e-2,  # GroupLasso*Regularizer(model, this)
     'normalize': False,            # Gamma/GroupLasso normalize= argument
@@ -125,6 +135,10 @@ METHOD = {
     'export_every_steps': 10,
 }
 # ------------------------------------------------------------------------
+
+# Knobs added after some results files were written, with the value those
+# files ran with (their recipe is compared with it filled in).
+LATER_KNOBS = {'cycles': 1}
 
 FAMILIES = ('gamma', 'grouplasso', 'figs', 'figs_prob')
 GATED_FAMILIES = ('figs', 'figs_prob')  # need the gated seed
@@ -577,6 +591,10 @@ def load_results(path, cfg):
     return dict(config=cfg, points={}, shrinks={}, seeds={}, verdicts=[])
   with open(path) as f:
     results = json.load(f)
+  stored = (results.get('config') or {}).get('method')
+  if isinstance(stored, dict):
+    for knob, value in LATER_KNOBS.items():
+      stored.setdefault(knob, value)
 
   def recipe(c):  # which points exist is not part of the recipe
     return {k: v for k, v in (c or {}).items()
@@ -653,10 +671,19 @@ def per_budget(method):
   return method['shrink_to'] == 'budget'
 
 
+def cycles_of(method):
+  """MorphNet cycles before the budgets (1 in records older than the knob)."""
+  return method.get('cycles', LATER_KNOBS['cycles'])
+
+
 def recipe_label(method):
   if per_budget(method):
     return ('shrink to each budget, expand_structure to it (one structure '
             'per budget)')
+  if cycles_of(method) == 2:
+    return ('two cycles (shrink to %g x, expand to the seed\'s cost, '
+            'retrain, shrink to %g x again), expand_structure to each budget'
+            % (method['shrink_to'], method['shrink_to']))
   return ('shrink to %g x, expand_structure to each budget'
           % method['shrink_to'])
 
@@ -758,9 +785,11 @@ def plot_setting(results, setting, out_dir):
   seed_widths = results.get('seed_widths', {}).get('%s/%s' % (task, net), {})
   names = sorted(seed_widths, key=lambda n: (n != 'stem', n))  # net order
   x = np.arange(len(names))
-  # The structure learned at 0.5 x (or, one per budget, at the largest).
+  # The structure learned at 0.5 x (or, one per budget, at the largest;
+  # with two cycles, the second cycle's).
   suffix = (('b=%g' % max(cfg['budget_widths']),)
-            if per_budget(cfg['method']) else ())
+            if per_budget(cfg['method']) else
+            ('cycle=2',) if cycles_of(cfg['method']) == 2 else ())
   fams = [f for f in FAMILIES if point_key('shrink', setting, f, *suffix)
           in results['shrinks']]
   for i, family in enumerate(fams):
@@ -779,8 +808,9 @@ def plot_setting(results, setting, out_dir):
   unit = 'FLOPs' if resource == 'flops' else 'model size'
   bx.set_title('structure learned at the b=%g budget\'s %s' % (
       max(cfg['budget_widths']), unit) if per_budget(cfg['method']) else
-               'structure learned at %g x the seed\'s %s' % (
-                   cfg['method']['shrink_to'], unit))
+               'structure learned at %g x the %s\'s %s' % (
+                   cfg['method']['shrink_to'], 'cycle-1 network'
+                   if suffix else 'seed', unit))
   if fams:
     bx.legend(fontsize=8)
   fig.tight_layout()
@@ -866,7 +896,14 @@ def apply_method(overrides):
       raise ValueError('--method %r: shrink_to is a fraction of the seed\'s '
                        'cost in (0, 1), or "budget" (one shrink per budget)'
                        % (item,))
+    if knob == 'cycles' and parsed not in (1, 2):
+      raise ValueError('--method %r: cycles is 1 (MorphNet x1) or 2 (x2)'
+                       % (item,))
     METHOD[knob] = parsed
+  if METHOD['cycles'] == 2 and per_budget(METHOD):
+    raise ValueError('--method cycles=2 needs a fixed shrink_to (the second '
+                     'cycle shrinks toward a fraction of the first\'s '
+                     'network), not "budget"')
 
 
 def copy_width_points(results, source_path, cfg):
@@ -899,6 +936,11 @@ def main(argv=None):
   if unknown:
     raise ValueError('unknown families %s; choose from %s'
                      % (sorted(unknown), FAMILIES))
+  if cycles_of(METHOD) == 2 and set(families) & set(GATED_FAMILIES):
+    raise ValueError('--method cycles=2 runs gamma and grouplasso only: '
+                     'slim_model folds the gates of %s away, so the first '
+                     'cycle\'s network has none to shrink'
+                     % sorted(set(families) & set(GATED_FAMILIES)))
   n_seeds = args.seeds or (QUICK['seeds'] if args.quick else SEEDS)
   os.makedirs(args.out_dir, exist_ok=True)
   path = os.path.join(args.out_dir, 'pareto_results.json')
@@ -1022,11 +1064,41 @@ def main(argv=None):
               info['wall_s']))
         return results['shrinks'][skey]['learned']
 
+      def second_cycle():
+        """MorphNet x2: the first structure expanded to the seed's cost,
+        trained with the seed's recipe, shrunk again."""
+        skey = point_key('shrink', setting, family, 'cycle=2')
+        if skey not in results['shrinks']:
+          first = learned_structure(point_key('shrink', setting, family))
+          t = time.time()
+          grown = {k: int(v) for k, v in mk.expand_structure(
+              plain, first, target_cost=costs(plain, {})[resource],
+              cost=COST_NAMES[resource]).items()}
+          keras.utils.set_random_seed(SEED_NET_SEED)
+          model = keras.models.clone_model(mk.slim_model(plain, grown))
+          train(model, task_data(task), task_epochs(task), SEED_NET_SEED)
+          grown_acc = accuracy(model, task_data(task))
+          info = shrink(model, family, resource, task_data(task),
+                        cfg['method']['shrink_epochs'],
+                        tempfile.mkdtemp(prefix='shrink_', dir=work))
+          info.update(first=first, grown=grown, grown_accuracy=grown_acc,
+                      wall_s=round(time.time() - t, 1))
+          results['shrinks'][skey] = info
+          save_results(results, path)
+          stamp('%s: x1 grown to %s (held-out %.4f), learned %s (%.3f x '
+                'that network, target met: %s; %.0f s)' % (
+                    skey, grown, grown_acc, info['learned'],
+                    info['learned_cost'] / info['start_cost'], info['met'],
+                    info['wall_s']))
+        return results['shrinks'][skey]['learned']
+
       for b in cfg['budget_widths']:
         budget = costs(plain, scaled_structure(seed_widths, b))[resource]
         if per_budget(cfg['method']):
           learned = learned_structure(
               point_key('shrink', setting, family, 'b=%g' % b), budget)
+        elif cycles_of(cfg['method']) == 2:
+          learned = second_cycle()
         else:
           learned = learned_structure(point_key('shrink', setting, family))
         counts = {k: int(v) for k, v in mk.expand_structure(

@@ -198,7 +198,7 @@ def test_wider_vgg_seeds_are_named_settings_outside_the_default_run():
 def fake_training(monkeypatch):
   """Replaces every fit with a cheap stand-in; counts the calls."""
   calls = {'retrain': 0, 'shrink': 0, 'train': 0, 'fail_after': None,
-           'targets': []}
+           'targets': [], 'shrunk': []}
   known = {}  # costs by structure: each analysis traces the model
 
   def retrain_point(seed_model, structure, data, epochs, seed):
@@ -218,6 +218,7 @@ def fake_training(monkeypatch):
     del family, data, epochs, log_dir
     calls['shrink'] += 1
     calls['targets'].append(target)
+    calls['shrunk'].append(pareto.prunable_widths(seed_model))
     full = pareto.costs(seed_model, {})[resource]
     # A stand-in structure: half of every width, or a quarter under a
     # target below 0.3 x the seed's cost.
@@ -354,6 +355,79 @@ def test_one_structure_per_budget(tmp_path, fake_training, monkeypatch):
   for p in saved['points'].values():
     if 'budget' in p:
       assert p['cost']['flops'] <= p['budget'] * (1 + 1e-9)
+
+
+@pytest.mark.slow
+def test_two_cycles(tmp_path, fake_training, monkeypatch):
+  """cycles=2 (MorphNet x2): the first structure is expanded to the seed's
+  cost, trained, and shrunk again; the second structure is the one scaled
+  to the budgets."""
+  monkeypatch.setitem(pareto.METHOD, 'cycles', pareto.METHOD['cycles'])
+  halves = pareto.shrink
+
+  def uneven(*args, **kwargs):  # half of every width, a quarter of conv3's
+    info = halves(*args, **kwargs)
+    info['learned']['conv3'] = max(1, info['learned']['conv3'] // 2)
+    return info
+  monkeypatch.setattr(pareto, 'shrink', uneven)
+  _quick(tmp_path, '--families', 'gamma,grouplasso', '--method', 'cycles=2')
+  seed = pareto.build_net('vgg', (16, 16, 1))
+  widths = pareto.prunable_widths(seed)
+  # Per family: the seed's shrink, then the grown network's.
+  assert fake_training['shrink'] == 4
+  assert fake_training['train'] == 3  # the seed, one grown net a family
+  assert fake_training['shrunk'][0] == widths
+  grown = fake_training['shrunk'][1]
+  assert grown != widths and grown.keys() == widths.keys()
+  saved = _saved(tmp_path)
+  second = saved['shrinks']['shrink|digits16/vgg/flops|gamma|cycle=2']
+  def stand_in(w):
+    return {k: max(1, v // (4 if k == 'conv3' else 2)) for k, v in w.items()}
+  assert second['first'] == stand_in(widths)
+  # Grown back to the seed's cost: wider than the seed but for conv3.
+  assert second['grown'] == grown
+  assert all(grown[k] > widths[k] for k in ('conv0', 'conv1', 'conv2'))
+  assert grown['conv3'] < widths['conv3']
+  assert abs(pareto.costs(seed, grown)['flops'] / pareto.costs(
+      seed, {})['flops'] - 1) < 0.05
+  assert second['learned'] == stand_in(grown)
+  assert saved['verdicts'][0]['recipe'].startswith('two cycles')
+  budget = pareto.costs(seed, pareto.scaled_structure(
+      widths, pareto.QUICK['budget_widths'][0]))['flops']
+  import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
+  expected = {k: int(v) for k, v in mk.expand_structure(
+      seed, second['learned'], target_cost=budget).items()}
+  morph = [p['structure'] for k, p in saved['points'].items()
+           if k.startswith('morph|digits16/vgg/flops|gamma|')]
+  assert morph and all(m == expected for m in morph)
+
+
+def test_two_cycles_are_checked(monkeypatch):
+  monkeypatch.setitem(pareto.METHOD, 'cycles', pareto.METHOD['cycles'])
+  monkeypatch.setitem(pareto.METHOD, 'shrink_to', pareto.METHOD['shrink_to'])
+  with pytest.raises(ValueError, match='cycles is 1'):
+    pareto.apply_method(['cycles=3'])
+  with pytest.raises(ValueError, match='needs a fixed shrink_to'):
+    pareto.apply_method(['cycles=2', 'shrink_to="budget"'])
+  monkeypatch.setitem(pareto.METHOD, 'shrink_to', 0.5)
+  with pytest.raises(ValueError, match='gamma and grouplasso only'):
+    pareto.main(['--quick', '--families', 'gamma,figs', '--method',
+                 'cycles=2', '--out-dir', '/nonexistent/never'])
+
+
+def test_records_older_than_a_knob_keep_their_recipe(tmp_path, monkeypatch):
+  """A results file written before 'cycles' existed ran with cycles=1: it
+  still loads; a cycles=2 run is refused on it."""
+  cfg = pareto.config(False)
+  old = json.loads(json.dumps(cfg))
+  del old['method']['cycles']
+  path = str(tmp_path / 'pareto_results.json')
+  with open(path, 'w') as f:
+    json.dump(dict(config=old, points={}, shrinks={}, seeds={}), f)
+  assert pareto.load_results(path, cfg)['config'] == cfg
+  monkeypatch.setitem(pareto.METHOD, 'cycles', 2)
+  with pytest.raises(ValueError, match='another recipe'):
+    pareto.load_results(path, pareto.config(False))
 
 
 def test_shrink_fit_shrinks_toward_the_target_it_is_given():
