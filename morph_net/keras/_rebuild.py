@@ -8,6 +8,8 @@ mask with a core `Rescaling` layer) and loads without morph_net. Private to
 `morph_net.keras`.
 """
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -187,6 +189,7 @@ def _folded_gate(gate, kept, transfer):
 # ------------------------------------------------------- weight transfer
 def transfer(plan, new_layers):
   """Copies the surviving channels' weights into the slim model."""
+  _check_channel_ops(plan)
   for old, new in new_layers.values():
     if not old.weights:
       continue
@@ -197,11 +200,109 @@ def transfer(plan, new_layers):
       transfer_narrowed(plan, old)
       continue
     node = plan.first_node[id(old)]
-    in_idx = plan.kept_of(node.input_tensors[0]) if node.input_tensors else None
-    out_idx = plan.kept_of(node.outputs[0])
+    by_labels = _kept_by_labels(plan, old)
+    in_idx = None
+    if node.input_tensors:
+      in_idx = _agreed(plan, node.input_tensors[0], by_labels[0])
+    out_idx = _agreed(plan, node.outputs[0], by_labels[1])
     in_width = (plan_lib.width(node.input_tensors[0]) if node.input_tensors
                 else None)
     _set_sliced(old, new, in_idx, out_idx, in_width)
+
+
+def _check_channel_ops(plan):
+  """Before a transfer, the ops whose outputs a slim model cannot
+  reproduce from the surviving channels alone: a roll of pruned channels
+  (rolled over fewer channels, the survivors land in another order than
+  in the full model; refused) and a mean or softmax over pruned channels
+  (LayerNormalization, RMSNorm, a softmax over channels: over fewer
+  channels the statistics change even where the pruned ones were zero;
+  warned)."""
+  manager = plan.analysis.manager
+  if plan.alive_values is None:
+    plan.alive_values = plan.analysis.assign_alive(plan.alive or {})
+  mixing = []
+  for op in manager.ops:
+    if (op.type not in ('Roll', 'Mean', 'Softmax', 'LogSoftmax')
+        or not manager.has_channels(op.inputs[0])):
+      continue
+    before = manager.channel_labels(op.inputs[0])
+    if (plan.alive_values[before] > 0.5).all():
+      continue
+    same = manager.has_channels(op.outputs[0]) and np.array_equal(
+        before, manager.channel_labels(op.outputs[0]))
+    if op.type == 'Roll' and not same:
+      raise NotImplementedError(
+          'Cannot transfer weights through op %r (Roll): it rolls channels '
+          'some of which are pruned, and over fewer channels the survivors '
+          'land in another order than in the full model. Slim without '
+          'transfer_weights and retrain, or leave the layers before the '
+          'roll out of the structure.' % op.name)
+    if op.type == 'Roll':
+      continue
+    reduced = [-1] if op.type != 'Mean' else manager.view.static_value(
+        op.inputs[1])
+    if _mixes(manager, plan.alive_values, op.inputs[0], reduced):
+      mixing.append('%s (%s)' % (op.name, op.type))
+  if mixing:
+    warnings.warn(
+        'transfer_weights: %s read%s pruned channels together with the '
+        'others (a mean or softmax over channels, as in LayerNormalization '
+        'or RMSNorm): over fewer channels the slim model computes other '
+        'values, even where the pruned channels were zero. Its outputs '
+        'differ from the full model\'s; fine-tune or retrain it.'
+        % (', '.join(mixing[:3]) + (' and %d more' % (len(mixing) - 3)
+                                    if len(mixing) > 3 else ''),
+           's' if len(mixing) == 1 else ''))
+
+
+def _mixes(manager, alive, tensor, reduced):
+  """Whether reducing `tensor` over axes `reduced` (None: unknown) takes
+  pruned and surviving channels together (a LayerNorm over a stream with
+  some channels pruned; not a per-head norm of whole pruned heads, nor a
+  spatial mean)."""
+  shape = manager.view.shape(tensor)
+  rank = len(shape)
+  axes = [a % rank for a in manager.channel_axes(tensor)]
+  state = alive[manager.channel_labels(tensor)] > 0.5
+  if reduced is None:
+    return not state.all()
+  reduced = {int(a) % rank for a in np.ravel(reduced)}
+  inner = [i for i, a in enumerate(axes) if a in reduced]
+  if not inner:
+    return False
+  outer = [i for i in range(len(axes)) if i not in inner]
+  groups = np.transpose(state.reshape([shape[a] for a in axes]),
+                        outer + inner).reshape(
+                            int(np.prod([shape[axes[i]] for i in outer])), -1)
+  return bool((groups.any(1) & ~groups.all(1)).any())
+
+
+def _agreed(plan, tensor, alive):
+  """The kept channels of a tensor a top-level layer reads or writes.
+
+  The plan walks channels layer by layer; the analysis' labels (`alive`:
+  the alive channels there, None for all) follow them through ops the walk
+  does not see into: a custom layer narrowed in place (its output order is
+  its own code's), a Lambda that reverses the channels. Where the labels
+  name exactly as many alive channels as the slim tensor has, they are
+  the kept ones; where the plan keeps more (channels kept to round to a
+  multiple, or to keep an output), the plan's, if they hold every alive
+  one, else the alive ones and then the first dead ones.
+  """
+  kept = plan.kept_of(tensor)
+  if alive is None:
+    return kept
+  new = plan.info[id(tensor)].width
+  if len(alive) == new:
+    return alive
+  if len(alive) > new:  # the structure keeps fewer than are alive
+    return kept
+  if kept is not None and np.isin(alive, kept).all():
+    return kept
+  dead = np.setdiff1d(np.arange(plan_lib.width(tensor)), alive)
+  return np.sort(np.concatenate([alive, dead[:new - len(alive)]])).astype(
+      np.int64)
 
 
 def _set_sliced(old, new, in_idx, out_idx, in_width):
