@@ -1,8 +1,9 @@
 """Ops that join, cut or shift tensors along axes.
 
 ConcatV2, Split/SplitV, Pack (`ops.stack`), Unpack (`ops.unstack`), Roll,
-Slice and StridedSlice act along axes. Along an axis that holds no channels (tokens, space,
-the batch) every piece has the whole's channels: a passthrough per piece.
+ReverseV2, Slice and StridedSlice act along axes. Along an axis that holds
+no channels (tokens, space, the batch) every piece has the whole's
+channels: a passthrough per piece.
 Along a channel axis the pieces are blocks of the whole's channels
 (`ctx.tie_blocks`): a CSP block's split and concat, a rotary embedding's
 rotate-half (split the head dims, stack the halves, reshape back), a
@@ -180,32 +181,36 @@ class UnpackOpHandler(op_handler.ValueOpHandler):
 
 
 class RollOpHandler(op_handler.ValueOpHandler):
-  """Roll (Swin's shifted windows): a passthrough along space; rolling a
-  channel axis by a constant shift permutes the channels."""
+  """Roll (Swin's shifted windows) and ReverseV2 (`keras.ops.flip`): a
+  passthrough along space; rolling a channel axis by a constant shift, or
+  reversing it, permutes the channels."""
 
   handles_channel_axes = True
 
   def analyze(self, op, ctx):
     inp, out = op.inputs[0], op.outputs[0]
     rank = op_handler.rank(inp)
-    shift = ctx.view.static_value(op.inputs[1])
-    axis = ctx.view.static_value(op.inputs[2])
+    flip = op.type == 'ReverseV2'
+    shift = 0 if flip else ctx.view.static_value(op.inputs[1])
+    axis = ctx.view.static_value(op.inputs[1 if flip else 2])
     axes = ctx.channel_axes(inp)
     ctx.set_channel_axes(out, axes)
     if shift is None or axis is None or not rank:
       raise errors.UnsupportedOpError(
-          'Op %r (Roll) rolls %r by a shift or along axes not known '
-          'statically, so its channels cannot be matched.' % (op.name,
-                                                              inp.name))
+          'Op %r (%s) %s %r %salong axes not known statically, so its '
+          'channels cannot be matched.' % (
+              op.name, op.type, 'reverses' if flip else 'rolls', inp.name,
+              '' if flip else 'by a shift or '))
     shifts = np.broadcast_to(np.atleast_1d(shift), np.shape(
         np.atleast_1d(axis)))
-    rolled = [(int(a) % rank - rank, int(s))
-              for a, s in zip(np.atleast_1d(axis), shifts)]
+    moved = [(int(a) % rank - rank, int(s))
+             for a, s in zip(np.atleast_1d(axis), shifts)]
     index = np.arange(ctx.channels(inp)).reshape(
         [ctx.view.shape(inp)[a] for a in axes])
-    for a, s in rolled:
+    for a, s in moved:
       if a in axes:
-        index = np.roll(index, s, axis=axes.index(a))
+        k = axes.index(a)
+        index = np.flip(index, k) if flip else np.roll(index, s, axis=k)
     ctx.tie_map(out, inp, index.ravel())
 
 

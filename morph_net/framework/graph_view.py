@@ -17,6 +17,7 @@ from morph_net.framework import data_flow
 from morph_net.framework import errors
 from morph_net.framework import keras_trace
 from morph_net.framework import shapes
+from morph_net.framework import static_values
 from morph_net.framework.keras_trace import layer_keys  # pylint: disable=unused-import (re-exported)
 from morph_net.framework.keras_trace import tf_variable
 
@@ -202,10 +203,7 @@ class GraphView:
   @staticmethod
   def static_value(tensor):
     """The constant value of a tensor (e.g. an axis or perm), or None."""
-    try:
-      return tf.get_static_value(tensor)
-    except (TypeError, ValueError, NotImplementedError):
-      return None
+    return static_values.static_value(tensor)
 
   def positions(self, tensor, channel_axes=shapes.DEFAULT_AXES):
     """Per-example positions of `tensor` whose channels are on

@@ -57,7 +57,7 @@ _FAMILIES = (
     (axis_ops.SplitOpHandler(), ('Split', 'SplitV')),
     (axis_ops.PackOpHandler(), ('Pack',)),
     (axis_ops.UnpackOpHandler(), ('Unpack',)),
-    (axis_ops.RollOpHandler(), ('Roll',)),
+    (axis_ops.RollOpHandler(), ('Roll', 'ReverseV2')),
     (gather_op_handler.GatherOpHandler(), ('GatherV2', 'ResourceGather')),
     (grouping.SpaceToDepthOpHandler(),
      ('SpaceToDepth', 'DepthToSpace')),
