@@ -249,6 +249,11 @@ class ProximalStep:
                     trainable=False, name='morph_net_alive_%d' % i)
         for i, r in enumerate(initial[n:])]
 
+  def state_variables(self):
+    """The state a resumed run needs (saved by `RegularizedModel`)."""
+    gates = self._gate_step.state_variables() if self._gate_step else []
+    return list(self._weights or []) + list(self._alive or []) + gates
+
   def _limit(self, i, norms):
     """Source i's alive threshold on its norms (relative sources: times
     the RMS of their norms)."""
@@ -397,6 +402,10 @@ class GateStep:
                                name='morph_net_gate_mean_square')
     self._count = tf.Variable(0.0, trainable=False, name='morph_net_gate_steps')
     self.active = True
+
+  def state_variables(self):
+    """The state a resumed run needs (saved by `RegularizedModel`)."""
+    return self._slots + [self._square, self._count] if self.active else []
 
   def diverting(self):
     self.build()

@@ -132,6 +132,10 @@ class StrengthController:
     self._limits = (initial_strength * self.min_ratio,
                     initial_strength * self.max_ratio)
 
+  def state_variables(self):
+    """The state a resumed run needs (saved by `RegularizedModel`)."""
+    return list(self._state or ())
+
   def update(self, strength, cost, forecast=None):
     """One step: moves `strength` (a variable) given the current `cost` and
     the `forecast` cost (None: no forecast, see the class docstring)."""
@@ -233,6 +237,13 @@ class CostForecast:
                    zeros(), zeros(),
                    tf.Variable(0.0, trainable=False, name='morph_net_steps'))
 
+  def state_variables(self):
+    """The state a resumed run needs (saved by `RegularizedModel`)."""
+    if self._state is None:
+      return []
+    norms, first, second, steps = self._state
+    return list(norms) + list(first) + list(second) + [steps]
+
   def __call__(self, shrinks=None):
     """The forecast cost (float32) after this step's update.
 
@@ -297,6 +308,11 @@ class BudgetStep:
       self.controller.build(float(strength.numpy()))
     if self.forecast is not None:
       self.forecast.build()
+
+  def state_variables(self):
+    """Every variable of the step's state, in a fixed order."""
+    return [v for part in (self.proximal, self.controller, self.forecast)
+            if part is not None for v in part.state_variables()]
 
   def diverting(self):
     """Context for the training step: see `ProximalStep.diverting`."""

@@ -38,6 +38,7 @@ import tensorflow as tf
 from morph_net.framework import keras_trace
 from morph_net.keras import _floor
 from morph_net.keras import _saving
+from morph_net.keras import _state_file
 from morph_net.keras import budget as budget_lib
 from morph_net.network_regularizers import combined as combined_lib
 from morph_net.tools import summaries
@@ -325,17 +326,19 @@ class RegularizedModel(keras.Model):
   def save_weights(self, filepath, overwrite=True, **kwargs):
     """Saves the wrapped model's weights and this wrapper's optimizer.
 
-    A '.weights.h5' file is written atomically, like `save`. The file is
-    what plain Keras writes for the wrapped model compiled with this
-    optimizer: the wrapped model (or any model of its architecture)
-    loads it with its own `load_weights`, and `RegularizedModel.load_weights`
-    also restores the optimizer (its step count, Adam's moments), so
-    `BackupAndRestore` and `ModelCheckpoint(save_weights_only=True)` resume
-    where they stopped.
+    A '.weights.h5' file is written atomically, like `save`: what plain
+    Keras writes for the wrapped model compiled with this optimizer (any
+    model of its architecture loads it). Beside it, `<file>.morph_net_
+    state.json` holds the strength and `target_cost`'s state. With both,
+    `load_weights` restores the optimizer (step count, Adam's moments) and
+    that state: `BackupAndRestore` and `ModelCheckpoint(save_weights_only=
+    True)` resume where they stopped.
     """
     with self._optimizer_on_inner_model():
-      return _saving.save(self.inner_model.save_weights, filepath, overwrite,
-                          _saving.WEIGHTS_SUFFIXES, **kwargs)
+      result = _saving.save(self.inner_model.save_weights, filepath,
+                            overwrite, _saving.WEIGHTS_SUFFIXES, **kwargs)
+    _state_file.save(filepath, self._state_variables(), self._iterations())
+    return result
 
   def load_weights(self, filepath, skip_mismatch=False, **kwargs):
     """Loads `save_weights` files: the wrapped model's weights and, if the
@@ -344,13 +347,24 @@ class RegularizedModel(keras.Model):
     if optimizer is not None and not optimizer.built:
       optimizer.build(self.trainable_variables)
     with self._optimizer_on_inner_model(), warnings.catch_warnings():
-      # A file written without an optimizer (by the plain model) keeps the
-      # current optimizer state; Keras' warning about it is noise here.
+      # Plain-model files hold no optimizer: Keras' warning is noise here.
       warnings.filterwarnings(
           'ignore', message='Skipping variable loading for optimizer.*'
           'saved optimizer has 0 variables')
-      return self.inner_model.load_weights(
+      result = self.inner_model.load_weights(
           filepath, skip_mismatch=skip_mismatch, **kwargs)
+    _state_file.load(filepath, self._state_variables(), self._iterations(),
+                     needed=self.target_cost is not None)
+    return result
+
+  def _state_variables(self):
+    """The strength and the budget step's state (`_state_file`)."""
+    step = self._budget_step
+    return [self._strength] + (step.state_variables() if step else [])
+
+  def _iterations(self):
+    optimizer = getattr(self, 'optimizer', None)
+    return 0 if optimizer is None else int(optimizer.iterations.numpy())
 
   @contextlib.contextmanager
   def _optimizer_on_inner_model(self):
