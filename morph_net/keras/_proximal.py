@@ -182,8 +182,7 @@ class ProximalStep:
     return self._gate_step.diverting()
 
   @property
-  def variables(self):
-    """The source variables the step acts on."""
+  def variables(self):  # the source variables the step acts on
     return [s.param for s in self._sources]
 
   def _norms(self):
@@ -262,9 +261,10 @@ class ProximalStep:
     return self._thresholds[i] * tf.sqrt(tf.reduce_mean(tf.square(norms))
                                          + 1e-24)
 
-  def apply(self, step, optimizer=None, strength=None):
-    """Shrinks the sources by `step` (= learning rate x strength); gates
-    take `GateStep`'s step with `strength` (or, without it or with a
+  def apply(self, step, optimizer=None, strength=None, frozen=()):
+    """Shrinks the sources by `step` (= learning rate x strength), but for
+    the indices in `frozen` (of layers not trainable); gates take
+    `GateStep`'s step with `strength` (or, without it or with a
     multi-replica strategy, the term's step `step` x w alone).
 
     Returns the per-channel shrink of this step, step x w_c, one vector
@@ -305,8 +305,9 @@ class ProximalStep:
     for i, (p, cache, alive, g, w, kind, axis) in enumerate(zip(
         self.variables, self._weights, self._alive, grads, weights,
         self._kinds, self._axes)):
-      if self._relative[i]:
-        shrinks.append(self._relative_step(i, p, alive, g, step))
+      if i in frozen or self._relative[i]:
+        shrinks.append(tf.zeros_like(cache) if i in frozen else
+                       self._relative_step(i, p, alive, g, step))
         continue
       if kind == 'gate':
         if gate_moves is not None:

@@ -320,19 +320,45 @@ class BudgetStep:
       return contextlib.nullcontext()
     return self.proximal.diverting()
 
-  def after_update(self, strength, learning_rate, optimizer=None):
+  def after_update(self, strength, learning_rate, optimizer=None,
+                   applied=None, frozen=()):
     """Proximal step, then strength update from the new cost.
+
+    Args:
+      strength: the strength variable.
+      learning_rate: the optimizer's learning rate now.
+      optimizer: the optimizer (its momentum and Adam's moments).
+      applied: a boolean tensor, whether the optimizer updated the weights
+        this step (not a micro-step of gradient accumulation, nor a step a
+        loss-scale overflow skipped): on a step it did not, the proximal
+        step of gammas and group lasso kernels and the strength stay put;
+        None: it did.
+      frozen: indices of the sources of layers not trainable: the proximal
+        step leaves them alone.
 
     Returns the forecast cost (a float32 tensor), or None without one.
     """
+    gain = 1.0 if applied is None else tf.cast(applied, tf.float32)
     shrinks = None
     if self.proximal is not None:
       shrinks = self.proximal.apply(tf.cast(learning_rate, tf.float32) *
-                                    tf.cast(strength, tf.float32), optimizer,
-                                    strength=strength)
+                                    tf.cast(strength, tf.float32) * gain,
+                                    optimizer, strength=strength,
+                                    frozen=frozen)
     forecast = None
     if self.controller is not None:
       if self.forecast is not None:
         forecast = self.forecast(shrinks)
+      before = tf.identity(strength)
       self.controller.update(strength, self.regularizer.get_cost(), forecast)
+      if applied is not None:
+        strength.assign(tf.where(applied, strength, before))
     return forecast
+
+  def frozen_sources(self, trainable):
+    """Indices of the proximal step's sources whose variable is not in
+    `trainable` (ids of the tf.Variables training updates)."""
+    if self.proximal is None:
+      return ()
+    return frozenset(i for i, v in enumerate(self.proximal.variables)
+                     if id(v) not in trainable)

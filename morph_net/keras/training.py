@@ -27,15 +27,13 @@ TensorFlow graph and evaluates with TensorFlow ops.
 """
 
 import contextlib
-import math
-import numbers
 import warnings
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from morph_net.framework import keras_trace
+from morph_net.keras import _checks
 from morph_net.keras import _floor
 from morph_net.keras import _saving
 from morph_net.keras import _state_file
@@ -44,56 +42,6 @@ from morph_net.network_regularizers import combined as combined_lib
 from morph_net.tools import summaries
 
 REGULARIZATION_TERM_NAME = summaries.REGULARIZATION_TERM_NAME
-
-
-def _check_backend():
-  backend = keras.backend.backend()
-  if backend != 'tensorflow':
-    raise RuntimeError(
-        'morph_net.keras needs the TensorFlow backend of Keras 3, but '
-        'keras.backend.backend() is %r. Set KERAS_BACKEND=tensorflow before '
-        'importing keras.' % backend)
-
-
-def _as_number(value):
-  """A 0-d tensor, array or Keras variable as a Python float; anything else
-  unchanged (and checked by its consumer)."""
-  if value is None or isinstance(value, (bool, numbers.Real)):
-    return value
-  if not hasattr(value, 'shape') or not hasattr(value, 'dtype'):
-    return value
-  try:
-    array = np.asarray(value)
-  except (TypeError, ValueError):
-    return value
-  if array.shape == () and array.dtype.kind in 'fiu':
-    return float(array)
-  return value
-
-
-def _check_strength(strength):
-  strength = _as_number(strength)
-  if (isinstance(strength, bool) or
-      not isinstance(strength, numbers.Real)):
-    raise ValueError(
-        'strength must be a non-negative real number, got %r (type %s).'
-        % (strength, type(strength).__name__))
-  strength = float(strength)
-  if not math.isfinite(strength) or strength < 0:
-    raise ValueError(
-        'strength must be a finite number >= 0, got %r. A good starting '
-        'value is 1 / regularizer.get_cost().' % strength)
-  return strength
-
-
-def _check_regularizer(regularizer):
-  missing = [a for a in ('get_regularization_term', 'get_cost', 'cost_name')
-             if not hasattr(regularizer, a)]
-  if missing:
-    raise TypeError(
-        'regularizer must be a morph_net network regularizer (e.g. '
-        'flop_regularizer.GammaFlopsRegularizer); %r has no %s.'
-        % (type(regularizer).__name__, ', '.join(missing)))
 
 
 class RegularizedModel(keras.Model):
@@ -154,14 +102,14 @@ class RegularizedModel(keras.Model):
   def __init__(self, model, regularizer, strength=None, term_name=None,
                cost_name=None, name=None, target_cost=None,
                exact_zeros=None, monitor=True, **kwargs):
-    _check_backend()
+    _checks.check_backend()
     if not isinstance(model, keras.Model):
       raise TypeError('model must be a keras.Model, got %s.'
                       % type(model).__name__)
     _check_not_nested(model)
     if isinstance(regularizer, (list, tuple)):  # several: one weighted sum
       regularizer = combined_lib.CombinedRegularizer(regularizer)
-    _check_regularizer(regularizer)
+    _checks.check_regularizer(regularizer)
     strength, budget_step = _budget_step(regularizer, strength, target_cost,
                                          exact_zeros)
     term_name = term_name or REGULARIZATION_TERM_NAME
@@ -202,7 +150,7 @@ class RegularizedModel(keras.Model):
 
   @strength.setter
   def strength(self, value):
-    self._strength.assign(_check_strength(value))
+    self._strength.assign(_checks.check_strength(value))
 
   @property
   def cost_name(self):
@@ -251,11 +199,16 @@ class RegularizedModel(keras.Model):
     """Keras' step, then the proximal step and the strength update."""
     if self._budget_step is None:
       return super().train_step(data)
+    # Under gradient accumulation `iterations` is a tensor: read it anew.
+    before = tf.identity(self.optimizer.iterations)
     with self._budget_step.diverting():  # gates: task gradient to GateStep
       logs = super().train_step(data)
-    forecast = self._budget_step.after_update(self._strength,
-                                              self.optimizer.learning_rate,
-                                              self.optimizer)
+    trainable = {id(keras_trace.tf_variable(v))
+                 for v in self.trainable_variables}
+    forecast = self._budget_step.after_update(
+        self._strength, self.optimizer.learning_rate, self.optimizer,
+        applied=tf.not_equal(self.optimizer.iterations, before),
+        frozen=self._budget_step.frozen_sources(trainable))
     logs = dict(logs)
     logs['strength'] = tf.identity(self._strength)
     if forecast is not None:  # what the controller steered by
@@ -434,7 +387,7 @@ def _budget_step(regularizer, strength, target_cost, exact_zeros):
         'target_cost (the cost to reach; the strength is then adapted); got '
         'strength=%r, target_cost=%r.' % (strength, target_cost))
   controller = None
-  target_cost = _as_number(target_cost)  # e.g. tf.constant(100.)
+  target_cost = _checks.as_number(target_cost)  # e.g. tf.constant(100.)
   if target_cost is not None:
     controller = target_cost
     if not isinstance(controller, budget_lib.StrengthController):
@@ -444,7 +397,7 @@ def _budget_step(regularizer, strength, target_cost, exact_zeros):
       raise ValueError('target_cost needs a regularizer whose initial cost '
                        'is > 0; got %r.' % initial)
     strength = 1.0 / initial
-  strength = _check_strength(strength)
+  strength = _checks.check_strength(strength)
   if exact_zeros is None:
     exact_zeros = (controller is not None and
                    budget_lib.supports_exact_zeros(regularizer))
