@@ -10,6 +10,7 @@ from conftest import benchmark
 from conftest import conv_bn_model
 import morph_net.keras as mk
 from morph_net.keras import cycles
+from morph_net.network_regularizers import flop_regularizer
 
 
 def build_model():
@@ -75,6 +76,38 @@ def test_last_structure_skips_files_over_the_cost(tmp_path):
 def test_bad_arguments_raise(kwargs):
   with pytest.raises(ValueError):
     cycles.run_cycles(build_model(), lambda *a: None, **kwargs)
+
+
+def test_the_default_regularizer_follows_the_cost_and_a_mismatch_raises(
+    data, tmp_path):
+  """cost='model_size' shrinks with a model-size regularizer: its target
+  and every recorded cost are weights (they were FLOPs and weights mixed)."""
+  x, y = data
+  used = []
+
+  def fit(model, phase, callbacks):
+    if phase == 'shrink':
+      used.append(model.regularizer.cost_name)
+    model.compile(keras.optimizers.SGD(0.05),
+                  keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+    model.fit(x[:128], y[:128], batch_size=64, epochs=1, verbose=0,
+              callbacks=callbacks)
+
+  seed = build_model()
+  records = cycles.run_cycles(seed, fit, cost='model_size',
+                              log_dir=str(tmp_path / 'size'))
+  assert used == ['ModelSize']
+  size = mk.structure_cost(seed, {}, cost='model_size')
+  assert records[0]['start_cost'] == pytest.approx(size)
+  with pytest.raises(ValueError, match="reports 'FLOPs' but cost='model_size'"):
+    cycles.run_cycles(
+        seed, fit, cost='model_size', log_dir=str(tmp_path / 'mixed'),
+        make_regularizer=lambda m: flop_regularizer.GammaFlopsRegularizer(
+            m, 1e-2))
+  with pytest.raises(ValueError, match='has no default regularizer'):
+    cycles.run_cycles(seed, fit, cost=lambda m: 1.0,
+                      log_dir=str(tmp_path / 'callable'))
 
 
 def test_save_json_atomically_replaces(tmp_path):

@@ -52,7 +52,9 @@ from morph_net.keras import callbacks as callbacks_lib
 from morph_net.keras import expand as expand_lib
 from morph_net.keras import slim as slim_lib
 from morph_net.keras import training
+from morph_net.network_regularizers import activation_regularizer
 from morph_net.network_regularizers import flop_regularizer
+from morph_net.network_regularizers import model_size_regularizer
 from morph_net.framework import atomic_files as _atomic
 from morph_net.tools import structure_exporter
 
@@ -60,8 +62,38 @@ __all__ = ['claim_log_dir', 'last_structure', 'run_cycles',
            'save_json_atomically']
 
 
-def _default_regularizer(model):
-  return flop_regularizer.GammaFlopsRegularizer(model, gamma_threshold=1e-2)
+# cost -> (the default regularizer class, the cost_name it reports).
+_DEFAULTS = {
+    'flops': (flop_regularizer.GammaFlopsRegularizer, 'FLOPs'),
+    'model_size': (model_size_regularizer.GammaModelSizeRegularizer,
+                   'ModelSize'),
+    'activations': (activation_regularizer.GammaActivationRegularizer,
+                    'Activations'),
+}
+
+
+def _default_regularizer(cost):
+  """make_regularizer's default: Gamma for `cost`, threshold 1e-2."""
+  if not isinstance(cost, str) or cost not in _DEFAULTS:
+    raise ValueError(
+        'run_cycles: cost=%r has no default regularizer; pass '
+        'make_regularizer (a callable model -> regularizer of that cost).'
+        % (cost,))
+  return lambda model: _DEFAULTS[cost][0](model, gamma_threshold=1e-2)
+
+
+def _check_resource(reg, cost):
+  """The shrink's target and the exported costs share one unit."""
+  expected = _DEFAULTS.get(cost, (None, None))[1] if isinstance(
+      cost, str) else None
+  name = getattr(reg, 'cost_name', None)
+  if expected and name != expected:
+    raise ValueError(
+        'run_cycles: the regularizer reports %r but cost=%r: the shrink '
+        'target (a fraction of the regularizer\'s cost) and the exported '
+        'and expanded costs would be in different units. Give a %s '
+        'regularizer (make_regularizer) or cost to match it.'
+        % (name, cost, expected))
 
 
 CLAIM_FILE = 'cycles_run.json'
@@ -156,10 +188,12 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
       cost (ignored if `target_cost` is given).
     target_cost: an absolute shrink target, the same every cycle.
     budget: the cost to expand to; the seed's cost if None.
-    make_regularizer: callable (model) -> network regularizer;
-      `GammaFlopsRegularizer(model, 1e-2)` if None. Its resource must match
-      `cost`.
-    cost: 'flops' or 'model_size', for `expand_structure`/`structure_cost`.
+    make_regularizer: callable (model) -> network regularizer; if None,
+      the Gamma regularizer of `cost` at threshold 1e-2 (e.g.
+      `GammaModelSizeRegularizer` for 'model_size'). Its resource must
+      match `cost` (checked: a mismatch raises ValueError).
+    cost: 'flops', 'model_size' or 'activations', for
+      `expand_structure`/`structure_cost`.
     round_to: channel rounding for expansion and slimming.
     log_dir: where each cycle's structures (`cycle_<i>/learned_structure`)
       and `cycles.json` go; a new temporary directory if None. It must not
@@ -191,7 +225,7 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
     raise ValueError('shrink_to must be in (0, 1), got %r.' % (shrink_to,))
   if save_every is not None:
     save_every_n_steps = save_every
-  make_regularizer = make_regularizer or _default_regularizer
+  make_regularizer = make_regularizer or _default_regularizer(cost)
   log_dir = log_dir or tempfile.mkdtemp(prefix='morph_net_cycles_')
   claim_log_dir(log_dir)
   current = model
@@ -202,6 +236,7 @@ def run_cycles(model, fit, evaluate=None, num_cycles=1, shrink_to=0.5,
   records, models = [], []
   for cycle in range(1, num_cycles + 1):
     reg = make_regularizer(current)
+    _check_resource(reg, cost)
     start = float(reg.get_cost())
     target = float(target_cost) if target_cost is not None else (
         float(shrink_to) * start)
