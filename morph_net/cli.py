@@ -2,7 +2,7 @@
 
     morphnet analyze MODEL.keras [--json] [--input-shape H,W,C]
     morphnet slim MODEL.keras STRUCTURE.json -o OUT.keras [--overwrite]
-        [--expand-to-cost FLOPS] [--round-to N]
+        [--expand-to-cost FLOPS] [--round-to N] [--input-shape H,W,C]
     morphnet plot STRUCTURE.json [--model MODEL.keras] -o widths.png
     morphnet profile MODEL.keras [MODEL.keras ...] --name NAME -o SPEC.json
         [--batch-size 1] [--widths 0.25,0.5,0.75,1] [--repeats 20]
@@ -189,14 +189,17 @@ def cmd_slim(args):
   model = load_model(args.model)
   check_structure_names(structure, model, args.structure, args.model)
   slim_model, expand_structure = _slim_functions()
-  before = _analyze(model)
+  signature = _input_signature(args.input_shape)
+  before = _analyze(model, signature)
   try:
     if args.expand_to_cost is not None:
       _progress('expanding the structure to %.4g FLOPs' % args.expand_to_cost)
       structure = expand_structure(model, structure, args.expand_to_cost,
-                                   cost='flops', round_to=args.round_to)
+                                   cost='flops', round_to=args.round_to,
+                                   input_signature=signature)
     _progress('building the slim model (%d layers set)' % len(structure))
-    slim = slim_model(model, structure, round_to=args.round_to)
+    slim = slim_model(model, structure, round_to=args.round_to,
+                      input_signature=signature)
   except (KeyError, ValueError, TypeError, NotImplementedError) as e:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise CLIError('cannot slim %s to %s: %s' % (args.model, args.structure,
@@ -212,7 +215,7 @@ def cmd_slim(args):
                    'model (%s); the widths (or --expand-to-cost) are too '
                    'large' % (args.model, args.structure,
                               type(e).__name__)) from None
-  after = _analyze(slim)
+  after = _analyze(slim, signature)
   _save_model_atomically(slim, args.output, overwrite=args.overwrite)
   seed = {l.name: l.channels for l in before.layers}
   widths = {l.name: l.channels for l in after.layers}
@@ -344,6 +347,8 @@ def build_parser():
                  '(e.g. 3e8 or 300M)')
   p.add_argument('--round-to', type=_positive_int, default=1, metavar='N',
                  help='round widths to multiples of N')
+  p.add_argument('--input-shape', help='H,W,C when the model input has '
+                 'unknown spatial size (the FLOPs are counted at it)')
   p.set_defaults(func=cmd_slim)
 
   p = sub.add_parser('plot', help='bar chart of per-layer widths',

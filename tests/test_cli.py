@@ -172,6 +172,16 @@ def test_unknown_input_size_asks_for_input_shape(tmp_path, capsys):
                        '--input-shape', '8,8,3')
   assert code == 0
   assert json.loads(out)['flops'] == FLOPS
+  # slim asks for it too, and takes it (it was refused as unknown there).
+  structure = tmp_path / 's.json'
+  structure.write_text('{"stem": 2, "a": 3, "b": 3}')
+  out_path = str(tmp_path / 'slim.keras')
+  code, _, err = _main(capsys, 'slim', path, str(structure), '-o', out_path)
+  assert code == 2 and '--input-shape' in err
+  code, out, _ = _main(capsys, 'slim', path, str(structure), '-o', out_path,
+                       '--input-shape', '8,8,3')
+  assert code == 0 and 'FLOPs %d ->' % FLOPS in out
+  assert keras.models.load_model(out_path).get_layer('stem').filters == 2
 
 
 def test_bad_option_values_are_usage_errors(capsys):
