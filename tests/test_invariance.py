@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import morph_net.keras as mk
+from morph_net.network_regularizers import combined as combined_lib
 from morph_net.network_regularizers import flop_regularizer
 
 L = keras.layers
@@ -167,3 +168,39 @@ def test_exact_zeros_snap_relative_to_the_layer_scale():
   step.apply(0.0)  # no shrink: only the snap of channels falling under
   after = bn0.gamma.numpy()
   assert after[0] == 0.0 and np.all(after[1:] == np.float32(1e-3))
+
+
+def test_a_combined_regularizer_keeps_its_parts_normalize():
+  """One part with weight 1 trains like the part itself: its normalized
+  sources stay relative in the proximal step (found by probing: the
+  combined view dropped `normalize`, and a channel alive relative to its
+  layer's scale, 0.501 > 0.5 x RMS 0.88, was snapped to 0)."""
+  x = np.random.RandomState(0).rand(16, 8, 8, 3).astype('float32')
+  y = np.random.RandomState(1).rand(16, 3).astype('float32')
+  gammas = []
+  for combined in (False, True):
+    model = _model()
+    bn0 = model.get_layer('bn0')
+    g = np.ones(bn0.gamma.shape[0], np.float32)
+    g[0] = 0.501
+    bn0.gamma.assign(g)
+    reg = flop_regularizer.GammaFlopsRegularizer(model, 0.5, normalize=True)
+    trainer = mk.add_regularizer(model, [(reg, 1.0)] if combined else reg,
+                                 strength=1e-5, exact_zeros=True,
+                                 monitor=False)
+    trainer.compile(keras.optimizers.SGD(0.01), 'mse')
+    trainer.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    gammas.append(bn0.gamma.numpy())
+  assert gammas[0][0] > 0.4
+  np.testing.assert_allclose(gammas[1], gammas[0], rtol=1e-5)
+
+
+def test_a_combined_regularizer_refuses_parts_that_disagree_on_normalize():
+  model = _model()
+  plain = flop_regularizer.GammaFlopsRegularizer(model, 0.5)
+  relative = flop_regularizer.GammaFlopsRegularizer(model, 0.5,
+                                                    normalize=True)
+  with pytest.raises(ValueError, match='the same normalize'):
+    mk.add_regularizer(model, combined_lib.CombinedRegularizer(
+        [(plain, 1.0), (relative, 1.0)], names=['absolute', 'relative']),
+                       strength=1e-5, exact_zeros=True, monitor=False)

@@ -51,6 +51,24 @@ class _SourcesView:
       yield
 
   @property
+  def normalized_sources(self):
+    """Source ops the parts measure relative to their own scale
+    (`normalize`); a source one part measures so and another absolutely
+    has no one proximal step: refused."""
+    relative, absolute = set(), set()
+    for reg in self._regularizers:
+      manager = reg.op_regularizer_manager
+      mine = getattr(manager, 'normalized_sources', frozenset())
+      relative |= set(mine)
+      absolute |= {s.op.name for s in manager.sources} - set(mine)
+    if relative & absolute:
+      raise ValueError(
+          'CombinedRegularizer: source %s is measured relative to its own '
+          'scale by one part (normalize) and absolutely by another; give '
+          'the parts the same normalize.' % sorted(relative & absolute)[0])
+    return frozenset(relative)
+
+  @property
   def sources(self):
     seen, out = set(), []
     for reg in self._regularizers:
