@@ -381,6 +381,31 @@ def test_only_at_or_under_skips_costlier_structures(digits, tmp_path):
   assert cycles.last_structure(str(tmp_path)) == (None, None)
 
 
+def test_only_at_or_under_prices_a_dead_layer_as_the_slim_model_keeps_it(
+    digits, tmp_path):
+  """Every channel of the first layer dead: the regularizer prices it and
+  the layer it feeds at 0, but slim_model keeps one of its channels (the
+  output would be cut off), so the structure costs more than the target
+  and is not exported as under it (found by probing)."""
+  model = build_model()
+  reg = flop_regularizer.GammaFlopsRegularizer(model, 1e-2)
+  bn = model.get_layer('bn1')
+  bn.gamma.assign(np.zeros(bn.gamma.shape, np.float32))
+  target = 1.5 * float(reg.get_cost())
+  counts = {'conv1': 0, 'conv2': model.get_layer('conv2').filters}
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    assert mk.structure_cost(model, counts) > target
+  trainer = mk.add_regularizer(model, reg, strength=0.0)
+  _compile(trainer, keras.optimizers.SGD(0.0))
+  exporter = budget.only_at_or_under(mk.StructureExporterCallback(
+      reg, str(tmp_path), 1, summary_subdir=None), target)
+  trainer.fit(digits[0][:64], digits[1][:64], batch_size=32, epochs=1,
+              verbose=0, callbacks=[exporter])
+  assert exporter.saved_paths == []
+  assert cycles.last_structure(str(tmp_path)) == (None, None)
+
+
 def _one_bn_model(gammas):
   """conv1 3x3 -> bn1 (the gammas given) -> ReLU -> GAP -> Dense 3."""
   model = conv_bn_model((8, 8, 1), (len(gammas),), 3)

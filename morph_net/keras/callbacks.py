@@ -13,9 +13,15 @@ import keras
 import tensorflow as tf
 
 from morph_net.framework import keras_trace
+from morph_net.keras import expand as expand_lib
 from morph_net.op_regularizers import _checks
 from morph_net.tools import structure_exporter as structure_exporter_lib
 from morph_net.tools import summaries
+
+
+# A regularizer's cost_name -> structure_cost's cost of the same resource.
+_STRUCTURE_COSTS = {'FLOPs': 'flops', 'ModelSize': 'model_size',
+                    'Activations': 'activations'}
 
 
 class StructureExporterCallback(keras.callbacks.Callback):
@@ -125,8 +131,7 @@ class StructureExporterCallback(keras.callbacks.Callback):
   def _save(self, step):
     """Writes the structure file and the scalars for `step`."""
     try:
-      if self.max_cost is not None and not (
-          float(self._regularizer.get_cost()) <= self.max_cost):
+      if self.max_cost is not None and self._over_max_cost():
         self._last_saved = step
         return
       path = self._exporter.create_file_and_save_alive_counts(
@@ -151,6 +156,24 @@ class StructureExporterCallback(keras.callbacks.Callback):
       summaries.write_summaries(self._regularizer, step, self._exporter,
                                 prefix='')
     self._writer.flush()
+
+  def _over_max_cost(self):
+    """Whether the structure now costs more than `max_cost`: by the
+    regularizer's cost and, where a layer is at 0 channels, by the cost of
+    the model `slim_model` builds (it keeps a channel of a layer whose
+    removal would disconnect the output, which the regularizer prices at 0
+    with everything it feeds)."""
+    if not float(self._regularizer.get_cost()) <= self.max_cost:
+      return True
+    kind = _STRUCTURE_COSTS.get(getattr(self._regularizer, 'cost_name', None))
+    counts = self._exporter.get_alive_counts()
+    if kind is None or 0 not in counts.values():
+      return False
+    model = getattr(self.model, 'inner_model', self.model)
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')  # slim_model's own warnings
+      cost = expand_lib.structure_cost(model, counts, cost=kind)
+    return not float(cost) <= self.max_cost
 
   def _warn_rerun(self, path):
     """Says why this run's file went beside another's, once per cause."""
