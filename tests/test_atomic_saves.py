@@ -265,7 +265,9 @@ def test_save_weights_goes_through_the_atomic_writer(tmp_path, monkeypatch):
   trainer.save_weights(path)
   assert written[0].startswith('.tmp_morphnet_')  # beside, then renamed
   assert written[0].endswith('.weights.h5')
-  assert os.listdir(str(tmp_path)) == ['run.weights.h5']
+  # The weights and, beside them, the wrapper's state (strength, ...).
+  assert sorted(os.listdir(str(tmp_path))) == [
+      'run.weights.h5', 'run.weights.h5.morph_net_state.json']
   assert len(open(path, 'rb').read()) == len(before)
   trainer.load_weights(path)
 
