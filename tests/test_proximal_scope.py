@@ -7,19 +7,14 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import conv_bn_model
 import morph_net.keras as mk
 from morph_net.network_regularizers import flop_regularizer
 
 
 def _cnn(seed=0):
-  keras.utils.set_random_seed(seed)
-  inputs = keras.Input((8, 8, 2))
-  x = keras.layers.Conv2D(4, 3, padding='same', name='conv0')(inputs)
-  x = keras.layers.ReLU()(keras.layers.BatchNormalization(name='bn0')(x))
-  x = keras.layers.Conv2D(6, 3, padding='same', name='conv1')(x)
-  x = keras.layers.ReLU()(keras.layers.BatchNormalization(name='bn1')(x))
-  return keras.Model(inputs, keras.layers.Dense(3, name='logits')(
-      keras.layers.GlobalAveragePooling2D()(x)))
+  """conv1 (4) -> bn1 -> conv2 (6) -> bn2 -> GAP -> Dense 3, 8x8x2."""
+  return conv_bn_model((8, 8, 2), (4, 6), 3, seed=seed)
 
 
 def _data(n=32):
@@ -32,7 +27,7 @@ def _loss():
 
 
 @pytest.mark.parametrize('family,layer,weight', [
-    ('gamma', 'bn0', 'gamma'), ('grouplasso', 'conv0', 'kernel')])
+    ('gamma', 'bn1', 'gamma'), ('grouplasso', 'conv1', 'kernel')])
 def test_a_frozen_layer_is_left_alone(family, layer, weight):
   model = _cnn()
   model.get_layer(layer).trainable = False
@@ -50,7 +45,7 @@ def test_a_frozen_layer_is_left_alone(family, layer, weight):
 
 
 def _penalty_drop(accumulate):
-  """bn0's gammas: drop with the penalty minus drop without, after 2
+  """bn1's gammas: drop with the penalty minus drop without, after 2
   optimizer updates (2 batches of 16, or 8 micro-batches of 4 with
   accumulation over 4)."""
   drops = []
@@ -62,12 +57,12 @@ def _penalty_drop(accumulate):
     trainer.compile(keras.optimizers.SGD(
         0.01, gradient_accumulation_steps=4 if accumulate else None),
                     _loss())
-    start = model.get_layer('bn0').gamma.numpy().copy()
+    start = model.get_layer('bn1').gamma.numpy().copy()
     x, y = _data()
     trainer.fit(x, y, epochs=1, batch_size=4 if accumulate else 16,
                 shuffle=False, verbose=0)
     assert int(trainer.optimizer.iterations.numpy()) == 2
-    drops.append(start - model.get_layer('bn0').gamma.numpy())
+    drops.append(start - model.get_layer('bn1').gamma.numpy())
   return drops[1] - drops[0]
 
 
@@ -88,13 +83,13 @@ def test_a_step_the_loss_scale_optimizer_skips_shrinks_nothing():
     optimizer = keras.optimizers.LossScaleOptimizer(
         keras.optimizers.SGD(0.01), initial_scale=2.0 ** 60)
     trainer.compile(optimizer, _loss())
-    gamma = model.get_layer('bn0').gamma.numpy().copy()
-    kernel = model.get_layer('conv0').kernel.numpy().copy()
+    gamma = model.get_layer('bn1').gamma.numpy().copy()
+    kernel = model.get_layer('conv1').kernel.numpy().copy()
     x, y = _data(8)
     trainer.fit(x, y, epochs=1, batch_size=8, verbose=0)
   finally:
     keras.mixed_precision.set_global_policy('float32')
   assert int(optimizer.iterations.numpy()) == 0  # skipped
-  np.testing.assert_array_equal(model.get_layer('conv0').kernel.numpy(),
+  np.testing.assert_array_equal(model.get_layer('conv1').kernel.numpy(),
                                 kernel)
-  np.testing.assert_array_equal(model.get_layer('bn0').gamma.numpy(), gamma)
+  np.testing.assert_array_equal(model.get_layer('bn1').gamma.numpy(), gamma)

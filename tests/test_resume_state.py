@@ -10,20 +10,14 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import conv_bn_model
 import morph_net.keras as mk
 from morph_net.keras import _state_file
 from morph_net.network_regularizers import flop_regularizer
 
 
 def _trainer(seed=0):
-  keras.utils.set_random_seed(seed)
-  inputs = keras.Input((8, 8, 2))
-  x = keras.layers.Conv2D(4, 3, padding='same', name='conv0')(inputs)
-  x = keras.layers.ReLU()(keras.layers.BatchNormalization(name='bn0')(x))
-  x = keras.layers.Conv2D(6, 3, padding='same', name='conv1')(x)
-  x = keras.layers.ReLU()(keras.layers.BatchNormalization(name='bn1')(x))
-  model = keras.Model(inputs, keras.layers.Dense(3, name='logits')(
-      keras.layers.GlobalAveragePooling2D()(x)))
+  model = conv_bn_model((8, 8, 2), (4, 6), 3, seed=seed)
   reg = flop_regularizer.GammaFlopsRegularizer(model, 0.05)
   trainer = mk.add_regularizer(model, reg,
                                target_cost=0.3 * float(reg.get_cost()),
