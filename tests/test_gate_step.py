@@ -1,7 +1,7 @@
 """The gates' own step: logits out of the optimizer, task + term balanced.
 
 With target_cost (or exact_zeros=True) a FiGS regularizer's gate logits are
-stepped by `_proximal.GateStep`, not by the optimizer: the task gradient
+stepped by `_gate_step.GateStep`, not by the optimizer: the task gradient
 that reaches them through their masks is collected during the training
 step, and each logit moves down task + strength x term gradient, scaled by
 one running RMS for all gates.
@@ -193,3 +193,33 @@ def test_the_gate_step_unscales_a_loss_scale_optimizers_gradient():
       _momentum()))[0])
   assert np.all(logits[:USEFUL] > 0) and np.all(logits[USEFUL:] < 0), logits
   assert np.all(np.isfinite(logits))
+
+
+def test_under_gradient_accumulation_the_gates_step_once_per_update():
+  """With gradient_accumulation_steps=4 the gates move on the 4th batch of
+  every 4, by the mean of the 4 collected task gradients (they stepped on
+  every batch), and still learn which channels matter."""
+  model = _probe_model()
+  reg = flop_regularizer.LogisticSigmoidFlopsRegularizer(model)
+  trainer = mk.add_regularizer(model, reg,
+                               target_cost=0.55 * float(reg.get_cost()),
+                               monitor=False)
+  trainer.compile(keras.optimizers.SGD(0.05, momentum=0.9,
+                                       gradient_accumulation_steps=4), 'mse')
+  moved = []
+
+  class Moves(keras.callbacks.Callback):
+
+    def on_train_batch_begin(self, batch, logs=None):
+      self.before = _logits(model)
+
+    def on_train_batch_end(self, batch, logs=None):
+      moved.append(bool(np.any(_logits(model) != self.before)))
+
+  x, y = _data()
+  trainer.fit(x[:128], y[:128], batch_size=8, epochs=1, verbose=0,
+              shuffle=False, callbacks=[Moves()])
+  assert moved == [False, False, False, True] * 4
+  trainer.fit(x, y, batch_size=8, epochs=12, verbose=0)
+  logits = _logits(model)
+  assert np.all(logits[:USEFUL] > 0) and np.all(logits[USEFUL:] < 0), logits

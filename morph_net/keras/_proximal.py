@@ -43,23 +43,21 @@ gradients are 1e-4..1e-3).
 """
 
 import contextlib
-import warnings
 
 import numpy as np
 import tensorflow as tf
 
 from morph_net.framework import sources
 from morph_net.keras import _distribute
+from morph_net.keras._gate_step import DEFAULT_GATE_RATE
+from morph_net.keras._gate_step import GateStep
 from morph_net.keras._adam_metric import adam_channel_roots
 from morph_net.keras._adam_metric import adam_preconditioners
 from morph_net.keras._adam_metric import optimizer_of
 from morph_net.op_regularizers import gamma_l1_regularizer
 from morph_net.op_regularizers import group_lasso_regularizer
 from morph_net.op_regularizers import logistic_sigmoid_regularizer
-from morph_net.probabilistic_gating import activation_gating
 
-# Logits per step of a gate whose gradient is at the gates' RMS.
-DEFAULT_GATE_RATE = 0.05
 
 
 def source_kind(source, proximal=True):
@@ -261,11 +259,13 @@ class ProximalStep:
     return self._thresholds[i] * tf.sqrt(tf.reduce_mean(tf.square(norms))
                                          + 1e-24)
 
-  def apply(self, step, optimizer=None, strength=None, frozen=()):
+  def apply(self, step, optimizer=None, strength=None, frozen=(),
+            applied=None):
     """Shrinks the sources by `step` (= learning rate x strength), but for
     the indices in `frozen` (of layers not trainable); gates take
     `GateStep`'s step with `strength` (or, without it or with a
-    multi-replica strategy, the term's step `step` x w alone).
+    multi-replica strategy, the term's step `step` x w alone), on the
+    steps the optimizer `applied` (a boolean tensor; None: this one).
 
     Returns the per-channel shrink of this step, step x w_c, one vector
     per source (what the penalty alone moves each norm per step).
@@ -301,7 +301,7 @@ class ProximalStep:
         strength is not None):
       gate_moves = self._gate_step.apply(
           [w for w, k in zip(weights, self._kinds) if k == 'gate'],
-          tf.cast(strength, tf.float32), optimizer)
+          tf.cast(strength, tf.float32), optimizer, applied=applied)
     for i, (p, cache, alive, g, w, kind, axis) in enumerate(zip(
         self.variables, self._weights, self._alive, grads, weights,
         self._kinds, self._axes)):
@@ -364,115 +364,6 @@ class ProximalStep:
     alive.assign(tf.cast(~under, tf.float32))
     p.assign(tf.cast(scaled(kind, value, axis, scale), p.dtype))
     return tf.maximum(before - norms * scale, 0.0)
-
-
-class GateStep:
-  """The gates' own step (see the module docstring).
-
-  Args:
-    logits: the gates' logit variables.
-    gate_rate: logits per step of a gate whose regularized-loss gradient is
-      at the running RMS of all gates' (a number > 0).
-  """
-
-  def __init__(self, logits, gate_rate=DEFAULT_GATE_RATE):
-    rate = float(gate_rate)
-    if not (np.isfinite(rate) and rate > 0):
-      raise ValueError('gate_rate must be a finite number > 0, got %r.'
-                       % (gate_rate,))
-    self.rate = rate
-    self._logits = list(logits)
-    self._sizes = [int(np.prod(v.shape)) for v in self._logits]
-    self._slots = None
-    self.active = False
-
-  def build(self):
-    """The task-gradient slots (eagerly, once). Under a strategy with
-    several replicas the gates stay in the optimizer (the slots would need
-    cross-replica sums) and `active` stays False."""
-    if self._slots is not None:
-      return
-    self._slots = []
-    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-      return
-    _warn_if_cold(self._logits)
-    self._slots = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False,
-                               name='morph_net_gate_task_gradient')
-                   for v in self._logits]
-    self._square = tf.Variable(0.0, trainable=False,
-                               name='morph_net_gate_mean_square')
-    self._count = tf.Variable(0.0, trainable=False, name='morph_net_gate_steps')
-    self.active = True
-
-  def state_variables(self):
-    """The state a resumed run needs (saved by `RegularizedModel`)."""
-    return self._slots + [self._square, self._count] if self.active else []
-
-  def diverting(self):
-    self.build()
-    if not self.active:
-      return contextlib.nullcontext()
-    return activation_gating.task_gradients_diverted(
-        list(zip(self._logits, self._slots)))
-
-  def apply(self, term_gradients, strength, optimizer=None):
-    """Steps every gate by -rate x (task + strength x term gradient) / RMS
-    and clears the slots. Returns, per gate, what the term alone moved its
-    logits this step (rate x strength x term gradient / RMS).
-
-    Under a `keras.optimizers.LossScaleOptimizer` the collected gradient is
-    of the scaled loss: it is divided by the scale, and a step whose scaled
-    gradient overflowed (the optimizer skips it too) moves no gate.
-    """
-    task = tf.concat([tf.reshape(s.read_value(), [-1])
-                      for s in self._slots], 0)
-    loss_scale = getattr(optimizer, 'dynamic_scale', None)
-    if loss_scale is not None:
-      task = task / tf.cast(loss_scale, tf.float32)
-    finite = tf.reduce_all(tf.math.is_finite(task))
-    task = tf.where(finite, task, tf.zeros_like(task))
-    total = [t + strength * tf.reshape(w, [-1])
-             for t, w in zip(tf.split(task, self._sizes), term_gradients)]
-    decay = 0.99
-    count = self._count.assign_add(tf.where(finite, 1.0, 0.0))
-    square = self._square.assign(tf.where(
-        finite, decay * self._square + (1.0 - decay) * tf.reduce_mean(
-            tf.square(tf.concat(total, 0))), self._square))
-    rms = tf.sqrt(tf.math.divide_no_nan(square, 1.0 - tf.pow(decay, count)))
-    scale = tf.where(finite, tf.math.divide_no_nan(self.rate, rms), 0.0)
-    moves = []
-    for v, slot, g, w in zip(self._logits, self._slots, total,
-                             term_gradients):
-      v.assign(tf.cast(tf.convert_to_tensor(v) -
-                       tf.cast(tf.reshape(scale * g, v.shape), v.dtype),
-                       v.dtype))
-      slot.assign(tf.zeros_like(slot))
-      moves.append(scale * strength * tf.reshape(w, [-1]))
-    return moves
-
-
-# Under this temperature a sampled mask passes the task's gradient in few
-# steps (at logit 2.5 and 0.1, in about 1 step in 15; at 0.001, 1 in 1,000).
-COLD_TEMPERATURE = 0.1
-
-
-def _warn_if_cold(logits):
-  """Warns once for gates (Keras layers) that sample too cold for the gate
-  step to see the task."""
-  cold = []
-  for v in logits:
-    rec = activation_gating.gate_record(v)
-    layer = rec.layer() if rec is not None and rec.layer else None
-    if (layer is not None and layer.annealing_schedule is None and
-        layer.temperature < COLD_TEMPERATURE):
-      cold.append('%s (%g)' % (layer.name, layer.temperature))
-  if cold:
-    warnings.warn(
-        'Gates %s sample at a temperature under %g: the task\'s gradient '
-        'reaches their logits in few steps, so the gate step follows the '
-        'cost alone. Build them with add_gates (straight-through at 0.5) or '
-        'LogisticSigmoidGating(straight_through=True, temperature=0.5).'
-        % (', '.join(cold), COLD_TEMPERATURE), stacklevel=4)
 
 
 def _momentum_gain(optimizer):

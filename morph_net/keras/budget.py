@@ -331,8 +331,8 @@ class BudgetStep:
       applied: a boolean tensor, whether the optimizer updated the weights
         this step (not a micro-step of gradient accumulation, nor a step a
         loss-scale overflow skipped): on a step it did not, the proximal
-        step of gammas and group lasso kernels and the strength stay put;
-        None: it did.
+        step, the gates' step (their task gradients keep collecting) and
+        the strength stay put; None: it did.
       frozen: indices of the sources of layers not trainable: the proximal
         step leaves them alone.
 
@@ -344,7 +344,7 @@ class BudgetStep:
       shrinks = self.proximal.apply(tf.cast(learning_rate, tf.float32) *
                                     tf.cast(strength, tf.float32) * gain,
                                     optimizer, strength=strength,
-                                    frozen=frozen)
+                                    frozen=frozen, applied=applied)
     forecast = None
     if self.controller is not None:
       if self.forecast is not None:
