@@ -219,15 +219,14 @@ def _check_channel_ops(plan):
   channels the statistics change even where the pruned ones were zero;
   warned)."""
   manager = plan.analysis.manager
-  if plan.alive_values is None:
-    plan.alive_values = plan.analysis.assign_alive(plan.alive or {})
+  alive = _alive_values(plan)
   mixing = []
   for op in manager.ops:
     if (op.type not in ('Roll', 'Mean', 'Softmax', 'LogSoftmax')
         or not manager.has_channels(op.inputs[0])):
       continue
     before = manager.channel_labels(op.inputs[0])
-    if (plan.alive_values[before] > 0.5).all():
+    if (alive[before] > 0.5).all():
       continue
     same = manager.has_channels(op.outputs[0]) and np.array_equal(
         before, manager.channel_labels(op.outputs[0]))
@@ -242,7 +241,7 @@ def _check_channel_ops(plan):
       continue
     reduced = [-1] if op.type != 'Mean' else manager.view.static_value(
         op.inputs[1])
-    if _mixes(manager, plan.alive_values, op.inputs[0], reduced):
+    if _mixes(manager, alive, op.inputs[0], reduced):
       mixing.append('%s (%s)' % (op.name, op.type))
   if mixing:
     warnings.warn(
@@ -340,13 +339,18 @@ def _transfer_block(plan, block):
           % (old.name, type(old).__name__))
 
 
+def _alive_values(plan):
+  """Per-label 0/1 of the plan's alive channels (computed once)."""
+  if plan.alive_values is None:
+    plan.alive_values = plan.analysis.assign_alive(plan.alive or {})
+  return plan.alive_values
+
+
 def _kept_by_labels(plan, layer):
   """(kept input channels, kept output channels, input width) of a weighted
   leaf, from the analysis' labels (None: all kept)."""
   analysis = plan.analysis
-  if plan.alive_values is None:
-    plan.alive_values = analysis.assign_alive(plan.alive or {})
-  values = plan.alive_values
+  values = _alive_values(plan)
 
   def kept(labels):
     if labels is None:

@@ -14,14 +14,10 @@ import tensorflow as tf
 
 from morph_net.framework import keras_trace
 from morph_net.keras import expand as expand_lib
+from morph_net.network_regularizers import cost_model
 from morph_net.op_regularizers import _checks
 from morph_net.tools import structure_exporter as structure_exporter_lib
 from morph_net.tools import summaries
-
-
-# A regularizer's cost_name -> structure_cost's cost of the same resource.
-_STRUCTURE_COSTS = {'FLOPs': 'flops', 'ModelSize': 'model_size',
-                    'Activations': 'activations'}
 
 
 class StructureExporterCallback(keras.callbacks.Callback):
@@ -165,9 +161,13 @@ class StructureExporterCallback(keras.callbacks.Callback):
     with everything it feeds)."""
     if not float(self._regularizer.get_cost()) <= self.max_cost:
       return True
-    kind = _STRUCTURE_COSTS.get(getattr(self._regularizer, 'cost_name', None))
     counts = self._exporter.get_alive_counts()
-    if kind is None or 0 not in counts.values():
+    if 0 not in counts.values():
+      return False
+    try:  # 'FLOPs' -> 'flops'; a latency or combined cost has no structure
+      kind = cost_model.resource_name(
+          getattr(self._regularizer, 'cost_name', None))
+    except ValueError:
       return False
     model = getattr(self.model, 'inner_model', self.model)
     with warnings.catch_warnings():

@@ -53,6 +53,7 @@ from morph_net.keras import expand as expand_lib
 from morph_net.keras import slim as slim_lib
 from morph_net.keras import training
 from morph_net.network_regularizers import activation_regularizer
+from morph_net.network_regularizers import cost_model
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.network_regularizers import model_size_regularizer
 from morph_net.framework import atomic_files as _atomic
@@ -62,32 +63,38 @@ __all__ = ['claim_log_dir', 'last_structure', 'run_cycles',
            'save_json_atomically']
 
 
-# cost -> (the default regularizer class, the cost_name it reports).
+# Resource -> the default regularizer's class.
 _DEFAULTS = {
-    'flops': (flop_regularizer.GammaFlopsRegularizer, 'FLOPs'),
-    'model_size': (model_size_regularizer.GammaModelSizeRegularizer,
-                   'ModelSize'),
-    'activations': (activation_regularizer.GammaActivationRegularizer,
-                    'Activations'),
+    'flops': flop_regularizer.GammaFlopsRegularizer,
+    'model_size': model_size_regularizer.GammaModelSizeRegularizer,
+    'activations': activation_regularizer.GammaActivationRegularizer,
 }
+
+
+def _resource(name):
+  """'flops', 'model_size' or 'activations' of a cost or cost_name
+  ('FLOPs', 'ModelSize', ...); None for a callable, latency or combined."""
+  try:
+    return cost_model.resource_name(name) if isinstance(name, str) else None
+  except ValueError:
+    return None
 
 
 def _default_regularizer(cost):
   """make_regularizer's default: Gamma for `cost`, threshold 1e-2."""
-  if not isinstance(cost, str) or cost not in _DEFAULTS:
+  if _resource(cost) is None:
     raise ValueError(
         'run_cycles: cost=%r has no default regularizer; pass '
         'make_regularizer (a callable model -> regularizer of that cost).'
         % (cost,))
-  return lambda model: _DEFAULTS[cost][0](model, gamma_threshold=1e-2)
+  return lambda model: _DEFAULTS[_resource(cost)](model, gamma_threshold=1e-2)
 
 
 def _check_resource(reg, cost):
   """The shrink's target and the exported costs share one unit."""
-  expected = _DEFAULTS.get(cost, (None, None))[1] if isinstance(
-      cost, str) else None
+  expected = _resource(cost)
   name = getattr(reg, 'cost_name', None)
-  if expected and name != expected:
+  if expected and _resource(name) != expected:
     raise ValueError(
         'run_cycles: the regularizer reports %r but cost=%r: the shrink '
         'target (a fraction of the regularizer\'s cost) and the exported '
