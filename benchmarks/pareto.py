@@ -48,6 +48,11 @@ and Dense(10) at the end):
   'digits16/vgg_x4/*'): the vgg stack with every width x K, e.g. vgg_x4 =
   64-128-256-512, a seed whose early layers are wide for its task, as
   Inception's are for ImageNet.
+- mobilenet (not in SETTINGS; e.g. --settings '*/mobilenet/flops'): a
+  MobileNet-v1-style net: a 3x3 stem conv of 16, then depthwise-separable
+  blocks (3x3 depthwise with strides 1, 2, 2, 1, each followed by a 1x1
+  pointwise conv of 32, 64, 128, 128); prunable: the stem and the
+  pointwise convs (a depthwise conv keeps its input's channels).
 
 FiGS needs gates: its seed is the same network with a
 `LogisticSigmoidGating` after each prunable conv (after the ReLU, or after
@@ -169,6 +174,15 @@ DEVELOPMENT_SETTING = 'digits16/vgg/flops'
 SETTINGS = tuple('%s/%s/%s' % (t, n, r) for t in TASKS for n in NETS
                  for r in RESOURCES)
 WIDE_VGG_PREFIX = 'vgg_x'  # vgg_x<K>: VGG_WIDTHS x K, outside SETTINGS
+# Seeds outside SETTINGS (run when named): name -> its config key.
+EXTRA_NETS = ('mobilenet',)
+MOBILENET_STEM = 16
+MOBILENET_BLOCKS = ((1, 32), (2, 64), (2, 128), (1, 128))  # (stride, pw)
+# Config fields added after some results files were written; those files'
+# networks did not depend on them (they ran no such seed), so their recipe
+# is compared with the current value filled in.
+LATER_CONFIG = {'mobilenet': dict(stem=MOBILENET_STEM,
+                                  blocks=[list(b) for b in MOBILENET_BLOCKS])}
 
 QUICK = dict(digits=240, epochs=2, widths=(0.5, 1.0),
              budget_widths=(0.7,), seeds=2, shrink_epochs=2,
@@ -190,8 +204,14 @@ def vgg_widths(kind):
   return None
 
 
+def extra_net(kind):
+  """Whether `kind` is a seed network outside the default SETTINGS."""
+  return kind not in NETS and bool(vgg_widths(kind) or kind in EXTRA_NETS)
+
+
 def all_settings(results):
-  """SETTINGS, then the vgg_x<K> settings that `results` has points of."""
+  """SETTINGS, then the settings of other seeds (vgg_x<K>, mobilenet) that
+  `results` has points of."""
   extra = []
   for key in results.get('points', {}):
     parts = key.split('|')
@@ -276,11 +296,12 @@ def _conv_bn(keras, x, width, name, stride=1, kernel=3, relu=True,
 
 
 def build_net(kind, input_shape, gated=False, name=None):
-  """A seed network ('vgg', 'vgg_x<K>' or 'resnet'); gated: FiGS gates
-  after each conv.
+  """A seed network ('vgg', 'vgg_x<K>', 'resnet' or 'mobilenet'); gated:
+  FiGS gates after each prunable conv.
 
-  Prunable convs are named 'conv<stage>' (vgg) or 'stem',
-  'b<stage>_conv1', 'b<stage>_conv2', 'b<stage>_proj' (resnet).
+  Prunable convs are named 'conv<stage>' (vgg), 'stem',
+  'b<stage>_conv1', 'b<stage>_conv2', 'b<stage>_proj' (resnet), or 'stem',
+  'b<block>_pw' (mobilenet, whose depthwise convs are 'b<block>_dw').
   """
   import keras  # pylint: disable=g-import-not-at-top
   gate = None
@@ -309,6 +330,14 @@ def build_net(kind, input_shape, gated=False, name=None):
                      relu=False, gate=gate)
       x = keras.layers.Add(name='b%d_add' % s)([x, y])
       x = keras.layers.ReLU(name='b%d_out' % s)(x)
+  elif kind == 'mobilenet':
+    x = _conv_bn(keras, x, MOBILENET_STEM, 'stem', gate=gate)
+    for s, (stride, width) in enumerate(MOBILENET_BLOCKS, 1):
+      x = keras.layers.DepthwiseConv2D(3, strides=stride, padding='same',
+                                       use_bias=False, name='b%d_dw' % s)(x)
+      x = keras.layers.BatchNormalization(name='b%d_dw_bn' % s)(x)
+      x = keras.layers.ReLU(name='b%d_dw_relu' % s)(x)
+      x = _conv_bn(keras, x, width, 'b%d_pw' % s, kernel=1, gate=gate)
   else:
     raise ValueError('unknown network %r' % (kind,))
   x = keras.layers.GlobalAveragePooling2D(name='gap')(x)
@@ -317,7 +346,8 @@ def build_net(kind, input_shape, gated=False, name=None):
 
 
 def prunable_widths(model):
-  """{conv layer name: filters} of every Conv2D of a seed network."""
+  """{conv layer name: filters} of every Conv2D of a seed network (not its
+  depthwise convs, which Keras does not derive from Conv2D)."""
   import keras  # pylint: disable=g-import-not-at-top
   return {layer.name: int(layer.filters) for layer in model.layers
           if isinstance(layer, keras.layers.Conv2D)}
@@ -574,9 +604,10 @@ def verdict(width_points, method_points, draws=BOOTSTRAP_DRAWS, seed=0):
 def config(quick):
   """The recipe that points of one results file must share."""
   cfg = dict(widths=list(WIDTHS), budget_widths=list(BUDGET_WIDTHS),
-             tasks=TASKS, vgg_widths=list(VGG_WIDTHS), resnet_widths=list(RESNET_WIDTHS), batch=BATCH,
+             tasks=TASKS, vgg_widths=list(VGG_WIDTHS),
+             resnet_widths=list(RESNET_WIDTHS), batch=BATCH,
              learning_rate=LEARNING_RATE, method=METHOD, quick=bool(quick),
-             digits=None, epochs=None)
+             digits=None, epochs=None, **LATER_CONFIG)
   if quick:
     cfg.update(digits=QUICK['digits'], epochs=QUICK['epochs'],
                widths=list(QUICK['widths']),
@@ -585,16 +616,26 @@ def config(quick):
   return json.loads(json.dumps(cfg))
 
 
+def fill_later_fields(config_):
+  """A stored config with the knobs and fields added after it was written
+  set to the values its run had (LATER_KNOBS, LATER_CONFIG); in place."""
+  if not isinstance(config_, dict):
+    return config_
+  for field, value in LATER_CONFIG.items():
+    config_.setdefault(field, json.loads(json.dumps(value)))
+  if isinstance(config_.get('method'), dict):
+    for knob, value in LATER_KNOBS.items():
+      config_['method'].setdefault(knob, value)
+  return config_
+
+
 def load_results(path, cfg):
   """The saved results at `path` (or a fresh record); checks the recipe."""
   if not os.path.exists(path):
     return dict(config=cfg, points={}, shrinks={}, seeds={}, verdicts=[])
   with open(path) as f:
     results = json.load(f)
-  stored = (results.get('config') or {}).get('method')
-  if isinstance(stored, dict):
-    for knob, value in LATER_KNOBS.items():
-      stored.setdefault(knob, value)
+  fill_later_fields(results.get('config'))
 
   def recipe(c):  # which points exist is not part of the recipe
     return {k: v for k, v in (c or {}).items()
@@ -866,14 +907,16 @@ def select_settings(spec, quick=False):
     pattern = pattern.strip()
     candidates = SETTINGS
     parts = pattern.split('/')
-    if len(parts) == 3 and vgg_widths(parts[1]) and parts[1] not in NETS:
+    if len(parts) == 3 and extra_net(parts[1]):
       candidates = tuple('%s/%s/%s' % (t, parts[1], r) for t in TASKS
                          for r in RESOURCES)
     hits = [s for s in candidates if fnmatch.fnmatch(s, pattern)]
     if not hits:
       raise ValueError('no setting matches %r; settings: %s, and the same '
-                       'with a wider vgg named, e.g. digits16/%s4/flops'
-                       % (pattern, ', '.join(SETTINGS), WIDE_VGG_PREFIX))
+                       'with another seed named: a wider vgg (e.g. '
+                       'digits16/%s4/flops) or one of %s'
+                       % (pattern, ', '.join(SETTINGS), WIDE_VGG_PREFIX,
+                          ', '.join(EXTRA_NETS)))
     chosen += [s for s in hits if s not in chosen]
   return chosen
 
@@ -911,6 +954,7 @@ def copy_width_points(results, source_path, cfg):
   every recipe field but the method's."""
   with open(source_path) as f:
     source = json.load(f)
+  fill_later_fields(source.get('config'))
 
   def recipe(c):
     return {k: v for k, v in (c or {}).items()

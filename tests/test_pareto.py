@@ -142,7 +142,7 @@ def test_make_task_is_deterministic_and_splits_70_30():
 
 
 @pytest.mark.slow  # ~8 s: builds, analyzes and slims both networks twice
-@pytest.mark.parametrize('net', pareto.NETS)
+@pytest.mark.parametrize('net', pareto.NETS + pareto.EXTRA_NETS)
 def test_width_multiplier_and_gated_seed_slim_to_the_same_network(net):
   import morph_net.keras as mk  # pylint: disable=g-import-not-at-top
   plain = pareto.build_net(net, (16, 16, 1))
@@ -188,6 +188,53 @@ def test_wider_vgg_seeds_are_named_settings_outside_the_default_run():
                         'width|digits16|vgg|w=1|seed=100': {}}}
   assert pareto.all_settings(results) == tuple(pareto.SETTINGS) + (
       'digits16/vgg_x2/flops', 'digits16/vgg_x2/size')
+
+
+def test_mobilenet_seed_is_a_named_setting_with_hand_derived_costs():
+  assert pareto.select_settings('*/mobilenet/flops') == [
+      '%s/mobilenet/flops' % t for t in pareto.TASKS]
+  assert not any('mobilenet' in s for s in pareto.select_settings('*/*/*'))
+  model = pareto.build_net('mobilenet', (16, 16, 1))
+  widths = pareto.prunable_widths(model)
+  assert widths == {'stem': 16, 'b1_pw': 32, 'b2_pw': 64, 'b3_pw': 128,
+                    'b4_pw': 128}  # the depthwise convs are not listed
+  # FLOPs (2 x multiply-adds) and weights by hand: the convs, depthwise
+  # included, and the Dense layer (the analysis does not count BatchNorm
+  # or bias terms), at the seed and with every prunable width halved.
+  def hand(w):
+    c_in, side = w['stem'], 16
+    flops, size = 2 * side * side * 9 * c_in, 9 * c_in
+    for i, (stride, _) in enumerate(pareto.MOBILENET_BLOCKS, 1):
+      side //= stride
+      pw = w['b%d_pw' % i]
+      flops += 2 * side * side * (9 * c_in + c_in * pw)
+      size += 9 * c_in + c_in * pw
+      c_in = pw
+    return dict(flops=flops + 2 * c_in * 10, size=size + c_in * 10)
+  half = pareto.scaled_structure(widths, 0.5)
+  assert pareto.costs(model, {}) == hand(widths)
+  assert pareto.costs(model, half) == hand(half)
+  # The results of runs made before the seed existed still load.
+  results = {'points': {'width|mnist20|mobilenet|w=1|seed=100': {}}}
+  assert pareto.all_settings(results)[-2:] == (
+      'mnist20/mobilenet/flops', 'mnist20/mobilenet/size')
+
+
+def test_configs_written_before_the_mobilenet_seed_still_load(tmp_path):
+  cfg = pareto.config(False)
+  old = json.loads(json.dumps(cfg))
+  del old['mobilenet']
+  path = str(tmp_path / 'pareto_results.json')
+  with open(path, 'w') as f:
+    json.dump(dict(config=old, points={}, shrinks={}, seeds={}), f)
+  assert pareto.load_results(path, cfg)['config'] == cfg
+  assert pareto.copy_width_points(
+      dict(points={}), path, cfg) == 0  # same recipe: accepted
+  old['mobilenet'] = dict(stem=8, blocks=[[2, 16]])  # another seed: refused
+  with open(path, 'w') as f:
+    json.dump(dict(config=old, points={}, shrinks={}, seeds={}), f)
+  with pytest.raises(ValueError, match='another recipe'):
+    pareto.load_results(path, cfg)
 
 
 # ------------------------------------------------------------ resuming
