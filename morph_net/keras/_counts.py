@@ -1,10 +1,16 @@
-"""Channel counts: what a count may be, and how one is rounded.
+"""Channel counts: what a count may be, how one is rounded, where counts
+come from (a regularizer's alive vectors), and which ops a count leaves out
+(the removed calls of a layer called more than once).
 
 Private to `morph_net.keras` (see `_structure` for what counts mean).
 """
 
 import math
 import numbers
+
+import numpy as np
+
+from morph_net.tools import structure_exporter
 
 # Counts may grow to this multiple of a layer's width (expansion); beyond it
 # a slim model would not fit in memory, so the count is surely a mistake.
@@ -39,3 +45,42 @@ def round_count(count, original, round_to):
   if count <= original:
     rounded = min(rounded, original)
   return rounded
+
+
+def vectors_from_regularizer(regularizer):
+  """{key: alive vector} of a regularizer built on a Keras model."""
+  manager = regularizer.op_regularizer_manager
+  if not manager.view.eager:
+    raise ValueError('slim_model needs a regularizer built on a Keras '
+                     'model, not on tf.compat.v1 graph ops.')
+  exporter = structure_exporter.StructureExporter(manager)
+  return {k: np.asarray(v) for k, v in exporter.tensors.items()}
+
+
+def call_ops(entries, dead_calls):
+  """Op names of the removed calls of layers called more than once:
+  {key: (its number of calls, each removed call's positions per example)}.
+
+  A shared layer's calls read tied channels, so calls at the same positions
+  cost the same: each removed call takes one compute op at its positions.
+
+  Raises:
+    NotImplementedError: a layer has other than one compute op a call, or
+      none at a removed call's positions.
+  """
+  names = set()
+  for key, (calls, dead) in dead_calls.items():
+    free = list(entries[key].computes)
+    for positions in dead:
+      match = [c for c in free if c.positions == positions]
+      if len(entries[key].computes) != calls or not match:
+        raise NotImplementedError(
+            'Layer %r is called %d times and the structure removes %d of '
+            'its calls, but its compute ops cannot be matched to its calls '
+            '(one op a call, at the call\'s output positions), so the slim '
+            'model\'s cost cannot be priced. Keep its calls together: give '
+            'the layers that its removed calls read or feed at least one '
+            'channel.' % (key, calls, len(dead)))
+      free.remove(match[0])
+      names.add(match[0].op.name)
+  return names

@@ -94,3 +94,14 @@ def graph_nodes(functional):
 def full(plan, tensor):
   chans = plan.info[id(tensor)]
   return chans.kept is None and chans.width == width(tensor)
+
+
+def union_origins(origins):
+  """The layer names of several Channels' origins, in order, once each."""
+  return tuple(dict.fromkeys(n for origin in origins for n in origin))
+
+
+def origin_names(chans):
+  """The layers Channels come from, for a message."""
+  names = sorted({n for c in chans for n in c.origin})
+  return ', '.join(repr(n) for n in names) or '(unpruned layers)'

@@ -24,6 +24,8 @@ from morph_net.keras._keras_graph import full
 from morph_net.keras._keras_graph import graph_nodes
 from morph_net.keras._keras_graph import is_model
 from morph_net.keras._keras_graph import is_subclassed
+from morph_net.keras._keras_graph import origin_names
+from morph_net.keras._keras_graph import union_origins
 from morph_net.keras._keras_graph import width
 from morph_net.keras._plan_blocks import leaf_shape  # pylint: disable=unused-import (re-exported)
 from morph_net.keras import _width_rules as rules
@@ -67,6 +69,10 @@ class Plan:
       outputs back, leaves them out).
     dropped: keys of every analyzed layer that disappears (depthwise ones
       too): their ops cost nothing in the slim model.
+    dead_calls: key -> (its number of calls, the positions per example of
+      each call that disappears) for a layer called more than once that
+      keeps some calls.
+    calls: id(layer) -> its call nodes, in walk order.
     forced: keys of zero-width layers kept at `round_to` channels.
     blocks: ids of the layers with prunable sublayers (see `_blocks`) that
       are rebuilt by their width rule.
@@ -84,6 +90,9 @@ class Plan:
     self.sections = {}
     self.removed = set()
     self.dropped = set()
+    self.dead_calls = {}
+    self.calls = {}
+    self.cut = set()  # keys of layers with a call that lost an input
     self.seen = set()  # ids of the layers reached as call nodes
     self.forced = ()
     self.blocks = set()
@@ -161,8 +170,8 @@ def _drop_dead_ends(plan, analysis, widths, warn):
   output reads: walking back from the outputs over surviving tensors (a
   used nested model: from all its surviving outputs, as it is rebuilt
   whole)."""
-  used = set()
-  _walk_back(plan, plan.model, used)
+  used, used_nodes = set(), set()
+  _walk_back(plan, plan.model, used, used_nodes)
   dead = plan.seen - used
   dead = _with_sublayers(plan, dead) - _with_sublayers(plan, used)
   dead_ends = {k for i, k in analysis.key_of.items() if i in dead} - (
@@ -175,23 +184,30 @@ def _drop_dead_ends(plan, analysis, widths, warn):
   plan.removed |= dead_ends
   plan.dropped = plan.removed | {k for i, k in analysis.any_key_of.items()
                                  if i in dead}
+  for i, key in analysis.any_key_of.items():  # a shared layer's dead calls
+    calls = plan.calls.get(i, ())
+    gone = [shapes.positions(list(n.outputs[0].shape)) for n in calls
+            if id(n) not in used_nodes]
+    if gone and key not in plan.dropped:
+      plan.dead_calls[key] = (len(calls), gone)
   return plan
 
 
-def _walk_back(plan, functional, used):
+def _walk_back(plan, functional, used, used_nodes):
   needed = {id(t) for t in functional.outputs if not plan.is_removed(t)}
   for node in reversed(graph_nodes(functional)):
     if not any(id(t) in needed for t in node.outputs):
       continue
     op = node.operation
     used.add(id(op))
+    used_nodes.add(id(node))
     if id(node) in plan.identity:
       ins = [plan.identity[id(node)]]
     else:
       ins = plan.kept_inputs.get(id(node), node.input_tensors)
     needed |= {id(t) for t in ins if not plan.is_removed(t)}
     if is_model(op) and not is_subclassed(op):
-      _walk_back(plan, as_functional(op), used)
+      _walk_back(plan, as_functional(op), used, used_nodes)
 
 
 def _with_sublayers(plan, layer_ids):
@@ -214,6 +230,10 @@ def _propagate(analysis, model, widths, values, alive, round_to, forced):
     plan.info[id(x)] = Channels(width(x))
   ctx = (analysis, widths, alive, round_to, forced, alive is not None)
   _walk(plan, model, ctx)
+  for key in plan.cut:  # removed when every call lost an input
+    if all(plan.is_removed(t) for n in plan.calls[id(analysis.layer(key))]
+           for t in n.outputs):
+      plan.removed.add(key)
   return plan
 
 
@@ -223,6 +243,7 @@ def _walk(plan, functional, ctx):
     if isinstance(op, keras.layers.Layer):
       plan.first_node.setdefault(id(op), node)
       plan.seen.add(id(op))
+      plan.calls.setdefault(id(op), []).append(node)
     ins = node.input_tensors
     live = [t for t in ins if plan.info[id(t)] is not REMOVED]
     if is_model(op) and not is_subclassed(op) and len(live) == len(ins):
@@ -242,7 +263,7 @@ def _walk(plan, functional, ctx):
       _set(plan, node.outputs, REMOVED)
       key = ctx[0].key_of.get(id(op))
       if key is not None:
-        plan.removed.add(key)
+        plan.cut.add(key)
       continue
     if _is_channel_split(node):
       for t, chans in zip(node.outputs, _split(plan, node)):
@@ -282,7 +303,7 @@ def _split(plan, node):
         raise ValueError(
             'Layer(s) %s feed a channel split into %s; a count of %d gives '
             'a slice %g channels. Give counts that split into whole slices '
-            '(or alive vectors).' % (_origin_names([chans]), sizes,
+            '(or alive vectors).' % (origin_names([chans]), sizes,
                                      chans.width, share))
       out.append(Channels(int(round(share)), None, chans.origin))
   elif chans.kept is None:  # counts: each slice keeps its share
@@ -292,7 +313,7 @@ def _split(plan, node):
         raise ValueError(
             'Layer(s) %s feed a channel split into %s; a count of %d does '
             'not split into whole shares. Give counts that do (or alive '
-            'vectors).' % (_origin_names([chans]), sizes, chans.width))
+            'vectors).' % (origin_names([chans]), sizes, chans.width))
       out.append(Channels(int(share), None, chans.origin))
   else:
     for lo, hi in zip(offsets[:-1], offsets[1:]):
@@ -376,10 +397,10 @@ def _node_channels(plan, node, live, ctx):
           offset_of[id(t)] + (np.arange(c.width) if c.kept is None
                               else c.kept) for t, c in zip(live, ins)])
     return Channels(sum(c.width for c in ins), kept,
-                    _union(c.origin for c in ins))
+                    union_origins(c.origin for c in ins))
   out_w = width(node.outputs[0])
   if all(full(plan, t) for t in live):
-    return Channels(out_w, None, _union(c.origin for t, c in zip(live, ins)
+    return Channels(out_w, None, union_origins(c.origin for t, c in zip(live, ins)
                                         if width(t) == out_w))
   if isinstance(op, keras.layers.Reshape) and (
       width(live[0]) == width(node.outputs[0])):
@@ -390,7 +411,7 @@ def _node_channels(plan, node, live, ctx):
     raise NotImplementedError(
         'Layer %r (%s) reshapes pruned channels of %s; slim_model cannot '
         'map them. Prune only layers before it or after it.'
-        % (name, type(op).__name__, _origin_names(ins)))
+        % (name, type(op).__name__, origin_names(ins)))
   # Channels the analysis tied (Add, Multiply, ...) were checked to agree,
   # so a merge takes its first input of the output's width.
   channel_ins = [c for t, c in zip(live, ins) if width(t) == out_w]
@@ -403,14 +424,14 @@ def _node_channels(plan, node, live, ctx):
                        [len(live[0].shape) - 1])
   if channel_ins and not has_matrix and (len(live) > 1 or last_axis):
     return Channels(channel_ins[0].width, channel_ins[0].kept,
-                    _union(c.origin for c in channel_ins))
+                    union_origins(c.origin for c in channel_ins))
   raise NotImplementedError(
       'Layer %r (%s) receives pruned channels (from %s) but slim_model does '
       'not know how its channels map. Supported: prunable layers, '
       'depthwise convs, Flatten, merges, nested functional/Sequential '
       'models and channel-wise layers (weights of shape (C,) or (1, ..., '
       '1, C)).'
-      % (name, type(op).__name__, _origin_names(ins)))
+      % (name, type(op).__name__, origin_names(ins)))
 
 
 def _prunable(plan, node, key, ctx):
@@ -452,27 +473,18 @@ def _check_grouped(plan, node, key, op, new, track):
   """
   groups = op.groups
   width_in = plan.info[id(node.input_tensors[0])].width
+  if track:  # (first: the advice below does not apply to a transfer)
+    raise NotImplementedError(
+        'Layer %r is a grouped convolution (groups=%d) whose widths change; '
+        'weight transfer through it is not supported (each group would need '
+        'the same surviving channels). Slim from counts and retrain.'
+        % (key, groups))
   if new % groups or width_in % groups:
     raise ValueError(
         'Layer %r is a grouped convolution (groups=%d); the slim layer keeps '
         'its %d groups, so its output width (%d) and input width (%d) must '
         'be multiples of %d. Use counts that are, or round_to=%d.'
         % (key, groups, groups, new, width_in, groups, groups))
-  if track:
-    raise NotImplementedError(
-        'Layer %r is a grouped convolution (groups=%d) whose widths change; '
-        'weight transfer through it is not supported (each group would need '
-        'the same surviving channels). Slim from counts and retrain.'
-        % (key, groups))
-
-
-def _union(origins):
-  return tuple(dict.fromkeys(n for origin in origins for n in origin))
-
-
-def _origin_names(chans):
-  names = sorted({n for c in chans for n in c.origin})
-  return ', '.join(repr(n) for n in names) or '(unpruned layers)'
 
 
 def _check_channels_last(layer, pruned):

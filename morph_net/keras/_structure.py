@@ -29,7 +29,6 @@ from morph_net.framework import op_regularizer_manager as orm
 from morph_net.keras import _blocks
 from morph_net.keras import _counts
 from morph_net.network_regularizers import cost_model
-from morph_net.tools import structure_exporter
 
 MAX_GROWTH = _counts.MAX_GROWTH
 check_count = _counts.check_count
@@ -250,7 +249,7 @@ class Analysis:
         regularizer built on the model (its alive vectors are read now).
     """
     if hasattr(structure, 'op_regularizer_manager'):
-      structure = _vectors_from_regularizer(structure)
+      structure = _counts.vectors_from_regularizer(structure)
     if not isinstance(structure, dict):
       raise TypeError(
           'structure must be a {layer key: count or alive vector} dict or a '
@@ -482,19 +481,15 @@ class Analysis:
     return value
 
   # --------------------------------------------------------------- cost
-  def cost(self, values, resource, dropped=()):
-    """The cost at label `values`; `dropped` layers' ops cost nothing."""
+  def cost(self, values, resource, dropped=(), dead_calls=None):
+    """The cost at label `values`; `dropped` layers' ops cost nothing, nor
+    do the ops of `dead_calls` {key: call indices} of layers called more
+    than once (but their weights, which a kept call still reads)."""
     if resource not in self._costs:
       self._costs[resource] = cost_model.CostModel(self.manager, resource)
     gone = {c.op.name for k in dropped for c in self._all_entries[k].computes}
+    if resource != 'model_size':
+      gone |= _counts.call_ops(self._all_entries, dead_calls or {})
     per_op = self._costs[resource].per_op(values)
     return float(sum(v for n, v in per_op.items() if n not in gone))
 
-
-def _vectors_from_regularizer(regularizer):
-  manager = regularizer.op_regularizer_manager
-  if not manager.view.eager:
-    raise ValueError('slim_model needs a regularizer built on a Keras '
-                     'model, not on tf.compat.v1 graph ops.')
-  exporter = structure_exporter.StructureExporter(manager)
-  return {k: np.asarray(v) for k, v in exporter.tensors.items()}

@@ -64,13 +64,14 @@ def _cost(analysis, counts, kind, round_to=1, fix=False):
              for k, c in counts.items()}
   values, widths, _ = (analysis.assign(rounded, fix=True) if fix else
                        analysis.check_counts(rounded))
-  dropped = ()
+  dropped, dead_calls = (), None
   if any(w == 0 for w in widths.values()):  # topology morphing
     plan, widths = slim_lib.plan_structure(analysis, counts, None, round_to,
                                            fix=fix)
     values = analysis.final_values(widths, plan.removed)
     dropped = plan.dropped  # branches removed, and what only they read
-  cost = analysis.cost(values, kind, dropped)
+    dead_calls = plan.dead_calls  # calls of a shared layer they took along
+  cost = analysis.cost(values, kind, dropped, dead_calls)
   # n / C per channel sums back to n only up to rounding; costs of whole
   # channels are whole numbers.
   nearest = round(cost)

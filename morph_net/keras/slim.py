@@ -229,7 +229,7 @@ def _check_narrowed(analysis, plan, widths, new_model, input_signature):
   config (a head count, a reshape), which narrowing its sublayers does not
   change."""
   expected = analysis.cost(analysis.final_values(widths, plan.removed),
-                           'flops', plan.dropped)
+                           'flops', plan.dropped, plan.dead_calls)
   slim_analysis = _structure.Analysis(new_model, input_signature)
   names = _narrowed_names(plan)
   actual = slim_analysis.cost(np.ones(slim_analysis.num_labels), 'flops')
