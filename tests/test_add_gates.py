@@ -78,3 +78,53 @@ def test_bad_requests_are_refused():
 
   with pytest.raises(NotImplementedError, match='gated_relu_activation'):
     mk.add_gates(Sub())
+
+
+def test_soft_masks_at_inference_are_refused():
+  """They would multiply every open channel by sigmoid(log_odds_init)."""
+  with pytest.raises(ValueError, match='soft_mask_for_inference'):
+    mk.add_gates(_resnet(), soft_mask_for_inference=True)
+
+
+def test_a_gated_model_gets_no_second_gate():
+  gated = mk.add_gates(_resnet())
+  again = mk.add_gates(gated)
+  assert sorted(l.name for l in again.layers if 'gate' in l.name) == [
+      'c1_gate', 'c2_gate', 'stem_gate']
+
+
+def _mlp_with(middle):
+  inputs = keras.Input((4,))
+  h = L.Dense(8, activation='relu', name='d1')(inputs)
+  return keras.Model(inputs, L.Dense(2, name='out')(middle(h)))
+
+
+def test_layers_it_cannot_gate_are_named_never_skipped_silently():
+  block_in = keras.Input((8,))
+  block = keras.Model(block_in, L.Dense(8, activation='relu', name='inner')(
+      block_in), name='block')
+  nested = _mlp_with(block)
+  with pytest.raises(ValueError, match="'inner' cannot be gated: it is "
+                     'inside a nested model'):
+    mk.add_gates(nested, layers=['inner'])
+  with pytest.warns(UserWarning, match="no gate for 'inner'"):
+    gated = mk.add_gates(nested)
+  assert [l.name for l in gated.layers if 'gate' in l.name] == ['d1_gate']
+
+  inputs = keras.Input((4,))
+  shared = L.Dense(8, activation='relu', name='shared')
+  h = L.Add()([shared(inputs), shared(L.Rescaling(2.0)(inputs))])
+  twice = keras.Model(inputs, L.Dense(2, name='out')(h))
+  with pytest.raises(ValueError, match="'shared' cannot be gated: it is "
+                     'called 2 times'):
+    mk.add_gates(twice, layers=['shared'])
+  with pytest.warns(UserWarning, match="no gate for 'shared'"):
+    mk.add_gates(twice)
+
+
+def test_a_lambda_layer_is_copied_without_unsafe_deserialization():
+  model = _mlp_with(L.Lambda(lambda t: t * 0.5, name='half'))
+  gated = mk.add_gates(model)
+  x = np.ones((2, 4), 'float32')
+  np.testing.assert_allclose(gated(x), model(x), atol=1e-6)
+  assert gated.get_layer('d1_gate') is not None

@@ -22,8 +22,11 @@ the original's layers.
 ['hidden_gate']
 """
 
+import warnings
+
 import keras
 
+from morph_net.keras import _blocks
 from morph_net.keras import _structure
 from morph_net.keras import _slim_plan
 from morph_net.probabilistic_gating import activation_gating
@@ -61,14 +64,19 @@ def add_gates(model, layers=None, input_signature=None, **gate_kwargs):
       the task.
 
   Returns:
-    A new functional model. Gate layers are named '<layer>_gate'.
+    A new functional model. Gate layers are named '<layer>_gate'. A layer
+    whose output already goes through a gate keeps that gate (add_gates on
+    a gated model adds none twice). Layers inside nested models, and layers
+    called more than once, get no gate (warned; named in `layers`: an
+    error).
 
   Raises:
     NotImplementedError: a subclassed model (add gates to its code, e.g.
       with `activation_gating.gated_relu_activation()`).
-    ValueError: `layers` names a layer that is not prunable, or
-      log_odds_init is not > 0 (the gated model would not compute the
-      original's outputs).
+    ValueError: `layers` names a layer that is not prunable, is inside a
+      nested model or is called more than once; log_odds_init is not > 0
+      or soft_mask_for_inference is set (the gated model would not compute
+      the original's outputs).
   """
   gate_kwargs = dict(GATE_DEFAULTS, **gate_kwargs)
   if float(gate_kwargs.get('log_odds_init', 2.5)) <= 0:
@@ -76,6 +84,13 @@ def add_gates(model, layers=None, input_signature=None, **gate_kwargs):
         'log_odds_init must be > 0 so that every gate starts open and the '
         'gated model computes the same outputs; got %r.'
         % gate_kwargs['log_odds_init'])
+  if gate_kwargs.get('soft_mask_for_inference'):
+    raise ValueError(
+        'soft_mask_for_inference=True multiplies every channel by its gate '
+        'probability at inference (sigmoid(log_odds_init) < 1), so the gated '
+        'model would not compute the same outputs. Leave it False (the hard '
+        'mask: 1 for an open gate), or build such gates with '
+        'LogisticSigmoidGating in your own code.')
   if _slim_plan.is_subclassed(model):
     raise NotImplementedError(
         'add_gates inserts gates into a functional graph; %r is a subclassed '
@@ -94,12 +109,29 @@ def add_gates(model, layers=None, input_signature=None, **gate_kwargs):
           % (', '.join(map(repr, unknown)), model.name, ', '.join(keys)))
     keys = [k for k in keys if k in set(layers)]
   targets = {}  # id(layer whose output gets a gate) -> gate name
+  skipped = []
   for key in keys:
     layer = analysis.layer(key)
-    if layer is None or id(layer) not in _top_level(functional):
+    if layer is None:
       continue
-    targets[id(_after_channelwise(functional, layer))] = (
-        key.replace('/', '_') + '_gate')
+    last = _after_channelwise(functional, layer)
+    why = (None if _gated(functional, last) else
+           'it is inside a nested model (gate the nested model with '
+           'add_gates before building this one)' if id(layer) not in
+           _top_level(functional) else
+           'it is called %d times (its calls share channels: a gate per '
+           'call would learn different masks for them)'
+           % _calls(functional, last)
+           if _calls(functional, last) > 1 else '')
+    if why:
+      if layers is not None:
+        raise ValueError('add_gates: layer %r cannot be gated: %s.'
+                         % (key, why))
+      skipped.append('%r: %s' % (key, why))
+    elif why == '':
+      targets[id(last)] = key.replace('/', '_') + '_gate'
+  if skipped:
+    warnings.warn('add_gates: no gate for %s.' % '; '.join(skipped))
 
   def call(layer, *args, **kwargs):
     out = layer(*args, **kwargs)
@@ -110,7 +142,9 @@ def add_gates(model, layers=None, input_signature=None, **gate_kwargs):
                                                    **gate_kwargs)(out)
 
   originals = {l.name: l for l in functional.layers}
-  gated = keras.models.clone_model(functional, call_function=call)
+  gated = keras.models.clone_model(
+      functional, call_function=call,
+      clone_function=lambda layer: _blocks.clone_leaf(layer, None))
   for layer in functional.layers:
     if layer.weights:
       gated.get_layer(layer.name).set_weights(layer.get_weights())
@@ -119,6 +153,19 @@ def add_gates(model, layers=None, input_signature=None, **gate_kwargs):
 
 def _top_level(functional):
   return {id(l) for l in functional.layers}
+
+
+def _calls(functional, layer):
+  """How many call nodes of `functional`'s graph run `layer`."""
+  return sum(1 for node in _slim_plan.graph_nodes(functional)
+             if node.operation is layer)
+
+
+def _gated(functional, layer):
+  """Whether `layer`'s output is read by a gate (and nothing else)."""
+  readers = _readers(functional, layer)
+  return len(readers) == 1 and isinstance(
+      readers[0], activation_gating.LogisticSigmoidGating)
 
 
 def _after_channelwise(functional, layer):
