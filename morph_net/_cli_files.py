@@ -143,19 +143,19 @@ def check_output_dir(path):
                    % (path, directory))
 
 
-def check_output(path, inputs, overwrite):
+def check_output(path, inputs, overwrite, suffix='.keras'):
   """Refuses an output path that is one of `inputs`, or that exists
-  without `overwrite`, or whose directory is missing."""
-  if not path.endswith('.keras'):
-    raise CLIError('output %s: must end with .keras' % path)
+  without `overwrite`, or whose directory is missing, or that does not end
+  with `suffix`."""
+  if not path.endswith(suffix):
+    raise CLIError('output %s: must end with %s' % (path, suffix))
   check_output_dir(path)
   if not os.path.exists(path):
     return
   for source in inputs:
     if os.path.exists(source) and os.path.samefile(path, source):
       raise CLIError('output %s: is the input %s; writing onto it would '
-                     'destroy it. Write the slim model to another file'
-                     % (path, source))
+                     'destroy it. Write to another file' % (path, source))
   if not overwrite:
     raise CLIError('output %s: exists; pass --overwrite to replace it, or '
                    'choose another file' % path)

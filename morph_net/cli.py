@@ -248,7 +248,7 @@ def cmd_profile(args):
   if not widths or not all(0 < w <= 1 for w in widths):
     raise CLIError('--widths %r: expected comma-separated multipliers in '
                    '(0, 1], e.g. 0.25,0.5,1' % args.widths)
-  check_output_dir(args.output)
+  check_output(args.output, args.models, args.overwrite, suffix='.json')
   models = [load_model(path) for path in args.models]
   from morph_net.network_regularizers import hardware  # pylint: disable=g-import-not-at-top
   from morph_net.keras import profile  # pylint: disable=g-import-not-at-top
@@ -367,6 +367,8 @@ def build_parser():
   p.add_argument('models', nargs='+', help='saved .keras models to time')
   p.add_argument('--name', required=True, help='the spec\'s name')
   p.add_argument('-o', '--output', required=True, help='SPEC.json')
+  p.add_argument('--overwrite', action='store_true',
+                 help='replace SPEC.json if it exists (never an input)')
   p.add_argument('--batch-size', type=_positive_int, default=1)
   p.add_argument('--widths', default='0.25,0.5,0.75,1',
                  help='uniform width multipliers to time (default '

@@ -202,6 +202,36 @@ def test_morphnet_profile_rejects_bad_widths(tmp_path, capsys):
   assert '--widths' in capsys.readouterr().err
 
 
+def test_morphnet_profile_never_writes_onto_a_model_or_an_existing_spec(
+    tmp_path, capsys):
+  model_path = str(tmp_path / 'm.keras')
+  _tiny_cnn().save(model_path)
+  before = open(model_path, 'rb').read()
+  code = cli.main(['profile', model_path, '--name', 'x', '-o', model_path])
+  assert code == cli.EXIT_BAD_INPUT
+  assert 'must end with .json' in capsys.readouterr().err
+  assert open(model_path, 'rb').read() == before
+  spec = tmp_path / 'x.json'
+  spec.write_text('{"kept": true}')
+  code = cli.main(['profile', model_path, '--name', 'x', '-o', str(spec)])
+  assert code == cli.EXIT_BAD_INPUT
+  assert '--overwrite' in capsys.readouterr().err
+  assert spec.read_text() == '{"kept": true}'
+
+
+def test_a_profiled_spec_cannot_take_a_built_in_name(tmp_path, monkeypatch):
+  with pytest.raises(ValueError, match="'T4' is a built-in"):
+    profile.profile_hardware([_tiny_cnn()], 'T4')
+  # A file by a built-in's name (written by hand or an older version) is
+  # not silently passed over for the data sheet's numbers.
+  hardware.save_hardware(hardware.HardwareSpec('T4', 12.0, 7.0),
+                         str(tmp_path / 'T4.json'))
+  monkeypatch.setenv(hardware.HARDWARE_PATH_ENV, str(tmp_path))
+  with pytest.raises(ValueError, match='both a built-in spec and the file'):
+    hardware.get_hardware('T4')
+  assert hardware.get_hardware(str(tmp_path / 'T4.json')).peak_compute == 12
+
+
 # ~16 s on the busy 2-core machine: a subprocess that imports TF and times
 # 10 tiny models.
 def test_latency_model_benchmark_quick_runs(tmp_path):

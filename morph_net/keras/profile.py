@@ -288,7 +288,16 @@ def profile_hardware(models, name, multipliers=DEFAULT_MULTIPLIERS,
   Returns:
     (HardwareSpec, fit report dict with the samples' widths, measured and
     predicted seconds, and the fit errors).
+
+  Raises:
+    ValueError: `name` is a built-in spec's (get_hardware(name) would
+      return the built-in one, not this fit).
   """
+  if name in hardware.HARDWARE:
+    raise ValueError(
+        'name %r is a built-in hardware spec (%s); a profiled spec by that '
+        'name would never be found by name. Choose another, e.g. %r.'
+        % (name, ', '.join(sorted(hardware.HARDWARE)), name + '-measured'))
   variants = width_variants(models, multipliers, batch_size)
   seconds = measure_latencies([v for _, v, _ in variants], batch_size,
                               repeats)

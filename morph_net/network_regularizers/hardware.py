@@ -73,6 +73,11 @@ def get_hardware(hardware):
           '(ns) and depthwise_compute (GFLOP/s); got %s.'
           % sorted(hardware)) from None
   elif isinstance(hardware, str) and hardware in HARDWARE:
+    if _find_file(hardware):
+      raise ValueError(
+          'Hardware %r is both a built-in spec and the file %s: rename the '
+          'file (a profiled spec needs its own name), or pass its path.'
+          % (hardware, _find_file(hardware)))
     return HARDWARE[hardware]
   elif isinstance(hardware, (str, os.PathLike)) and _find_file(hardware):
     spec = load_hardware(_find_file(hardware))
