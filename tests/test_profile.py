@@ -254,3 +254,23 @@ def test_latency_model_benchmark_quick_runs(tmp_path):
   assert len(result['times']) == 4 + 6  # rounds of every timed model
   for line in ('| fitted |', 'load average', 'noise ceiling'):
     assert line in proc.stdout, line
+
+
+@pytest.mark.parametrize('scale', [True, False])
+def test_a_batch_norm_moves_its_activations_with_or_without_gamma(scale):
+  """A BatchNorm is a memory op (read and write its activation) whether
+  or not it has a gamma; a Keras BatchNormalization(scale=False) traces
+  x * rsqrt(var + eps) with no gamma in it."""
+  def net(bn):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding='same', use_bias=False,
+                            name='conv')(inputs)
+    if bn:
+      x = keras.layers.BatchNormalization(scale=scale, name='bn')(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    return keras.Model(inputs, keras.layers.Dense(2, name='fc')(x))
+  spec = hardware.HardwareSpec('h', 10.0, 3.0)  # GFLOP/s, GB/s
+  cost = {bn: float(latency_regularizer.GroupLassoLatencyRegularizer(
+      net(bn), 0.0, spec).get_cost()) for bn in (True, False)}
+  bn_bytes = 2 * 8 * 8 * 4 * 4  # its input and output, float32
+  assert cost[True] - cost[False] == pytest.approx(bn_bytes / 3.0)

@@ -48,6 +48,18 @@ class BatchNormScale:
 
 
 @dataclasses.dataclass(frozen=True)
+class BatchNormUnscaled:
+  """The op normalizes its activation input by a BatchNorm's
+  rsqrt(var + eps) with no gamma (`scale=False`): a BatchNorm's memory
+  traffic, nothing to regularize.
+
+  Attributes:
+    param_inputs: input indices that are parameters, not activations.
+  """
+  param_inputs: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Gate:
   """The op multiplies an activation by a gate mask from `mask_logits`.
 
@@ -141,6 +153,23 @@ def _batch_norm_unfused(op, view):
     if (gamma is not None and op_handler.rank(gamma) == 1
         and view.channels(out) == gamma.shape.as_list()[0]):
       return BatchNormScale(gamma, param_inputs=(i,))
+  return None
+
+
+def _batch_norm_unscaled(op, view):
+  """`x * rsqrt(var + eps)`: a Keras 3 BatchNormalization(scale=False)."""
+  if len(op.inputs) != 2:
+    return None
+  out = op.outputs[0]
+  if not op_handler.rank(out) or is_parameter_vector(out, view):
+    return None
+  for i in (0, 1):
+    scale, other = op.inputs[i], op.inputs[1 - i]
+    if (is_parameter_vector(scale, view) and other.shape.rank == out.shape.rank
+        and _see_through(scale).op.type == 'Rsqrt'
+        and op_handler.rank(_see_through(scale)) == 1
+        and view.channels(out) == _see_through(scale).shape.as_list()[0]):
+      return BatchNormUnscaled(param_inputs=(i,))
   return None
 
 
@@ -270,7 +299,7 @@ _CONVS = op_types.CONVS + op_types.DEPTHWISE_CONVS
 
 # Op type -> recognizers, tried in order; each op keeps every fact found.
 RECOGNIZERS = {
-    'Mul': (_batch_norm_unfused, _gate),
+    'Mul': (_batch_norm_unfused, _batch_norm_unscaled, _gate),
     **{t: (_batch_norm_fused,) for t in op_types.BATCH_NORMS},
     **{t: (_space_to_batch,) for t in _CONVS},
 }

@@ -233,7 +233,8 @@ def _moves_activations(op, manager):
     return False
   if op.type in _ELEMENTWISE:
     return (sum(manager.has_channels(t) for t in op.inputs) >= 2
-            or manager.facts.first(op, patterns.BatchNormScale) is not None)
+            or manager.facts.first(op, patterns.BatchNormScale) is not None
+            or manager.facts.first(op, patterns.BatchNormUnscaled) is not None)
   return True
 
 
