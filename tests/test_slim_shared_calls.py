@@ -47,12 +47,18 @@ def _siamese():
   return keras.Model(i, L.Dense(4, name='out')(x))
 
 
+def _in_model(model):
+  """Ids of the call nodes of `model`'s graph (a layer also records calls
+  made while rebuilding that the model left out)."""
+  return {id(n) for nodes in model._nodes_by_depth.values()  # pylint: disable=protected-access
+          for n in nodes}
+
+
 def _by_hand(model):
   """(FLOPs, weights) from the layers' shapes: 2 x multiply-adds of every
   call of a conv or Dense kernel; each kernel's weights once."""
   flops = weights = 0
-  in_model = {id(n) for nodes in model._nodes_by_depth.values()  # pylint: disable=protected-access
-              for n in nodes}
+  in_model = _in_model(model)
   for layer in model.layers:
     kernel = getattr(layer, 'kernel', None)
     if kernel is None:
@@ -60,7 +66,7 @@ def _by_hand(model):
     weights += int(np.prod(kernel.shape))
     for node in layer._inbound_nodes:  # pylint: disable=protected-access
       if id(node) not in in_model:
-        continue  # a call made while rebuilding that the model left out
+        continue
       positions = int(np.prod(node.output_tensors[0].shape[1:-1]))
       flops += 2 * positions * int(np.prod(kernel.shape))
   return flops, weights
@@ -84,9 +90,8 @@ def test_a_removed_branch_takes_one_call_of_a_shared_conv_along(dead_head):
   structure = {'stem': 8, 'shared': 12, 'head_a': 8, 'head_b': 8}
   structure[dead_head] = 0
   slim = _check(model, structure)
-  in_model = {id(n) for nodes in slim._nodes_by_depth.values() for n in nodes}  # pylint: disable=protected-access
-  assert sum(id(n) in in_model for n in slim.get_layer(
-      'shared')._inbound_nodes) == 1  # pylint: disable=protected-access
+  nodes = slim.get_layer('shared')._inbound_nodes  # pylint: disable=protected-access
+  assert sum(id(n) in _in_model(slim) for n in nodes) == 1
   _check(model, dict(structure, stem=4, shared=6,
                      **{'head_b' if dead_head == 'head_a' else 'head_a': 5}))
 

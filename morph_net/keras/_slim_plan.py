@@ -400,8 +400,8 @@ def _node_channels(plan, node, live, ctx):
                     union_origins(c.origin for c in ins))
   out_w = width(node.outputs[0])
   if all(full(plan, t) for t in live):
-    return Channels(out_w, None, union_origins(c.origin for t, c in zip(live, ins)
-                                        if width(t) == out_w))
+    return Channels(out_w, None, union_origins(
+        c.origin for t, c in zip(live, ins) if width(t) == out_w))
   if isinstance(op, keras.layers.Reshape) and (
       width(live[0]) == width(node.outputs[0])):
     # Whole channel vectors move (e.g. (C,) -> (1, 1, C) in squeeze-excite).
