@@ -1,6 +1,7 @@
 """StructureExporter: keys, counts, file naming, JSON, atomic writes."""
 
 import io
+import warnings
 import json
 import os
 
@@ -287,3 +288,22 @@ def test_shared_layer_called_twice_is_one_key():
   assert counts == {'shared': 2}
   # Two applications, each 2*64*3*2; dense 2*2*2.
   assert float(reg.get_cost()) == 2 * (2 * 64 * 3 * 2) + 8
+
+
+def test_a_directory_with_later_steps_of_another_run_is_warned(tmp_path):
+  """A fresh run whose first counts equal an earlier run's writes nothing
+  new at those steps; the earlier run's later files stay the 'latest'
+  that last_structure reads: said once, naming them."""
+  model, _ = _conv2d()
+  set_gamma(model, 'bn', GAMMA)
+  first = exporter_for(model)
+  for step in (0, 10, 20, 30):
+    first.create_file_and_save_alive_counts(str(tmp_path), step)
+  again = exporter_for(model)
+  with pytest.warns(RuntimeWarning, match=r'alive_20, alive_30\)'):
+    again.create_file_and_save_alive_counts(str(tmp_path), 10)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # once per directory
+    again.create_file_and_save_alive_counts(str(tmp_path), 20)
+    # Going on from the last step (a resumed run) is not warned.
+    exporter_for(model).create_file_and_save_alive_counts(str(tmp_path), 30)

@@ -15,6 +15,7 @@ in (step, rerun) order.
 import json
 import os
 import re
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -131,6 +132,11 @@ class StructureExporter:
     holds different counts (an earlier run's), it is kept and the counts go
     to the first free `alive_<step>.rerun<N>`, whose path is returned.
 
+    The first file an exporter writes into a directory that holds files at
+    later steps (an earlier run's, which `structure_files(base_dir)[-1]`
+    and `last_structure` would read as the latest) comes with a warning
+    naming them.
+
     Raises:
       NonFiniteSourceError: (eager) a source holds NaN or inf; no file is
         written.
@@ -141,9 +147,32 @@ class StructureExporter:
     # Counts first: a failure to compute them writes nothing.
     text = json.dumps(self.get_alive_counts(), indent=2, sort_keys=True)
     directory = os.path.join(base_dir, _DIRECTORY)
+    self._warn_of_later_files(base_dir, step)
     os.makedirs(directory, exist_ok=True)
     return write_beside_existing(
         os.path.join(directory, '%s_%d' % (_FILE_PREFIX, step)), text)
+
+
+  def _warn_of_later_files(self, base_dir, step):
+    """Once per directory: says which files of another run lie ahead."""
+    checked = self.__dict__.setdefault('_checked_dirs', set())
+    if os.path.abspath(base_dir) in checked:
+      return
+    checked.add(os.path.abspath(base_dir))
+    later = [os.path.basename(p) for s, _, p in structure_files(base_dir)
+             if s > step]
+    if later:
+      warnings.warn(
+          '%s already holds structure files at steps after %d, where this '
+          'run starts writing (%s): an earlier run wrote them, and '
+          'last_structure(%r) or structure_files(...)[-1] reads the latest '
+          'step, which stays that run\'s until this one passes it. Give '
+          'each run its own directory (or move those files away). If this '
+          'run resumes the one that wrote them, its files at those steps '
+          'replace nothing: they go beside them where the counts differ.'
+          % (os.path.join(base_dir, _DIRECTORY), step,
+             ', '.join(later[:3] + (['...'] if len(later) > 3 else [])),
+             base_dir), RuntimeWarning, stacklevel=3)
 
 
 def compute_alive_counts(alive_vectors):
