@@ -37,6 +37,27 @@ def test_unsupported_op_names_op_type_path_and_fix():
   assert "op_handler_dict['Cumsum']" in msg  # the one-line fix
 
 
+def test_a_tf1_cond_names_its_usual_cause():
+  """batch_norm(is_training=<a tensor>) in a TF1 graph builds a tf.cond per
+  layer, whose branches meet in a Merge."""
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf1.placeholder(tf.float32, [None, 8, 8, 3])
+    training = tf1.placeholder_with_default(True, [])
+    w = tf1.get_variable('w', [3, 3, 3, 4])
+    g = tf1.get_variable('g', initializer=tf.ones([4]))
+    b = tf1.get_variable('b', initializer=tf.zeros([4]))
+    y = tf.nn.conv2d(x, w, 1, 'SAME', name='conv')
+    y, _, _ = tf1.nn.fused_batch_norm(y, g, b, name='bn')
+    off, on = tf.raw_ops.Switch(data=y, pred=training)
+    y = tf.raw_ops.Merge(inputs=[off * 0.5, on], name='cond/Merge').output
+    head = tf1.get_variable('head', [4, 2])
+    y = tf.matmul(tf.reduce_mean(y, [1, 2]), head, name='logits')
+  with pytest.raises(framework.UnsupportedOpError,
+                     match=r'(?s)tf\.cond.*is_training.*Python bool'):
+    flop_regularizer.GammaFlopsRegularizer([y.op], 0.1)
+
+
 def test_registering_a_handler_fixes_it():
   _, out = _graph_with_unknown_op()
   reg = flop_regularizer.GammaFlopsRegularizer(

@@ -66,6 +66,8 @@ def _handle_input(op):
 # Op types of losses (SoftmaxCrossEntropyWithLogits, L2Loss, ...): a user
 # passed the loss as the output boundary.
 _LOSS_WORDS = ('CrossEntropy', 'Loss')
+# TF1 control flow v1: a tf.cond's branches meet in a Merge.
+_COND_OPS = ('Merge', 'Switch', 'RefMerge', 'RefSwitch')
 
 
 def suggest_handler(op, view):
@@ -87,6 +89,12 @@ def suggest_handler(op, view):
             'output (the op computing the logits, e.g. the last MatMul or '
             'BiasAdd), not the loss computed from it. Pass that op instead.'
             % op.type)
+  if op.type in _COND_OPS:
+    return ('%s is part of a tf.cond (a TF1 control-flow branch), whose '
+            'channels the analysis does not follow. A common source: '
+            'batch_norm(is_training=<a tensor>) builds one per layer; pass '
+            'a Python bool instead (build the training and the eval graph '
+            'separately).' % op.type)
   handle = _handle_input(op)
   if handle is not None:
     i, t = handle
