@@ -128,7 +128,8 @@ def _batch_norm_fused(op, view):
 
 def _batch_norm_unfused(op, view):
   """`x * (rsqrt(var + eps) * gamma)`: what Keras 3 and
-  `tf.nn.batch_normalization` trace.
+  `tf.nn.batch_normalization` trace; `x * rsqrt(var + eps)` without a gamma
+  (`scale=False`) is a `BatchNormUnscaled`.
 
   Keras reshapes the parameters to [1, 1, 1, C] when `axis` is explicit, so
   the scale may be a broadcast of a Reshape of gamma. The `Mul` that folds
@@ -140,36 +141,25 @@ def _batch_norm_unfused(op, view):
   out = op.outputs[0]
   if not op_handler.rank(out) or is_parameter_vector(out, view):
     return None
+
+  def per_channel(vector):
+    return (op_handler.rank(vector) == 1
+            and view.channels(out) == vector.shape.as_list()[0])
+
   for i in (0, 1):
     scale, other = op.inputs[i], op.inputs[1 - i]
     if (not is_parameter_vector(scale, view)
         or other.shape.rank != out.shape.rank):
       continue
-    scale_op = _see_through(scale).op
-    if scale_op.type != 'Mul':
-      continue
-    a, b = (_see_through(t) for t in scale_op.inputs)
-    gamma = b if a.op.type == 'Rsqrt' else a if b.op.type == 'Rsqrt' else None
-    if (gamma is not None and op_handler.rank(gamma) == 1
-        and view.channels(out) == gamma.shape.as_list()[0]):
-      return BatchNormScale(gamma, param_inputs=(i,))
-  return None
-
-
-def _batch_norm_unscaled(op, view):
-  """`x * rsqrt(var + eps)`: a Keras 3 BatchNormalization(scale=False)."""
-  if len(op.inputs) != 2:
-    return None
-  out = op.outputs[0]
-  if not op_handler.rank(out) or is_parameter_vector(out, view):
-    return None
-  for i in (0, 1):
-    scale, other = op.inputs[i], op.inputs[1 - i]
-    if (is_parameter_vector(scale, view) and other.shape.rank == out.shape.rank
-        and _see_through(scale).op.type == 'Rsqrt'
-        and op_handler.rank(_see_through(scale)) == 1
-        and view.channels(out) == _see_through(scale).shape.as_list()[0]):
+    scale = _see_through(scale)
+    if scale.op.type == 'Rsqrt' and per_channel(scale):
       return BatchNormUnscaled(param_inputs=(i,))
+    if scale.op.type != 'Mul':
+      continue
+    a, b = (_see_through(t) for t in scale.op.inputs)
+    gamma = b if a.op.type == 'Rsqrt' else a if b.op.type == 'Rsqrt' else None
+    if gamma is not None and per_channel(gamma):
+      return BatchNormScale(gamma, param_inputs=(i,))
   return None
 
 
@@ -299,7 +289,7 @@ _CONVS = op_types.CONVS + op_types.DEPTHWISE_CONVS
 
 # Op type -> recognizers, tried in order; each op keeps every fact found.
 RECOGNIZERS = {
-    'Mul': (_batch_norm_unfused, _batch_norm_unscaled, _gate),
+    'Mul': (_batch_norm_unfused, _gate),
     **{t: (_batch_norm_fused,) for t in op_types.BATCH_NORMS},
     **{t: (_space_to_batch,) for t in _CONVS},
 }
