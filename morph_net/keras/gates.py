@@ -115,14 +115,7 @@ def add_gates(model, layers=None, input_signature=None, **gate_kwargs):
     if layer is None:
       continue
     last = _after_channelwise(functional, layer)
-    why = (None if _gated(functional, last) else
-           'it is inside a nested model (gate the nested model with '
-           'add_gates before building this one)' if id(layer) not in
-           _top_level(functional) else
-           'it is called %d times (its calls share channels: a gate per '
-           'call would learn different masks for them)'
-           % _calls(functional, last)
-           if _calls(functional, last) > 1 else '')
+    why = _why_not(functional, layer, last)
     if why:
       if layers is not None:
         raise ValueError('add_gates: layer %r cannot be gated: %s.'
@@ -153,6 +146,21 @@ def add_gates(model, layers=None, input_signature=None, **gate_kwargs):
 
 def _top_level(functional):
   return {id(l) for l in functional.layers}
+
+
+def _why_not(functional, layer, last):
+  """'' to gate `layer` (whose channel-wise tail ends at `last`); None if
+  a gate follows it already; else why it cannot have one."""
+  if _gated(functional, last):
+    return None
+  if id(layer) not in _top_level(functional):
+    return ('it is inside a nested model (gate the nested model with '
+            'add_gates before building this one)')
+  calls = _calls(functional, last)
+  if calls > 1:
+    return ('it is called %d times (its calls share channels: a gate per '
+            'call would learn different masks for them)' % calls)
+  return ''
 
 
 def _calls(functional, layer):

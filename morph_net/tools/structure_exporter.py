@@ -152,7 +152,6 @@ class StructureExporter:
     return write_beside_existing(
         os.path.join(directory, '%s_%d' % (_FILE_PREFIX, step)), text)
 
-
   def _warn_of_later_files(self, base_dir, step):
     """Once per directory: says which files of another run lie ahead."""
     checked = self.__dict__.setdefault('_checked_dirs', set())
