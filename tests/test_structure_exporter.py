@@ -301,7 +301,8 @@ def test_a_directory_with_later_steps_of_another_run_is_warned(tmp_path):
     first.create_file_and_save_alive_counts(str(tmp_path), step)
   again = exporter_for(model)
   with pytest.warns(RuntimeWarning, match=r'alive_20, alive_30\)'):
-    again.create_file_and_save_alive_counts(str(tmp_path), 10)
+    path = again.create_file_and_save_alive_counts(str(tmp_path), 10)
+  assert os.path.basename(path) == 'alive_10'  # the earlier run's file
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # once per directory
     again.create_file_and_save_alive_counts(str(tmp_path), 20)

@@ -199,7 +199,7 @@ def transfer(plan, new_layers):
     if id(old) in plan.narrowed:
       transfer_narrowed(plan, old)
       continue
-    node = plan.first_node[id(old)]
+    node = plan.first_node(id(old))
     by_labels = _kept_by_labels(plan, old)
     in_idx = None
     if node.input_tensors:

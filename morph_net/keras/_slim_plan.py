@@ -60,7 +60,6 @@ class Plan:
       input).
     kept_inputs: id(node) -> its surviving inputs (an Add/Concatenate that
       lost some).
-    first_node: id(layer) -> its first call node.
     layer_width: id(layer) -> width to set in its config.
     sections: id(node) -> new split sizes of a channel split.
     removed: keys of prunable layers that disappear: zero-width ones,
@@ -72,7 +71,7 @@ class Plan:
     dead_calls: key -> (its number of calls, the positions per example of
       each call that disappears) for a layer called more than once that
       keeps some calls.
-    calls: id(layer) -> its call nodes, in walk order.
+    calls: id(layer) -> its call nodes, in walk order (`first_node`).
     forced: keys of zero-width layers kept at `round_to` channels.
     blocks: ids of the layers with prunable sublayers (see `_blocks`) that
       are rebuilt by their width rule.
@@ -85,7 +84,6 @@ class Plan:
     self.info = {}
     self.identity = {}
     self.kept_inputs = {}
-    self.first_node = {}
     self.layer_width = {}
     self.sections = {}
     self.removed = set()
@@ -110,6 +108,11 @@ class Plan:
 
   def is_removed(self, tensor):
     return self.info[id(tensor)] is REMOVED
+
+  def first_node(self, layer_id):
+    """The first call node of the layer with this id, or None."""
+    calls = self.calls.get(layer_id)
+    return calls[0] if calls else None
 
   def kept_of(self, tensor):
     chans = self.info[id(tensor)]
@@ -214,7 +217,7 @@ def _with_sublayers(plan, layer_ids):
   """The ids and, recursively, the ids of the layers' sublayers."""
   out = set(layer_ids)
   for i in layer_ids:
-    node = plan.first_node.get(i)
+    node = plan.first_node(i)
     flatten = getattr(getattr(node, 'operation', None), '_flatten_layers',
                       None)
     if flatten is not None:
@@ -241,7 +244,6 @@ def _walk(plan, functional, ctx):
   for node in graph_nodes(functional):
     op = node.operation
     if isinstance(op, keras.layers.Layer):
-      plan.first_node.setdefault(id(op), node)
       plan.seen.add(id(op))
       plan.calls.setdefault(id(op), []).append(node)
     ins = node.input_tensors

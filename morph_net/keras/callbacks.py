@@ -164,10 +164,10 @@ class StructureExporterCallback(keras.callbacks.Callback):
     counts = self._exporter.get_alive_counts()
     if 0 not in counts.values():
       return False
-    try:  # 'FLOPs' -> 'flops'; a latency or combined cost has no structure
-      kind = cost_model.resource_name(
-          getattr(self._regularizer, 'cost_name', None))
-    except ValueError:
+    # 'FLOPs' -> 'flops'; a latency or combined cost has no structure cost.
+    kind = cost_model.resource_name_or_none(
+        getattr(self._regularizer, 'cost_name', None))
+    if kind is None:
       return False
     model = getattr(self.model, 'inner_model', self.model)
     with warnings.catch_warnings():

@@ -71,30 +71,22 @@ _DEFAULTS = {
 }
 
 
-def _resource(name):
-  """'flops', 'model_size' or 'activations' of a cost or cost_name
-  ('FLOPs', 'ModelSize', ...); None for a callable, latency or combined."""
-  try:
-    return cost_model.resource_name(name) if isinstance(name, str) else None
-  except ValueError:
-    return None
-
-
 def _default_regularizer(cost):
   """make_regularizer's default: Gamma for `cost`, threshold 1e-2."""
-  if _resource(cost) is None:
+  kind = cost_model.resource_name_or_none(cost)
+  if kind is None:
     raise ValueError(
         'run_cycles: cost=%r has no default regularizer; pass '
         'make_regularizer (a callable model -> regularizer of that cost).'
         % (cost,))
-  return lambda model: _DEFAULTS[_resource(cost)](model, gamma_threshold=1e-2)
+  return lambda model: _DEFAULTS[kind](model, gamma_threshold=1e-2)
 
 
 def _check_resource(reg, cost):
   """The shrink's target and the exported costs share one unit."""
-  expected = _resource(cost)
+  expected = cost_model.resource_name_or_none(cost)
   name = getattr(reg, 'cost_name', None)
-  if expected and _resource(name) != expected:
+  if expected and cost_model.resource_name_or_none(name) != expected:
     raise ValueError(
         'run_cycles: the regularizer reports %r but cost=%r: the shrink '
         'target (a fraction of the regularizer\'s cost) and the exported '

@@ -46,6 +46,15 @@ def resource_name(name):
   return key
 
 
+def resource_name_or_none(name):
+  """`resource_name(name)`, or None where `name` names no resource (a
+  callable, a latency or combined cost): no structure cost reads it."""
+  try:
+    return resource_name(name) if isinstance(name, str) else None
+  except ValueError:
+    return None
+
+
 def resource(name):
   """The coefficient function of a resource name ('flops', 'model_size',
   'activations'), or the argument itself if it is a function."""
